@@ -1,0 +1,92 @@
+"""Clip sampling and cropping (paper §2.2): 32 frames, temporal stride 1–16, 384×256 centre crop.
+
+The exact mapping from clip pixels back to source pixels is kept: the source frame numbers,
+the resize factor and the crop box.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ic_data.errors import VideoTooShort, VideoTooSmall
+
+CLIP_WIDTH = 384
+CLIP_HEIGHT = 256
+CLIP_FRAMES = 32
+MAX_STRIDE = 16
+
+
+def resized_size(
+    width: int, height: int, out_width: int = CLIP_WIDTH, out_height: int = CLIP_HEIGHT, max_upscale: float = 2.0
+) -> tuple[int, int]:
+    """Size after resizing so that an ``out_width``×``out_height`` centre crop fits.
+
+    For landscape videos of aspect ≥ 3:2 this is the paper's "shorter side to 256"; narrower or
+    portrait videos are scaled so the width reaches 384 (the crop would not fit otherwise).
+    Sources needing more than ``max_upscale``× enlargement are rejected as too small.
+    """
+    if width <= 0 or height <= 0:
+        raise VideoTooSmall(f"invalid frame size {width}x{height}")
+    s = max(out_height / height, out_width / width)
+    if s > max_upscale:
+        raise VideoTooSmall(
+            f"{width}x{height} would need {s:.2f}x upscaling for a {out_width}x{out_height} crop "
+            f"(limit {max_upscale}x)"
+        )
+    return max(out_width, int(round(width * s))), max(out_height, int(round(height * s)))
+
+
+def center_crop_box(width: int, height: int, out_width: int = CLIP_WIDTH, out_height: int = CLIP_HEIGHT) -> tuple[int, int, int, int]:
+    """[x0, y0, w, h] of the centred crop, in the resized frame's pixels."""
+    if width < out_width or height < out_height:
+        raise VideoTooSmall(f"{width}x{height} is smaller than the {out_width}x{out_height} crop")
+    return (width - out_width) // 2, (height - out_height) // 2, out_width, out_height
+
+
+def crop_frames(frames: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    x0, y0, w, h = box
+    return np.ascontiguousarray(frames[:, y0 : y0 + h, x0 : x0 + w])
+
+
+def sample_clip_indices(
+    scene: tuple[int, int],
+    rng: np.random.Generator,
+    clip_frames: int = CLIP_FRAMES,
+    max_stride: int = MAX_STRIDE,
+) -> np.ndarray:
+    """Frame numbers of a random ``clip_frames`` window with a random stride inside ``scene``.
+
+    The stride is drawn uniformly from the strides in 1..max_stride that fit in the scene, then
+    the start uniformly from the positions where the whole window fits.
+    """
+    start, end = int(scene[0]), int(scene[1])
+    length = end - start
+    if length < clip_frames:
+        raise VideoTooShort(f"longest scene has {length} frames, a clip needs {clip_frames}")
+    fits = min(max_stride, (length - 1) // (clip_frames - 1)) if clip_frames > 1 else max_stride
+    stride = int(rng.integers(1, fits + 1))
+    span = (clip_frames - 1) * stride + 1
+    offset = int(rng.integers(0, length - span + 1))
+    return start + offset + stride * np.arange(clip_frames, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class ClipGeometry:
+    """How clip pixels relate to source pixels (pixel-centre convention).
+
+    resized = source × scale; clip = resized − crop origin.
+    """
+
+    scale: tuple[float, float]
+    crop: tuple[int, int, int, int]
+
+    def clip_to_source(self, xy: np.ndarray) -> np.ndarray:
+        xy = np.asarray(xy, np.float64)
+        resized = xy + np.array(self.crop[:2], np.float64)
+        return (resized + 0.5) / np.array(self.scale) - 0.5
+
+    def source_to_clip(self, xy: np.ndarray) -> np.ndarray:
+        xy = np.asarray(xy, np.float64)
+        resized = (xy + 0.5) * np.array(self.scale) - 0.5
+        return resized - np.array(self.crop[:2], np.float64)

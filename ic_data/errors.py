@@ -1,0 +1,55 @@
+"""Typed curation errors.
+
+Every error carries a short machine-readable ``reason`` that lands in the manifest's ``reason``
+column, so a failed or rejected video is a row with an explanation, never a crash of the batch.
+"""
+from __future__ import annotations
+
+
+class CurationError(Exception):
+    """Base class: a video could not go through a stage. ``reason`` is a stable snake_case code."""
+
+    reason = "curation_error"
+
+    def __init__(self, message: str, *, reason: str | None = None):
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+    def __str__(self) -> str:  # "reason: message" reads well in a manifest and a log line
+        return f"{self.reason}: {super().__str__()}"
+
+
+class VideoDecodeError(CurationError):
+    """The file is missing, empty, truncated, not a video, or no decoder could read it."""
+
+    reason = "decode_error"
+
+
+class DecodeTimeout(VideoDecodeError):
+    """A decoder hung on the file past its time limit."""
+
+    reason = "decode_timeout"
+
+
+class VideoTooShort(CurationError):
+    """Not enough frames (or no scene long enough) for a clip."""
+
+    reason = "too_short"
+
+
+class VideoTooSmall(CurationError):
+    """The resolution is too low to crop a clip without heavy upscaling."""
+
+    reason = "too_small"
+
+
+class MissingWeightsError(RuntimeError):
+    """A pretrained network was requested but its local weights are not configured or absent.
+
+    The message names the setting (environment variable or argument) to fill.
+    """
+
+
+class TrajectoryError(ValueError):
+    """A user trajectory (or a tracks array) is malformed: wrong type, shape, NaN, out of bounds."""
