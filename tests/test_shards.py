@@ -1,0 +1,295 @@
+"""Shard schema, round trip, determinism, atomicity and plain-webdataset compatibility."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+from ic_data.mp4 import decode_mp4, encode_mp4, write_mp4
+from ic_data.shards import (
+    ClipSample,
+    clip_meta,
+    iter_shards,
+    read_shard,
+    webdataset_pipeline,
+    write_shard,
+)
+
+
+def smooth_video(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Slowly drifting colour gradients: content H.264 compresses with little loss."""
+    rng = np.random.default_rng(seed)
+    phase = rng.uniform(0, 2 * np.pi, size=3)
+    t = np.arange(num_frames, dtype=np.float32)[:, None, None]
+    y = np.arange(height, dtype=np.float32)[None, :, None]
+    x = np.arange(width, dtype=np.float32)[None, None, :]
+    channels = [
+        128 + 80 * np.sin((x + 2 * t) / (width / 2) + phase[0]) + 0 * y,
+        128 + 80 * np.cos((y + t) / (height / 2) + phase[1]) + 0 * x,
+        128 + 60 * np.sin((x + y + 3 * t) / (width / 1.5) + phase[2]),
+    ]
+    return np.clip(np.stack(channels, axis=-1), 0, 255).astype(np.uint8)
+
+
+def make_sample(
+    key: str = "vid_a-0123abcd",
+    num_frames: int = 8,
+    height: int = 64,
+    width: int = 96,
+    num_tracks: int = 16,
+    seed: int = 0,
+    **overrides,
+) -> ClipSample:
+    rng = np.random.default_rng(seed)
+    grid = np.stack(
+        np.meshgrid(np.linspace(4, width - 4, 4), np.linspace(4, height - 4, num_tracks // 4)), -1
+    ).reshape(-1, 2)
+    drift = np.cumsum(rng.normal(0, 0.7, size=(num_frames, 1, 2)), axis=0)
+    fields = dict(
+        key=key,
+        frames=smooth_video(num_frames, height, width, seed),
+        tracks=(grid[None] + drift).astype(np.float32),
+        visibility=rng.random((num_frames, num_tracks)) > 0.1,
+        sparse=np.array([3, 0, 7], dtype=np.int64),
+        caption="a red car drives past — fast",
+        meta=clip_meta(
+            source_path="webvid/000/1066678825.mp4",
+            video_id="webvid_000_1066678825-1a2b3c4d",
+            fps=np.float32(25.0),
+            frame_indices=np.arange(num_frames) * 2 + 10,
+            scale=(0.5, np.float64(0.5)),
+            crop=[16, 0, width, height],
+            motion_score=np.float32(3.25),
+            camera_only=False,
+            flow_backend="opencv_dis",
+            tracker_backend="opencv_lk",
+            versions={"ic_data": "0.1.0"},
+        ),
+    )
+    fields.update(overrides)
+    return ClipSample(**fields)
+
+
+# ---------------------------------------------------------------- mp4
+
+
+def test_mp4_round_trip_is_close_and_keeps_shape():
+    frames = smooth_video(8, 64, 96)
+    decoded = decode_mp4(encode_mp4(frames, fps=8.0))
+    assert decoded.shape == frames.shape and decoded.dtype == np.uint8
+    assert np.abs(decoded.astype(np.int16) - frames).mean() < 3.0
+
+
+def test_mp4_encoding_is_byte_identical_across_calls():
+    frames = smooth_video(8, 64, 96, seed=3)
+    assert encode_mp4(frames, fps=29.97) == encode_mp4(frames, fps=29.97)
+    assert encode_mp4(frames, fps=8.0) != encode_mp4(frames[::-1].copy(), fps=8.0)
+
+
+@pytest.mark.parametrize("shape", [(4, 63, 96, 3), (4, 64, 95, 3)])
+def test_mp4_rejects_odd_sizes(shape):
+    with pytest.raises(ValueError, match="even"):
+        encode_mp4(np.zeros(shape, np.uint8), fps=8.0)
+
+
+def test_mp4_rejects_non_uint8():
+    with pytest.raises(ValueError, match="uint8"):
+        encode_mp4(np.zeros((4, 64, 96, 3), np.float32), fps=8.0)
+
+
+def test_write_mp4_is_atomic_and_decodable(tmp_path):
+    frames = smooth_video(4, 32, 48)
+    target = tmp_path / "clip.mp4"
+    write_mp4(target, frames, fps=8.0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+    assert decode_mp4(target.read_bytes()).shape == frames.shape
+
+
+# ---------------------------------------------------------------- shard round trip
+
+
+def assert_same_sample(read: ClipSample, written: ClipSample) -> None:
+    assert read.key == written.key
+    for name in ("tracks", "visibility", "sparse"):
+        ours, theirs = getattr(read, name), getattr(written, name)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        np.testing.assert_array_equal(ours, theirs)
+    assert read.caption == written.caption
+    assert read.meta == written.meta
+
+
+def test_shard_round_trip(tmp_path):
+    samples = [make_sample(key=f"clip_{i}", seed=i) for i in range(3)]
+    shard = tmp_path / "shard-000000.tar"
+    assert write_shard(shard, samples) == ["clip_0", "clip_1", "clip_2"]
+
+    read = list(read_shard(shard))
+    assert [s.key for s in read] == ["clip_0", "clip_1", "clip_2"]
+    for got, sent in zip(read, samples):
+        assert_same_sample(got, sent)
+        assert got.frames is None and isinstance(got.mp4, bytes)
+        frames = got.decode_frames()
+        assert frames.shape == sent.frames.shape
+        assert np.abs(frames.astype(np.int16) - sent.frames).mean() < 3.0
+
+
+def test_full_size_sample_round_trip(tmp_path):
+    sample = make_sample(num_frames=32, height=256, width=384, num_tracks=256)
+    shard = tmp_path / "full.tar"
+    write_shard(shard, [sample])
+    (got,) = read_shard(shard)
+    assert_same_sample(got, sample)
+    assert got.tracks.shape == (32, 256, 2) and got.visibility.shape == (32, 256)
+    assert got.decode_frames().shape == (32, 256, 384, 3)
+    assert len(got.meta["frame_indices"]) == 32
+
+
+def test_shard_bytes_are_deterministic(tmp_path):
+    first, second = tmp_path / "a.tar", tmp_path / "b.tar"
+    write_shard(first, [make_sample(key="k0", seed=0), make_sample(key="k1", seed=1)])
+    write_shard(second, [make_sample(key="k0", seed=0), make_sample(key="k1", seed=1)])
+    digest = lambda p: hashlib.sha256(p.read_bytes()).hexdigest()  # noqa: E731
+    assert digest(first) == digest(second)
+
+
+def test_already_encoded_samples_are_rewritten_unchanged(tmp_path):
+    original = tmp_path / "a.tar"
+    write_shard(original, [make_sample(key="k0"), make_sample(key="k1", seed=1)])
+    copy = tmp_path / "b.tar"
+    write_shard(copy, read_shard(original))
+    assert copy.read_bytes() == original.read_bytes()
+
+
+def test_iter_shards_reads_shards_in_order(tmp_path):
+    write_shard(tmp_path / "s0.tar", [make_sample(key="a"), make_sample(key="b")])
+    write_shard(tmp_path / "s1.tar", [make_sample(key="c")])
+    keys = [s.key for s in iter_shards([tmp_path / "s0.tar", tmp_path / "s1.tar"])]
+    assert keys == ["a", "b", "c"]
+
+
+def test_plain_webdataset_reads_our_shards(tmp_path):
+    samples = [make_sample(key=f"clip_{i}", seed=i) for i in range(2)]
+    shard = tmp_path / "shard-000000.tar"
+    write_shard(shard, samples)
+    items = list(webdataset_pipeline(str(shard)))
+    assert [item["__key__"] for item in items] == ["clip_0", "clip_1"]
+    for item, sent in zip(items, samples):
+        assert {"mp4", "tracks.npy", "visibility.npy", "sparse.npy", "txt", "json"} <= set(item)
+        np.testing.assert_array_equal(item["tracks.npy"], sent.tracks)
+        assert item["tracks.npy"].dtype == np.float32
+        np.testing.assert_array_equal(item["visibility.npy"], sent.visibility)
+        np.testing.assert_array_equal(item["sparse.npy"], sent.sparse)
+        assert item["txt"] == sent.caption
+        assert item["json"] == sent.meta
+        assert decode_mp4(item["mp4"]).shape == sent.frames.shape
+
+
+def test_write_is_atomic_and_leaves_no_temp(tmp_path):
+    shard = tmp_path / "shard.tar"
+    write_shard(shard, [make_sample()])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard.tar"]
+
+
+def test_failed_write_leaves_neither_shard_nor_temp(tmp_path):
+    def samples():
+        yield make_sample(key="good")
+        raise RuntimeError("worker killed mid-shard")
+
+    shard = tmp_path / "shard.tar"
+    with pytest.raises(RuntimeError):
+        write_shard(shard, samples())
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_rewrite_keeps_previous_shard(tmp_path):
+    shard = tmp_path / "shard.tar"
+    write_shard(shard, [make_sample(key="old")])
+    before = shard.read_bytes()
+    with pytest.raises(ValueError, match="duplicate"):
+        write_shard(shard, [make_sample(key="new"), make_sample(key="new")])
+    assert shard.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard.tar"]
+
+
+def test_json_member_is_plain_sorted_json(tmp_path):
+    shard = tmp_path / "s.tar"
+    write_shard(shard, [make_sample()])
+    (item,) = webdataset_pipeline(str(shard))
+    meta = item["json"]
+    assert meta["fps"] == 25.0 and meta["scale"] == [0.5, 0.5] and meta["motion_score"] == 3.25
+    assert meta["backends"] == {"flow": "opencv_dis", "tracker": "opencv_lk"}
+    assert list(meta) == sorted(meta)
+    json.dumps(meta)
+
+
+# ---------------------------------------------------------------- validation
+
+
+@pytest.mark.parametrize("key", ["clip.0", "", "a/b", "clip 0"])
+def test_bad_keys_are_rejected(key):
+    with pytest.raises(ValueError, match="key"):
+        make_sample(key=key)
+
+
+BAD_FIELDS = {
+    "tracks_dtype": dict(tracks=np.zeros((8, 16, 2), np.float64)),
+    "tracks_shape": dict(tracks=np.zeros((8, 16, 3), np.float32)),
+    "tracks_T_mismatch": dict(tracks=np.zeros((7, 16, 2), np.float32)),
+    "tracks_nan": dict(tracks=np.full((8, 16, 2), np.nan, np.float32)),
+    "visibility_dtype": dict(visibility=np.ones((8, 16), np.uint8)),
+    "visibility_shape": dict(visibility=np.ones((8, 15), bool)),
+    "sparse_dtype": dict(sparse=np.array([1, 2], np.int32)),
+    "sparse_empty": dict(sparse=np.zeros((0,), np.int64)),
+    "sparse_nine": dict(sparse=np.arange(9, dtype=np.int64)),
+    "sparse_out_of_range": dict(sparse=np.array([0, 16], np.int64)),
+    "sparse_negative": dict(sparse=np.array([-1], np.int64)),
+    "sparse_2d": dict(sparse=np.zeros((1, 2), np.int64)),
+    "sparse_repeated": dict(sparse=np.array([2, 2], np.int64)),
+    "frames_dtype": dict(frames=np.zeros((8, 64, 96, 3), np.float32)),
+    "frames_count": dict(frames=np.zeros((9, 64, 96, 3), np.uint8)),
+    "frames_odd": dict(frames=np.zeros((8, 63, 96, 3), np.uint8)),
+    "caption_type": dict(caption=None),
+    "meta_missing_key": dict(meta={"video_id": "x"}),
+    "meta_not_json": dict(meta=None),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_FIELDS.values(), ids=BAD_FIELDS.keys())
+def test_bad_fields_are_rejected(bad):
+    with pytest.raises(ValueError):
+        make_sample(**bad)
+
+
+def test_sparse_accepts_one_to_eight_tracks():
+    make_sample(sparse=np.array([5], np.int64))
+    make_sample(sparse=np.arange(8, dtype=np.int64))
+
+
+def test_meta_must_be_json_and_match_frame_count():
+    good = make_sample()
+    with pytest.raises(ValueError, match="frame_indices"):
+        make_sample(meta={**good.meta, "frame_indices": [0, 1]})
+    with pytest.raises(ValueError, match="JSON"):
+        make_sample(meta={**good.meta, "extra": object()})
+    with pytest.raises(ValueError, match="JSON"):
+        make_sample(meta={**good.meta, "motion_score": float("nan")})
+
+
+def test_frames_or_mp4_exactly_one():
+    good = make_sample()
+    with pytest.raises(ValueError, match="exactly one"):
+        make_sample(mp4=encode_mp4(good.frames, fps=8.0))
+    with pytest.raises(ValueError, match="exactly one"):
+        make_sample(frames=None)
+
+
+def test_mp4_frame_count_is_checked():
+    good = make_sample()
+    with pytest.raises(ValueError, match="frames"):
+        make_sample(frames=None, mp4=encode_mp4(good.frames[:6], fps=8.0))
+    with pytest.raises(ValueError, match="mp4"):
+        make_sample(frames=None, mp4=b"not a video")
+    encoded = make_sample(frames=None, mp4=encode_mp4(good.frames, fps=8.0))
+    assert encoded.decode_frames().shape == good.frames.shape
