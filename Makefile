@@ -7,7 +7,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 STAMP   = $(VENV)/.installed
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup test test-all demo bench clean
+.PHONY: setup test test-all demo bench serve clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,9 @@ demo: setup
 
 bench: setup
 	$(PY) benchmarks/bench_curation.py
+
+serve: setup
+	bash deployments/serve.sh
 
 clean:
 	rm -rf demo_out .pytest_cache

@@ -166,11 +166,14 @@ def render_shot(
     objects: Sequence[MovingObject] = (),
     texture_seed: int = 0,
     background: np.ndarray | None = None,
+    texture_octaves: Sequence[int] = (3, 6, 12, 24),
 ) -> SyntheticShot:
     """Render a shot: the world seen through ``camera`` with ``objects`` composited on top.
 
     ``background`` (H0×W0×3 uint8, e.g. a frame of a real video) replaces the noise texture;
-    it is tiled by reflection wherever the camera sees beyond it.
+    it is tiled by reflection wherever the camera sees beyond it. ``texture_octaves`` sets the
+    noise cell sizes: the default is busy (good for trackers); coarser octaves look more like
+    real footage, whose frame differences under a fast pan stay well below a cut's.
     """
     mats = camera.matrices(num_frames, width, height)
     # World rectangle seen over the whole shot, plus a margin for interpolation.
@@ -180,7 +183,7 @@ def render_shot(
     x1, y1 = np.ceil(seen.max(0)) + 4
     tex_w, tex_h = int(x1 - x0), int(y1 - y0)
     if background is None:
-        texture = make_texture(tex_h, tex_w, texture_seed)
+        texture = make_texture(tex_h, tex_w, texture_seed, texture_octaves)
     else:
         bg = cv2.resize(background.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
         pad_l, pad_t = int(-x0), int(-y0)
@@ -267,8 +270,9 @@ def random_shot(rng: np.random.Generator, num_frames: int, width: int, height: i
     """
     if kind not in ("camera", "mixed", "static"):
         raise ValueError(f"unknown shot kind {kind!r}")
+    octaves = (6, 12, 24, 48)  # closer to natural images than the tracker-friendly default
     if kind == "static":
-        return render_shot(num_frames, width, height, texture_seed=int(rng.integers(1 << 30)))
+        return render_shot(num_frames, width, height, texture_seed=int(rng.integers(1 << 30)), texture_octaves=octaves)
     speed = rng.uniform(0.3, 4.0)
     angle = rng.uniform(0, 2 * np.pi)
     camera = CameraMotion(
@@ -296,7 +300,9 @@ def random_shot(rng: np.random.Generator, num_frames: int, width: int, height: i
                     shape=str(rng.choice(["disc", "square"])),
                 )
             )
-    return render_shot(num_frames, width, height, camera, objects, texture_seed=int(rng.integers(1 << 30)))
+    return render_shot(
+        num_frames, width, height, camera, objects, texture_seed=int(rng.integers(1 << 30)), texture_octaves=octaves
+    )
 
 
 def random_video(

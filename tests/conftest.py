@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -58,3 +59,27 @@ def bad_inputs(tmp_path_factory):
     write_video(d / "short12.mp4", render_shot(12, 384, 256, CameraMotion((2, 0)), texture_seed=4).frames)
     write_video(d / "tiny.mp4", render_shot(40, 96, 64, CameraMotion((1, 0)), texture_seed=5).frames)
     return d
+
+
+COARSE = (6, 12, 24, 48)  # natural-image-like texture: fast pans don't look like cuts
+
+
+@pytest.fixture(scope="session")
+def input_dir(tmp_path_factory, bad_inputs):
+    """Eight good synthetic videos of known, distinct motion plus every kind of bad file."""
+    d = tmp_path_factory.mktemp("inputs")
+    speeds = [0.0, 0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0]
+    for i, v in enumerate(speeds):
+        objs = [MovingObject(linear_path((120, 130), (v, -v / 2), 70), 22, texture_seed=50 + i)] if v else []
+        a = render_shot(70, 480, 270, CameraMotion((v, v / 3)), objs, texture_seed=10 + i, texture_octaves=COARSE)
+        # A shorter scene after a hard cut: the clip must come from the first one.
+        b = render_shot(30, 480, 270, CameraMotion((1.0, 0.0)), texture_seed=100 + i, texture_octaves=COARSE)
+        write_video(d / f"good_{i}_speed{v:g}.mp4", concat_shots([a, b]).frames)
+    sub = d / "nested"
+    sub.mkdir()
+    for p in sorted(bad_inputs.iterdir()):
+        shutil.copy(p, sub / p.name)
+    (d / "readme.txt").write_text("not an input: wrong extension")
+    return d
+
+

@@ -1,0 +1,548 @@
+"""The curation chain as library functions over chunks of videos (paper §2.2, Fig. 2b).
+
+    discover → chunks → [per chunk] decode once → cuts → longest scene → clip sampling →
+    motion score → centre crop → staged clip  ║ barrier: dataset-wide motion threshold ║
+    [per chunk] tracking → sparse sampling → captions → shard  → manifest
+
+Stage 1 and stage 2 each persist one small JSON result per chunk under ``OUT/work/``; a chunk
+whose result exists is not recomputed, so an interrupted run resumes where it stopped and a
+repeated run is a no-op. Results are written atomically (temp file + rename). Orchestrators
+(the Prefect flows, or ``curate`` below for plain Python) call these functions; frames never
+leave a stage: stage 1 hands stage 2 the path of an H.264 clip it staged, the clip that ends
+up in the shard.
+
+Every input video ends in exactly one manifest row: ``ok``, ``filtered`` (below the motion
+threshold) or ``failed`` (with the reason of the stage that rejected it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from ic_data import clips as clipmod
+from ic_data.errors import CurationError
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts")
+STAGE1_DIR = "work/scores"
+STAGE2_DIR = "work/rows"
+STAGING_DIR = "work/clips"
+SHARD_DIR = "shards"
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    """Everything that decides the output of a curation run (its fingerprint keys the chunks)."""
+
+    source: str = "webvid"  # webvid (mixed motion) | realestate10k (camera only)
+    camera_only: bool = False
+    seed: int = 0
+    flow: str = "dis"  # dis | raft
+    tracker: str = "lk"  # lk | cotracker
+    cut_detector: str = "adaptive"  # adaptive | content
+    drop_fraction: float = 0.25
+    clip_frames: int = clipmod.CLIP_FRAMES
+    clip_width: int = clipmod.CLIP_WIDTH
+    clip_height: int = clipmod.CLIP_HEIGHT
+    max_stride: int = clipmod.MAX_STRIDE
+    grid_size: int = 16
+    max_tracks: int = 8
+    max_upscale: float = 2.0
+    max_decode_frames: int = 3000
+    captions_csv: str | None = None
+    captioner: str = "none"  # none | blip2
+    flow_options: dict = field(default_factory=dict)
+    tracker_options: dict = field(default_factory=dict)
+    # Not part of the fingerprint: they change how, not what, is computed.
+    decode_timeout_s: float = 300.0
+
+    def fingerprint(self) -> str:
+        d = dataclasses.asdict(self)
+        d.pop("decode_timeout_s")
+        return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A batch of videos processed by one task; ``key`` is deterministic in (videos, config)."""
+
+    key: str
+    videos: tuple[tuple[str, str], ...]  # (video_id, path)
+
+
+@dataclass
+class Candidate:
+    """What stage 1 learnt about one video (JSON-serialisable, small)."""
+
+    video_id: str
+    path: str
+    status: str = "scored"  # scored | failed
+    reason: str | None = None
+    error: str | None = None
+    num_frames: int | None = None
+    fps: float | None = None
+    width: int | None = None
+    height: int | None = None
+    decoder: str | None = None
+    truncated: bool = False
+    cuts: list[int] = field(default_factory=list)
+    scene_start: int | None = None
+    scene_end: int | None = None
+    frame_indices: list[int] = field(default_factory=list)
+    scale: list[float] = field(default_factory=list)
+    crop: list[int] = field(default_factory=list)
+    motion_score: float | None = None
+    staged_clip: str | None = None
+    clip_fps: float | None = None
+    caption: str | None = None
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------- discovery
+
+
+def discover_videos(root: str | os.PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[tuple[str, str]]:
+    """(video_id, absolute path) of every file under ``root`` whose suffix looks like a video.
+
+    Files are matched by extension only, so a corrupt or fake ``.mp4`` is still an input and
+    gets its ``failed`` row. Sorted by video id.
+    """
+    from ic_data.manifest import video_id_for
+
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"video folder not found: {root}")
+    exts = {e.lower() for e in extensions}
+    found = []
+    for p in sorted(root.rglob("*")):
+        if p.suffix.lower() in exts and (p.is_file() or p.is_symlink()):
+            found.append((video_id_for(str(p), str(root)), str(p.resolve() if p.exists() else p.absolute())))
+    ids = [v for v, _ in found]
+    if len(set(ids)) != len(ids):
+        raise ValueError("video ids collide; rename the inputs")  # cannot happen with hashed ids
+    return sorted(found)
+
+
+def plan_chunks(videos: Sequence[tuple[str, str]], config: CurationConfig, chunk_size: int = 32) -> list[Chunk]:
+    """Split the sorted inputs into chunks; a chunk's key hashes its video ids and the config."""
+    if chunk_size < 1:
+        raise ValueError("chunk_size must be ≥ 1")
+    fp = config.fingerprint()
+    chunks = []
+    for i in range(0, len(videos), chunk_size):
+        part = tuple(sorted(videos[i : i + chunk_size]))
+        digest = hashlib.sha1((fp + "\n" + "\n".join(v for v, _ in part)).encode()).hexdigest()[:10]
+        chunks.append(Chunk(key=f"chunk-{i // chunk_size:05d}-{digest}", videos=part))
+    return chunks
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def video_rng(seed: int, video_id: str, stream: int) -> np.random.Generator:
+    """A generator that depends only on (seed, video, purpose): independent of chunking/order."""
+    h = int(hashlib.sha1(video_id.encode()).hexdigest()[:12], 16)
+    return np.random.default_rng([seed, h, stream])
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _failure(c: Candidate, exc: BaseException) -> Candidate:
+    c.status = "failed"
+    if isinstance(exc, CurationError):
+        c.reason = exc.reason
+        c.error = str(exc)
+    else:  # an unexpected error is still recorded against the video, with its traceback
+        c.reason = f"error_{type(exc).__name__}"
+        c.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+    return c
+
+
+def library_versions() -> dict[str, str]:
+    import cv2
+    import scenedetect
+
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"opencv": cv2.__version__, "scenedetect": scenedetect.__version__, "numpy": np.__version__}
+    for pkg in ("image-conductor", "decord", "av"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+# ----------------------------------------------------------------------------- stage 1
+
+
+class Stage1:
+    """Per-video analysis up to the motion score; holds the flow backend across videos."""
+
+    def __init__(self, config: CurationConfig, out_dir: str | os.PathLike):
+        from ic_data.motion import make_flow_backend
+
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.flow = make_flow_backend(config.flow, **config.flow_options)
+        self.captions = None
+        if config.captions_csv:
+            from ic_data.captions import load_webvid_captions
+
+            self.captions = load_webvid_captions(config.captions_csv)
+
+    def analyse(self, video_id: str, path: str) -> Candidate:
+        from ic_data.cuts import detect_cuts, longest_scene
+        from ic_data.motion import motion_score
+        from ic_data.mp4 import write_mp4
+        from ic_data.video_io import decode_video
+
+        cfg = self.config
+        c = Candidate(video_id=video_id, path=path)
+        t0 = time.perf_counter()
+        try:
+            video = decode_video(
+                path,
+                lambda w, h: clipmod.resized_size(w, h, cfg.clip_width, cfg.clip_height, cfg.max_upscale),
+                max_frames=cfg.max_decode_frames,
+                timeout_s=cfg.decode_timeout_s,
+            )
+            info = video.info
+            c.num_frames, c.fps, c.width, c.height = video.num_frames, info.fps, info.width, info.height
+            c.decoder, c.truncated, c.scale = info.backend, video.truncated, [float(s) for s in video.scale]
+            scenes = detect_cuts(video.frames, info.fps, detector=cfg.cut_detector)
+            c.cuts = [int(x) for x in scenes.cuts]
+            c.scene_start, c.scene_end = (int(x) for x in longest_scene(scenes.scenes))
+            idx = clipmod.sample_clip_indices(
+                (c.scene_start, c.scene_end), video_rng(cfg.seed, video_id, 0), cfg.clip_frames, cfg.max_stride
+            )
+            c.frame_indices = [int(i) for i in idx]
+            frames = video.frames[idx]
+            del video  # the full decoded video is the largest thing in memory: drop it early
+            c.motion_score = float(motion_score(frames, self.flow))
+            box = clipmod.center_crop_box(frames.shape[2], frames.shape[1], cfg.clip_width, cfg.clip_height)
+            c.crop = [int(b) for b in box]
+            stride = int(idx[1] - idx[0]) if len(idx) > 1 else 1
+            c.clip_fps = float(info.fps / stride) if info.fps > 0 else 8.0
+            clip = clipmod.crop_frames(frames, box)
+            if self.captions is not None:
+                from ic_data.captions import caption_for
+
+                c.caption = caption_for(path, self.captions)
+        except Exception as exc:  # a property of this video: recorded, the chunk goes on
+            _failure(c, exc)
+        else:
+            # Writing our own output is outside the try: an I/O error there is transient and
+            # must reach the orchestrator (which retries the chunk), not become a failed row.
+            staged = self.out_dir / STAGING_DIR / f"{video_id}.mp4"
+            staged.parent.mkdir(parents=True, exist_ok=True)
+            write_mp4(staged, clip, fps=c.clip_fps)
+            c.staged_clip = str(staged)
+        c.seconds = time.perf_counter() - t0
+        return c
+
+
+def stage1_result_path(out_dir: str | os.PathLike, chunk: Chunk) -> Path:
+    return Path(out_dir) / STAGE1_DIR / f"{chunk.key}.json"
+
+
+def run_stage1_chunk(chunk: Chunk, config: CurationConfig, out_dir: str | os.PathLike, stage: Stage1 | None = None) -> Path:
+    """Analyse every video of a chunk (or reuse the saved result) and return the result's path."""
+    result = stage1_result_path(out_dir, chunk)
+    if result.exists():
+        return result
+    stage = stage or Stage1(config, out_dir)
+    cands = [dataclasses.asdict(stage.analyse(vid, path)) for vid, path in chunk.videos]
+    _atomic_write_text(result, json.dumps({"chunk": chunk.key, "candidates": cands}, indent=1, sort_keys=True))
+    return result
+
+
+def load_candidates(path: str | os.PathLike) -> list[Candidate]:
+    data = json.loads(Path(path).read_text())
+    return [Candidate(**c) for c in data["candidates"]]
+
+
+# ----------------------------------------------------------------------------- barrier
+
+
+@dataclass(frozen=True)
+class MotionDecision:
+    threshold: float
+    num_scored: int
+    num_kept: int
+
+
+def decide_motion_threshold(stage1_results: Iterable[str | os.PathLike], drop_fraction: float) -> MotionDecision:
+    """The dataset-wide bottom-``drop_fraction`` threshold over every scored video."""
+    from ic_data.motion import motion_filter
+
+    scores = [c.motion_score for p in stage1_results for c in load_candidates(p) if c.status == "scored"]
+    threshold, keep = motion_filter(scores, drop_fraction)
+    return MotionDecision(float(threshold), len(scores), int(np.sum(keep)))
+
+
+def is_kept(score: float, threshold: float) -> bool:
+    """The rule ``motion_filter`` applies, for one score: strictly above the threshold."""
+    return bool(np.isnan(threshold) or score > threshold)
+
+
+# ----------------------------------------------------------------------------- stage 2
+
+
+class Stage2:
+    """Tracking, sparse sampling, captions and shard writing for the survivors of a chunk."""
+
+    def __init__(self, config: CurationConfig, out_dir: str | os.PathLike):
+        from ic_data.tracking import make_tracker
+
+        self.config = config
+        self.out_dir = Path(out_dir)
+        self.tracker = make_tracker(config.tracker, **config.tracker_options)
+        self._captioner = None
+        self.versions = library_versions()
+
+    def captioner(self):
+        if self._captioner is None and self.config.captioner == "blip2":
+            from ic_data.captions import Blip2Captioner
+
+            self._captioner = Blip2Captioner()
+        return self._captioner
+
+    def sample(self, c: Candidate, shard_name: str):
+        """Build the shard sample of a kept candidate (raises on failure)."""
+        from ic_data.mp4 import decode_mp4
+        from ic_data.shards import ClipSample
+        from ic_data.tracking import grid_points
+        from ic_data.trajectories import sample_sparse_tracks
+
+        cfg = self.config
+        mp4_bytes = Path(c.staged_clip).read_bytes()
+        frames = decode_mp4(mp4_bytes)  # exactly the pixels stored in the shard
+        points = grid_points(cfg.clip_width, cfg.clip_height, cfg.grid_size)
+        tracks, visibility = self.tracker.track(frames, points)
+        sparse = sample_sparse_tracks(tracks, video_rng(cfg.seed, c.video_id, 1), cfg.max_tracks, visibility=visibility)
+        caption = c.caption
+        if not caption and self.captioner() is not None:
+            caption = self.captioner().caption(frames)
+        meta = {
+            "source_path": c.path,
+            "video_id": c.video_id,
+            "fps": c.fps,
+            "clip_fps": c.clip_fps,
+            "frame_indices": c.frame_indices,
+            "scale": c.scale,
+            "crop": c.crop,
+            "source_size": [c.width, c.height],
+            "scene": [c.scene_start, c.scene_end],
+            "motion_score": c.motion_score,
+            "camera_only": cfg.camera_only,
+            "source": cfg.source,
+            "backends": {
+                "flow": self_flow_name(cfg),
+                "tracker": self.tracker.name,
+                "decoder": c.decoder,
+                "cut_detector": cfg.cut_detector,
+            },
+            "versions": {**self.versions, "tracker": self.tracker.version},
+            "shard": shard_name,
+        }
+        return ClipSample(
+            key=c.video_id,
+            mp4=mp4_bytes,
+            tracks=tracks.astype(np.float32),
+            visibility=visibility.astype(bool),
+            sparse=np.asarray(sparse, np.int64),
+            caption=caption or "",
+            meta=meta,
+        )
+
+
+def self_flow_name(cfg: CurationConfig) -> str:
+    return cfg.flow if not cfg.flow_options.get("model") else f"{cfg.flow}:{cfg.flow_options['model']}"
+
+
+def stage2_result_path(out_dir: str | os.PathLike, chunk: Chunk) -> Path:
+    return Path(out_dir) / STAGE2_DIR / f"{chunk.key}.json"
+
+
+def run_stage2_chunk(
+    chunk: Chunk,
+    threshold: float,
+    config: CurationConfig,
+    out_dir: str | os.PathLike,
+    stage: Stage2 | None = None,
+) -> Path:
+    """Finish a chunk: survivors get tracks and go into one shard; every video gets its row."""
+    from ic_data.manifest import ManifestRow
+    from ic_data.shards import write_shard
+
+    out_dir = Path(out_dir)
+    result = stage2_result_path(out_dir, chunk)
+    if result.exists():
+        saved = json.loads(result.read_text())
+        if saved.get("threshold") == _json_float(threshold):
+            return result  # finished by an earlier run with the same dataset-wide decision
+    stage = stage or Stage2(config, out_dir)
+    shard_name = f"{chunk.key}.tar"
+    rows, samples = [], []
+    for c in load_candidates(stage1_result_path(out_dir, chunk)):
+        row = ManifestRow(
+            video_id=c.video_id,
+            path=c.path,
+            status="failed",
+            reason=c.reason,
+            cuts=c.cuts,
+            scene_start=c.scene_start,
+            scene_end=c.scene_end,
+            num_frames=c.num_frames,
+            fps=c.fps,
+            width=c.width,
+            height=c.height,
+            motion_score=c.motion_score,
+            chunk=chunk.key,
+            caption=c.caption,
+            camera_only=config.camera_only,
+            flow_backend=self_flow_name(config),
+            tracker_backend=None,
+        )
+        if c.status == "failed":
+            pass
+        elif not is_kept(c.motion_score, threshold):
+            row.status, row.reason = "filtered", "low_motion"
+        else:
+            try:
+                sample = stage.sample(c, shard_name)
+            except Exception as exc:
+                _failure(c, exc)
+                row.reason = f"tracking_{c.reason}" if not c.reason.startswith("error_") else c.reason
+            else:
+                samples.append(sample)
+                row.status, row.reason = "ok", None
+                row.shard, row.key = f"{SHARD_DIR}/{shard_name}", c.video_id
+                row.caption = sample.caption
+                row.tracker_backend = stage.tracker.name
+        rows.append(dataclasses.asdict(row))
+    shard_path = out_dir / SHARD_DIR / shard_name
+    if samples:
+        shard_path.parent.mkdir(parents=True, exist_ok=True)
+        write_shard(shard_path, samples)
+    elif shard_path.exists():
+        shard_path.unlink()  # a stale shard from a run with another threshold
+    _atomic_write_text(
+        result, json.dumps({"chunk": chunk.key, "threshold": _json_float(threshold), "rows": rows}, indent=1, sort_keys=True)
+    )
+    return result
+
+
+def _json_float(x: float) -> float | None:
+    return None if x is None or np.isnan(x) else float(x)
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+@dataclass
+class CurationSummary:
+    out_dir: str
+    num_videos: int
+    counts: dict[str, int]
+    reasons: dict[str, int]
+    threshold: float | None
+    score_percentiles: dict[str, float]
+    removed_stale_shards: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def assemble_manifest(out_dir: str | os.PathLike, chunks: Sequence[Chunk], threshold: float) -> CurationSummary:
+    """Gather every chunk's rows into ``manifest.parquet``; check none is missing or doubled."""
+    from ic_data.manifest import ManifestRow, reason_counts, status_counts, write_manifest
+
+    out_dir = Path(out_dir)
+    rows = []
+    for chunk in chunks:
+        saved = json.loads(stage2_result_path(out_dir, chunk).read_text())
+        chunk_rows = [ManifestRow(**r) for r in saved["rows"]]
+        expected = {v for v, _ in chunk.videos}
+        got = [r.video_id for r in chunk_rows]
+        if sorted(got) != sorted(expected):
+            raise RuntimeError(f"{chunk.key}: rows do not match its videos (missing {expected - set(got)})")
+        rows.extend(chunk_rows)
+    write_manifest(out_dir / "manifest.parquet", rows)
+    # Shards of earlier runs with another config or input set would leak into training.
+    live = {f"{c.key}.tar" for c in chunks}
+    stale = []
+    shard_dir = out_dir / SHARD_DIR
+    if shard_dir.is_dir():
+        for p in sorted(shard_dir.glob("*.tar")):
+            if p.name not in live:
+                p.unlink()
+                stale.append(p.name)
+    # Staged clips are in the shards now (or were filtered out).
+    for chunk in chunks:
+        for vid, _ in chunk.videos:
+            (out_dir / STAGING_DIR / f"{vid}.mp4").unlink(missing_ok=True)
+    scores = np.array([r.motion_score for r in rows if r.motion_score is not None], np.float64)
+    pct = {f"p{q}": float(np.percentile(scores, q)) for q in (0, 10, 25, 50, 75, 90, 100)} if len(scores) else {}
+    return CurationSummary(
+        out_dir=str(out_dir),
+        num_videos=len(rows),
+        counts=status_counts(rows),
+        reasons=reason_counts(rows),
+        threshold=_json_float(threshold),
+        score_percentiles=pct,
+        removed_stale_shards=stale,
+    )
+
+
+# ----------------------------------------------------------------------------- plain driver
+
+
+def curate(
+    videos_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    config: CurationConfig = CurationConfig(),
+    chunk_size: int = 32,
+    progress: Callable[[str], None] | None = None,
+) -> CurationSummary:
+    """Run the whole chain in this process (no orchestrator): what the flows do, sequentially."""
+    say = progress or (lambda msg: None)
+    out_dir = Path(out_dir)
+    videos = discover_videos(videos_dir)
+    chunks = plan_chunks(videos, config, chunk_size)
+    say(f"{len(videos)} videos in {len(chunks)} chunks")
+    stage1 = None
+    results = []
+    for i, chunk in enumerate(chunks):
+        if not stage1_result_path(out_dir, chunk).exists() and stage1 is None:
+            stage1 = Stage1(config, out_dir)
+        results.append(run_stage1_chunk(chunk, config, out_dir, stage1))
+        say(f"stage 1: chunk {i + 1}/{len(chunks)} scored")
+    decision = decide_motion_threshold(results, config.drop_fraction)
+    say(f"motion threshold {decision.threshold:.4f}: {decision.num_kept}/{decision.num_scored} kept")
+    stage2 = None
+    for i, chunk in enumerate(chunks):
+        if stage2 is None:
+            stage2 = Stage2(config, out_dir)
+        run_stage2_chunk(chunk, decision.threshold, config, out_dir, stage2)
+        say(f"stage 2: chunk {i + 1}/{len(chunks)} written")
+    summary = assemble_manifest(out_dir, chunks, decision.threshold)
+    _atomic_write_text(out_dir / "summary.json", json.dumps(summary.to_json(), indent=1, sort_keys=True))
+    return summary

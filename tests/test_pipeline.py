@@ -1,0 +1,165 @@
+"""The curation chain end to end (library level): completeness, contract, filter, resume, determinism."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ic_data.clips import resized_size
+from ic_data.manifest import read_manifest
+from ic_data.pipeline import (
+    CurationConfig,
+    curate,
+    discover_videos,
+    plan_chunks,
+    stage1_result_path,
+)
+from ic_data.shards import read_shard
+from ic_data.tracking import grid_points
+from ic_data.video_io import decode_video
+
+CFG = CurationConfig(seed=3)
+
+
+@pytest.fixture(scope="module")
+def curated(input_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("curated")
+    summary = curate(input_dir, out, CFG, chunk_size=5)
+    return out, summary
+
+
+def test_every_input_has_exactly_one_row(input_dir, curated):
+    out, summary = curated
+    rows = read_manifest(out / "manifest.parquet")
+    inputs = [p for p in input_dir.rglob("*.mp4")]
+    assert len(rows) == len(inputs) == summary.num_videos == 14
+    assert len({r.video_id for r in rows}) == len(rows)
+    assert sorted(Path(r.path).name for r in rows) == sorted(p.name for p in inputs)
+    by_name = {Path(r.path).name: r for r in rows}
+    expected_failures = {
+        "empty.mp4": "empty_file", "random.mp4": "decode_error", "notes.mp4": "decode_error",
+        "short12.mp4": "too_short", "tiny.mp4": "too_small",
+    }
+    for name, reason in expected_failures.items():
+        assert by_name[name].status == "failed" and by_name[name].reason == reason, name
+    assert by_name["truncated.mp4"].status == "failed"  # a third of 48 frames is < 32 frames
+    assert summary.counts == {"ok": 6, "filtered": 2, "failed": 6}
+
+
+def test_bottom_quarter_of_motion_is_filtered(curated):
+    out, summary = curated
+    rows = {Path(r.path).name: r for r in read_manifest(out / "manifest.parquet")}
+    # 8 scored videos: floor(0.25 × 8) = 2 dropped, and they are the two static ones.
+    filtered = sorted(n for n, r in rows.items() if r.status == "filtered")
+    assert filtered == ["good_0_speed0.mp4", "good_1_speed0.mp4"]
+    assert all(rows[n].reason == "low_motion" for n in filtered)
+    ok_scores = [r.motion_score for r in rows.values() if r.status == "ok"]
+    assert min(ok_scores) > summary.threshold >= max(rows[n].motion_score for n in filtered)
+
+
+def test_shards_follow_the_data_contract(input_dir, curated):
+    out, _ = curated
+    rows = [r for r in read_manifest(out / "manifest.parquet") if r.status == "ok"]
+    grid = grid_points(384, 256, 16)
+    for r in rows:
+        samples = {s.key: s for s in read_shard(out / r.shard)}
+        s = samples[r.key]
+        frames = s.decode_frames()
+        assert frames.shape == (32, 256, 384, 3)
+        assert s.tracks.shape == (32, 256, 2) and s.tracks.dtype == np.float32
+        assert s.visibility.shape == (32, 256) and s.visibility.dtype == bool
+        assert 1 <= len(s.sparse) <= 8 and s.sparse.dtype == np.int64
+        assert np.allclose(s.tracks[0], grid) and s.visibility[0].all()
+        meta = s.meta
+        idx = np.array(meta["frame_indices"])
+        # The window lies inside the longest scene (the first, 70-frame shot) with one stride.
+        assert len(idx) == 32 and len(set(np.diff(idx))) == 1 and 1 <= np.diff(idx)[0] <= 16
+        assert r.scene_start <= idx[0] and idx[-1] < r.scene_end == 70 and r.cuts == [70]
+        assert meta["crop"] == [35, 0, 384, 256]
+        assert meta["backends"]["flow"] == "dis" and meta["backends"]["tracker"] == "lk"
+        assert meta["camera_only"] is False
+        # Clip pixels map back to the source: redo resize + crop from the source file.
+        src = decode_video(meta["source_path"], lambda w, h: resized_size(w, h))
+        assert np.allclose(meta["scale"], src.scale)
+        x0, y0, w, h = meta["crop"]
+        expected = src.frames[idx][:, y0 : y0 + h, x0 : x0 + w]
+        assert np.abs(expected.astype(float) - frames).mean() < 6.0
+
+
+def test_rerun_is_a_noop_and_output_is_deterministic(input_dir, curated, tmp_path):
+    out, _ = curated
+    manifest_bytes = (out / "manifest.parquet").read_bytes()
+    shards = {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")}
+    # Same output folder: every chunk is already done, nothing changes.
+    t0 = time.perf_counter()
+    curate(input_dir, out, CFG, chunk_size=5)
+    assert time.perf_counter() - t0 < 10
+    assert (out / "manifest.parquet").read_bytes() == manifest_bytes
+    # Fresh folder, other chunking: byte-identical tracks and manifest rows.
+    other = tmp_path / "other"
+    curate(input_dir, other, CFG, chunk_size=3)
+    a = {r.video_id: r for r in read_manifest(out / "manifest.parquet")}
+    b = {r.video_id: r for r in read_manifest(other / "manifest.parquet")}
+    strip = lambda r: {k: v for k, v in r.__dict__.items() if k not in ("shard", "chunk")}  # noqa: E731
+    assert {k: strip(v) for k, v in a.items()} == {k: strip(v) for k, v in b.items()}
+    tracks_a = {s.key: s.tracks.tobytes() for p in (out / "shards").glob("*.tar") for s in read_shard(p)}
+    tracks_b = {s.key: s.tracks.tobytes() for p in (other / "shards").glob("*.tar") for s in read_shard(p)}
+    assert tracks_a == tracks_b and len(tracks_a) == 6
+    # Same chunking in a fresh folder: byte-identical files.
+    same = tmp_path / "same"
+    curate(input_dir, same, CFG, chunk_size=5)
+    assert (same / "manifest.parquet").read_bytes() == manifest_bytes
+    assert {p.name: p.read_bytes() for p in (same / "shards").glob("*.tar")} == shards
+
+
+def test_another_seed_samples_other_clips(input_dir, curated, tmp_path):
+    out, _ = curated
+    summary = curate(input_dir, tmp_path / "seed4", CurationConfig(seed=4), chunk_size=5)
+    a = {r.video_id: r for r in read_manifest(out / "manifest.parquet")}
+    b = {r.video_id: r for r in read_manifest(tmp_path / "seed4" / "manifest.parquet")}
+    assert summary.counts["failed"] == 6
+    assert any(a[k].motion_score != b[k].motion_score for k in a if a[k].motion_score is not None)
+
+
+def test_killed_run_resumes_to_the_same_result(input_dir, curated, tmp_path):
+    out, _ = curated
+    target = tmp_path / "killed"
+    chunks = plan_chunks(discover_videos(input_dir), CFG, chunk_size=5)
+    code = (
+        "import sys; from ic_data.pipeline import curate, CurationConfig;"
+        f"curate({str(input_dir)!r}, {str(target)!r}, CurationConfig(seed=3), chunk_size=5)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[1])
+    first = stage1_result_path(target, chunks[0])
+    deadline = time.time() + 120
+    while not first.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert first.exists(), "the run should have finished its first chunk before the kill"
+    assert not (target / "manifest.parquet").exists()
+    done_before = json.loads(first.read_text())
+    curate(input_dir, target, CFG, chunk_size=5)
+    # The finished chunk was reused, not recomputed.
+    assert json.loads(first.read_text()) == done_before
+    assert (target / "manifest.parquet").read_bytes() == (out / "manifest.parquet").read_bytes()
+    assert sorted(p.name for p in (target / "shards").glob("*.tar")) == sorted(
+        p.name for p in (out / "shards").glob("*.tar")
+    )
+    assert not list(target.rglob("*.tmp*")), "no temporary files are left behind"
+
+
+def test_camera_only_source_flags_every_clip(input_dir, tmp_path):
+    cfg = CurationConfig(source="realestate10k", camera_only=True, seed=3)
+    curate(input_dir, tmp_path / "re10k", cfg, chunk_size=20)
+    rows = read_manifest(tmp_path / "re10k" / "manifest.parquet")
+    assert all(r.camera_only for r in rows)
+    for r in rows:
+        if r.status == "ok":
+            s = next(x for x in read_shard(tmp_path / "re10k" / r.shard) if x.key == r.key)
+            assert s.meta["camera_only"] is True

@@ -1,0 +1,357 @@
+"""Point tracking against synthetic shots whose every point's motion and visibility is known.
+
+The measured errors are printed in a summary at the end of the module (visible without -s).
+"""
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from ic_data.errors import MissingWeightsError
+from ic_data.synthetic import CameraMotion, MovingObject, SyntheticShot, linear_path, render_shot
+from ic_data.tracking import (
+    CHECKPOINT_ENV,
+    REPO_ENV,
+    CoTrackerTracker,
+    LKTracker,
+    Tracker,
+    grid_points,
+    make_tracker,
+)
+
+T, H, W = 32, 256, 384
+GRID = grid_points(W, H)
+MEASURED: list[str] = []
+
+
+@pytest.fixture(scope="module", autouse=True)
+def measurement_summary(request):
+    """Print every measurement recorded by the tests once the module is done."""
+    yield
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None or not MEASURED:
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line("")
+        reporter.write_line("tracking measurements (synthetic 384×256×32 shots, noise σ=2, 16×16 grid):")
+        for line in MEASURED:
+            reporter.write_line("  " + line)
+
+
+def noisy(shot: SyntheticShot, sigma: float = 2.0, seed: int = 0) -> SyntheticShot:
+    """The same shot with Gaussian sensor noise on every frame (ground truth unchanged)."""
+    rng = np.random.default_rng(seed)
+    frames = np.clip(np.rint(shot.frames + rng.normal(0.0, sigma, shot.frames.shape)), 0, 255)
+    return replace(shot, frames=frames.astype(np.uint8))
+
+
+def camera_shot(camera: CameraMotion, seed: int) -> SyntheticShot:
+    return noisy(render_shot(T, W, H, camera=camera, texture_seed=seed), seed=seed)
+
+
+def object_shot() -> SyntheticShot:
+    """A textured disc (r = 24 px) moving 3 px/frame to the right over a background panning left."""
+    disc = MovingObject(linear_path((110.0, 120.0), (3.0, 0.0), T), radius_px=24.0, texture_seed=7)
+    shot = render_shot(T, W, H, camera=CameraMotion((-1.0, 0.3)), objects=[disc], texture_seed=5)
+    return noisy(shot, seed=5)
+
+
+def errors_px(tracks: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(tracks - truth, axis=-1)
+
+
+def inside(points: np.ndarray) -> np.ndarray:
+    x, y = points[..., 0], points[..., 1]
+    return (x >= 0) & (x <= W - 1) & (y >= 0) & (y <= H - 1)
+
+
+@pytest.fixture(scope="module")
+def lk() -> LKTracker:
+    return LKTracker()
+
+
+@pytest.fixture(scope="module")
+def tracked_object(lk):
+    shot = object_shot()
+    tracks, visible = lk.track(shot.frames, GRID)
+    return shot, tracks, visible
+
+
+# --- grid --------------------------------------------------------------------------------------
+
+
+def test_grid_points_are_cell_centres_row_major():
+    pts = grid_points()
+    assert pts.shape == (256, 2) and pts.dtype == np.float32
+    # x varies fastest; cells are 24 × 16 px; centres half a cell from the (pixel-edge) border.
+    np.testing.assert_allclose(pts[:3], [[11.5, 7.5], [35.5, 7.5], [59.5, 7.5]])
+    np.testing.assert_allclose(pts[16], [11.5, 23.5])
+    np.testing.assert_allclose(pts[-1], [371.5, 247.5])
+    assert inside(pts).all()
+    # Symmetric about the image centre ((W − 1)/2, (H − 1)/2) in the pixel-centre convention.
+    np.testing.assert_allclose(pts.mean(axis=0), [(W - 1) / 2, (H - 1) / 2])
+    assert grid_points(64, 32, 4).shape == (16, 2)
+    with pytest.raises(ValueError):
+        grid_points(grid_size=0)
+
+
+# --- LK against ground truth -------------------------------------------------------------------
+
+CAMERA_CASES = {
+    "pan 1.5 px/frame": CameraMotion((1.5, 0.4)),
+    "pan 5 px/frame": CameraMotion((-5.0, 1.3)),
+    "zoom 1.005/frame": CameraMotion((0.0, 0.0), zoom_per_frame=1.005),
+    "shake 4 px": CameraMotion((1.0, 0.5), shake_px=4.0),
+}
+
+
+@pytest.mark.parametrize("case", list(CAMERA_CASES))
+def test_lk_follows_camera_motion(lk, case):
+    shot = camera_shot(CAMERA_CASES[case], seed=list(CAMERA_CASES).index(case) + 1)
+    start = time.perf_counter()
+    tracks, visible = lk.track(shot.frames, GRID)
+    seconds = time.perf_counter() - start
+    truth, truly_visible = shot.track(GRID)
+
+    both = (visible & truly_visible)[1:]
+    err = errors_px(tracks, truth)[1:][both]
+    median, p90 = float(np.median(err)), float(np.percentile(err, 90))
+    recall = both.sum() / truly_visible[1:].sum()
+    precision = both.sum() / visible[1:].sum()
+    MEASURED.append(
+        f"{case:18s} median {median:.3f} px, p90 {p90:.3f} px, visible recall {recall:.3f}, "
+        f"precision {precision:.3f}, {seconds:.2f} s"
+    )
+    assert median <= 0.5
+    assert p90 <= 1.0
+    assert recall >= 0.95, "a camera move hides nothing: almost every point in view stays tracked"
+    assert precision >= 0.99
+
+
+def test_lk_points_on_a_moving_object_follow_it(tracked_object):
+    shot, tracks, visible = tracked_object
+    truth, truly_visible = shot.track(GRID)
+    on_disc = shot.objects[0].covers(GRID.astype(np.float64), 0)
+    assert on_disc.sum() >= 4
+
+    both = (visible & truly_visible)[1:, on_disc]
+    err = errors_px(tracks, truth)[1:, on_disc][both]
+    # Within a few px of the rim, the window is half background moving the other way and the
+    # point may be given up; further inside it must be followed throughout.
+    disc = shot.objects[0]
+    well_inside = np.linalg.norm(GRID - disc.path_px[0], axis=1) <= disc.radius_px - 6.0
+    assert (well_inside & on_disc).sum() >= 3
+    MEASURED.append(
+        f"{'object points':18s} median {np.median(err):.3f} px, p90 {np.percentile(err, 90):.3f} px over "
+        f"{on_disc.sum()} points; visible {visible[1:, on_disc].mean():.2f} of frames "
+        f"({visible[1:, well_inside].mean():.2f} for the {well_inside.sum()} ≥ 6 px inside the rim)"
+    )
+    assert np.median(err) <= 0.5
+    assert visible[1:, well_inside].mean() >= 0.95
+
+
+def test_lk_marks_occluded_points_invisible(tracked_object):
+    shot, tracks, visible = tracked_object
+    truth, truly_visible = shot.track(GRID)
+    covered = (~truly_visible & inside(truth))[1:]  # in view, behind the disc
+    assert covered.sum() >= 50
+
+    recall = (covered & ~visible[1:]).sum() / covered.sum()
+    precision = (visible & truly_visible)[1:].sum() / visible[1:].sum()
+    MEASURED.append(
+        f"{'occlusion':18s} recall {recall:.3f} of {covered.sum()} covered point-frames, "
+        f"visible precision {precision:.3f}"
+    )
+    assert recall >= 0.9
+    assert precision >= 0.98
+
+
+def test_lk_points_leaving_the_frame_become_invisible(lk):
+    shot = camera_shot(CameraMotion((-5.0, 1.3)), seed=2)
+    tracks, visible = lk.track(shot.frames, GRID)
+    truth, _ = shot.track(GRID)
+    outside = ~inside(truth)
+    assert outside.sum() >= 500  # 5 px/frame for 31 frames: a third of the grid leaves
+
+    assert not visible[~inside(tracks)].any()
+    # Truly outside yet reported visible: only right at the border (a point 0.3 px outside,
+    # tracked 0.9 px inside, happens), never further out.
+    leaked = visible & outside
+    x, y = truth[..., 0], truth[..., 1]
+    beyond_px = np.maximum.reduce([-x, x - (W - 1), -y, y - (H - 1)])
+    assert leaked.sum() <= 0.005 * outside.sum()
+    assert (beyond_px[leaked] <= 1.0).all()
+    # Hidden points keep moving with the scene, so their positions stay plausible.
+    hidden_err = errors_px(tracks, truth)[outside]
+    MEASURED.append(
+        f"{'left the frame':18s} {leaked.sum()} of {outside.sum()} outside point-frames reported visible; "
+        f"predicted positions median error {np.median(hidden_err):.2f} px"
+    )
+    assert np.median(hidden_err) <= 2.0
+
+
+def test_lk_is_deterministic(tracked_object):
+    shot, tracks, visible = tracked_object
+    again_tracks, again_visible = LKTracker().track(shot.frames.copy(), GRID.copy())
+    assert np.array_equal(tracks, again_tracks)
+    assert np.array_equal(visible, again_visible)
+
+
+def test_lk_output_contract(tracked_object):
+    shot, tracks, visible = tracked_object
+    assert tracks.shape == (T, 256, 2) and tracks.dtype == np.float32
+    assert visible.shape == (T, 256) and visible.dtype == bool
+    assert np.array_equal(tracks[0], GRID)
+    assert visible[0].all()
+    assert np.isfinite(tracks).all()
+
+
+def test_lk_edge_cases():
+    frames = np.zeros((3, 40, 50, 3), np.uint8)
+    tracks, visible = LKTracker().track(frames, np.zeros((0, 2), np.float32))
+    assert tracks.shape == (3, 0, 2) and visible.shape == (3, 0)
+    one = np.array([[10.25, 20.75]], np.float32)
+    tracks, visible = LKTracker().track(frames[:1], one)
+    assert np.array_equal(tracks[0], one) and visible.all()
+    # A blank clip has nothing to track: the point is reported, but not as visible.
+    tracks, visible = LKTracker().track(frames, one)
+    assert np.array_equal(tracks[0], one) and not visible[1:].any()
+    with pytest.raises(ValueError):
+        LKTracker().track(frames[..., 0], one)
+    with pytest.raises(ValueError):
+        LKTracker().track(frames.astype(np.float32), one)
+    with pytest.raises(ValueError):
+        LKTracker().track(frames, one[:, :1])
+
+
+def test_make_tracker():
+    tracker = make_tracker("lk", fb_threshold_px=0.5)
+    assert isinstance(tracker, LKTracker) and tracker.fb_threshold_px == 0.5
+    assert isinstance(tracker, Tracker) and tracker.name == "lk" and tracker.version
+    with pytest.raises(ValueError, match="unknown tracker"):
+        make_tracker("raft")
+
+
+# --- CoTracker -----------------------------------------------------------------------------------
+
+
+def test_cotracker_without_configuration_names_the_settings(monkeypatch, tmp_path):
+    monkeypatch.delenv(REPO_ENV, raising=False)
+    monkeypatch.delenv(CHECKPOINT_ENV, raising=False)
+    with pytest.raises(MissingWeightsError, match=REPO_ENV):
+        make_tracker("cotracker")
+    with pytest.raises(MissingWeightsError, match="hubconf.py"):
+        CoTrackerTracker(repo_dir=str(tmp_path))
+    (tmp_path / "hubconf.py").write_text("")
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_torch_home"))
+    with pytest.raises(MissingWeightsError, match=CHECKPOINT_ENV):
+        CoTrackerTracker(repo_dir=str(tmp_path))
+    with pytest.raises(MissingWeightsError, match="does not exist"):
+        CoTrackerTracker(repo_dir=str(tmp_path), checkpoint=str(tmp_path / "missing.pth"))
+    with pytest.raises(ValueError, match="unsupported"):
+        CoTrackerTracker(repo_dir=str(tmp_path), model="cotracker3_online")
+
+
+# A stand-in hub repo: same entry point and call signature as CoTracker's predictor, with a
+# one-parameter "model" whose weights come from the checkpoint. It tests our loading and IO
+# code, not CoTracker.
+FAKE_HUBCONF = textwrap.dedent(
+    """
+    import torch
+
+    class _Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.velocity = torch.nn.Parameter(torch.zeros(2))
+
+    class _Predictor(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = _Model()
+            self.seen = None
+
+        def forward(self, video, queries=None, segm_mask=None, grid_size=0, grid_query_frame=0,
+                    backward_tracking=False):
+            self.seen = (tuple(video.shape), video.dtype, float(video.min()), float(video.max()),
+                         queries.clone())
+            num_frames = video.shape[1]
+            t = torch.arange(num_frames, dtype=torch.float32)[None, :, None, None]
+            tracks = queries[:, None, :, 1:] + t * self.model.velocity
+            visibility = torch.full(tracks.shape[:3], 0.95)
+            visibility[:, num_frames // 2:, 0] = 0.2  # the first point is hidden in the second half
+            return tracks, visibility
+
+    def cotracker3_offline(*, pretrained=True, **kwargs):
+        assert not pretrained, "weights must come from the local checkpoint"
+        return _Predictor()
+    """
+)
+
+
+@pytest.fixture
+def fake_cotracker_repo(tmp_path):
+    torch = pytest.importorskip("torch")
+    repo = tmp_path / "co-tracker"
+    repo.mkdir()
+    (repo / "hubconf.py").write_text(FAKE_HUBCONF)
+    checkpoint = tmp_path / "scaled_offline.pth"
+    torch.save({"velocity": torch.tensor([1.5, -0.5])}, checkpoint)
+    return repo, checkpoint
+
+
+def test_cotracker_glue_with_a_local_hub_repo(fake_cotracker_repo, monkeypatch):
+    repo, checkpoint = fake_cotracker_repo
+    monkeypatch.setenv(REPO_ENV, str(repo))
+    monkeypatch.setenv(CHECKPOINT_ENV, str(checkpoint))
+    tracker = make_tracker("cotracker")
+    assert tracker.name == "cotracker"
+    assert tracker.version.startswith("cotracker3_offline:scaled_offline.pth:")
+
+    frames = np.random.default_rng(0).integers(0, 256, (8, H, W, 3), dtype=np.uint8)
+    points = GRID[:5] + 0.25
+    tracks, visible = tracker.track(frames, points)
+
+    shape, dtype, low, high, queries = tracker._predictor.seen
+    assert shape == (1, 8, 3, H, W) and str(dtype) == "torch.float32"
+    assert 0.0 <= low and high <= 255.0 and high > 1.0  # [0, 255], not normalised
+    np.testing.assert_array_equal(queries[0, :, 0].numpy(), 0.0)  # all queries in frame 0
+    np.testing.assert_allclose(queries[0, :, 1:].numpy(), points)
+
+    expected = points[None] + np.arange(8)[:, None, None] * np.array([1.5, -0.5], np.float32)
+    assert tracks.dtype == np.float32 and visible.dtype == bool
+    np.testing.assert_allclose(tracks, expected, atol=1e-5)
+    assert np.array_equal(tracks[0], points)
+    assert visible[:, 1:].all() and visible[:4, 0].all() and not visible[4:, 0].any()
+
+
+def test_cotracker_weights_from_the_torch_hub_cache(fake_cotracker_repo, monkeypatch, tmp_path):
+    repo, checkpoint = fake_cotracker_repo
+    cache = tmp_path / "torch_home" / "hub" / "checkpoints"
+    cache.mkdir(parents=True)
+    (cache / "scaled_offline.pth").write_bytes(checkpoint.read_bytes())
+    monkeypatch.delenv(CHECKPOINT_ENV, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    tracker = CoTrackerTracker(repo_dir=str(repo))
+    assert tracker.checkpoint == str(cache / "scaled_offline.pth")
+
+
+def test_cotracker_real_model_on_a_pan():
+    if not os.environ.get(REPO_ENV):
+        pytest.skip(f"CoTracker repo not available offline: set {REPO_ENV}")
+    shot = camera_shot(CameraMotion((1.5, 0.4)), seed=1)
+    tracker = CoTrackerTracker()
+    start = time.perf_counter()
+    tracks, visible = tracker.track(shot.frames, GRID)
+    seconds = time.perf_counter() - start
+    truth, truly_visible = shot.track(GRID)
+    both = (visible & truly_visible)[1:]
+    err = errors_px(tracks, truth)[1:][both]
+    MEASURED.append(f"{'CoTracker pan':18s} median {np.median(err):.3f} px, {seconds:.1f} s, {tracker.version}")
+    assert np.median(err) <= 1.0
+    assert both.sum() / truly_visible[1:].sum() >= 0.9
