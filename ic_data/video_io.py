@@ -57,10 +57,11 @@ def _resize_batch(frames: np.ndarray, size: tuple[int, int] | None) -> np.ndarra
     if size is None or (frames.shape[2], frames.shape[1]) == tuple(size):
         return np.ascontiguousarray(frames)
     out = np.empty((len(frames), size[1], size[0], 3), np.uint8)
-    shrink = size[0] < frames.shape[2]
-    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    # Bilinear is ~6x faster than area averaging and aliases little down to half size; below
+    # that (e.g. 1080p sources) area averaging is needed. Both map pixel centres.
+    interp = cv2.INTER_AREA if size[0] < 0.5 * frames.shape[2] else cv2.INTER_LINEAR
     for i, f in enumerate(frames):
-        out[i] = cv2.resize(f, size, interpolation=interp)
+        cv2.resize(f, size, dst=out[i], interpolation=interp)
     return out
 
 

@@ -1,0 +1,65 @@
+"""`ic`: the command line. Each command runs the same Prefect flow as its deployment.
+
+Without PREFECT_API_URL the flows run against Prefect's temporary local server (SQLite); with
+`make serve` running, export PREFECT_API_URL=http://127.0.0.1:4200/api to see them in the UI.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _curate(args: argparse.Namespace) -> int:
+    from flows.curate import curate, make_task_runner
+
+    runner = make_task_runner(args.dask_address, args.workers)
+    summary = curate.with_options(task_runner=runner)(
+        videos=args.videos,
+        out=args.out,
+        source=args.source,
+        captions=args.captions,
+        flow_backend=args.flow,
+        tracker=args.tracker,
+        captioner=args.captioner,
+        seed=args.seed,
+        chunk_size=args.chunk_size,
+        drop_fraction=args.drop_fraction,
+    )
+    print(json.dumps(summary, indent=1, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="ic", description="Image Conductor pipeline")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    cur = sub.add_parser("curate", help="curate a folder of videos into WebDataset shards")
+    cur_sub = cur.add_subparsers(dest="source", required=True)
+    for source, help_ in (
+        ("webvid", "mixed camera + object motion (WebVid-like); captions from a WebVid CSV"),
+        ("realestate10k", "camera-only footage (RealEstate10K-like); every clip is flagged camera_only"),
+    ):
+        p = cur_sub.add_parser(source, help=help_)
+        p.add_argument("--videos", required=True, help="folder of input videos (searched recursively)")
+        p.add_argument("--out", required=True, help="output folder: shards/, manifest.parquet, summary.json")
+        p.add_argument("--captions", default=None, help="WebVid CSV with videoid,name columns")
+        p.add_argument("--captioner", choices=["none", "blip2"], default="none", help="BLIP-2 needs IC_BLIP2_PATH")
+        p.add_argument("--flow", choices=["dis", "raft"], default="dis", help="motion-score flow backend")
+        p.add_argument("--tracker", choices=["lk", "cotracker"], default="lk", help="point tracker backend")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--chunk-size", type=int, default=16, help="videos per task")
+        p.add_argument("--drop-fraction", type=float, default=0.25, help="share of lowest-motion clips dropped")
+        p.add_argument("--dask-address", default=None, help="run chunk tasks on this Dask scheduler (tcp://…)")
+        p.add_argument("--workers", type=int, default=None, help="local worker threads (default: CPU count)")
+        p.set_defaults(func=_curate)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

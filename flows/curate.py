@@ -1,0 +1,87 @@
+"""The `curate` flow (deployments `curate/webvid` and `curate/realestate10k`), paper Fig. 2b.
+
+    plan chunks → score every chunk (decode once, cuts, clip, motion) → dataset-wide motion
+    threshold → finish every chunk (crop, track, sparse sample, caption, shard) → manifest
+"""
+from __future__ import annotations
+
+import os
+import time
+from typing import Literal
+
+from prefect import flow, get_run_logger, unmapped
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
+
+from ic_data.pipeline import CurationConfig, discover_videos, plan_chunks
+from tasks.curation import assemble_manifest, finish_chunk, motion_threshold, publish_summary, score_chunk
+
+SOURCES = {"webvid": False, "realestate10k": True}  # source → camera_only
+
+
+def make_task_runner(dask_address: str | None = None, workers: int | None = None):
+    """A Dask cluster when an address is given (scale-out), else a local thread pool.
+
+    The heavy stages (decoding, OpenCV flow and tracking, H.264) release the GIL, so threads
+    use every core without copying frames between processes.
+    """
+    if dask_address:
+        from prefect_dask import DaskTaskRunner
+
+        return DaskTaskRunner(address=dask_address)
+    return ThreadPoolTaskRunner(max_workers=workers or os.cpu_count() or 1)
+
+
+def _gather(futures, progress_id, start: float, end: float, what: str) -> list:
+    """Wait for every future, advancing the progress artifact; fail only after all are done."""
+    results, errors = {}, []
+    for done, fut in enumerate(as_completed(futures), 1):
+        try:
+            results[fut] = fut.result()
+        except Exception as exc:  # reported below with the others, after the rest finished
+            errors.append(f"{what} task {fut.task_run_id}: {exc}")
+        update_progress_artifact(progress_id, start + (end - start) * done / max(1, len(futures)))
+    if errors:
+        raise RuntimeError(
+            f"{len(errors)} of {len(futures)} {what} tasks failed (finished chunks are kept; "
+            "run the same command again to resume):\n" + "\n".join(errors)
+        )
+    return [results[f] for f in futures]
+
+
+# Deployments run this module in a fresh process: IC_DASK_ADDRESS there picks the runner.
+@flow(name="curate", log_prints=True, task_runner=make_task_runner(os.environ.get("IC_DASK_ADDRESS") or None))
+def curate(
+    videos: str,
+    out: str,
+    source: Literal["webvid", "realestate10k"] = "webvid",
+    captions: str | None = None,
+    flow_backend: Literal["dis", "raft"] = "dis",
+    tracker: Literal["lk", "cotracker"] = "lk",
+    captioner: Literal["none", "blip2"] = "none",
+    seed: int = 0,
+    chunk_size: int = 16,
+    drop_fraction: float = 0.25,
+) -> dict:
+    """Curate a folder of videos into trajectory-annotated WebDataset shards + a manifest."""
+    t0 = time.perf_counter()
+    log = get_run_logger()
+    config = CurationConfig(
+        source=source, camera_only=SOURCES[source], seed=seed, flow=flow_backend, tracker=tracker,
+        captions_csv=captions, captioner=captioner, drop_fraction=drop_fraction,
+    )
+    chunks = plan_chunks(discover_videos(videos), config, chunk_size)
+    log.info("%d videos from %s in %d chunks → %s", sum(len(c.videos) for c in chunks), videos, len(chunks), out)
+    progress = create_progress_artifact(0.0, key=f"curate-{source}-progress", description=f"Curating {videos}")
+
+    scored = _gather(score_chunk.map(chunks, unmapped(config), unmapped(out)), progress, 0, 50, "score")
+    decision = motion_threshold(scored, drop_fraction)
+    _gather(finish_chunk.map(chunks, unmapped(decision.threshold), unmapped(config), unmapped(out)), progress, 50, 95, "finish")
+    summary = assemble_manifest(out, chunks, decision.threshold)
+    publish_summary(summary, source, time.perf_counter() - t0)
+    update_progress_artifact(progress, 100.0)
+
+    failed = summary.counts.get("failed", 0)
+    log.info("curated %d videos: %s; %d failed (%s)", summary.num_videos, summary.counts, failed, summary.reasons)
+    return summary.to_json()

@@ -1,0 +1,87 @@
+"""The `curate` flow under Prefect: completeness, artifacts, parity with the library and with Dask."""
+from __future__ import annotations
+
+import asyncio
+import pytest
+
+from ic_data.manifest import read_manifest
+from ic_data.pipeline import CurationConfig, curate as curate_library
+
+pytest.importorskip("prefect")
+from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+
+from flows.curate import curate, make_task_runner  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with prefect_test_harness(server_startup_timeout=120):
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+
+
+@pytest.fixture(scope="module")
+def flow_run(prefect_api, input_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("flow_out")
+    state = curate(videos=str(input_dir), out=str(out), seed=3, chunk_size=5, return_state=True)
+    return out, state
+
+
+def test_flow_completes_with_corrupt_inputs_and_reports_them(flow_run):
+    out, state = flow_run
+    assert state.is_completed()
+    summary = state.result()
+    assert summary["num_videos"] == 14
+    assert summary["counts"] == {"ok": 6, "filtered": 2, "failed": 6}
+    rows = read_manifest(out / "manifest.parquet")
+    assert len(rows) == 14 and len({r.video_id for r in rows}) == 14
+
+
+def test_flow_output_equals_the_library_output(flow_run, input_dir, tmp_path):
+    out, _ = flow_run
+    lib = tmp_path / "lib"
+    curate_library(input_dir, lib, CurationConfig(seed=3), chunk_size=5)
+    assert (out / "manifest.parquet").read_bytes() == (lib / "manifest.parquet").read_bytes()
+    flow_shards = {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")}
+    assert flow_shards == {p.name: p.read_bytes() for p in (lib / "shards").glob("*.tar")}
+
+
+def test_artifacts_show_progress_summary_and_previews(flow_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def latest(key):
+        async with get_client() as client:
+            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+            return arts[-1] if arts else None
+
+    progress = asyncio.run(latest("curate-webvid-progress"))
+    table = asyncio.run(latest("curate-webvid-summary"))
+    previews = asyncio.run(latest("curate-webvid-previews"))
+    assert progress is not None and float(progress.data) == 100.0
+    assert table is not None and "motion threshold" in str(table.data) and "videos failed" in str(table.data)
+    assert previews is not None and previews.data.count("data:image/gif;base64,") == 3
+
+
+def test_dask_cluster_gives_the_same_manifest(flow_run, input_dir, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    out, _ = flow_run
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        runner = make_task_runner(dask_address=cluster.scheduler_address)
+        state = curate.with_options(task_runner=runner)(
+            videos=str(input_dir),
+            out=str(tmp_path / "dask"), seed=3, chunk_size=5, return_state=True,
+        )
+    assert state.is_completed()
+    assert (tmp_path / "dask" / "manifest.parquet").read_bytes() == (out / "manifest.parquet").read_bytes()
+
+
+def test_rerun_skips_finished_chunks(flow_run, input_dir):
+    out, _ = flow_run
+    before = {p: p.stat().st_mtime_ns for p in (out / "work").rglob("*.json")}
+    state = curate(videos=str(input_dir), out=str(out), seed=3, chunk_size=5, return_state=True)
+    assert state.is_completed()
+    after = {p: p.stat().st_mtime_ns for p in (out / "work").rglob("*.json")}
+    assert before == after, "finished chunk results must be reused, not rewritten"
