@@ -1,0 +1,158 @@
+"""A real Prefect server + served deployments + `prefect deployment run … --watch` + the UI.
+
+Starts everything on a free loopback port under a temporary PREFECT_HOME, and stops what it
+started by pid (process groups) whatever happens.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ic_data.manifest import read_manifest
+from tests.conftest import write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+ARTIFACTS = ROOT / "test_artifacts"
+PREFECT = [sys.executable, "-m", "prefect"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: process exited with {proc.returncode}\n{log.read_text()[-3000:] if log else ''}")
+        time.sleep(0.5)
+    raise TimeoutError(f"{what} not ready after {timeout_s} s\n{log.read_text()[-3000:] if log else ''}")
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status == 200
+    except Exception:
+        return False
+
+
+def _start(cmd, env, log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect_home")
+    port = _free_port()
+    api = f"http://127.0.0.1:{port}/api"
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": api,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_SERVER_API_PORT": str(port),
+    }
+    procs = []
+    try:
+        server_log = home / "server.log"
+        procs.append(_start([*PREFECT, "server", "start", "--host", "127.0.0.1", "--port", str(port)], env, server_log))
+        _wait(lambda: _http_ok(f"{api}/health"), 180, "prefect server", procs[0], server_log)
+        serve_log = home / "serve.log"
+        procs.append(_start([sys.executable, "deployments/serve.py"], env, serve_log))
+        _wait(lambda: "curate/realestate10k" in serve_log.read_text() or _deployments_exist(env), 120,
+              "deployment server", procs[1], serve_log)
+        yield {"env": env, "port": port, "home": home}
+    finally:
+        for p in reversed(procs):
+            _stop(p)
+
+
+def _deployments_exist(env) -> bool:
+    r = subprocess.run([*PREFECT, "deployment", "ls"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+    return "curate/webvid" in r.stdout and "curate/realestate10k" in r.stdout
+
+
+@pytest.fixture(scope="module")
+def small_inputs(tmp_path_factory, bad_inputs):
+    from ic_data.synthetic import CameraMotion, MovingObject, linear_path, render_shot
+
+    d = tmp_path_factory.mktemp("server_inputs")
+    for i, v in enumerate([0.5, 2.0, 4.0]):
+        obj = MovingObject(linear_path((150, 120), (v, 1), 48), 20, texture_seed=i)
+        write_video(d / f"clip{i}.mp4", render_shot(48, 400, 256, CameraMotion((v, 0)), [obj], texture_seed=i).frames)
+    shutil.copy(bad_inputs / "random.mp4", d / "corrupt.mp4")
+    return d
+
+
+def test_deployment_run_watch_completes_and_ui_shows_it(server, small_inputs, tmp_path):
+    out = tmp_path / "out"
+    r = subprocess.run(
+        [*PREFECT, "deployment", "run", "curate/webvid", "-p", f"videos={small_inputs}", "-p", f"out={out}",
+         "-p", "chunk_size=2", "--watch"],
+        env=server["env"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "Completed" in r.stdout
+    rows = read_manifest(out / "manifest.parquet")
+    assert sorted(Path(x.path).name for x in rows) == ["clip0.mp4", "clip1.mp4", "clip2.mp4", "corrupt.mp4"]
+    by_name = {Path(x.path).name: x for x in rows}
+    assert by_name["corrupt.mp4"].status == "failed"
+    assert by_name["clip0.mp4"].status == "ok"  # floor(0.25 × 3) = 0: nothing is filtered
+    assert len(list((out / "shards").glob("*.tar"))) == 2
+
+    _check_ui(server["port"])
+
+
+def _check_ui(port: int) -> None:
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not (chromium and driver):
+        pytest.skip("Debian packages chromium and chromium-driver are not installed (.ci/run installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,1000"):
+        opts.add_argument(flag)
+    browser = webdriver.Chrome(service=Service(driver), options=opts)
+    try:
+        browser.get(f"http://127.0.0.1:{port}/runs")
+        deadline = time.time() + 60
+        text = ""
+        while time.time() < deadline:
+            text = browser.find_element("tag name", "body").text
+            if "curate" in text and "Completed" in text:
+                break
+            time.sleep(1)
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "prefect_ui_runs.png"))
+        assert "curate" in text and "Completed" in text, text[:2000]
+    finally:
+        browser.quit()
