@@ -11,10 +11,15 @@ import sys
 
 
 def _curate(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if not Path(args.videos).is_dir():  # fail before a Prefect server is started for nothing
+        print(f"ic curate: video folder not found: {args.videos}", file=sys.stderr)
+        return 2
     from flows.curate import curate, make_task_runner
 
     runner = make_task_runner(args.dask_address, args.workers)
-    summary = curate.with_options(task_runner=runner)(
+    state = curate.with_options(task_runner=runner)(
         videos=args.videos,
         out=args.out,
         source=args.source,
@@ -25,8 +30,12 @@ def _curate(args: argparse.Namespace) -> int:
         seed=args.seed,
         chunk_size=args.chunk_size,
         drop_fraction=args.drop_fraction,
+        return_state=True,
     )
-    print(json.dumps(summary, indent=1, sort_keys=True))
+    if not state.is_completed():
+        print(f"ic curate: the flow run ended {state.name}: {state.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(state.result(), indent=1, sort_keys=True))
     return 0
 
 

@@ -126,6 +126,15 @@ def scenes_from_cuts(cuts: list[int], num_frames: int) -> list[tuple[int, int]]:
     return list(zip(starts, ends))
 
 
+def _shrink(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Area-average down to ``size``; via a bilinear step to twice the size when that is
+    smaller than the frame, because OpenCV's area filter is ~4x slower at non-integer ratios."""
+    w, h = size
+    if frame.shape[1] > 2 * w and frame.shape[0] > 2 * h:
+        frame = cv2.resize(frame, (2 * w, 2 * h), interpolation=cv2.INTER_LINEAR)
+    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+
+
 def detect_cuts(
     frames: np.ndarray,
     fps: float,
@@ -165,7 +174,7 @@ def detect_cuts(
     for i in range(num_frames):
         frame = frames[i]
         if size is not None:
-            frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+            frame = _shrink(frame, size)
         timecode = FrameTimecode(i, start)  # the rate is copied, not re-parsed
         found += scene_detector.process_frame(timecode, cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     found += scene_detector.post_process(timecode)

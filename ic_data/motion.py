@@ -358,13 +358,22 @@ def flow_rms_px(flows: np.ndarray) -> np.ndarray:
     return np.sqrt(np.mean(np.sum(flows * flows, axis=-1), axis=(1, 2)))
 
 
-def motion_score(frames: np.ndarray, backend: FlowBackend) -> float:
+def motion_score(frames: np.ndarray, backend: FlowBackend, max_pairs: int | None = None) -> float:
     """Mean over adjacent pairs of ``||F||_F / sqrt(H·W)``, in pixels per frame of ``frames``.
 
     ``frames``: uint8 (T, H, W, 3) RGB, T ≥ 2 (fewer → ValueError).
+    ``max_pairs``: estimate the mean from this many evenly spaced adjacent pairs instead of all
+    T − 1 (flow is the costliest part of scoring; the mean of a smooth clip barely moves).
     """
     frames = _check_frames(frames)
-    return float(flow_rms_px(backend.flows(frames)).mean())
+    num_pairs = len(frames) - 1
+    if max_pairs is None or max_pairs >= num_pairs:
+        return float(flow_rms_px(backend.flows(frames)).mean())
+    if max_pairs < 1:
+        raise ValueError(f"max_pairs must be >= 1, got {max_pairs}")
+    starts = np.unique(np.round(np.linspace(0, num_pairs - 1, max_pairs)).astype(int))
+    scores = [float(flow_rms_px(backend.flow(frames[i], frames[i + 1])[None])[0]) for i in starts]
+    return float(np.mean(scores))
 
 
 # --- dataset-wide filter -----------------------------------------------------------------------

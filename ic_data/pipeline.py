@@ -49,6 +49,7 @@ class CurationConfig:
     tracker: str = "lk"  # lk | cotracker
     cut_detector: str = "adaptive"  # adaptive | content
     drop_fraction: float = 0.25
+    motion_pairs: int = 12  # adjacent pairs (evenly spaced) the motion score averages over
     clip_frames: int = clipmod.CLIP_FRAMES
     clip_width: int = clipmod.CLIP_WIDTH
     clip_height: int = clipmod.CLIP_HEIGHT
@@ -107,6 +108,7 @@ class Candidate:
     clip_fps: float | None = None
     caption: str | None = None
     seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=dict)  # for benchmarks and logs
 
 
 # ----------------------------------------------------------------------------- discovery
@@ -189,6 +191,18 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+class _Laps:
+    """Accumulates wall time per stage into a dict: ``lap("cuts")`` closes the current lap."""
+
+    def __init__(self, sink: dict[str, float]):
+        self.sink, self.t = sink, time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.sink[name] = self.sink.get(name, 0.0) + now - self.t
+        self.t = now
+
+
 # ----------------------------------------------------------------------------- stage 1
 
 
@@ -216,6 +230,7 @@ class Stage1:
         cfg = self.config
         c = Candidate(video_id=video_id, path=path)
         t0 = time.perf_counter()
+        laps = _Laps(c.stage_seconds)
         try:
             video = decode_video(
                 path,
@@ -226,7 +241,9 @@ class Stage1:
             info = video.info
             c.num_frames, c.fps, c.width, c.height = video.num_frames, info.fps, info.width, info.height
             c.decoder, c.truncated, c.scale = info.backend, video.truncated, [float(s) for s in video.scale]
+            laps.lap("decode")
             scenes = detect_cuts(video.frames, info.fps, detector=cfg.cut_detector)
+            laps.lap("cuts")
             c.cuts = [int(x) for x in scenes.cuts]
             c.scene_start, c.scene_end = (int(x) for x in longest_scene(scenes.scenes))
             idx = clipmod.sample_clip_indices(
@@ -235,7 +252,9 @@ class Stage1:
             c.frame_indices = [int(i) for i in idx]
             frames = video.frames[idx]
             del video  # the full decoded video is the largest thing in memory: drop it early
-            c.motion_score = float(motion_score(frames, self.flow))
+            laps.lap("clip")
+            c.motion_score = float(motion_score(frames, self.flow, cfg.motion_pairs))
+            laps.lap("motion")
             box = clipmod.center_crop_box(frames.shape[2], frames.shape[1], cfg.clip_width, cfg.clip_height)
             c.crop = [int(b) for b in box]
             stride = int(idx[1] - idx[0]) if len(idx) > 1 else 1
@@ -254,6 +273,7 @@ class Stage1:
             staged.parent.mkdir(parents=True, exist_ok=True)
             write_mp4(staged, clip, fps=c.clip_fps)
             c.staged_clip = str(staged)
+            laps.lap("encode")
         c.seconds = time.perf_counter() - t0
         return c
 
@@ -316,6 +336,7 @@ class Stage2:
         self.tracker = make_tracker(config.tracker, **config.tracker_options)
         self._captioner = None
         self.versions = library_versions()
+        self.stage_seconds: dict[str, float] = {}
 
     def captioner(self):
         if self._captioner is None and self.config.captioner == "blip2":
@@ -332,14 +353,18 @@ class Stage2:
         from ic_data.trajectories import sample_sparse_tracks
 
         cfg = self.config
+        laps = _Laps(self.stage_seconds)
         mp4_bytes = Path(c.staged_clip).read_bytes()
         frames = decode_mp4(mp4_bytes)  # exactly the pixels stored in the shard
+        laps.lap("clip_decode")
         points = grid_points(cfg.clip_width, cfg.clip_height, cfg.grid_size)
         tracks, visibility = self.tracker.track(frames, points)
+        laps.lap("tracking")
         sparse = sample_sparse_tracks(tracks, video_rng(cfg.seed, c.video_id, 1), cfg.max_tracks, visibility=visibility)
         caption = c.caption
         if not caption and self.captioner() is not None:
             caption = self.captioner().caption(frames)
+        laps.lap("sparse_caption")
         meta = {
             "source_path": c.path,
             "video_id": c.video_id,
@@ -439,14 +464,16 @@ def run_stage2_chunk(
                 row.tracker_backend = stage.tracker.name
         rows.append(dataclasses.asdict(row))
     shard_path = out_dir / SHARD_DIR / shard_name
+    laps = _Laps(stage.stage_seconds)
     if samples:
         shard_path.parent.mkdir(parents=True, exist_ok=True)
         write_shard(shard_path, samples)
     elif shard_path.exists():
         shard_path.unlink()  # a stale shard from a run with another threshold
-    _atomic_write_text(
-        result, json.dumps({"chunk": chunk.key, "threshold": _json_float(threshold), "rows": rows}, indent=1, sort_keys=True)
-    )
+    laps.lap("shard")
+    record = {"chunk": chunk.key, "threshold": _json_float(threshold), "rows": rows, "stage_seconds": stage.stage_seconds}
+    _atomic_write_text(result, json.dumps(record, indent=1, sort_keys=True))
+    stage.stage_seconds = {}
     return result
 
 

@@ -12,6 +12,7 @@ panning left makes the content move right: positive x).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -201,9 +202,14 @@ def render_shot(
     return SyntheticShot(frames=frames, camera_matrices=mats, objects=list(objects))
 
 
+@functools.lru_cache(maxsize=64)
+def _sprite(size: int, seed: int) -> np.ndarray:
+    return make_texture(size, size, seed, octaves=(2, 4, 8))
+
+
 def _composite(img: np.ndarray, obj: MovingObject, t: int, width: int, height: int) -> np.ndarray:
     size = int(np.ceil(obj.radius_px)) * 2 + 8
-    sprite = make_texture(size, size, obj.texture_seed, octaves=(2, 4, 8))
+    sprite = _sprite(size, obj.texture_seed)
     cx, cy = obj.path_px[t]
     # Sprite pixel (size/2, size/2) lands on the object's centre, with sub-pixel accuracy.
     m = np.array([[1.0, 0.0, cx - size / 2.0], [0.0, 1.0, cy - size / 2.0]])
