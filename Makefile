@@ -25,7 +25,7 @@ test-all: setup
 	$(PY) -m pytest -m ""
 
 demo: setup
-	$(PY) -m ic_data.demo --out demo_out
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m flows.demo --out demo_out
 
 bench: setup
 	$(PY) benchmarks/bench_curation.py
