@@ -37,6 +37,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("path", pa.string(), nullable=False),
         pa.field("status", pa.string(), nullable=False),
         pa.field("reason", pa.string()),
+        pa.field("error", pa.string()),
         pa.field("cuts", pa.list_(pa.int64())),
         pa.field("scene_start", pa.int64()),
         pa.field("scene_end", pa.int64()),
@@ -63,7 +64,8 @@ class ManifestRow:
     video_id: str
     path: str
     status: str
-    reason: str | None = None
+    reason: str | None = None  # a stable code: decode_error, too_short, low_motion, …
+    error: str | None = None  # the full message of a failure, for a human
     cuts: list[int] | None = None  # None: never decoded; []: decoded, no cuts
     scene_start: int | None = None
     scene_end: int | None = None

@@ -170,7 +170,7 @@ def _failure(c: Candidate, exc: BaseException) -> Candidate:
     if isinstance(exc, CurationError):
         c.reason = exc.reason
         c.error = str(exc)
-    else:  # an unexpected error is still recorded against the video, with its traceback
+    else:  # an unexpected error (a bug, an odd file) is still recorded against the video
         c.reason = f"error_{type(exc).__name__}"
         c.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()
     return c
@@ -432,6 +432,7 @@ def run_stage2_chunk(
             path=c.path,
             status="failed",
             reason=c.reason,
+            error=c.error,
             cuts=c.cuts,
             scene_start=c.scene_start,
             scene_end=c.scene_end,
@@ -453,9 +454,9 @@ def run_stage2_chunk(
         else:
             try:
                 sample = stage.sample(c, shard_name)
-            except Exception as exc:
+            except Exception as exc:  # recorded against the video; the chunk goes on
                 _failure(c, exc)
-                row.reason = f"tracking_{c.reason}" if not c.reason.startswith("error_") else c.reason
+                row.reason, row.error = c.reason, c.error
             else:
                 samples.append(sample)
                 row.status, row.reason = "ok", None

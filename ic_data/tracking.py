@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -107,20 +107,33 @@ def _bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     """Sample a float32 (H, W) image at float positions, replicating the border.
 
     Written out rather than ``cv2.remap`` because remap quantises positions to 1/32 px, which
-    is coarser than the sub-pixel steps the template alignment takes.
+    is coarser than the sub-pixel steps the template alignment takes. ``x`` and ``y`` are
+    float32 (the fractions are then exact in float32).
     """
     h, w = img.shape
     x = np.clip(x, 0.0, w - 1.0)
     y = np.clip(y, 0.0, h - 1.0)
     x0 = np.minimum(x.astype(np.int32), w - 2)
     y0 = np.minimum(y.astype(np.int32), h - 2)
-    fx = (x - x0).astype(np.float32)
-    fy = (y - y0).astype(np.float32)
+    fx = np.subtract(x, x0, dtype=np.float32)
+    fy = np.subtract(y, y0, dtype=np.float32)
+    i = y0 * w
+    i += x0
     flat = img.ravel()
-    i = y0 * w + x0
-    top = flat[i] + (flat[i + 1] - flat[i]) * fx
-    bottom = flat[i + w] + (flat[i + w + 1] - flat[i + w]) * fx
-    return top + (bottom - top) * fy
+    # In place throughout: numpy's elision of large temporaries is slow on some platforms.
+    top_left, top_right = flat.take(i), flat.take(i + 1)
+    i += w
+    bottom_left, bottom_right = flat.take(i), flat.take(i + 1)
+    top_right -= top_left
+    top_right *= fx
+    top_right += top_left
+    bottom_right -= bottom_left
+    bottom_right *= fx
+    bottom_right += bottom_left
+    bottom_right -= top_right
+    bottom_right *= fy
+    bottom_right += top_right
+    return bottom_right
 
 
 @dataclass
@@ -128,10 +141,12 @@ class _Templates:
     """Reference patches warped to how they should look in the current frame."""
 
     values: np.ndarray  # (M, P) intensities less their window-weighted mean, P = win²
-    grad_x: np.ndarray  # (M, P)
-    grad_y: np.ndarray  # (M, P)
+    grads: np.ndarray  # (M, 2, P) x and y gradients
     contrast: np.ndarray  # (M,) window-weighted standard deviation of ``values``
     textured: np.ndarray  # (M,) bool: contrast, and gradients in both directions
+
+    def take(self, rows: np.ndarray) -> _Templates:
+        return _Templates(*(getattr(self, f.name)[rows] for f in fields(self)))
 
 
 @dataclass
@@ -209,6 +224,7 @@ class LKTracker:
         ox, oy = np.meshgrid(np.arange(-half - 1, half + 2), np.arange(-half - 1, half + 2))
         self._offsets_margin = np.stack([ox, oy]).astype(np.float32)  # (2, win+2, win+2)
         self._offsets = self._offsets_margin[:, 1:-1, 1:-1].reshape(2, -1)  # (2, win²)
+        self._margin = self.win_size + 1  # border added to each frame for patch sampling
         r2 = (self._offsets**2).sum(0)
         self._weights = _normalised(np.exp(-r2 / (2.0 * self.window_sigma_px**2)))
         self._occlusion_weights = _normalised(np.exp(-r2 / (2.0 * self.occlusion_sigma_px**2)))
@@ -228,13 +244,14 @@ class LKTracker:
             return tracks, visible
 
         grays = [cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in frames]
-        grays_f = [g.astype(np.float32) for g in grays]
+        ref = grays[0].astype(np.float32)
         last_t = np.zeros(n, np.int64)  # last frame where each point was visible
         # Points without texture in frame 0 can never be verified: they are only predicted.
-        trackable = self._templates(grays_f[0], points, np.tile(np.eye(2), (n, 1, 1))).textured
+        trackable = self._templates(ref, points, np.tile(np.eye(2), (n, 1, 1))).textured
         relative_velocity = np.zeros((n, 2), np.float32)  # of lost points, px/frame
 
         for t in range(1, num_frames):
+            image = self._windows(grays[t])
             cur = tracks[t - 1].copy()
             vis = np.zeros(n, bool)
 
@@ -244,8 +261,10 @@ class LKTracker:
             vis[idx] = ok & _inside(moved, width, height)
 
             idx = np.flatnonzero(vis)
-            cur[idx], score, textured = self._match_reference(grays_f, t, points, cur, vis, idx, cur[idx])
-            vis[idx] = textured & (score >= self.min_ncc)
+            if len(idx):
+                tmpl = self._templates(ref, points[idx], self._local_affine(points, cur, vis, idx))
+                cur[idx], score = self._refine(image, tmpl, cur[idx])
+                vis[idx] = tmpl.textured & (score >= self.min_ncc)
 
             hidden = np.flatnonzero(~vis)
             if t >= 3:
@@ -254,35 +273,42 @@ class LKTracker:
                 # whose last step differed (pulled by an approaching occluder) does not.
                 lost = hidden[visible[t - 1, hidden] & visible[t - 2, hidden] & visible[t - 3, hidden]]
                 if len(lost):
-                    last = self._relative_step(tracks, visible, t - 2, lost)
-                    before = self._relative_step(tracks, visible, t - 3, lost)
+                    last, before = self._relative_steps(tracks, visible, [t - 2, t - 3], lost)
                     steady = np.linalg.norm(last - before, axis=1) <= self.steady_motion_px
                     relative_velocity[lost] = np.where(steady[:, None], 0.5 * (last + before), 0.0)
             # Predicted from the frame where each was last seen in one step, not by chaining
-            # per-frame steps, so predictions do not drift.
-            for k in np.unique(last_t[hidden]):
-                group = hidden[last_t[hidden] == k]
-                past = max(0, k - self.history_frames)
-                anchors = vis & visible[k] & visible[past]
-                motion = self._neighbour_motion(tracks[k], cur, anchors, group, tracks[k] - tracks[past])
-                cur[group] = tracks[k, group] + motion + relative_velocity[group] * (t - k)
+            # per-frame steps, so predictions do not drift. One batch for all those frames.
+            if len(hidden):
+                seen, group = np.unique(last_t[hidden], return_inverse=True)
+                past = np.maximum(seen - self.history_frames, 0)
+                anchors = vis & visible[seen] & visible[past]
+                ref_pos = tracks[seen]
+                motion = self._neighbour_motion(ref_pos, np.broadcast_to(cur, ref_pos.shape), anchors,
+                                                group, hidden, ref_pos - tracks[past])
+                steps = (t - last_t[hidden])[:, None].astype(np.float32)
+                cur[hidden] = tracks[last_t[hidden], hidden] + motion + relative_velocity[hidden] * steps
 
             searchable = hidden[trackable[hidden]]
-            vis[self._reacquire(grays, grays_f, tracks, points, last_t, cur, vis, t, searchable)] = True
+            vis[self._reacquire(grays, ref, image, tracks, points, last_t, cur, vis, t, searchable)] = True
 
             tracks[t] = cur
             visible[t] = vis
             last_t[vis] = t
         return tracks, visible
 
-    def _relative_step(self, tracks, visible, k, sel) -> np.ndarray:
-        """Displacement of points ``sel`` from frame k to k + 1, less their neighbourhood's."""
-        past = max(0, k - self.history_frames)
-        anchors = visible[k] & visible[k + 1] & visible[past]
-        own = tracks[k + 1, sel] - tracks[k, sel]
-        return own - self._neighbour_motion(tracks[k], tracks[k + 1], anchors, sel, tracks[k] - tracks[past])
+    def _relative_steps(self, tracks, visible, frames, sel) -> np.ndarray:
+        """(len(frames), S, 2): displacement of points ``sel`` from each frame k to k + 1, less
+        their neighbourhood's."""
+        ks = np.asarray(frames)
+        past = np.maximum(ks - self.history_frames, 0)
+        anchors = visible[ks] & visible[ks + 1] & visible[past]
+        group = np.repeat(np.arange(len(ks)), len(sel))
+        query = np.tile(sel, len(ks))
+        motion = self._neighbour_motion(tracks[ks], tracks[ks + 1], anchors, group, query, tracks[ks] - tracks[past])
+        own = tracks[ks + 1][:, sel] - tracks[ks][:, sel]
+        return own - motion.reshape(len(ks), len(sel), 2)
 
-    def _reacquire(self, grays, grays_f, tracks, points, last_t, cur, vis, t, hidden) -> np.ndarray:
+    def _reacquire(self, grays, ref, image, tracks, points, last_t, cur, vis, t, hidden) -> np.ndarray:
         """Indices of hidden points found again near their prediction (``cur`` updated in place)."""
         height, width = grays[0].shape
         candidates = hidden[_inside(cur[hidden], width, height)]
@@ -293,16 +319,24 @@ class LKTracker:
         for k in np.unique(last_t[candidates]):
             group = np.flatnonzero(last_t[candidates] == k)
             idx = candidates[group]
-            found, ok = self._lk_checked(grays[k], grays[t], tracks[k, idx], predicted[group])
+            found, ok = self._lk(grays[k], grays[t], tracks[k, idx], predicted[group])
             ok &= np.linalg.norm(found - predicted[group], axis=1) <= self.reacquire_radius_px
-            searched[group[ok]] = found[ok]
+            if ok.any():  # the round trip only for what the forward search found
+                ok[ok] = self._lk_back(grays[k], grays[t], tracks[k, idx[ok]], found[ok])
+                searched[group[ok]] = found[ok]
         # Two starts: where LK went, and the prediction itself (near a motion boundary LK
-        # follows the dominant surface, which need not be the point's).
-        pos, score, textured = self._match_reference(grays_f, t, points, cur, vis, candidates, searched)
-        pos_p, score_p, _ = self._match_reference(grays_f, t, points, cur, vis, candidates, predicted)
-        better = score_p > score
-        pos[better], score[better] = pos_p[better], score_p[better]
-        back = textured & (score >= self.min_ncc) & _inside(pos, width, height)
+        # follows the dominant surface, which need not be the point's). Both share the point's
+        # template; a start LK did not move from is refined once. One batch for all of them.
+        tmpl = self._templates(ref, points[candidates], self._local_affine(points, cur, vis, candidates))
+        moved = np.flatnonzero((searched != predicted).any(axis=1))
+        both = np.concatenate([np.arange(len(candidates)), moved])
+        pos_all, score_all = self._refine(image, tmpl.take(both), np.concatenate([predicted, searched[moved]]))
+        pos, score = pos_all[: len(candidates)], score_all[: len(candidates)]
+        pos_s, score_s = pos_all[len(candidates):], score_all[len(candidates):]
+        # The LK start wins ties.
+        use_s = ~(score[moved] > score_s)
+        pos[moved[use_s]], score[moved[use_s]] = pos_s[use_s], score_s[use_s]
+        back = tmpl.textured & (score >= self.min_ncc) & _inside(pos, width, height)
         cur[candidates[back]] = pos[back]
         return candidates[back]
 
@@ -323,33 +357,48 @@ class LKTracker:
         pts_b = pts_b.reshape(-1, 2)
         return pts_b, status.reshape(-1).astype(bool) & np.isfinite(pts_b).all(axis=1)
 
+    def _lk_back(self, img_a, img_b, pts_a, pts_b) -> np.ndarray:
+        """Whether LK b→a from ``pts_b`` (started at ``pts_a``) converges back within ``fb_threshold_px``."""
+        back, ok = self._lk(img_b, img_a, pts_b, pts_a)
+        return ok & (np.linalg.norm(back - pts_a, axis=1) <= self.fb_threshold_px)
+
     def _lk_checked(self, img_a, img_b, pts_a, init_b=None):
         """LK a→b and back: positions in b, and whether both converged and the round trip closed."""
         if len(pts_a) == 0:
             return np.zeros((0, 2), np.float32), np.zeros(0, bool)
-        pts_b, ok_forward = self._lk(img_a, img_b, pts_a, init_b)
-        back, ok_backward = self._lk(img_b, img_a, pts_b, pts_a)
-        closed = np.linalg.norm(back - pts_a, axis=1) <= self.fb_threshold_px
-        return pts_b, ok_forward & ok_backward & closed
+        pts_b, ok = self._lk(img_a, img_b, pts_a, init_b)
+        if ok.any():  # LK solves each point on its own: the failed ones need no round trip
+            ok[ok] = self._lk_back(img_a, img_b, pts_a[ok], pts_b[ok])
+        return pts_b, ok
 
     # -- neighbourhood motion ---------------------------------------------------------------
 
-    def _nearest(self, ref_pos, anchor_mask, query, history=None) -> np.ndarray | None:
-        """(Q, k) indices of each query point's nearest anchors, or None when there are none.
+    def _nearest(self, features, anchor_mask, group, query) -> tuple[np.ndarray, np.ndarray]:
+        """Each query point's nearest anchors, among the points of its group.
 
-        Nearest in position, and with ``history`` (N, 2) — each point's recent displacement — also
-        in motion (``motion_weight`` px of distance per px of motion difference): a point next to
-        a moving object takes its neighbours from its own surface.
+        ``features`` (G, N, F) describe every point in each group, ``anchor_mask`` (G, N) marks the
+        group's anchors, ``group`` and ``query`` (Q,) give each query's group and point. Returns
+        ``(nn, count)``: (Q, neighbours) point indices, of which the first
+        ``count = min(neighbours, anchors of the group)`` of each row are used (by brute force:
+        a few hundred points). Which of several equidistant anchors is taken is fixed but
+        arbitrary.
         """
-        anchors = np.flatnonzero(anchor_mask)
-        if len(anchors) == 0 or len(query) == 0:
-            return None
-        k = min(self.neighbours, len(anchors))
-        features = ref_pos
-        if history is not None:
-            features = np.concatenate([ref_pos, self.motion_weight * history], axis=1)
-        _, nn = cKDTree(features[anchors]).query(features[query], k=k)
-        return anchors[np.asarray(nn).reshape(len(query), k)]
+        nn = np.zeros((len(query), self.neighbours), np.intp)
+        count = np.zeros(len(query), np.intp)
+        for g in np.unique(group):
+            rows = np.flatnonzero(group == g)
+            anchors = np.flatnonzero(anchor_mask[g])
+            if len(anchors) == 0:
+                continue
+            k = min(self.neighbours, len(anchors))
+            diff = features[g, query[rows], None, :] - features[g, None, anchors, :]
+            dist = np.einsum("qaf,qaf->qa", diff, diff)
+            if k < len(anchors):
+                nn[rows, :k] = anchors[np.argpartition(dist, k - 1, axis=1)[:, :k]]
+            else:
+                nn[rows, :k] = anchors
+            count[rows] = k
+        return nn, count
 
     def _local_affine(self, ref_pos, cur_pos, anchor_mask, query) -> np.ndarray:
         """(Q, 2, 2) linear part of the motion ref → cur around each query point.
@@ -358,138 +407,188 @@ class LKTracker:
         them (a motion boundary, too few anchors), the identity.
         """
         out = np.tile(np.eye(2), (len(query), 1, 1))
-        nn = self._nearest(ref_pos, anchor_mask, query)
-        if nn is None or nn.shape[1] < 3:
-            return out
-        p = ref_pos[nn].astype(np.float64)
-        q = cur_pos[nn].astype(np.float64)
-        p -= p.mean(axis=1, keepdims=True)
-        q -= q.mean(axis=1, keepdims=True)
-        ptp = np.einsum("nki,nkj->nij", p, p)
-        good = np.linalg.det(ptp) > 1e-3 * np.einsum("nii->n", ptp) ** 2  # spread in 2-D
-        ptp[~good] = np.eye(2)
-        a = np.einsum("nki,nkj->nij", q, p) @ np.linalg.inv(ptp)
-        rms = np.sqrt(((q - p @ a.transpose(0, 2, 1)) ** 2).sum(axis=2).mean(axis=1))
-        det = np.linalg.det(a)
-        good &= (rms <= self.max_affine_residual_px) & (det > 0.5) & (det < 2.0)
-        out[good] = a[good]
+        nn, count = self._nearest(ref_pos[None].astype(np.float64), anchor_mask[None],
+                                  np.zeros(len(query), np.intp), query)
+        for k in np.unique(count[count >= 3]):
+            rows = np.flatnonzero(count == k)
+            p = ref_pos[nn[rows, :k]].astype(np.float64)
+            q = cur_pos[nn[rows, :k]].astype(np.float64)
+            p -= p.mean(axis=1, keepdims=True)
+            q -= q.mean(axis=1, keepdims=True)
+            ptp = np.einsum("nki,nkj->nij", p, p)
+            good = np.linalg.det(ptp) > 1e-3 * np.einsum("nii->n", ptp) ** 2  # spread in 2-D
+            ptp[~good] = np.eye(2)
+            a = np.einsum("nki,nkj->nij", q, p) @ np.linalg.inv(ptp)
+            rms = np.sqrt(((q - p @ a.transpose(0, 2, 1)) ** 2).sum(axis=2).mean(axis=1))
+            det = np.linalg.det(a)
+            good &= (rms <= self.max_affine_residual_px) & (det > 0.5) & (det < 2.0)
+            out[rows[good]] = a[good]
         return out
 
-    def _neighbour_motion(self, ref_pos, cur_pos, anchor_mask, query, history=None) -> np.ndarray:
+    def _neighbour_motion(self, ref_pos, cur_pos, anchor_mask, group, query, history=None) -> np.ndarray:
         """Displacement ref → cur at each query point, from its nearest anchors' displacements.
 
         An affine fit where it explains them (smooth camera motion: zoom, rotation), their
-        median otherwise (robust when the neighbours straddle two motions).
+        median otherwise (robust when the neighbours straddle two motions). All arguments but
+        ``query`` and ``group`` (Q,) are per group: positions (G, N, 2) in the reference and the
+        current frame, anchors (G, N) and recent displacements (G, N, 2), so predictions from
+        several reference frames are made in one batch.
         """
-        nn = self._nearest(ref_pos, anchor_mask, query, history)
-        if nn is None:
-            return np.zeros((len(query), 2), np.float32)
-        disp = (cur_pos[nn] - ref_pos[nn]).astype(np.float64)  # (Q, k, 2)
-        motion = np.median(disp, axis=1)
-        if nn.shape[1] >= 4:
-            p = ref_pos[nn].astype(np.float64)
-            centre = p.mean(axis=1, keepdims=True)
-            design = np.concatenate([p - centre, np.ones_like(p[..., :1])], axis=2)  # (Q, k, 3)
-            gram = np.einsum("qki,qkj->qij", design, design)
-            ok = np.linalg.det(gram[:, :2, :2]) > 1e-3 * np.einsum("qii->q", gram[:, :2, :2]) ** 2
-            gram[~ok] = np.eye(3)
-            coef = np.linalg.solve(gram, np.einsum("qki,qkj->qij", design, disp))  # (Q, 3, 2)
-            rms = np.sqrt(((design @ coef - disp) ** 2).sum(axis=2).mean(axis=1))
-            ok &= rms <= 0.5 * self.max_affine_residual_px
-            here = np.concatenate([ref_pos[query] - centre[:, 0], np.ones((len(query), 1))], axis=1)
-            motion[ok] = np.einsum("qi,qij->qj", here, coef)[ok]
+        features = ref_pos.astype(np.float64)
+        if history is not None:
+            features = np.concatenate([features, self.motion_weight * history], axis=2)
+        nn, count = self._nearest(features, anchor_mask, group, query)
+        motion = np.zeros((len(query), 2))
+        for k in np.unique(count[count > 0]):
+            rows = np.flatnonzero(count == k)
+            g, idx = group[rows, None], nn[rows, :k]
+            p = ref_pos[g, idx]
+            disp = (cur_pos[g, idx] - p).astype(np.float64)  # (Q, k, 2)
+            motion[rows] = np.median(disp, axis=1)
+            if k >= 4:
+                p = p.astype(np.float64)
+                centre = p.mean(axis=1, keepdims=True)
+                design = np.concatenate([p - centre, np.ones_like(p[..., :1])], axis=2)  # (Q, k, 3)
+                gram = np.einsum("qki,qkj->qij", design, design)
+                ok = np.linalg.det(gram[:, :2, :2]) > 1e-3 * np.einsum("qii->q", gram[:, :2, :2]) ** 2
+                gram[~ok] = np.eye(3)
+                coef = np.linalg.solve(gram, np.einsum("qki,qkj->qij", design, disp))  # (Q, 3, 2)
+                rms = np.sqrt(((design @ coef - disp) ** 2).sum(axis=2).mean(axis=1))
+                ok &= rms <= 0.5 * self.max_affine_residual_px
+                here = np.concatenate([ref_pos[group[rows], query[rows]] - centre[:, 0], np.ones((len(rows), 1))], axis=1)
+                motion[rows[ok]] = np.einsum("qi,qij->qj", here, coef)[ok]
         return motion.astype(np.float32)
 
     # -- frame-0 reference patches ------------------------------------------------------------
 
-    def _match_reference(self, grays_f, t, points, cur, anchor_mask, sel, init):
-        """Refine points ``sel`` in frame t (from ``init``) against their frame-0 patches.
+    def _refine(self, image, tmpl: _Templates, init: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Refine positions ``init`` in the current frame against their frame-0 templates.
 
-        Returns the positions, their appearance score (:meth:`_matches`) and whether each
-        reference patch has the texture to be aligned and checked at all.
+        ``image`` is the frame's :meth:`_windows` view. Returns the positions and their appearance
+        score (:meth:`_matches`); an alignment is kept only where it converged, inside the clip
+        and within ``refine_tolerance_px`` of its start.
         """
-        img = grays_f[t]
-        height, width = img.shape
-        pos = init.astype(np.float32).copy()
-        if len(sel) == 0:
-            return pos, np.zeros(0, np.float32), np.zeros(0, bool)
-        affine = self._local_affine(points, cur, anchor_mask, sel)
-        tmpl = self._templates(grays_f[0], points[sel], affine)
+        pos = init.astype(np.float32)
+        if len(pos) == 0:
+            return pos, np.zeros(0, np.float32)
         if self.refine:
-            aligned, converged = self._align(img, tmpl, pos)
+            height, width = image.shape[0] - self._margin - 1, image.shape[1] - self._margin - 1
+            aligned, converged = self._align(image, tmpl, pos)
             keep = converged & _inside(aligned, width, height)
             keep &= np.linalg.norm(aligned - pos, axis=1) <= self.refine_tolerance_px
             pos[keep] = aligned[keep]
-        return pos, self._matches(img, tmpl, pos), tmpl.textured
+        return pos, self._matches(image, tmpl, pos)
 
     def _templates(self, ref_img: np.ndarray, ref_pos: np.ndarray, affine: np.ndarray) -> _Templates:
         """Patches of ``ref_img`` around ``ref_pos``, resampled through ``affine`` (ref → cur)."""
         inv = np.linalg.inv(affine).astype(np.float32)  # current offset → reference offset
         ox, oy = self._offsets_margin
-        sx = ref_pos[:, 0, None, None] + inv[:, 0, 0, None, None] * ox + inv[:, 0, 1, None, None] * oy
-        sy = ref_pos[:, 1, None, None] + inv[:, 1, 0, None, None] * ox + inv[:, 1, 1, None, None] * oy
+        sx = inv[:, 0, 0, None, None] * ox
+        sx += ref_pos[:, 0, None, None]
+        sx += inv[:, 0, 1, None, None] * oy
+        sy = inv[:, 1, 0, None, None] * ox
+        sy += ref_pos[:, 1, None, None]
+        sy += inv[:, 1, 1, None, None] * oy
         patch = _bilinear(ref_img, sx, sy)
-        m = len(ref_pos)
-        grad_x = (0.5 * (patch[:, 1:-1, 2:] - patch[:, 1:-1, :-2])).reshape(m, -1)
-        grad_y = (0.5 * (patch[:, 2:, 1:-1] - patch[:, :-2, 1:-1])).reshape(m, -1)
-        values = self._centre(patch[:, 1:-1, 1:-1].reshape(m, -1))
-        w = self._weights
-        gxx = (w * grad_x * grad_x).sum(1)
-        gxy = (w * grad_x * grad_y).sum(1)
-        gyy = (w * grad_y * grad_y).sum(1)
+        m, win = len(ref_pos), self.win_size
+        grads = np.empty((m, 2, win, win), np.float32)
+        np.subtract(patch[:, 1:-1, 2:], patch[:, 1:-1, :-2], out=grads[:, 0])
+        np.subtract(patch[:, 2:, 1:-1], patch[:, :-2, 1:-1], out=grads[:, 1])
+        grads *= 0.5
+        grads = grads.reshape(m, 2, -1)
+        values = patch[:, 1:-1, 1:-1].reshape(m, -1)
+        values -= (values @ self._weights)[:, None]
+        w_gx, w_gy = grads[:, 0] * self._weights, grads[:, 1] * self._weights
+        gxx, gxy, gyy = _row_dot(w_gx, grads[:, 0]), _row_dot(w_gx, grads[:, 1]), _row_dot(w_gy, grads[:, 1])
         min_eig = 0.5 * (gxx + gyy - np.sqrt((gxx - gyy) ** 2 + 4 * gxy**2))
-        contrast = np.sqrt((w * values * values).sum(1))
+        contrast = np.sqrt(_row_dot(values * self._weights, values))
         textured = (contrast >= self.min_contrast) & (min_eig >= self.min_texture)
-        return _Templates(values, grad_x, grad_y, contrast, textured)
+        return _Templates(values, grads, contrast, textured)
 
-    def _centre(self, patches: np.ndarray) -> np.ndarray:
-        return patches - (patches * self._weights).sum(axis=1, keepdims=True)
+    def _windows(self, gray: np.ndarray) -> np.ndarray:
+        """Every (win+1)² block of a frame, as a strided view: ``view[r, c]`` is the block whose
+        top-left pixel is ``(c − margin, r − margin)``, replicating the border beyond the frame.
 
-    def _sample(self, img: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        """(M, win²) patches of ``img`` centred on ``pos``, bilinear, border replicated.
+        Built once per frame, so sampling a patch is one gather of its block.
+        """
+        m = self._margin
+        padded = cv2.copyMakeBorder(gray, m, m, m, m, cv2.BORDER_REPLICATE).astype(np.float32)
+        return np.lib.stride_tricks.sliding_window_view(padded, (self.win_size + 1, self.win_size + 1))
+
+    def _sample(self, image: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """(M, win²) patches centred on ``pos`` of the frame whose :meth:`_windows` is ``image``,
+        bilinear, border replicated.
 
         All pixels of a patch share the sub-pixel fraction of its centre, so one gather of a
-        (win+1)² integer block per patch and a blend of its four shifted views suffice.
+        (win+1)² integer block per patch and a blend of its shifted views suffice: first along
+        rows, then along columns. Positions are exact: no fixed-point quantisation as in
+        ``cv2.remap``, which would be coarser than the alignment's convergence threshold.
         """
-        h, w = img.shape
-        half = self.win_size // 2
-        x = pos[:, 0].astype(np.float64) - half
-        y = pos[:, 1].astype(np.float64) - half
-        x0, y0 = np.floor(x), np.floor(y)
-        fx = (x - x0).astype(np.float32)[:, None, None]
-        fy = (y - y0).astype(np.float32)[:, None, None]
-        steps = np.arange(self.win_size + 1)
-        cols = np.clip(x0.astype(np.int64)[:, None] + steps, 0, w - 1)
-        rows = np.clip(y0.astype(np.int64)[:, None] + steps, 0, h - 1)
-        block = img[rows[:, :, None], cols[:, None, :]]  # (M, win+1, win+1)
-        top = block[:, :-1, :-1] + (block[:, :-1, 1:] - block[:, :-1, :-1]) * fx
-        bottom = block[:, 1:, :-1] + (block[:, 1:, 1:] - block[:, 1:, :-1]) * fx
-        return (top + (bottom - top) * fy).reshape(len(pos), -1)
+        m = self._margin
+        corner = pos - np.float32(self.win_size // 2)  # exact in float32
+        base = np.floor(corner)
+        frac = corner - base
+        # A block wholly beyond the border is all border pixels, wherever it starts.
+        cell = np.clip(base.astype(np.intp), -m, self._last_corner(image)) + m
+        block = image[cell[:, 1], cell[:, 0]]  # (M, win+1, win+1)
+        across = block[:, :, 1:] - block[:, :, :-1]
+        across *= frac[:, 0, None, None]
+        across += block[:, :, :-1]
+        out = across[:, 1:] - across[:, :-1]
+        out *= frac[:, 1, None, None]
+        out += across[:, :-1]
+        return out.reshape(len(pos), -1)
 
-    def _align(self, img: np.ndarray, tmpl: _Templates, init: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Robust translation-only Gauss–Newton (inverse compositional) of the templates in ``img``."""
-        pos = init.astype(np.float32).copy()
+    def _last_corner(self, image: np.ndarray) -> np.ndarray:
+        """``(W − 1, H − 1)`` of the frame whose :meth:`_windows` is ``image``."""
+        return np.array([image.shape[1], image.shape[0]]) - (self._margin + 2)
+
+    def _align(self, image: np.ndarray, tmpl: _Templates, init: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Robust translation-only Gauss–Newton (inverse compositional) of the templates in ``image``.
+
+        All points at once; each leaves the batch when its step falls below ``epsilon_px``
+        (converged) or when it has strayed more than 1 px beyond ``refine_tolerance_px`` from its
+        start (given up: with steps of at most 1 px it could not end within the tolerance in
+        time, or would only by wandering back, and :meth:`_refine` drops it either way).
+        """
+        pos = init.astype(np.float32)
         converged = np.zeros(len(pos), bool)
         active = np.flatnonzero(tmpl.textured)
+        start = pos[active]
+        cur = start.copy()
+        gx, gy, values = tmpl.grads[active, 0], tmpl.grads[active, 1], tmpl.values[active]
+        reach = (self.refine_tolerance_px + 1.0) ** 2
         for _ in range(self.max_iterations):
             if len(active) == 0:
                 break
-            gx, gy = tmpl.grad_x[active], tmpl.grad_y[active]
-            residual = self._centre(self._sample(img, pos[active])) - tmpl.values[active]
-            w = self._weights / (1.0 + (residual / self.robust_scale) ** 2)
-            gxx, gxy, gyy = (w * gx * gx).sum(1), (w * gx * gy).sum(1), (w * gy * gy).sum(1)
-            bx, by = (w * gx * residual).sum(1), (w * gy * residual).sum(1)
+            residual = self._sample(image, cur)
+            residual -= (residual @ self._weights)[:, None]
+            residual -= values
+            w = residual / self.robust_scale
+            w *= w
+            w += 1.0
+            np.divide(self._weights, w, out=w)
+            w_gx, w_gy = w * gx, w * gy
+            gxx, gxy, gyy = _row_dot(w_gx, gx), _row_dot(w_gx, gy), _row_dot(w_gy, gy)
+            bx, by = _row_dot(w_gx, residual), _row_dot(w_gy, residual)
             det = np.maximum(gxx * gyy - gxy * gxy, 1e-9)
             step = np.stack([gyy * bx - gxy * by, gxx * by - gxy * bx], axis=1) / det[:, None]
-            norm = np.linalg.norm(step, axis=1)
+            norm = np.sqrt(np.einsum("ij,ij->i", step, step))
             step *= np.minimum(1.0, 1.0 / np.maximum(norm, 1e-12))[:, None]  # at most 1 px a step
-            pos[active] -= step
+            cur -= step
             done = norm < self.epsilon_px
-            converged[active[done]] = True
-            active = active[~done]
+            offset = cur - start
+            stop = done | (np.einsum("ij,ij->i", offset, offset) > reach)
+            if stop.any():
+                converged[active[done]] = True
+                pos[active[stop]] = cur[stop]
+                going = ~stop
+                active, start, cur = active[going], start[going], cur[going]
+                gx, gy, values = gx[going], gy[going], values[going]
+        pos[active] = cur
         return pos, converged
 
-    def _appearance_match(self, img, tmpl: _Templates, pos) -> tuple[np.ndarray, np.ndarray]:
+    def _appearance_match(self, image, tmpl: _Templates, pos) -> tuple[np.ndarray, np.ndarray]:
         """How well the surroundings of each point match its reference patch.
 
         Returns ``(inliers, ncc)``. A pixel is an inlier when its difference from the reference,
@@ -500,22 +599,39 @@ class LKTracker:
         occluder over the point does), and ``ncc`` the normalised cross-correlation over those
         inliers (so a weak texture that "matches" anywhere within the tolerance does not pass).
         """
-        patch = self._sample(img, pos)
+        patch = self._sample(image, pos)
         diff = patch - tmpl.values
-        diff -= np.median(diff[:, self._central], axis=1, keepdims=True)
+        diff -= _median_rows(diff[:, self._central])[:, None]
         tol = np.maximum(self.inlier_tolerance, self.inlier_tolerance_rel * tmpl.contrast)[:, None]
-        w = self._occlusion_weights * (np.abs(diff) <= tol)
+        np.abs(diff, out=diff)
+        w = np.less_equal(diff, tol, out=diff)  # 1.0 for inliers, 0.0 for the rest
+        w *= self._occlusion_weights
         mass = w.sum(1)
-        safe = np.maximum(mass, 1e-9)[:, None]
-        a = tmpl.values - (w * tmpl.values).sum(1, keepdims=True) / safe
-        b = patch - (w * patch).sum(1, keepdims=True) / safe
-        ncc = (w * a * b).sum(1) / np.sqrt(np.maximum((w * a * a).sum(1) * (w * b * b).sum(1), 1e-12))
+        safe = np.maximum(mass, 1e-9)
+        a = tmpl.values - (_row_dot(w, tmpl.values) / safe)[:, None]
+        b = patch - (_row_dot(w, patch) / safe)[:, None]
+        w_a, w_b = w * a, w * b
+        ncc = _row_dot(w_a, b) / np.sqrt(np.maximum(_row_dot(w_a, a) * _row_dot(w_b, b), 1e-12))
         return mass, ncc
 
-    def _matches(self, img: np.ndarray, tmpl: _Templates, pos: np.ndarray) -> np.ndarray:
+    def _matches(self, image: np.ndarray, tmpl: _Templates, pos: np.ndarray) -> np.ndarray:
         """Appearance score in [-1, 1]: the NCC over inliers, or −1 without enough inliers."""
-        mass, ncc = self._appearance_match(img, tmpl, pos)
+        mass, ncc = self._appearance_match(image, tmpl, pos)
         return np.where(mass >= self.min_inlier_fraction, ncc, -1.0)
+
+
+def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(a * b).sum(1)`` for (M, P) arrays, as M dot products (BLAS): no (M, P) temporary."""
+    return (a[:, None, :] @ b[:, :, None])[:, 0, 0]
+
+
+def _median_rows(x: np.ndarray) -> np.ndarray:
+    """``np.median(x, axis=1)`` by partial sorting, without np.median's overhead."""
+    n = x.shape[1]
+    if n % 2:
+        return np.partition(x, n // 2, axis=1)[:, n // 2]
+    part = np.partition(x, [n // 2 - 1, n // 2], axis=1)
+    return 0.5 * (part[:, n // 2 - 1] + part[:, n // 2])
 
 
 def _normalised(weights: np.ndarray) -> np.ndarray:
