@@ -104,7 +104,9 @@ class Candidate:
     scale: list[float] = field(default_factory=list)
     crop: list[int] = field(default_factory=list)
     motion_score: float | None = None
-    staged_clip: str | None = None
+    flow_backend: str | None = None
+    flow_version: str | None = None
+    staged_clip: str | None = None  # relative to the output folder
     clip_fps: float | None = None
     caption: str | None = None
     seconds: float = 0.0
@@ -228,7 +230,7 @@ class Stage1:
         from ic_data.video_io import decode_video
 
         cfg = self.config
-        c = Candidate(video_id=video_id, path=path)
+        c = Candidate(video_id=video_id, path=path, flow_backend=self.flow.name, flow_version=self.flow.version)
         t0 = time.perf_counter()
         laps = _Laps(c.stage_seconds)
         try:
@@ -269,10 +271,10 @@ class Stage1:
         else:
             # Writing our own output is outside the try: an I/O error there is transient and
             # must reach the orchestrator (which retries the chunk), not become a failed row.
-            staged = self.out_dir / STAGING_DIR / f"{video_id}.mp4"
+            c.staged_clip = f"{STAGING_DIR}/{video_id}.mp4"
+            staged = self.out_dir / c.staged_clip
             staged.parent.mkdir(parents=True, exist_ok=True)
             write_mp4(staged, clip, fps=c.clip_fps)
-            c.staged_clip = str(staged)
             laps.lap("encode")
         c.seconds = time.perf_counter() - t0
         return c
@@ -354,7 +356,7 @@ class Stage2:
 
         cfg = self.config
         laps = _Laps(self.stage_seconds)
-        mp4_bytes = Path(c.staged_clip).read_bytes()
+        mp4_bytes = (self.out_dir / c.staged_clip).read_bytes()
         frames = decode_mp4(mp4_bytes)  # exactly the pixels stored in the shard
         laps.lap("clip_decode")
         points = grid_points(cfg.clip_width, cfg.clip_height, cfg.grid_size)
@@ -379,12 +381,12 @@ class Stage2:
             "camera_only": cfg.camera_only,
             "source": cfg.source,
             "backends": {
-                "flow": self_flow_name(cfg),
+                "flow": c.flow_backend,
                 "tracker": self.tracker.name,
                 "decoder": c.decoder,
                 "cut_detector": cfg.cut_detector,
             },
-            "versions": {**self.versions, "tracker": self.tracker.version},
+            "versions": {**self.versions, "flow": c.flow_version, "tracker": self.tracker.version},
             "shard": shard_name,
         }
         return ClipSample(
@@ -396,10 +398,6 @@ class Stage2:
             caption=caption or "",
             meta=meta,
         )
-
-
-def self_flow_name(cfg: CurationConfig) -> str:
-    return cfg.flow if not cfg.flow_options.get("model") else f"{cfg.flow}:{cfg.flow_options['model']}"
 
 
 def stage2_result_path(out_dir: str | os.PathLike, chunk: Chunk) -> Path:
@@ -426,7 +424,13 @@ def run_stage2_chunk(
     stage = stage or Stage2(config, out_dir)
     shard_name = f"{chunk.key}.tar"
     rows, samples = [], []
-    for c in load_candidates(stage1_result_path(out_dir, chunk)):
+    candidates = load_candidates(stage1_result_path(out_dir, chunk))
+    if any(c.status == "scored" and is_kept(c.motion_score, threshold) and not (out_dir / c.staged_clip).exists() for c in candidates):
+        # A finished earlier run cleaned its staged clips and the decision has changed since:
+        # redo stage 1 for this chunk (deterministic, so the scores are the same).
+        stage1_result_path(out_dir, chunk).unlink()
+        candidates = load_candidates(run_stage1_chunk(chunk, config, out_dir))
+    for c in candidates:
         row = ManifestRow(
             video_id=c.video_id,
             path=c.path,
@@ -444,7 +448,7 @@ def run_stage2_chunk(
             chunk=chunk.key,
             caption=c.caption,
             camera_only=config.camera_only,
-            flow_backend=self_flow_name(config),
+            flow_backend=c.flow_backend,
             tracker_backend=None,
         )
         if c.status == "failed":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -163,3 +164,26 @@ def test_camera_only_source_flags_every_clip(input_dir, tmp_path):
         if r.status == "ok":
             s = next(x for x in read_shard(tmp_path / "re10k" / r.shard) if x.key == r.key)
             assert s.meta["camera_only"] is True
+
+
+def test_adding_videos_later_updates_the_curation_consistently(input_dir, tmp_path):
+    """A finished output + one more input: the threshold moves, old chunks are finished again
+    (their staged clips were cleaned up, so stage 1 is redone) and the result equals a fresh run."""
+    from ic_data.synthetic import CameraMotion, render_shot
+    from tests.conftest import COARSE, write_video
+
+    videos = tmp_path / "videos"
+    shutil.copytree(input_dir, videos)
+    out = tmp_path / "out"
+    curate(videos, out, CFG, chunk_size=5)
+    for i in range(4):  # 12 scored clips: the bottom quarter is now 3, the threshold moves
+        write_video(videos / f"zzz_new{i}.mp4", render_shot(40, 480, 270, CameraMotion((0.5 + 0.1 * i, 0.0)),
+                                                            texture_seed=77 + i, texture_octaves=COARSE).frames)
+    old_threshold = json.loads((out / "summary.json").read_text())["threshold"]
+    summary = curate(videos, out, CFG, chunk_size=5)
+    assert summary.threshold != old_threshold
+    fresh = tmp_path / "fresh"
+    curate(videos, fresh, CFG, chunk_size=5)
+    assert summary.num_videos == 18 and summary.counts["failed"] == 6
+    assert (out / "manifest.parquet").read_bytes() == (fresh / "manifest.parquet").read_bytes()
+    assert {p.name for p in (out / "shards").glob("*.tar")} == {p.name for p in (fresh / "shards").glob("*.tar")}
