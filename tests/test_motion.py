@@ -273,7 +273,7 @@ def test_raft_loads_local_weights_from_path_env_and_cache(no_raft_weights, monke
 
 
 def test_scoring_a_subset_of_pairs_estimates_the_full_score(dis, varied_shots, varied_scores):
-    # The pipeline scores 12 evenly spaced pairs: the ranking of clips must not change.
+    # The pipeline scores 8 evenly spaced pairs: the ranking of clips must not change.
     sub = np.array([motion_score(s.frames, dis, max_pairs=6) for s in varied_shots])
     moving = varied_scores > 0.05
     np.testing.assert_allclose(sub[moving], varied_scores[moving], rtol=0.15)
