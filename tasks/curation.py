@@ -18,6 +18,11 @@ from ic_data import pipeline
 from ic_data.pipeline import Chunk, CurationConfig, MotionDecision
 
 
+# A chunk is tens of videos, each with its own 300 s decode timeout; a chunk past this limit is
+# stuck (a hung filesystem, a wedged worker), not slow.
+CHUNK_TIMEOUT_S = 2 * 3600
+
+
 def _transient(task, task_run, state) -> bool:
     """Retry only what may pass on a second try: I/O trouble, not a deterministic bug.
 
@@ -41,6 +46,7 @@ def _transient(task, task_run, state) -> bool:
     retries=2,
     retry_delay_seconds=5,
     retry_condition_fn=_transient,
+    timeout_seconds=CHUNK_TIMEOUT_S,
 )
 def score_chunk(chunk: Chunk, config: CurationConfig, out: str) -> str:
     """Stage 1 for a chunk: decode once, cuts, longest scene, clip sampling, motion score."""
@@ -70,6 +76,7 @@ def motion_threshold(stage1_results: list[str], drop_fraction: float) -> MotionD
     retries=2,
     retry_delay_seconds=5,
     retry_condition_fn=_transient,
+    timeout_seconds=CHUNK_TIMEOUT_S,
 )
 def finish_chunk(chunk: Chunk, threshold: float, config: CurationConfig, out: str) -> str:
     """Stage 2 for a chunk: tracking, sparse sampling, captions and the chunk's shard."""

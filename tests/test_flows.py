@@ -85,3 +85,14 @@ def test_rerun_skips_finished_chunks(flow_run, input_dir):
     assert state.is_completed()
     after = {p: p.stat().st_mtime_ns for p in (out / "work").rglob("*.json")}
     assert before == after, "finished chunk results must be reused, not rewritten"
+
+
+def test_only_transient_errors_are_retried():
+    from prefect.states import Completed, Failed
+
+    from tasks.curation import _transient
+
+    assert _transient(None, None, Failed(data=OSError(28, "No space left on device")))
+    assert _transient(None, None, Failed(data=TimeoutError("chunk took too long")))
+    assert not _transient(None, None, Failed(data=ValueError("a bug is not transient")))
+    assert not _transient(None, None, Completed(data=1))
