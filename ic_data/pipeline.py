@@ -483,7 +483,8 @@ def run_stage2_chunk(
 
 
 def _json_float(x: float) -> float | None:
-    return None if x is None or np.isnan(x) else float(x)
+    """JSON has no NaN/Infinity: a threshold that drops nothing (nan or -inf) is stored as null."""
+    return None if x is None or not np.isfinite(x) else float(x)
 
 
 # ----------------------------------------------------------------------------- manifest

@@ -124,7 +124,10 @@ def _preview_markdown(out: Path, limit: int) -> str:
         frames = sample.decode_frames()
         png = preview_png(frames, sample.tracks, sample.sparse, out / "previews" / f"{r.key}.png")
         gif = preview_gif(frames, sample.tracks, sample.sparse, out / "previews" / f"{r.key}.gif", scale=0.5)
-        data = base64.b64encode(gif.read_bytes()).decode()
+        # The artifact embeds a lighter copy (every other frame) to keep the run's record small.
+        small = preview_gif(frames[::2], sample.tracks[::2], sample.sparse, out / "previews" / f"{r.key}.small.gif",
+                            fps=4.0, scale=0.5)
+        data = base64.b64encode(small.read_bytes()).decode()
         lines += [
             f"## {r.key}",
             f"motion score {r.motion_score:.3f} px · {len(sample.sparse)} sparse tracks · caption: {sample.caption or '—'}",

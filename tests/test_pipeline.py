@@ -187,3 +187,15 @@ def test_adding_videos_later_updates_the_curation_consistently(input_dir, tmp_pa
     assert summary.num_videos == 18 and summary.counts["failed"] == 6
     assert (out / "manifest.parquet").read_bytes() == (fresh / "manifest.parquet").read_bytes()
     assert {p.name for p in (out / "shards").glob("*.tar")} == {p.name for p in (fresh / "shards").glob("*.tar")}
+
+
+def test_tiny_dataset_keeps_everything_and_writes_strict_json(input_dir, tmp_path):
+    """Three scored clips: floor(0.25 × 3) = 0 are dropped, and the "no threshold" is JSON null."""
+    videos = tmp_path / "three"
+    videos.mkdir()
+    for p in sorted(input_dir.glob("good_[567]_*.mp4")):
+        shutil.copy(p, videos / p.name)
+    summary = curate(videos, tmp_path / "out", CFG, chunk_size=2)
+    assert summary.counts == {"ok": 3, "filtered": 0, "failed": 0} and summary.threshold is None
+    for p in (tmp_path / "out").rglob("*.json"):
+        json.loads(p.read_text(), parse_constant=lambda c: pytest.fail(f"{p} holds {c}"))
