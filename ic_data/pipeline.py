@@ -70,9 +70,6 @@ class CurationConfig:
         d.pop("decode_timeout_s")
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
-    def to_json(self) -> dict:
-        return dataclasses.asdict(self)
-
 
 @dataclass(frozen=True)
 class Chunk:
@@ -132,10 +129,7 @@ def discover_videos(root: str | os.PathLike, extensions: Sequence[str] = VIDEO_E
     for p in sorted(root.rglob("*")):
         if p.suffix.lower() in exts and (p.is_file() or p.is_symlink()):
             found.append((video_id_for(str(p), str(root)), str(p.resolve() if p.exists() else p.absolute())))
-    ids = [v for v, _ in found]
-    if len(set(ids)) != len(ids):
-        raise ValueError("video ids collide; rename the inputs")  # cannot happen with hashed ids
-    return sorted(found)
+    return sorted(found)  # ids embed a hash of the relative path: unique per input
 
 
 def plan_chunks(videos: Sequence[tuple[str, str]], config: CurationConfig, chunk_size: int = 32) -> list[Chunk]:
@@ -505,7 +499,8 @@ class CurationSummary:
 
 
 def assemble_manifest(out_dir: str | os.PathLike, chunks: Sequence[Chunk], threshold: float) -> CurationSummary:
-    """Gather every chunk's rows into ``manifest.parquet``; check none is missing or doubled."""
+    """Gather every chunk's rows into ``manifest.parquet`` (+ ``summary.json``); check none is
+    missing or doubled."""
     from ic_data.manifest import ManifestRow, reason_counts, status_counts, write_manifest
 
     out_dir = Path(out_dir)
@@ -534,7 +529,7 @@ def assemble_manifest(out_dir: str | os.PathLike, chunks: Sequence[Chunk], thres
             (out_dir / STAGING_DIR / f"{vid}.mp4").unlink(missing_ok=True)
     scores = np.array([r.motion_score for r in rows if r.motion_score is not None], np.float64)
     pct = {f"p{q}": float(np.percentile(scores, q)) for q in (0, 10, 25, 50, 75, 90, 100)} if len(scores) else {}
-    return CurationSummary(
+    summary = CurationSummary(
         out_dir=str(out_dir),
         num_videos=len(rows),
         counts=status_counts(rows),
@@ -543,6 +538,8 @@ def assemble_manifest(out_dir: str | os.PathLike, chunks: Sequence[Chunk], thres
         score_percentiles=pct,
         removed_stale_shards=stale,
     )
+    _atomic_write_text(out_dir / "summary.json", json.dumps(summary.to_json(), indent=1, sort_keys=True))
+    return summary
 
 
 # ----------------------------------------------------------------------------- plain driver
@@ -561,21 +558,16 @@ def curate(
     videos = discover_videos(videos_dir)
     chunks = plan_chunks(videos, config, chunk_size)
     say(f"{len(videos)} videos in {len(chunks)} chunks")
-    stage1 = None
+    # One backend instance for every chunk (RAFT/CoTracker weights load once); the run_* calls
+    # skip finished chunks before touching it.
+    stage1, stage2 = Stage1(config, out_dir), Stage2(config, out_dir)
     results = []
     for i, chunk in enumerate(chunks):
-        if not stage1_result_path(out_dir, chunk).exists() and stage1 is None:
-            stage1 = Stage1(config, out_dir)
         results.append(run_stage1_chunk(chunk, config, out_dir, stage1))
         say(f"stage 1: chunk {i + 1}/{len(chunks)} scored")
     decision = decide_motion_threshold(results, config.drop_fraction)
     say(f"motion threshold {decision.threshold:.4f}: {decision.num_kept}/{decision.num_scored} kept")
-    stage2 = None
     for i, chunk in enumerate(chunks):
-        if stage2 is None:
-            stage2 = Stage2(config, out_dir)
         run_stage2_chunk(chunk, decision.threshold, config, out_dir, stage2)
         say(f"stage 2: chunk {i + 1}/{len(chunks)} written")
-    summary = assemble_manifest(out_dir, chunks, decision.threshold)
-    _atomic_write_text(out_dir / "summary.json", json.dumps(summary.to_json(), indent=1, sort_keys=True))
-    return summary
+    return assemble_manifest(out_dir, chunks, decision.threshold)

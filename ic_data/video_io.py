@@ -75,7 +75,7 @@ def _decode_decord(path: str, size_fn: SizeFn | None, max_frames: int | None, ba
     n = len(vr)
     if n <= 0:
         raise VideoDecodeError(f"decord found no frames in {path}", reason="no_frames")
-    h, w = vr[0].shape[:2] if n else (0, 0)
+    h, w = vr[0].shape[:2]
     vr.seek(0)
     fps = float(vr.get_avg_fps() or 0.0)
     size = size_fn(w, h) if size_fn else None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import pytest
 
 from ic_data.manifest import read_manifest
@@ -37,6 +38,7 @@ def test_flow_completes_with_corrupt_inputs_and_reports_them(flow_run):
     assert summary["counts"] == {"ok": 6, "filtered": 2, "failed": 6}
     rows = read_manifest(out / "manifest.parquet")
     assert len(rows) == 14 and len({r.video_id for r in rows}) == 14
+    assert json.loads((out / "summary.json").read_text()) == summary
 
 
 def test_flow_output_equals_the_library_output(flow_run, input_dir, tmp_path):
