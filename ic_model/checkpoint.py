@@ -1,0 +1,129 @@
+"""Resumable training state: trainable weights (safetensors), optimizer, LR scheduler, RNG.
+
+Noise and timesteps are drawn from a generator seeded by (seed, rank, step) inside the loop and
+the data stream skips what was consumed, so resuming needs no per-rank RNG state; the global
+RNG states are still saved for anything else that draws from them.
+
+A checkpoint directory is written under a temporary name and renamed when complete, so a run
+killed mid-write leaves the previous checkpoint intact and never a half-written one.
+"""
+from __future__ import annotations
+
+import os
+import random
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+_STEP_DIR = re.compile(r"^step-(\d+)$")
+
+
+def rng_state() -> dict:
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        name: p.detach().contiguous().cpu()
+        for name, p in module.named_parameters()
+        if p.requires_grad
+    }
+
+
+def save_checkpoint(
+    stage_dir: str | os.PathLike,
+    step: int,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler,
+    keep: int = 2,
+) -> Path:
+    root = Path(stage_dir) / "checkpoints"
+    final = root / f"step-{step:07d}"
+    tmp = root / f".tmp-step-{step:07d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file(trainable_state(module), str(tmp / "trainable.safetensors"))
+    torch.save(
+        {
+            "step": step,
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "rng": rng_state(),
+        },
+        tmp / "state.pt",
+    )
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in list_checkpoints(stage_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(stage_dir: str | os.PathLike) -> list[Path]:
+    root = Path(stage_dir) / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(stage_dir: str | os.PathLike) -> Path | None:
+    found = list_checkpoints(stage_dir)
+    return found[-1] if found else None
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler,
+) -> int:
+    """Restore a checkpoint into the (unwrapped) module and optimizer; return its step."""
+    path = Path(path)
+    weights = load_file(str(path / "trainable.safetensors"))
+    expected = {n for n, p in module.named_parameters() if p.requires_grad}
+    if set(weights) != expected:
+        raise ValueError(
+            f"checkpoint {path} holds other trainable tensors than this stage trains "
+            f"({len(set(weights) ^ expected)} differ)"
+        )
+    params = dict(module.named_parameters())
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            params[name].copy_(tensor)
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    lr_scheduler.load_state_dict(state["lr_scheduler"])
+    set_rng_state(state["rng"])
+    return int(state["step"])
+
+
+__all__ = [
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "trainable_state",
+]

@@ -1,0 +1,240 @@
+"""Model and training configuration: plain dataclasses with presets, saved beside every checkpoint.
+
+Two presets describe the same architecture:
+
+- ``sd15``: the paper's sizes. SD 1.5 UNet + AnimateDiff v3 motion module, SparseCtrl RGB image
+  ControlNet, SD VAE and CLIP ViT-L/14 text encoder, all loaded from local paths; ε-prediction.
+- ``tiny``: the same classes with small widths, trained from scratch on CPU at 96×64 pixels and
+  16 frames. Nothing pretrained exists here, so this preset adds the ``vae`` and ``base`` stages.
+  It predicts x0 (``sample``) by default: ε-prediction was far too slow to converge at this size.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Stage order. ``vae`` and ``base`` exist only for presets that train their own base model.
+STAGES = ("vae", "base", "dense", "sparse", "camera", "object")
+PAPER_STAGES = ("dense", "sparse", "camera", "object")
+LORA_STAGES = ("camera", "object")
+
+# Environment variables that may fill the sd15 weight paths (the flow/CLI settings win).
+WEIGHT_ENV = {
+    "sd15_path": "IC_SD15_PATH",
+    "motion_adapter_path": "IC_MOTION_ADAPTER_PATH",
+    "sparsectrl_rgb_path": "IC_SPARSECTRL_RGB_PATH",
+}
+
+# LoRA targets, as in the official release: attention projections, resnet and downsampler convs,
+# time-embedding projections, feed-forward layers, the conditioning embedding, conv_in, and the
+# ControlNet down/mid zero-convs: every Linear and Conv2d of the motion ControlNet. A regular
+# expression over module names, anchored at a "." so that e.g. "xconv1" does not match "conv1".
+DEFAULT_LORA_TARGETS = (
+    r"(?:.*\.)?(?:to_q|to_k|to_v|to_out\.0|proj_in|proj_out|ff\.net\.0\.proj|ff\.net\.2"
+    r"|conv1|conv2|conv_shortcut|downsamplers\.\d+\.conv|time_emb_proj|linear_1|linear_2"
+    r"|controlnet_cond_embedding|conv_in|controlnet_down_blocks\.\d+|controlnet_mid_block)"
+)
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild the model from its saved JSON alone."""
+
+    preset: str = "tiny"
+    # Clip geometry the model sees (pixels) and the trajectory-map filter at that size.
+    width: int = 96
+    height: int = 64
+    num_frames: int = 16
+    flow_kernel_size: int = 25
+    flow_sigma: float = 2.5
+    # Denoising objective: "epsilon" (sd15), "sample" (x0) or "v_prediction".
+    prediction_type: str = "sample"
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.012
+    beta_schedule: str = "linear"
+    # Widths shared by the UNet and both ControlNets (tiny only; sd15 reads its configs).
+    block_out_channels: tuple[int, ...] = (32, 64, 64)
+    layers_per_block: int = 1
+    norm_num_groups: int = 8
+    attention_head_dim: int = 8
+    motion_num_attention_heads: int = 4
+    cross_attention_dim: int = 64
+    # Tiny VAE: four blocks, so latents are 1/8 of the pixels as in SD.
+    vae_block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
+    vae_layers_per_block: int = 1
+    vae_norm_num_groups: int = 8
+    latent_channels: int = 4
+    vae_scaling_factor: float = 1.0
+    # Tiny text encoder (the tokenizer is always the real CLIP BPE one).
+    text_hidden_size: int = 64
+    text_layers: int = 2
+    text_heads: int = 2
+    text_intermediate_size: int = 128
+    max_text_tokens: int = 77
+    # LoRA on the motion ControlNet.
+    lora_rank: int = 64
+    lora_alpha: int = 64
+    lora_targets: str = DEFAULT_LORA_TARGETS
+    # Where real weights live (sd15 only). Empty = read the IC_* environment variable.
+    sd15_path: str = ""
+    motion_adapter_path: str = ""
+    sparsectrl_rgb_path: str = ""
+    # Seed for the random initialisation of the tiny preset's components.
+    init_seed: int = 0
+
+    @property
+    def vae_scale_factor(self) -> int:
+        if self.preset == "sd15":
+            return 8
+        return 2 ** (len(self.vae_block_out_channels) - 1)
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        """(height, width) of the latent grid."""
+        f = self.vae_scale_factor
+        return self.height // f, self.width // f
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return PAPER_STAGES if self.preset == "sd15" else STAGES
+
+    def weight_path(self, name: str) -> str:
+        """A configured weight path, falling back to its environment variable."""
+        value = getattr(self, name)
+        return value or os.environ.get(WEIGHT_ENV[name], "")
+
+    def validate(self) -> None:
+        f = self.vae_scale_factor
+        if self.width % f or self.height % f:
+            raise ValueError(f"width×height {self.width}×{self.height} must be multiples of {f}")
+        if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
+            raise ValueError(f"unknown prediction_type {self.prediction_type!r}")
+        if self.num_frames < 2:
+            raise ValueError("num_frames must be at least 2")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        names = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise ValueError(f"unknown ModelConfig fields: {unknown}")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**kwargs)
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    cfg = ModelConfig(**overrides)
+    cfg.validate()
+    return cfg
+
+
+def sd15_config(**overrides) -> ModelConfig:
+    base = dict(
+        preset="sd15",
+        width=384,
+        height=256,
+        num_frames=16,
+        flow_kernel_size=99,
+        flow_sigma=10.0,
+        prediction_type="epsilon",
+        vae_scaling_factor=0.18215,
+        cross_attention_dim=768,
+    )
+    base.update(overrides)
+    cfg = ModelConfig(**base)
+    cfg.validate()
+    return cfg
+
+
+PRESETS = {"tiny": tiny_config, "sd15": sd15_config}
+
+
+def preset_config(name: str, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name](**overrides)
+
+
+@dataclass
+class TrainConfig:
+    """One training stage. Defaults follow the paper where it says (Adam, lr 1e-4)."""
+
+    stage: str = "dense"
+    steps: int = 1000
+    batch_size: int = 4  # per process, per micro-step
+    grad_accum_steps: int = 1
+    learning_rate: float = 1e-4
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_weight_decay: float = 0.0
+    warmup_steps: int = 0
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    mixed_precision: str = "no"  # "no" | "fp16" | "bf16" (GPU)
+    gradient_checkpointing: bool = False
+    # Data.
+    frame_stride: int = 2  # 16 frames out of a 32-frame clip
+    min_tracks: int = 1
+    max_tracks: int = 8
+    shuffle_buffer: int = 64
+    num_workers: int = 0
+    caption_dropout: float = 0.1
+    vae_frames_per_clip: int = 4
+    # Timesteps: with this probability draw t from [high_noise_min_t, T) (MotionCtrl's trick).
+    high_noise_prob: float = 0.0
+    high_noise_min_t: int = 700
+    # Object stage: orthogonal loss between the camera and object LoRAs.
+    ortho_weight: float = 1e-3  # the paper-mode term starts near r per layer (‖I‖² = rank)
+    ortho_mode: str = "paper"  # "paper": ‖I − W_cam W_objᵀ‖²; "cross": ‖W_cam W_objᵀ‖²
+    # VAE stage.
+    kl_weight: float = 1e-6
+    # Overfit one fixed batch (same clips, noise and timesteps every step): a debugging mode.
+    overfit_one_batch: bool = False
+    # Bookkeeping.
+    log_every: int = 10
+    save_every: int = 200
+    keep_checkpoints: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**kwargs)
+
+
+def save_json(path: str | os.PathLike, data: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def load_json(path: str | os.PathLike) -> dict:
+    return json.loads(Path(path).read_text())
+
+
+__all__ = [
+    "DEFAULT_LORA_TARGETS",
+    "LORA_STAGES",
+    "PAPER_STAGES",
+    "PRESETS",
+    "STAGES",
+    "WEIGHT_ENV",
+    "ModelConfig",
+    "TrainConfig",
+    "load_json",
+    "preset_config",
+    "save_json",
+    "sd15_config",
+    "tiny_config",
+]

@@ -1,0 +1,165 @@
+"""The run directory: one folder per stage, each stage building on the one before.
+
+```
+RUN/config.json                 the ModelConfig every stage of this run shares
+RUN/STAGE/config.json           the same ModelConfig, saved beside the stage's weights
+RUN/STAGE/train_config.json     the TrainConfig it ran with
+RUN/STAGE/checkpoints/step-N/   resumable state (weights, optimizer, scheduler, RNG)
+RUN/STAGE/metrics.jsonl         one line per logged step
+RUN/STAGE/done.json             written last: the stage finished (its summary)
+RUN/vae/vae.safetensors                         (tiny preset)
+RUN/base/{unet,image_controlnet,text_encoder}.safetensors   (tiny preset)
+RUN/{dense,sparse}/motion_controlnet.safetensors
+RUN/camera/camera_lora.safetensors
+RUN/object/object_lora.safetensors (+ the camera_lora.safetensors it was trained against)
+```
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .components import Components, build_components
+from .config import ModelConfig, load_json, preset_config, save_json
+from .motion_controlnet import copy_unet_encoder
+
+# Weights each full-model stage publishes, by component name.
+STAGE_WEIGHTS = {
+    "vae": ("vae",),
+    "base": ("unet", "image_controlnet", "text_encoder"),
+    "dense": ("motion_controlnet",),
+    "sparse": ("motion_controlnet",),
+}
+LORA_FILES = {"camera": "camera_lora.safetensors", "object": "object_lora.safetensors"}
+
+
+class MissingPrerequisiteError(RuntimeError):
+    """A stage was asked to start before the stage it builds on finished."""
+
+
+def stage_dir(run: str | os.PathLike, stage: str) -> Path:
+    return Path(run) / stage
+
+
+def is_done(run: str | os.PathLike, stage: str) -> bool:
+    return (stage_dir(run, stage) / "done.json").exists()
+
+
+def prerequisite(cfg: ModelConfig, stage: str) -> str | None:
+    """The stage that must have finished before ``stage`` may start."""
+    stages = cfg.stages
+    if stage not in stages:
+        raise ValueError(f"stage {stage!r} does not exist for preset {cfg.preset!r}: {stages}")
+    i = stages.index(stage)
+    return stages[i - 1] if i > 0 else None
+
+
+def check_prerequisite(run: str | os.PathLike, cfg: ModelConfig, stage: str) -> None:
+    before = prerequisite(cfg, stage)
+    if before is not None and not is_done(run, before):
+        raise MissingPrerequisiteError(
+            f"stage {stage!r} needs the finished {before!r} stage first: "
+            f"{stage_dir(run, before) / 'done.json'} does not exist. "
+            f"Run `ic train {before} --run {run} …` before `ic train {stage}`."
+        )
+
+
+def run_model_config(
+    run: str | os.PathLike, preset: str | None = None, **overrides
+) -> ModelConfig:
+    """The run's ModelConfig: read from RUN/config.json, or created from ``preset`` and saved.
+
+    A run keeps one architecture for all its stages, so a different preset is an error.
+    """
+    path = Path(run) / "config.json"
+    if path.exists():
+        cfg = ModelConfig.from_dict(load_json(path))
+        if preset is not None and preset != cfg.preset:
+            raise ValueError(f"run {run} was created with preset {cfg.preset!r}, not {preset!r}")
+        for key, value in overrides.items():
+            # Weight paths are machine-specific settings, not part of the architecture.
+            if key in ("sd15_path", "motion_adapter_path", "sparsectrl_rgb_path"):
+                setattr(cfg, key, value)
+            elif getattr(cfg, key) != value:
+                raise ValueError(f"run {run} has {key}={getattr(cfg, key)!r}, not {value!r}")
+        return cfg
+    cfg = preset_config(preset or "tiny", **overrides)
+    save_json(path, cfg.to_dict())
+    return cfg
+
+
+def save_module(module: torch.nn.Module, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    save_file(state, str(tmp))
+    os.replace(tmp, path)
+
+
+def load_module(module: torch.nn.Module, path: str | os.PathLike) -> None:
+    state = load_file(str(path))
+    missing, unexpected = module.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(
+            f"{path} does not match the model: {len(missing)} missing (e.g. {missing[:2]}), "
+            f"{len(unexpected)} unexpected (e.g. {unexpected[:2]})"
+        )
+
+
+def _latest_done(run, stages: tuple[str, ...]) -> str | None:
+    for stage in reversed(stages):
+        if is_done(run, stage):
+            return stage
+    return None
+
+
+def load_run_components(
+    run: str | os.PathLike, cfg: ModelConfig, before_stage: str | None = None
+) -> Components:
+    """Build the preset and load the weights of every finished stage before ``before_stage``
+    (all finished stages when ``None``). LoRA adapters are loaded by the caller (lora.py).
+
+    A motion ControlNet with no trained weights yet is (re)initialised from the UNet encoder
+    after the base weights are in place, as the paper initialises it.
+    """
+    stages = cfg.stages
+    upto = stages.index(before_stage) if before_stage is not None else len(stages)
+    earlier = stages[:upto]
+    comps = build_components(cfg)
+    modules = comps.modules()
+    for stage in ("vae", "base"):
+        if stage in earlier and is_done(run, stage):
+            for name in STAGE_WEIGHTS[stage]:
+                load_module(modules[name], stage_dir(run, stage) / f"{name}.safetensors")
+    if "vae" in earlier and is_done(run, "vae"):
+        scale = load_json(stage_dir(run, "vae") / "done.json").get("vae_scaling_factor")
+        if scale:
+            comps.vae.register_to_config(scaling_factor=float(scale))
+    motion_stage = _latest_done(run, tuple(s for s in earlier if s in ("dense", "sparse")))
+    if motion_stage is not None:
+        load_module(
+            comps.motion_controlnet,
+            stage_dir(run, motion_stage) / "motion_controlnet.safetensors",
+        )
+    elif cfg.preset != "sd15":
+        copy_unet_encoder(comps.unet, comps.motion_controlnet)
+    return comps
+
+
+__all__ = [
+    "LORA_FILES",
+    "STAGE_WEIGHTS",
+    "MissingPrerequisiteError",
+    "check_prerequisite",
+    "is_done",
+    "load_module",
+    "load_run_components",
+    "prerequisite",
+    "run_model_config",
+    "save_module",
+    "stage_dir",
+]

@@ -1,0 +1,191 @@
+"""Training stages on the tiny preset: overfitting, stop-gradient, exact resume, prerequisites,
+multi-process DDP, and the model wiring."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ic_model import lora
+from ic_model.components import Denoiser, build_tiny_components
+from ic_model.config import TrainConfig, tiny_config
+from ic_model.motion_controlnet import flow_to_controlnet_cond
+from ic_model.run import MissingPrerequisiteError, load_module, run_model_config, stage_dir
+from ic_model.train import launch_command, train_stage
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+# Overfitting one fixed batch: the same clip, noise and timesteps every step. Each stage gets
+# its own seed, so it sees a batch the stage before it did not memorise.
+OVERFIT = dict(batch_size=1, overfit_one_batch=True, log_every=1, save_every=1000, vae_frames_per_clip=1)
+OVERFIT_STEPS = {"vae": 100, "base": 40, "dense": 40, "sparse": 40, "camera": 40, "object": 50}
+OVERFIT_LR = {"vae": 2e-3, "base": 2e-3, "dense": 3e-3, "sparse": 3e-3, "camera": 3e-3, "object": 3e-3}
+# The tiny preset at 8 frames instead of 16 halves the cost of these tests; same classes.
+TEST_FRAMES = 8
+
+
+def _cfg(stage: str, **kw) -> TrainConfig:
+    seed = ("vae", "base", "dense", "sparse", "camera", "object").index(stage)
+    return TrainConfig(**{
+        **OVERFIT, "steps": OVERFIT_STEPS[stage], "learning_rate": OVERFIT_LR[stage], "seed": seed,
+        **kw, "stage": stage,
+    })
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, training_shards):
+    """Every tiny stage trained in order on one fixed batch; returns (run dir, summaries)."""
+    run = tmp_path_factory.mktemp("run")
+    cfg = run_model_config(run, "tiny", num_frames=TEST_FRAMES)
+    summaries = {}
+    for stage in cfg.stages:
+        summaries[stage] = train_stage(stage, str(training_shards), run, _cfg(stage), cfg)
+    return run, summaries
+
+
+def test_fresh_motion_controlnet_changes_nothing():
+    """Zero-initialised conditioning conv and zero-convs: flow maps have no effect before training."""
+    comps = build_tiny_components(tiny_config())
+    den = Denoiser(comps.unet, comps.image_controlnet, comps.motion_controlnet, 8).eval()
+    g = torch.Generator().manual_seed(0)
+    noisy = torch.randn(1, 4, 16, 8, 12, generator=g)
+    text = torch.randn(1, 77, 64, generator=g)
+    first = torch.randn(1, 4, 8, 12, generator=g)
+    flow = torch.randn(1, 2, 16, 64, 96, generator=g)
+    with torch.no_grad():
+        plain = den(noisy, torch.tensor([500]), text, first)
+        with_flow = den(noisy, torch.tensor([500]), text, first, flow=flow)
+    assert torch.equal(plain, with_flow)
+    assert flow_to_controlnet_cond(flow, 8).shape == (1, 128, 16, 8, 12)
+
+
+def test_pixel_unshuffle_keeps_every_value_in_its_cell():
+    flow = torch.arange(2 * 3 * 16 * 24, dtype=torch.float32).reshape(1, 2, 3, 16, 24)
+    cond = flow_to_controlnet_cond(flow, 8)
+    # channel c*64 + dy*8 + dx at cell (i, j) is pixel (8i+dy, 8j+dx) of flow channel c
+    assert cond[0, 64 + 3 * 8 + 5, 2, 1, 2] == flow[0, 1, 2, 8 + 3, 16 + 5]
+
+
+def test_stage_refuses_to_start_without_its_prerequisite(tmp_path, training_shards):
+    cfg = run_model_config(tmp_path / "run", "tiny", num_frames=TEST_FRAMES)
+    with pytest.raises(MissingPrerequisiteError, match="'camera'"):
+        train_stage("object", str(training_shards), tmp_path / "run", _cfg("object"), cfg)
+    assert not (tmp_path / "run" / "object").exists()
+
+
+@pytest.mark.parametrize("stage", ["vae", "base", "dense", "sparse", "camera", "object"])
+def test_each_stage_overfits_one_batch(trained_run, stage):
+    run, summaries = trained_run
+    s = summaries[stage]
+    # The denoising (or reconstruction) loss; the object stage adds the orthogonal term, whose
+    # paper form has a floor above zero (A_cam A_objᵀ cannot reach I when in < rank).
+    assert s["final_mse"] <= s["first_mse"] / 5, s
+    assert s["final_loss"] < s["first_loss"], s
+    if stage == "object":
+        assert s["final_ortho"] < s["first_ortho"], s
+    assert (stage_dir(run, stage) / "done.json").exists()
+
+
+def test_stage_outputs_are_published(trained_run):
+    run, _ = trained_run
+    names = {s: sorted(p.name for p in stage_dir(run, s).glob("*.safetensors")) for s in
+             ("vae", "base", "dense", "sparse", "camera", "object")}
+    assert names["vae"] == ["vae.safetensors"]
+    assert names["base"] == ["image_controlnet.safetensors", "text_encoder.safetensors", "unet.safetensors"]
+    assert names["dense"] == names["sparse"] == ["motion_controlnet.safetensors"]
+    assert names["camera"] == ["camera_lora.safetensors"]
+    assert names["object"] == ["camera_lora.safetensors", "object_lora.safetensors"]
+    saved = json.loads((stage_dir(run, "object") / "config.json").read_text())
+    assert saved["preset"] == "tiny" and saved["lora_rank"] == 64
+
+
+def test_object_stage_stops_gradient_into_camera_and_base(trained_run):
+    """After `object`: camera adapter bit-identical, object adapter trained, ControlNet unchanged."""
+    run, _ = trained_run
+    cam_before = load_file(str(stage_dir(run, "camera") / "camera_lora.safetensors"))
+    cam_after = load_file(str(stage_dir(run, "object") / "camera_lora.safetensors"))
+    assert cam_before.keys() == cam_after.keys()
+    assert all(torch.equal(cam_before[k], cam_after[k]) for k in cam_before)
+
+    comps = build_tiny_components(tiny_config(num_frames=TEST_FRAMES))
+    mc = comps.motion_controlnet
+    load_module(mc, stage_dir(run, "sparse") / "motion_controlnet.safetensors")
+    base_before = {k: v.clone() for k, v in mc.state_dict().items()}
+    lora.add_lora_adapter(mc, "object", 64, 64, tiny_config().lora_targets)
+    fresh = {k: v.clone() for k, v in lora.lora_parameters(mc, "object").items()}
+    lora.load_adapter(mc, "object", stage_dir(run, "object") / "object_lora.safetensors")
+    trained = lora.lora_parameters(mc, "object")
+    changed = [k for k in fresh if not torch.equal(fresh[k], trained[k])]
+    assert len(changed) >= len(fresh) // 2
+    # The object stage saved only its adapter: the base ControlNet weights are sparse's.
+    for name, tensor in mc.state_dict().items():
+        if "lora_" not in name and name.replace(".base_layer", "") in base_before:
+            assert torch.equal(tensor, base_before[name.replace(".base_layer", "")]), name
+
+
+def _prepared_run(src: Path, dst: Path, upto: str) -> Path:
+    """A copy of ``src`` holding only the stages before ``upto``."""
+    dst.mkdir(parents=True)
+    shutil.copy(src / "config.json", dst / "config.json")
+    for stage in ("vae", "base", "dense", "sparse", "camera"):
+        if stage == upto:
+            break
+        shutil.copytree(src / stage, dst / stage)
+    return dst
+
+
+def test_resume_continues_exactly(trained_run, training_shards, tmp_path):
+    """N steps straight == N/2 steps, then a resumed run to N (same weights, bit for bit)."""
+    run, _ = trained_run
+    kw = dict(batch_size=1, learning_rate=1e-3, log_every=1, save_every=2, steps=4)
+    straight = _prepared_run(run, tmp_path / "straight", "dense")
+    train_stage("dense", str(training_shards), straight, TrainConfig(**kw))
+    halves = _prepared_run(run, tmp_path / "halves", "dense")
+    train_stage("dense", str(training_shards), halves, TrainConfig(**{**kw, "steps": 2}))
+    summary = train_stage("dense", str(training_shards), halves, TrainConfig(**kw))
+    assert summary["steps"] == 4
+    a = load_file(str(stage_dir(straight, "dense") / "motion_controlnet.safetensors"))
+    b = load_file(str(stage_dir(halves, "dense") / "motion_controlnet.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # ...and a step really changed them (the check is not vacuous).
+    c = load_file(str(stage_dir(run, "sparse") / "motion_controlnet.safetensors"))
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    losses = [json.loads(l)["loss"] for l in (stage_dir(halves, "dense") / "metrics.jsonl").read_text().splitlines()]
+    assert len(losses) == 4
+
+
+def test_finished_stage_is_not_retrained(trained_run, training_shards):
+    run, summaries = trained_run
+    again = train_stage("camera", str(training_shards), run, _cfg("camera"))
+    assert again["skipped"] and again["final_loss"] == summaries["camera"]["final_loss"]
+
+
+def test_camera_stage_needs_camera_only_clips(trained_run, tmp_path, training_shards):
+    run, _ = trained_run
+    mixed_only = tmp_path / "mixed"
+    mixed_only.mkdir()
+    shutil.copy(training_shards / "mixed-000000.tar", mixed_only)
+    prepared = _prepared_run(run, tmp_path / "cam", "camera")
+    with pytest.raises(ValueError, match="camera_only"):
+        train_stage("camera", str(mixed_only), prepared, _cfg("camera"))
+
+
+def test_accelerate_launch_two_processes_keeps_replicas_identical(trained_run, training_shards, tmp_path):
+    run, _ = trained_run
+    prepared = _prepared_run(run, tmp_path / "ddp", "dense")
+    cfg_path = tmp_path / "train.json"
+    cfg_path.write_text(json.dumps(dict(batch_size=1, learning_rate=1e-3, log_every=1, steps=3)))
+    cmd, env = launch_command(2, "dense", str(training_shards), str(prepared), str(cfg_path))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["world_size"] == 2 and summary["global_batch"] == 2
+    assert summary["replicas_identical"] is True
+    assert len(set(summary["replica_checksums"])) == 1
