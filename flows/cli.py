@@ -39,6 +39,43 @@ def _curate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from flows.train import train_stage_flow
+
+    options = json.loads(args.options) if args.options else None
+    weights = {
+        k: v
+        for k, v in (
+            ("sd15_path", args.sd15_path),
+            ("motion_adapter_path", args.motion_adapter_path),
+            ("sparsectrl_rgb_path", args.sparsectrl_rgb_path),
+        )
+        if v
+    }
+    state = train_stage_flow(
+        stage=args.stage,
+        shards=args.shards,
+        run=args.run,
+        preset=args.preset,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        grad_accum_steps=args.grad_accum,
+        num_processes=args.num_processes,
+        mixed_precision=args.mixed_precision,
+        gradient_checkpointing=args.gradient_checkpointing,
+        seed=args.seed,
+        options=options,
+        weights=weights or None,
+        return_state=True,
+    )
+    if not state.is_completed():
+        print(f"ic train: the flow run ended {state.name}: {state.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(state.result(), indent=1, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ic", description="Image Conductor pipeline")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -62,6 +99,25 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dask-address", default=None, help="run chunk tasks on this Dask scheduler (tcp://…)")
         p.add_argument("--workers", type=int, default=None, help="local worker threads (default: CPU count)")
         p.set_defaults(func=_curate)
+
+    tr = sub.add_parser("train", help="train one stage (vae, base: tiny preset only; dense, sparse, camera, object)")
+    tr.add_argument("stage", choices=["vae", "base", "dense", "sparse", "camera", "object"])
+    tr.add_argument("--shards", required=True, help="folder of .tar shards, a glob, or one shard")
+    tr.add_argument("--run", required=True, help="run folder; each stage writes RUN/STAGE/")
+    tr.add_argument("--preset", choices=["tiny", "sd15"], default="tiny")
+    tr.add_argument("--steps", type=int, default=1000)
+    tr.add_argument("--batch-size", type=int, default=4, help="per process and micro-step")
+    tr.add_argument("--lr", type=float, default=1e-4)
+    tr.add_argument("--grad-accum", type=int, default=1)
+    tr.add_argument("--num-processes", type=int, default=1, help=">1: accelerate launch (one per GPU)")
+    tr.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
+    tr.add_argument("--gradient-checkpointing", action="store_true")
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--options", default=None, help='JSON of other TrainConfig fields, e.g. \'{"ortho_weight": 0.1}\'')
+    tr.add_argument("--sd15-path", default=None, help="SD 1.5 diffusers folder (or IC_SD15_PATH)")
+    tr.add_argument("--motion-adapter-path", default=None, help="AnimateDiff v3 motion module (or IC_MOTION_ADAPTER_PATH)")
+    tr.add_argument("--sparsectrl-rgb-path", default=None, help="SparseCtrl RGB (or IC_SPARSECTRL_RGB_PATH)")
+    tr.set_defaults(func=_train)
     return ap
 
 

@@ -1,0 +1,52 @@
+"""The `train-stage` flow: one stage of the paper's progressive training (§2.4).
+
+Deployments `train-stage/{vae,base,dense,sparse,camera,object}` fix the stage; `vae` and `base`
+exist for the tiny preset, whose base model is trained here instead of loaded.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from prefect import flow, get_run_logger
+
+from ic_model.config import TrainConfig
+from ic_model.run import check_prerequisite, run_model_config
+from tasks.training import publish_training, run_stage
+
+Stage = Literal["vae", "base", "dense", "sparse", "camera", "object"]
+
+
+@flow(name="train-stage", log_prints=True)
+def train_stage_flow(
+    stage: Stage,
+    shards: str,
+    run: str,
+    preset: Literal["tiny", "sd15"] = "tiny",
+    steps: int = 1000,
+    batch_size: int = 4,
+    learning_rate: float = 1e-4,
+    grad_accum_steps: int = 1,
+    num_processes: int = 1,
+    mixed_precision: Literal["no", "fp16", "bf16"] = "no",
+    gradient_checkpointing: bool = False,
+    seed: int = 0,
+    options: dict | None = None,
+    weights: dict | None = None,
+) -> dict:
+    """Train STAGE on SHARDS into RUN/STAGE/ (resuming if a checkpoint is there).
+
+    ``options`` sets any other TrainConfig field (e.g. ortho_weight, save_every); ``weights``
+    sets the sd15 paths (sd15_path, motion_adapter_path, sparsectrl_rgb_path).
+    """
+    model_cfg = run_model_config(run, preset, **(weights or {}))
+    check_prerequisite(run, model_cfg, stage)  # fail in seconds, before any GPU is taken
+    train_cfg = TrainConfig.from_dict({
+        **(options or {}),
+        "stage": stage, "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
+        "grad_accum_steps": grad_accum_steps, "mixed_precision": mixed_precision,
+        "gradient_checkpointing": gradient_checkpointing, "seed": seed,
+    })
+    summary = run_stage(stage, shards, run, train_cfg, model_cfg, num_processes)
+    publish_training(stage, run, summary)
+    get_run_logger().info("%s done: loss %s → %s", stage, summary.get("first_loss"), summary.get("final_loss"))
+    return summary

@@ -1,0 +1,106 @@
+"""Prefect task around one training stage: GPU slot, progress, metrics artifacts.
+
+The stage runs in this process (one device), or under ``accelerate launch`` in child processes
+when ``num_processes > 1`` (multi-GPU DDP). Either way its metrics land in RUN/STAGE/metrics.jsonl,
+which this task turns into artifacts.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+
+from ic_model.config import ModelConfig, TrainConfig
+from ic_model.run import stage_dir
+from ic_model.train import launch_command, train_stage
+
+# Tag-based concurrency limit: `prefect concurrency-limit create gpu N` (N GPUs on the worker)
+# keeps two stages from sharing a GPU. deployments/serve.py creates it when missing.
+GPU_TAG = "gpu"
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _launch(stage: str, shards: str, run: str, train_cfg: TrainConfig, num_processes: int, on_log) -> dict:
+    """``accelerate launch`` the same entry point on ``num_processes`` processes."""
+    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+        json.dump(train_cfg.to_dict(), fh)
+        cfg_path = fh.name
+    cmd, env = launch_command(num_processes, stage, shards, run, cfg_path, train_cfg.mixed_precision)
+    metrics = stage_dir(run, stage) / "metrics.jsonl"
+    stop = threading.Event()
+
+    def follow():  # progress from the metrics file the rank-0 process appends to
+        seen = 0
+        while not stop.wait(2.0):
+            records = _read_metrics(metrics)
+            for record in records[seen:]:
+                on_log({**record, "total_steps": train_cfg.steps})
+            seen = len(records)
+
+    watcher = threading.Thread(target=follow, daemon=True)
+    watcher.start()
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PYTHONUNBUFFERED": "1"})
+    finally:
+        stop.set()
+        os.unlink(cfg_path)
+    if proc.returncode != 0:
+        raise RuntimeError(f"accelerate launch failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@task(name="train", task_run_name="train {stage}", tags=[GPU_TAG], cache_policy=NO_CACHE)
+def run_stage(
+    stage: str, shards: str, run: str, train_cfg: TrainConfig, model_cfg: ModelConfig, num_processes: int = 1
+) -> dict:
+    log = get_run_logger()
+    progress = create_progress_artifact(0.0, key=f"train-{stage}-progress", description=f"Training {stage} in {run}")
+
+    def on_log(record: dict) -> None:
+        update_progress_artifact(progress, min(100.0, 100.0 * record["step"] / record["total_steps"]))
+        log.info(
+            "%s step %d/%d loss %.5f lr %.2e %.2f samples/s peak %.0f MB",
+            stage, record["step"], record["total_steps"], record["loss"], record["lr"],
+            record["samples_per_s"], record["peak_memory_mb"],
+        )
+
+    if num_processes > 1:
+        summary = _launch(stage, shards, run, train_cfg, num_processes, on_log)
+    else:
+        summary = train_stage(stage, shards, run, train_cfg, model_cfg, on_log=on_log)
+    update_progress_artifact(progress, 100.0)
+    return summary
+
+
+@task(name="publish-training", cache_policy=NO_CACHE)
+def publish_training(stage: str, run: str, summary: dict, max_rows: int = 40) -> None:
+    """A table of the logged metrics (thinned to ``max_rows``) and a summary artifact."""
+    records = _read_metrics(stage_dir(run, stage) / "metrics.jsonl")
+    if len(records) > max_rows:
+        stride = -(-len(records) // max_rows)
+        records = records[::stride] + ([records[-1]] if (len(records) - 1) % stride else [])
+    if records:
+        create_table_artifact(records, key=f"train-{stage}-metrics", description=f"{stage}: loss, lr, throughput, memory")
+    rows = "\n".join(f"| {k} | {v} |" for k, v in summary.items())
+    create_markdown_artifact(
+        f"# Stage `{stage}` of `{run}`\n\n| field | value |\n|---|---|\n{rows}\n",
+        key=f"train-{stage}-summary",
+        description=f"Training summary for {stage}",
+    )
