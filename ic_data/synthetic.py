@@ -13,6 +13,8 @@ panning left makes the content move right: positive x).
 from __future__ import annotations
 
 import functools
+import os
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -317,3 +319,39 @@ def random_video(
     """A multi-shot video of random shots (40–120 frames each) with hard cuts between them."""
     n = int(rng.integers(shots[0], shots[1] + 1))
     return concat_shots([random_shot(rng, int(rng.integers(40, 121)), width, height, kind) for _ in range(n)])
+
+
+def write_synthetic_shards(out: str | os.PathLike, num_mixed: int = 4, num_camera: int = 4, seed: int = 0) -> Path:
+    """Shards in the curation data contract from synthetic 32-frame 384×256 shots whose tracks
+    are exact: ``num_mixed`` shots with moving objects, ``num_camera`` camera-only shots."""
+    # Imported here: the shard writer and tracker grid build on this module, not the reverse.
+    from ic_data.shards import ClipSample, clip_meta, write_shard
+    from ic_data.tracking import grid_points
+    from ic_data.trajectories import sample_sparse_tracks
+
+    rng = np.random.default_rng(seed)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    samples = {"mixed": [], "camera": []}
+    for kind, count in (("mixed", num_mixed), ("camera", num_camera)):
+        for i in range(count):
+            shot = random_shot(rng, 32, 384, 256, kind=kind)
+            tracks, visible = shot.track(grid_points())
+            key = f"synthetic_{kind}_{i:03d}"
+            samples[kind].append(ClipSample(
+                key=key,
+                frames=shot.frames,
+                tracks=tracks,
+                visibility=visible,
+                sparse=sample_sparse_tracks(tracks, rng=rng),
+                caption=f"a synthetic {kind} shot number {i}",
+                meta=clip_meta(
+                    source_path=f"synthetic/{key}.mp4", video_id=key, fps=24.0,
+                    frame_indices=range(32), scale=1.0, crop=(0, 0, 384, 256), motion_score=1.0,
+                    camera_only=kind == "camera", flow_backend="exact", tracker_backend="exact",
+                ),
+            ))
+    for kind, group in samples.items():
+        if group:
+            write_shard(out / f"{kind}-000000.tar", group)
+    return out

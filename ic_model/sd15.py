@@ -201,14 +201,17 @@ def vae_scale_factor(vae: AutoencoderKL) -> int:
     return 2 ** (len(vae.config.block_out_channels) - 1)
 
 
-def build_sd15_on_meta(cfg: ModelConfig) -> dict:
+def build_sd15_on_meta(cfg: ModelConfig, device: str | torch.device = "meta") -> dict:
     """Every sd15 network at its real size on the ``meta`` device: no weights, no memory.
+
+    Another ``device`` gives randomly initialised real tensors (same compute and memory cost as
+    the pretrained weights: what the GPU benchmark uses).
 
     Keys as :func:`load_sd15_components` (without the tokenizer) plus ``sd15_unet`` and
     ``motion_adapter``, the two parts the video UNet is assembled from, so that each size can be
     reported. Meta tensors carry shapes through a forward pass, so wiring can be checked too.
     """
-    with torch.device("meta"):
+    with torch.device(device):
         sd15_unet = sd15_unet_2d()
         motion_adapter = animatediff_v3_adapter()
         unet = UNetMotionModel.from_unet2d(sd15_unet, motion_adapter)

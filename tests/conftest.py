@@ -85,41 +85,41 @@ def input_dir(tmp_path_factory, bad_inputs):
 
 
 
-def write_training_shards(out: Path, num_mixed: int = 4, num_camera: int = 4, seed: int = 0) -> Path:
-    """Shards in the curation data contract from synthetic 32-frame 384×256 shots whose tracks
-    are exact: ``num_mixed`` shots with moving objects, ``num_camera`` camera-only shots."""
-    from ic_data.shards import ClipSample, clip_meta, write_shard
-    from ic_data.synthetic import random_shot
-    from ic_data.tracking import grid_points
-    from ic_data.trajectories import sample_sparse_tracks
+@pytest.fixture(scope="session")
+def training_shards(tmp_path_factory):
+    from ic_data.synthetic import write_synthetic_shards
 
-    rng = np.random.default_rng(seed)
-    out.mkdir(parents=True, exist_ok=True)
-    samples = {"mixed": [], "camera": []}
-    for kind, count in (("mixed", num_mixed), ("camera", num_camera)):
-        for i in range(count):
-            shot = random_shot(rng, 32, 384, 256, kind=kind)
-            tracks, visible = shot.track(grid_points())
-            key = f"synthetic_{kind}_{i:03d}"
-            samples[kind].append(ClipSample(
-                key=key,
-                frames=shot.frames,
-                tracks=tracks,
-                visibility=visible,
-                sparse=sample_sparse_tracks(tracks, rng=rng),
-                caption=f"a synthetic {kind} shot number {i}",
-                meta=clip_meta(
-                    source_path=f"synthetic/{key}.mp4", video_id=key, fps=24.0,
-                    frame_indices=range(32), scale=1.0, crop=(0, 0, 384, 256), motion_score=1.0,
-                    camera_only=kind == "camera", flow_backend="exact", tracker_backend="exact",
-                ),
-            ))
-    for kind, group in samples.items():
-        if group:
-            write_shard(out / f"{kind}-000000.tar", group)
-    return out
+    return write_synthetic_shards(tmp_path_factory.mktemp("train_shards"))
+
+
+# Overfitting one fixed batch: the same clip, noise and timesteps every step. Each stage gets
+# its own seed, so it sees a batch the stage before it did not memorise.
+OVERFIT = dict(batch_size=1, overfit_one_batch=True, log_every=1, save_every=1000, vae_frames_per_clip=1)
+OVERFIT_STEPS = {"vae": 100, "base": 40, "dense": 40, "sparse": 40, "camera": 40, "object": 50}
+OVERFIT_LR = {"vae": 2e-3, "base": 2e-3, "dense": 3e-3, "sparse": 3e-3, "camera": 3e-3, "object": 3e-3}
+# The tiny preset at 8 frames instead of 16 halves the cost of these tests; same classes.
+TEST_FRAMES = 8
+
+
+def overfit_config(stage: str, **kw):
+    from ic_model.config import TrainConfig
+
+    seed = ("vae", "base", "dense", "sparse", "camera", "object").index(stage)
+    return TrainConfig(**{
+        **OVERFIT, "steps": OVERFIT_STEPS[stage], "learning_rate": OVERFIT_LR[stage], "seed": seed,
+        **kw, "stage": stage,
+    })
 
 
 @pytest.fixture(scope="session")
-def training_shards(tmp_path_factory):
-    return write_training_shards(tmp_path_factory.mktemp("train_shards"))
+def tiny_run(tmp_path_factory, training_shards):
+    """Every tiny stage trained in order on one fixed batch; returns (run dir, summaries)."""
+    from ic_model.run import run_model_config
+    from ic_model.train import train_stage
+
+    run = tmp_path_factory.mktemp("run")
+    cfg = run_model_config(run, "tiny", num_frames=TEST_FRAMES)
+    summaries = {}
+    for stage in cfg.stages:
+        summaries[stage] = train_stage(stage, str(training_shards), run, overfit_config(stage), cfg)
+    return run, summaries

@@ -83,7 +83,7 @@ def server(tmp_path_factory):
         _wait(lambda: _http_ok(f"{api}/health"), 180, "prefect server", procs[0], server_log)
         serve_log = home / "serve.log"
         procs.append(_start([sys.executable, "deployments/serve.py"], env, serve_log))
-        _wait(lambda: "curate/realestate10k" in serve_log.read_text() or _deployments_exist(env), 120,
+        _wait(lambda: "train-stage/object" in serve_log.read_text() or _deployments_exist(env), 120,
               "deployment server", procs[1], serve_log)
         yield {"env": env, "port": port, "home": home}
     finally:
@@ -93,7 +93,7 @@ def server(tmp_path_factory):
 
 def _deployments_exist(env) -> bool:
     r = subprocess.run([*PREFECT, "deployment", "ls"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
-    return "curate/webvid" in r.stdout and "curate/realestate10k" in r.stdout
+    return all(name in r.stdout for name in ("curate/webvid", "curate/realestate10k", "train-stage/object"))
 
 
 @pytest.fixture(scope="module")
@@ -125,6 +125,26 @@ def test_deployment_run_watch_completes_and_ui_shows_it(server, small_inputs, tm
     assert len(list((out / "shards").glob("*.tar"))) == 2
 
     _check_ui(server["port"])
+
+
+def test_train_stage_deployments_run_and_respect_prerequisites(server, training_shards, tmp_path):
+    run = tmp_path / "run"
+    ok = subprocess.run(
+        [*PREFECT, "deployment", "run", "train-stage/vae", "-p", f"shards={training_shards}", "-p", f"run={run}",
+         "-p", "steps=2", "-p", "batch_size=1", "--watch"],
+        env=server["env"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
+    assert (run / "vae" / "vae.safetensors").exists()
+    refused = subprocess.run(
+        [*PREFECT, "deployment", "run", "train-stage/object", "-p", f"shards={training_shards}", "-p", f"run={run}",
+         "--watch"],
+        env=server["env"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )
+    assert refused.returncode == 1 and not (run / "object").exists()
+    limit = subprocess.run([*PREFECT, "concurrency-limit", "inspect", "gpu"], env=server["env"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert limit.returncode == 0 and "1" in limit.stdout, limit.stdout + limit.stderr
 
 
 def _check_ui(port: int) -> None:

@@ -21,32 +21,12 @@ from ic_model.train import launch_command, train_stage
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-# Overfitting one fixed batch: the same clip, noise and timesteps every step. Each stage gets
-# its own seed, so it sees a batch the stage before it did not memorise.
-OVERFIT = dict(batch_size=1, overfit_one_batch=True, log_every=1, save_every=1000, vae_frames_per_clip=1)
-OVERFIT_STEPS = {"vae": 100, "base": 40, "dense": 40, "sparse": 40, "camera": 40, "object": 50}
-OVERFIT_LR = {"vae": 2e-3, "base": 2e-3, "dense": 3e-3, "sparse": 3e-3, "camera": 3e-3, "object": 3e-3}
-# The tiny preset at 8 frames instead of 16 halves the cost of these tests; same classes.
-TEST_FRAMES = 8
-
-
-def _cfg(stage: str, **kw) -> TrainConfig:
-    seed = ("vae", "base", "dense", "sparse", "camera", "object").index(stage)
-    return TrainConfig(**{
-        **OVERFIT, "steps": OVERFIT_STEPS[stage], "learning_rate": OVERFIT_LR[stage], "seed": seed,
-        **kw, "stage": stage,
-    })
+from conftest import TEST_FRAMES, overfit_config as _cfg  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, training_shards):
-    """Every tiny stage trained in order on one fixed batch; returns (run dir, summaries)."""
-    run = tmp_path_factory.mktemp("run")
-    cfg = run_model_config(run, "tiny", num_frames=TEST_FRAMES)
-    summaries = {}
-    for stage in cfg.stages:
-        summaries[stage] = train_stage(stage, str(training_shards), run, _cfg(stage), cfg)
-    return run, summaries
+def trained_run(tiny_run):
+    return tiny_run
 
 
 def test_fresh_motion_controlnet_changes_nothing():
