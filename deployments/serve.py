@@ -2,8 +2,8 @@
 
     PREFECT_API_URL=http://127.0.0.1:4200/api python deployments/serve.py
 
-Deployments: curate/webvid, curate/realestate10k, and train-stage/{vae,base,dense,sparse,camera,
-object}. Set IC_DASK_ADDRESS=tcp://host:8786 to run curation chunk tasks on a Dask cluster.
+Deployments: curate/webvid, curate/realestate10k, train-stage/{vae,base,dense,sparse,camera,
+object}, evaluate/camera, evaluate/object and generate/batch. Set IC_DASK_ADDRESS=tcp://host:8786 to run curation chunk tasks on a Dask cluster.
 Training tasks carry the `gpu` tag; IC_GPU_SLOTS (default 1) sets its concurrency limit so two
 stages never share a GPU.
 """
@@ -16,6 +16,8 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
 from flows.curate import curate
+from flows.evaluate import evaluate
+from flows.generate import generate
 from flows.train import train_stage_flow
 from tasks.training import GPU_TAG
 
@@ -47,6 +49,15 @@ def deployments():
                 name=stage, parameters={"stage": stage}, tags=["training"], description=description
             )
         )
+    for set_name in ("camera", "object"):
+        found.append(
+            evaluate.to_deployment(
+                name=set_name, parameters={"set_name": set_name}, tags=["evaluation"],
+                description=f"FID, FVD and {'CamMC' if set_name == 'camera' else 'ObjMC'} on the paper's {set_name} set.",
+            )
+        )
+    found.append(generate.to_deployment(name="batch", tags=["inference"],
+                                        description="A batch of image + prompt + trajectories requests."))
     return found
 
 

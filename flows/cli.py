@@ -76,6 +76,35 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from flows.generate import generate
+
+    request = dict(image=args.image, prompt=args.prompt, trajectories=args.trajectories, out=args.out,
+                   mode=args.mode, trajs_scale=args.trajs_scale, guidance_scale=args.cfg, steps=args.steps,
+                   seed=args.seed)
+    state = generate(run=args.run, requests=[request], device=args.device, base_model=args.base_model,
+                     base_loras=args.base_lora or None, return_state=True)
+    if not state.is_completed():
+        print(f"ic generate: {state.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(state.result()[0], indent=1))
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from flows.evaluate import evaluate
+
+    state = evaluate(set_name=args.set_name, run=args.run, out=args.out, reference=args.reference,
+                     images=args.images, steps=args.steps, guidance_scale=args.cfg, trajs_scale=args.trajs_scale,
+                     ablation=args.ablation, seed=args.seed, tracker=args.tracker,
+                     max_reference=args.max_reference, device=args.device, return_state=True)
+    if not state.is_completed():
+        print(f"ic evaluate: the flow run ended {state.name}: {state.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(state.result(), indent=1, sort_keys=True))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ic", description="Image Conductor pipeline")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -118,6 +147,38 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--motion-adapter-path", default=None, help="AnimateDiff v3 motion module (or IC_MOTION_ADAPTER_PATH)")
     tr.add_argument("--sparsectrl-rgb-path", default=None, help="SparseCtrl RGB (or IC_SPARSECTRL_RGB_PATH)")
     tr.set_defaults(func=_train)
+
+    ge = sub.add_parser("generate", help="image + prompt + trajectories → video (camera-free guidance)")
+    ge.add_argument("--image", required=True)
+    ge.add_argument("--prompt", default="")
+    ge.add_argument("--trajectories", required=True, help="JSON list of tracks of [x, y] in the image's pixels")
+    ge.add_argument("--run", required=True, help="a trained run folder")
+    ge.add_argument("--mode", choices=["camera", "object", "none"], default="object")
+    ge.add_argument("--trajs-scale", type=float, default=1.0, help="λ_trajs of camera-free guidance (1.0 = off)")
+    ge.add_argument("--cfg", type=float, default=8.5)
+    ge.add_argument("--steps", type=int, default=25)
+    ge.add_argument("--seed", type=int, default=0)
+    ge.add_argument("--out", required=True, help="output .mp4 (a .gif preview is written beside it)")
+    ge.add_argument("--device", default="cpu")
+    ge.add_argument("--base-model", default=None, help="SD 1.5-compatible folder or single .safetensors")
+    ge.add_argument("--base-lora", action="append", default=[], help="UNet LoRA FILE[:SCALE] (repeatable)")
+    ge.set_defaults(func=_generate)
+
+    ev = sub.add_parser("evaluate", help="FID, FVD, CamMC/ObjMC on the paper's evaluation sets")
+    ev.add_argument("set_name", choices=["camera", "object"])
+    ev.add_argument("--run", required=True)
+    ev.add_argument("--out", default=None, help="default: RUN/eval/SET")
+    ev.add_argument("--reference", default=None, help="shards of reference clips for FID/FVD")
+    ev.add_argument("--images", default=None, help="folder of first frames (default: synthetic)")
+    ev.add_argument("--steps", type=int, default=25)
+    ev.add_argument("--cfg", type=float, default=8.5)
+    ev.add_argument("--trajs-scale", type=float, default=1.0)
+    ev.add_argument("--ablation", action="store_true", help="object set: sweep λ_trajs ∈ {1.0, 1.1, 1.3, 1.5}")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--tracker", choices=["lk", "cotracker"], default="lk")
+    ev.add_argument("--max-reference", type=int, default=5000)
+    ev.add_argument("--device", default="cpu")
+    ev.set_defaults(func=_evaluate)
     return ap
 
 

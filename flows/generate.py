@@ -1,0 +1,19 @@
+"""The `generate` flow: a batch of image-to-video requests from the UI or the CLI (paper §2.5)."""
+from __future__ import annotations
+
+from prefect import flow
+
+from tasks.inference import generate_videos
+
+
+@flow(name="generate", log_prints=True)
+def generate(
+    run: str,
+    requests: list[dict],
+    device: str = "cpu",
+    base_model: str | None = None,
+    base_loras: list[str] | None = None,
+) -> list[dict]:
+    """Each request: {image, prompt, trajectories (JSON file or list), out (.mp4), mode
+    (camera|object|none), trajs_scale, guidance_scale, steps, seed}."""
+    return generate_videos(run, requests, device, base_model, base_loras)

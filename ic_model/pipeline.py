@@ -1,0 +1,222 @@
+"""Image-to-video sampling with trajectory control and camera-free guidance (paper §2.5).
+
+The loop in :meth:`ImageConductorPipeline.__call__` is the whole method at inference:
+
+    for each DDIM step t:
+        ε_θ0(∅), ε_θ0(c)   one batched pass, motion ControlNet without LoRA (θ0)
+        ε_θobj(c)          one pass with the object adapter (θ_trajs)
+        ε̂ = ε_θ0(∅) + λ_cfg (ε_θ0(c) − ε_θ0(∅)) + λ_trajs (ε_θobj(c) − ε_θ0(c))      (eq. 5)
+
+λ_trajs = 1 means "off": the `camera`, `object` and `none` modes then run the usual two-branch
+CFG with the chosen adapter (two evaluations per step instead of three). ∅ is the empty prompt: the first frame and the trajectories condition
+both branches, as in SparseCtrl/AnimateDiff pipelines. The guidance combines model outputs
+linearly, so it applies unchanged to the tiny preset's x0 prediction.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+from diffusers import DDIMScheduler
+
+from ic_data.clips import CLIP_HEIGHT, CLIP_WIDTH, ClipGeometry, center_crop_box, resized_size
+from ic_data.trajectories import tracks_to_flow_maps, user_tracks_to_array, validate_trajectories
+
+from . import lora
+from .components import Components, Denoiser, decode_latents, encode_text, encode_video
+from .config import ModelConfig
+from .run import LORA_FILES, is_done, load_run_components, run_model_config, stage_dir
+
+MODES = ("camera", "object", "none")
+
+
+@dataclass
+class PreparedInput:
+    """The conditioning image and trajectories in the model's pixel space."""
+
+    image: np.ndarray  # uint8 (H, W, 3) at the model size
+    tracks: np.ndarray  # float32 (T, N, 2) in model pixels
+    geometry: ClipGeometry  # source image pixels → 384×256 clip pixels
+
+
+def prepare_image_and_tracks(
+    image: np.ndarray, trajectories, cfg: ModelConfig, max_tracks: int | None = 8
+) -> PreparedInput:
+    """Resize/crop the image as curation does (cover 384×256, centre crop), then to the model
+    size, and map the user's trajectories (image pixels) through the same transform.
+
+    ``trajectories``: parsed JSON (list of tracks of [x, y]) in the image's pixel space; each
+    track of any length ≥ 1 is resampled (PCHIP) to the frame count. Every problem raises one
+    TrajectoryError naming the track and point.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    tracks = validate_trajectories(trajectories, w, h, max_tracks=max_tracks)
+    rw, rh = resized_size(w, h, max_upscale=16.0)
+    box = center_crop_box(rw, rh)
+    geometry = ClipGeometry(scale=(rw / w, rh / h), crop=box)
+    interp = cv2.INTER_AREA if rw < w else cv2.INTER_LINEAR
+    clip = cv2.resize(image, (rw, rh), interpolation=interp)[box[1] : box[1] + box[3], box[0] : box[0] + box[2]]
+    model_image = cv2.resize(clip, (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)
+    to_model = np.array([cfg.width / CLIP_WIDTH, cfg.height / CLIP_HEIGHT])
+    mapped = [((geometry.source_to_clip(t) + 0.5) * to_model - 0.5) for t in tracks]
+    return PreparedInput(
+        image=np.ascontiguousarray(model_image),
+        tracks=user_tracks_to_array(mapped, cfg.num_frames),
+        geometry=geometry,
+    )
+
+
+def clip_tracks_to_source(tracks_model: np.ndarray, geometry: ClipGeometry, cfg: ModelConfig) -> np.ndarray:
+    """Inverse of the mapping in :func:`prepare_image_and_tracks` (for drawing on the input)."""
+    to_clip = np.array([CLIP_WIDTH / cfg.width, CLIP_HEIGHT / cfg.height])
+    return geometry.clip_to_source((tracks_model + 0.5) * to_clip - 0.5).astype(np.float32)
+
+
+class ImageConductorPipeline:
+    """Components + both adapters, with DDIM sampling and camera-free guidance."""
+
+    def __init__(self, comps: Components, device: str | torch.device = "cpu", dtype=torch.float32):
+        self.comps = comps
+        self.cfg = comps.cfg
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.denoiser = Denoiser(
+            comps.unet, comps.image_controlnet, comps.motion_controlnet, comps.cfg.vae_scale_factor
+        ).to(self.device, dtype).eval()
+        comps.vae.to(self.device, dtype).eval()
+        comps.text_encoder.to(self.device, dtype).eval()
+        self.scheduler = DDIMScheduler(
+            num_train_timesteps=self.cfg.num_train_timesteps,
+            beta_start=self.cfg.beta_start,
+            beta_end=self.cfg.beta_end,
+            beta_schedule=self.cfg.beta_schedule,
+            prediction_type=self.cfg.prediction_type,
+            clip_sample=False,
+            set_alpha_to_one=False,
+            steps_offset=1,
+        )
+
+    @classmethod
+    def from_run(
+        cls, run: str | os.PathLike, device: str | torch.device = "cpu", dtype=torch.float32, **weights
+    ) -> "ImageConductorPipeline":
+        """Everything a run has finished: base, motion ControlNet, and the adapters it trained."""
+        cfg = run_model_config(run, None, **weights) if weights else run_model_config(run)
+        comps = load_run_components(run, cfg)
+        mc = comps.motion_controlnet
+        for name in ("camera", "object"):
+            if is_done(run, name):
+                lora.load_adapter(mc, name, stage_dir(run, name) / LORA_FILES[name])
+        mc.requires_grad_(False)
+        return cls(comps, device, dtype)
+
+    @property
+    def adapters(self) -> list[str]:
+        return lora.adapter_names(self.comps.motion_controlnet)
+
+    def _use_adapter(self, mode: str):
+        """Context: the motion ControlNet as θ_mode (adapter switch, no weight reload)."""
+        mc = self.comps.motion_controlnet
+        if mode == "none":
+            return lora.adapters_disabled(mc) if self.adapters else _nullcontext()
+        if mode not in self.adapters:
+            raise ValueError(f"mode {mode!r} needs the {mode} adapter; this run has {self.adapters or 'none'}")
+        lora.set_active_adapters(mc, [mode])
+        return _nullcontext()
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: np.ndarray,
+        prompt: str,
+        tracks: np.ndarray,
+        mode: str = "object",
+        num_inference_steps: int = 25,
+        guidance_scale: float = 8.5,
+        trajs_scale: float = 1.0,
+        negative_prompt: str = "",
+        seed: int = 0,
+        motion_scale: float = 1.0,
+        output_type: str = "np",
+    ) -> np.ndarray | torch.Tensor:
+        """Generate ``cfg.num_frames`` frames from ``image`` (uint8 (H, W, 3) at the model size)
+        and ``tracks`` (float32 (T, N, 2) in model pixels). Returns uint8 (T, H, W, 3).
+
+        ``trajs_scale`` is λ_trajs of eq. 5 (object mode only; 1.0 = off). ``output_type="latent"``
+        returns the final latents (1, C, T, h, w) instead of decoded frames.
+        """
+        cfg = self.cfg
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        if trajs_scale != 1.0 and mode != "object":
+            raise ValueError("camera-free guidance (trajs_scale != 1) applies to the object mode")
+        if image.shape != (cfg.height, cfg.width, 3):
+            raise ValueError(f"image must be {cfg.height}×{cfg.width}×3 (use prepare_image_and_tracks)")
+        if tracks.ndim != 3 or tracks.shape[0] != cfg.num_frames or tracks.shape[2] != 2:
+            raise ValueError(f"tracks must be ({cfg.num_frames}, N, 2), got {tracks.shape}")
+        dev, dt = self.device, self.dtype
+
+        # 1. Conditions: first-frame latent, text (∅ and c), trajectory maps.
+        pixels = torch.from_numpy(image).to(dev, dt).permute(2, 0, 1)[None, :, None] / 127.5 - 1
+        first_latent = encode_video(self.comps.vae, pixels)[:, :, 0]
+        text = encode_text(self.comps, [negative_prompt, prompt], dev).to(dt)
+        flow = tracks_to_flow_maps(
+            tracks, height=cfg.height, width=cfg.width, kernel_size=cfg.flow_kernel_size, sigma=cfg.flow_sigma
+        )
+        flow = torch.from_numpy(flow)[None].to(dev, dt)
+        first_pair, flow_pair = first_latent.expand(2, -1, -1, -1), flow.expand(2, -1, -1, -1, -1)
+
+        # 2. Initial noise and the DDIM schedule.
+        h, w = cfg.latent_size
+        gen = torch.Generator().manual_seed(seed)
+        latents = torch.randn(1, cfg.latent_channels, cfg.num_frames, h, w, generator=gen).to(dev, dt)
+        self.scheduler.set_timesteps(num_inference_steps, device=dev)
+        latents = latents * self.scheduler.init_noise_sigma
+        guided = mode == "object" and trajs_scale != 1.0
+
+        # 3. The sampling loop.
+        for t in self.scheduler.timesteps:
+            t_batch = t.expand(2)
+            with self._use_adapter("none" if guided else mode):
+                out_uncond, out_cond = self.denoiser(
+                    latents.expand(2, -1, -1, -1, -1), t_batch, text, first_pair,
+                    flow=flow_pair, motion_scale=motion_scale,
+                ).chunk(2)
+            if guided:
+                with self._use_adapter("object"):
+                    out_obj = self.denoiser(
+                        latents, t[None], text[1:], first_latent, flow=flow, motion_scale=motion_scale
+                    )
+                out = out_uncond + guidance_scale * (out_cond - out_uncond) + trajs_scale * (out_obj - out_cond)
+            else:
+                out = out_uncond + guidance_scale * (out_cond - out_uncond)
+            latents = self.scheduler.step(out, t, latents).prev_sample
+
+        # 4. Decode.
+        if output_type == "latent":
+            return latents
+        video = decode_latents(self.comps.vae, latents)[0]  # (3, T, H, W) in [-1, 1]
+        frames = ((video.permute(1, 2, 3, 0).float().cpu().numpy() + 1) * 127.5).round().clip(0, 255)
+        return frames.astype(np.uint8)
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+__all__ = [
+    "MODES",
+    "ImageConductorPipeline",
+    "PreparedInput",
+    "clip_tracks_to_source",
+    "prepare_image_and_tracks",
+]

@@ -1,0 +1,154 @@
+"""Sampling with camera-free guidance, input preparation, and `ic generate` / `ic evaluate`."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ic_data.errors import TrajectoryError
+from ic_model import lora
+from ic_model.config import tiny_config
+from ic_model.pipeline import ImageConductorPipeline, clip_tracks_to_source, prepare_image_and_tracks
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+
+
+@pytest.fixture(scope="module")
+def pipe(tiny_run):
+    run, _ = tiny_run
+    return ImageConductorPipeline.from_run(run)
+
+
+def _inputs(pipe, tracks=None):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (256, 384, 3), dtype=np.uint8)
+    prepared = prepare_image_and_tracks(image, tracks or [[[60, 60], [200, 120]], [[300, 200]]], pipe.cfg)
+    return prepared
+
+
+def test_image_and_trajectories_are_mapped_like_curation():
+    cfg = tiny_config()
+    image = np.zeros((512, 768, 3), np.uint8)  # 2× the 384×256 clip: resize only, no crop
+    prepared = prepare_image_and_tracks(image, [[[200, 100], [600, 400]]], cfg)
+    assert prepared.image.shape == (64, 96, 3)
+    # source → clip: (x + 0.5)·0.5 − 0.5; clip → model: (x + 0.5)·0.25 − 0.5
+    expected0 = ((np.array([200, 100]) + 0.5) * 0.5 - 0.5 + 0.5) * 0.25 - 0.5
+    assert np.allclose(prepared.tracks[0, 0], expected0, atol=1e-4)
+    assert prepared.tracks.shape == (cfg.num_frames, 1, 2)
+    back = clip_tracks_to_source(prepared.tracks, prepared.geometry, cfg)
+    assert np.allclose(back[[0, -1], 0], [[200, 100], [600, 400]], atol=1e-3)
+
+    wide = np.zeros((300, 1200, 3), np.uint8)  # wider: resized to height 256, then centre-cropped
+    p = prepare_image_and_tracks(wide, [[[599.5, 149.5]]], cfg)
+    assert np.allclose(p.tracks[0, 0], [47.5, 31.5], atol=0.1)  # the image centre stays the centre
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        ([], "at least one track"),
+        ([[]], "no points"),
+        ([[[10, float("nan")]]], "not finite"),
+        ([[[10, 999]]], "outside"),
+        ([[["a", 3]]], "must be a number"),
+        ([[[1, 1]]] * 9, "too many tracks"),
+        ({"x": 1}, "must be a list"),
+    ],
+)
+def test_bad_trajectories_get_one_clear_error(bad, match):
+    with pytest.raises(TrajectoryError, match=match):
+        prepare_image_and_tracks(np.zeros((256, 384, 3), np.uint8), bad, tiny_config())
+
+
+def test_camera_free_guidance_is_equation_5(pipe):
+    """One DDIM step: the pipeline's latents equal eq. 5 computed by hand from the three
+    evaluations ε_θ0(∅), ε_θ0(c) (no LoRA) and ε_θobj(c) (object adapter)."""
+    prepared = _inputs(pipe)
+    cfg_scale, lam = 7.0, 1.4
+    got = pipe(prepared.image, "a prompt", prepared.tracks, mode="object", num_inference_steps=1,
+               guidance_scale=cfg_scale, trajs_scale=lam, seed=3, output_type="latent")
+
+    from ic_data.trajectories import tracks_to_flow_maps
+    from ic_model.components import encode_text, encode_video
+
+    c = pipe.cfg
+    with torch.no_grad():
+        pixels = torch.from_numpy(prepared.image).permute(2, 0, 1)[None, :, None].float() / 127.5 - 1
+        first = encode_video(pipe.comps.vae, pixels)[:, :, 0]
+        text = encode_text(pipe.comps, ["", "a prompt"], "cpu")
+        flow = torch.from_numpy(tracks_to_flow_maps(prepared.tracks, height=c.height, width=c.width,
+                                                    kernel_size=c.flow_kernel_size, sigma=c.flow_sigma))[None]
+        pipe.scheduler.set_timesteps(1)
+        t = pipe.scheduler.timesteps[0]
+        x = torch.randn(1, c.latent_channels, c.num_frames, *c.latent_size, generator=torch.Generator().manual_seed(3))
+        x = x * pipe.scheduler.init_noise_sigma
+        mc = pipe.comps.motion_controlnet
+        with lora.adapters_disabled(mc):
+            e_u = pipe.denoiser(x, t[None], text[:1], first, flow=flow)
+            e_c = pipe.denoiser(x, t[None], text[1:], first, flow=flow)
+        lora.set_active_adapters(mc, ["object"])
+        e_obj = pipe.denoiser(x, t[None], text[1:], first, flow=flow)
+        guided = e_u + cfg_scale * (e_c - e_u) + lam * (e_obj - e_c)
+        expected = pipe.scheduler.step(guided, t, x).prev_sample
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert not torch.allclose(e_obj, e_c)  # the adapter really changes the prediction
+
+
+def test_adapters_switch_without_reloading(pipe):
+    prepared = _inputs(pipe)
+    params_before = {n: p.data_ptr() for n, p in pipe.comps.motion_controlnet.named_parameters()}
+    run = lambda mode: pipe(prepared.image, "x", prepared.tracks, mode=mode, num_inference_steps=2,  # noqa: E731
+                            seed=1, output_type="latent")
+    cam, obj, none, cam_again = run("camera"), run("object"), run("none"), run("camera")
+    assert torch.equal(cam, cam_again)
+    assert not torch.equal(cam, obj) and not torch.equal(obj, none)
+    assert params_before == {n: p.data_ptr() for n, p in pipe.comps.motion_controlnet.named_parameters()}
+
+
+def test_ic_generate_writes_video_preview_and_record(prefect_api, tiny_run, tmp_path):
+    from flows.cli import main as ic_main
+    from ic_data.mp4 import decode_mp4
+
+    run, _ = tiny_run
+    import cv2
+
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.random.default_rng(1).integers(0, 256, (300, 500, 3), dtype=np.uint8))
+    traj = tmp_path / "traj.json"
+    traj.write_text(json.dumps([[[100, 100], [250, 150], [400, 160]], [[50, 250]]]))
+    out = tmp_path / "video.mp4"
+    code = ic_main(["generate", "--image", str(image), "--prompt", "a ball rolls", "--trajectories", str(traj),
+                    "--run", str(run), "--mode", "object", "--trajs-scale", "1.2", "--steps", "2",
+                    "--out", str(out)])
+    assert code == 0
+    frames = decode_mp4(out.read_bytes())
+    assert frames.shape == (8, 64, 96, 3)
+    assert out.with_suffix(".gif").stat().st_size > 0
+    assert json.loads(out.with_suffix(".json").read_text())["trajs_scale"] == 1.2
+
+    traj.write_text('[[[100, 100], [250, "x"]]]')
+    assert ic_main(["generate", "--image", str(image), "--trajectories", str(traj), "--run", str(run),
+                    "--out", str(tmp_path / "bad.mp4"), "--steps", "1"]) == 1
+    assert not (tmp_path / "bad.mp4").exists()
+
+
+def test_ic_evaluate_camera_set_writes_metrics(prefect_api, tiny_run, tmp_path):
+    from flows.cli import main as ic_main
+
+    run, _ = tiny_run
+    out = tmp_path / "eval"
+    assert ic_main(["evaluate", "camera", "--run", str(run), "--out", str(out), "--steps", "1"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["num_videos"] == 10 and metrics["tracker"] == "lk"
+    assert metrics["CamMC"] >= 0 and len(metrics["cases"]) == 10
+    assert len(list((out / "videos").glob("*.mp4"))) == 10
