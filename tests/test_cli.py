@@ -27,6 +27,8 @@ def _env(tmp_path: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # the embedded default
     env["PREFECT_HOME"] = str(tmp_path / "prefect_home")
     env["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+    # The embedded server may start slowly on a loaded 2-core machine (default limit 20 s).
+    env["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"] = "180"
     return env
 
 
@@ -38,13 +40,17 @@ def test_ic_curate_killed_then_rerun_matches_an_uninterrupted_run(input_dir, tmp
     chunks = plan_chunks(discover_videos(input_dir), config, 4)
     first = stage1_result_path(out, chunks[0])
 
-    proc = subprocess.Popen(args, env=_env(tmp_path), cwd=ROOT, start_new_session=True,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    log = tmp_path / "first_run.log"
+    with log.open("w") as fh:
+        proc = subprocess.Popen(args, env=_env(tmp_path), cwd=ROOT, start_new_session=True,
+                                stdout=fh, stderr=subprocess.STDOUT)
+        deadline = time.time() + 240
+        while not first.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        if proc.poll() is not None:
+            pytest.fail(f"the first run exited ({proc.returncode}) before finishing a chunk:\n{log.read_text()[-3000:]}")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
     assert first.exists(), "the run was killed before it finished a chunk"
     assert not (out / "manifest.parquet").exists(), "the run was killed too late to test resuming"
 
