@@ -6,7 +6,6 @@ the original LDM key names (as community checkpoints ship) or as a diffusers fol
 """
 from __future__ import annotations
 
-import re
 
 import numpy as np
 import pytest
@@ -32,54 +31,8 @@ from ic_model.personalize import (
 )
 from ic_model.pipeline import ImageConductorPipeline
 
-# --------------------------------------------------------------------------- diffusers → LDM names
-
-
-def unet_ldm_key(key: str, layers: int) -> str:
-    """Diffusers UNet2DConditionModel key → original LDM (``openaimodel.UNetModel``) key, for
-    SD's layout: the first up block is the one without attention."""
-    resnet = {"norm1": "in_layers.0", "conv1": "in_layers.2", "time_emb_proj": "emb_layers.1",
-              "norm2": "out_layers.0", "conv2": "out_layers.3", "conv_shortcut": "skip_connection"}
-    fixed = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-             "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
-    head, _, leaf = key.rpartition(".")
-    if head in fixed:
-        return f"{fixed[head]}.{leaf}"
-    if m := re.match(r"(down|up)_blocks\.(\d+)\.(resnets|attentions)\.(\d+)\.(.*)", key):
-        side, i, kind, j, rest = m.groups()
-        i, j = int(i), int(j)
-        index = 1 + i * (layers + 1) + j if side == "down" else i * (layers + 1) + j
-        if kind == "resnets":
-            part, _, leaf = rest.rpartition(".")
-            rest = f"{resnet[part]}.{leaf}"
-        blocks = "input_blocks" if side == "down" else "output_blocks"
-        return f"{blocks}.{index}.{0 if kind == 'resnets' else 1}.{rest}"
-    if m := re.match(r"down_blocks\.(\d+)\.downsamplers\.0\.conv\.(.*)", key):
-        return f"input_blocks.{(int(m[1]) + 1) * (layers + 1)}.0.op.{m[2]}"
-    if m := re.match(r"up_blocks\.(\d+)\.upsamplers\.0\.conv\.(.*)", key):
-        i = int(m[1])
-        return f"output_blocks.{i * (layers + 1) + layers}.{1 if i == 0 else 2}.conv.{m[2]}"
-    if m := re.match(r"mid_block\.(resnets|attentions)\.(\d+)\.(.*)", key):
-        kind, j, rest = m.groups()
-        if kind == "resnets":
-            part, _, leaf = rest.rpartition(".")
-            return f"middle_block.{2 * int(j)}.{resnet[part]}.{leaf}"
-        return f"middle_block.1.{rest}"
-    raise KeyError(key)
-
-
-def vae_ldm_key(key: str, n_blocks: int) -> str:
-    """Diffusers AutoencoderKL key → original LDM key (decoder blocks are numbered bottom-up)."""
-    attn = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
-    key = key.replace("conv_shortcut", "nin_shortcut").replace("conv_norm_out", "norm_out")
-    key = re.sub(r"mid_block\.resnets\.(\d)", lambda m: f"mid.block_{int(m[1]) + 1}", key)
-    key = re.sub(r"mid_block\.attentions\.0\.(group_norm|to_q|to_k|to_v|to_out\.0)",
-                 lambda m: f"mid.attn_1.{attn[m[1]]}", key)
-    key = re.sub(r"down_blocks\.(\d+)\.resnets", r"down.\1.block", key)
-    key = re.sub(r"down_blocks\.(\d+)\.downsamplers\.0", r"down.\1.downsample", key)
-    key = re.sub(r"up_blocks\.(\d+)\.resnets", lambda m: f"up.{n_blocks - 1 - int(m[1])}.block", key)
-    return re.sub(r"up_blocks\.(\d+)\.upsamplers\.0", lambda m: f"up.{n_blocks - 1 - int(m[1])}.upsample",
-                  key)
+# diffusers → original LDM key names: the same mapping test_sd15.py checks its loaders with.
+from test_sd15 import unet_ldm_key, vae_ldm_key  # noqa: E402
 
 
 def ldm_checkpoint(unet2d, vae=None, text_encoder=None) -> dict[str, torch.Tensor]:
