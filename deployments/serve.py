@@ -3,7 +3,8 @@
     PREFECT_API_URL=http://127.0.0.1:4200/api python deployments/serve.py
 
 Deployments: curate/webvid, curate/realestate10k, train-stage/{vae,base,dense,sparse,camera,
-object}, evaluate/camera, evaluate/object and generate/batch. Set IC_DASK_ADDRESS=tcp://host:8786 to run curation chunk tasks on a Dask cluster.
+object}, evaluate/camera, evaluate/object, generate/batch, and demo/demo (the whole chain at toy
+scale; `-p scale=proof` for the proof run). Set IC_DASK_ADDRESS=tcp://host:8786 to run curation chunk tasks on a Dask cluster.
 Training tasks carry the `gpu` tag; IC_GPU_SLOTS (default 1) sets its concurrency limit so two
 stages never share a GPU.
 """
@@ -16,6 +17,7 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
 from flows.curate import curate
+from flows.demo import demo
 from flows.evaluate import evaluate
 from flows.generate import generate
 from flows.train import train_stage_flow
@@ -58,6 +60,8 @@ def deployments():
         )
     found.append(generate.to_deployment(name="batch", tags=["inference"],
                                         description="A batch of image + prompt + trajectories requests."))
+    found.append(demo.to_deployment(name="demo", tags=["demo"],
+                                    description="Toy world → curation → all six stages → evaluation → report."))
     return found
 
 

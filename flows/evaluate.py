@@ -25,13 +25,18 @@ def evaluate(
     tracker: Literal["lk", "cotracker"] = "lk",
     max_reference: int = 5000,
     device: str = "cpu",
+    mode: Literal["camera", "object", "none", "base"] | None = None,
+    max_cases: int | None = None,
 ) -> dict:
     """Generate the set's 10 cases (fixed seeds) and compute CamMC/ObjMC, plus FID and FVD
-    against ``reference`` shards when given; ``ablation`` sweeps λ_trajs on the object set."""
-    out = out or str(Path(run) / "eval" / set_name)
+    against ``reference`` shards when given; ``ablation`` sweeps λ_trajs on the object set.
+
+    ``mode`` overrides the set's own adapter: ``base`` (motion ControlNet off) and ``none`` (no
+    LoRA) are the baselines, ``camera`` on the object set is Figure 6's comparison."""
+    out = out or str(Path(run) / "eval" / (set_name if mode in (None, set_name) else f"{set_name}-{mode}"))
     settings = EvalSettings(steps=steps, guidance_scale=guidance_scale, trajs_scale=trajs_scale, seed=seed,
                             tracker=tracker, images=images, reference=reference, max_reference=max_reference,
-                            ablation=ablation)
+                            ablation=ablation, mode=mode, max_cases=max_cases)
     metrics = evaluate_task(run, set_name, out, settings, device)
     publish_evaluation(metrics, out)
     name = "CamMC" if set_name == "camera" else "ObjMC"

@@ -19,7 +19,7 @@ Stage = Literal["vae", "base", "dense", "sparse", "camera", "object"]
 @flow(name="train-stage", log_prints=True)
 def train_stage_flow(
     stage: Stage,
-    shards: str,
+    shards: str | list[str],
     run: str,
     preset: Literal["tiny", "sd15"] = "tiny",
     steps: int = 1000,

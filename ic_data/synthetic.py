@@ -79,10 +79,12 @@ class MovingObject:
     texture_seed: int = 1
     shape: str = "disc"
 
-    def alpha(self, frame: int, width: int, height: int) -> np.ndarray:
-        """Coverage (H, W) float32 in [0, 1], anti-aliased over one pixel at the edge."""
+    def alpha(self, frame: int, width: int, height: int, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """Coverage (H, W) float32 in [0, 1], anti-aliased over one pixel at the edge; with
+        ``box`` = (x0, y0, x1, y1) only that part of the frame."""
         cx, cy = self.path_px[frame]
-        ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+        x0, y0, x1, y1 = box or (0, 0, width, height)
+        ys, xs = np.mgrid[y0:y1, x0:x1].astype(np.float32)
         if self.shape == "disc":
             dist = np.hypot(xs - cx, ys - cy) - self.radius_px
         elif self.shape == "square":
@@ -213,11 +215,19 @@ def _composite(img: np.ndarray, obj: MovingObject, t: int, width: int, height: i
     size = int(np.ceil(obj.radius_px)) * 2 + 8
     sprite = _sprite(size, obj.texture_seed)
     cx, cy = obj.path_px[t]
+    # Only the object's bounding box changes (coverage is 0 beyond radius + 0.5 px).
+    reach = obj.radius_px + 2.0
+    x0, y0 = max(0, int(np.floor(cx - reach))), max(0, int(np.floor(cy - reach)))
+    x1, y1 = min(width, int(np.ceil(cx + reach)) + 1), min(height, int(np.ceil(cy + reach)) + 1)
+    if x1 <= x0 or y1 <= y0:
+        return img
     # Sprite pixel (size/2, size/2) lands on the object's centre, with sub-pixel accuracy.
-    m = np.array([[1.0, 0.0, cx - size / 2.0], [0.0, 1.0, cy - size / 2.0]])
-    colour = cv2.warpAffine(sprite, m, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
-    a = obj.alpha(t, width, height)[..., None]
-    return a * colour + (1.0 - a) * img
+    m = np.array([[1.0, 0.0, cx - size / 2.0 - x0], [0.0, 1.0, cy - size / 2.0 - y0]])
+    colour = cv2.warpAffine(sprite, m, (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT_101)
+    a = obj.alpha(t, width, height, box=(x0, y0, x1, y1))[..., None]
+    out = img.copy()
+    out[y0:y1, x0:x1] = a * colour + (1.0 - a) * img[y0:y1, x0:x1]
+    return out
 
 
 @dataclass
@@ -274,9 +284,10 @@ def random_shot(rng: np.random.Generator, num_frames: int, width: int, height: i
     """A shot with random camera motion and, for ``kind="mixed"``, 1–3 moving objects.
 
     kind: "camera" (static scene, camera pans/zooms: RealEstate10K-like), "mixed" (objects move
-    while the camera also moves: WebVid-like) or "static" (nothing moves).
+    while the camera also moves: WebVid-like), "objects" (objects move, the camera stands still,
+    as in much of WebVid) or "static" (nothing moves).
     """
-    if kind not in ("camera", "mixed", "static"):
+    if kind not in ("camera", "mixed", "objects", "static"):
         raise ValueError(f"unknown shot kind {kind!r}")
     octaves = (6, 12, 24, 48)  # closer to natural images than the tracker-friendly default
     if kind == "static":
@@ -288,8 +299,10 @@ def random_shot(rng: np.random.Generator, num_frames: int, width: int, height: i
         zoom_per_frame=float(rng.choice([1.0, 1.0, rng.uniform(0.995, 1.006)])),
         shake_px=float(rng.choice([0.0, 0.0, rng.uniform(0.5, 2.0)])),
     )
+    if kind == "objects":  # drawn above all the same, so "mixed" shots stay what they were
+        camera = CameraMotion((0.0, 0.0))
     objects = []
-    if kind == "mixed":
+    if kind in ("mixed", "objects"):
         for _ in range(int(rng.integers(1, 4))):
             start = (rng.uniform(0.2, 0.8) * width, rng.uniform(0.2, 0.8) * height)
             v = rng.uniform(-5, 5, size=2)

@@ -38,6 +38,11 @@ class EvalSettings:
     reference: str | None = None  # shards of reference clips for FID/FVD; None = skip them
     max_reference: int = 5000
     ablation: bool = False  # object set: sweep λ_trajs over ABLATION_TRAJS_SCALES
+    # The pipeline mode; None = the set's own (camera set → camera adapter, object set → object
+    # adapter). "base" (motion ControlNet off) and "none" (no LoRA) are the baselines; the camera
+    # adapter on the object set shows what the object adapter must not do (Figure 6).
+    mode: str | None = None
+    max_cases: int | None = None  # the first N cases only (quick runs); None = all
     extra: dict = field(default_factory=dict)
 
 
@@ -84,8 +89,8 @@ def evaluate_set(
     ``out/metrics.json`` and returns the same dict."""
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    cases = load_eval_set(set_name)
-    mode = "camera" if set_name == "camera" else "object"
+    cases = load_eval_set(set_name)[: settings.max_cases]
+    mode = settings.mode or ("camera" if set_name == "camera" else "object")
     scales = ABLATION_TRAJS_SCALES if (settings.ablation and mode == "object") else (settings.trajs_scale,)
     images = _first_frames(cases, settings.images, settings.seed)
     rows, videos, seconds = [], {s: [] for s in scales}, []
@@ -102,7 +107,7 @@ def evaluate_set(
             videos[scale].append(frames)
             mc = motion_control_error(frames, prepared.tracks, settings.tracker)
             row = {"case": case.id, "trajs_scale": scale, "mc_px": round(mc.error_px, 3), "tracker": mc.tracker}
-            if mode == "object":
+            if set_name == "object":
                 row["background_motion_px"] = round(background_motion_px(frames, prepared.tracks, settings.tracker), 3)
             stem = f"{case.id}" + (f"-trajs{scale:g}" if len(scales) > 1 else "")
             write_mp4(out / "videos" / f"{stem}.mp4", frames, fps=8.0)
@@ -115,12 +120,12 @@ def evaluate_set(
             if on_case is not None:
                 on_case(len(rows), len(cases) * len(scales), row)
 
-    name = "CamMC" if mode == "camera" else "ObjMC"
+    name = "CamMC" if set_name == "camera" else "ObjMC"
     per_scale = {}
     for scale in scales:
         sel = [r for r in rows if r["trajs_scale"] == scale]
         entry = {name: round(float(np.mean([r["mc_px"] for r in sel])), 3)}
-        if mode == "object":
+        if set_name == "object":
             entry["background_motion_px"] = round(float(np.nanmean([r["background_motion_px"] for r in sel])), 3)
         per_scale[f"{scale:g}"] = entry
     metrics = {
@@ -158,15 +163,37 @@ def reference_clips(shards: str, cfg, limit: int) -> list[np.ndarray]:
     return clips
 
 
+# Reference features per (shards, size, frames, limit): several variants of one run are usually
+# compared with the same reference set, and I3D costs seconds per clip on a CPU.
+_REFERENCE_FEATURES: dict[tuple, tuple[np.ndarray, np.ndarray, int]] = {}
+
+
+def _fvd_frames(videos: list[np.ndarray], num_frames: int) -> list[np.ndarray]:
+    """I3D's FVD is defined on 16 frames: shorter clips show each frame repeatedly (nearest)."""
+    from .metrics.fvd import FVD_NUM_FRAMES
+
+    if num_frames >= FVD_NUM_FRAMES:
+        return videos
+    idx = np.round(np.linspace(0, num_frames - 1, FVD_NUM_FRAMES)).astype(int)
+    return [v[idx] for v in videos]
+
+
 def reference_metrics(generated: list[np.ndarray], reference: str, cfg, limit: int) -> dict:
     """FID over all frames and FVD over clips, generated vs reference (real networks only)."""
-    from .metrics.fid import fid_from_images
-    from .metrics.fvd import fvd_from_videos
+    from .metrics.fid import default_extractor as inception, fid_from_features
+    from .metrics.fvd import FVD_NUM_FRAMES, default_extractor as i3d, fvd_from_features
 
-    ref = reference_clips(reference, cfg, limit)
-    fid = fid_from_images(np.concatenate(ref), np.concatenate(generated))
-    fvd = fvd_from_videos(ref, generated)
-    return {"FID": round(float(fid), 3), "FVD": round(float(fvd), 3), "num_reference": len(ref)}
+    key = (os.path.abspath(reference), cfg.width, cfg.height, cfg.num_frames, limit)
+    if key not in _REFERENCE_FEATURES:
+        ref = reference_clips(reference, cfg, limit)
+        _REFERENCE_FEATURES[key] = (inception()(np.concatenate(ref)), i3d()(_fvd_frames(ref, cfg.num_frames)), len(ref))
+    ref_inception, ref_i3d, num_ref = _REFERENCE_FEATURES[key]
+    fid = fid_from_features(ref_inception, inception()(np.concatenate(generated)))
+    fvd = fvd_from_features(ref_i3d, i3d()(_fvd_frames(generated, cfg.num_frames)))
+    result = {"FID": round(float(fid), 3), "FVD": round(float(fvd), 3), "num_reference": num_ref}
+    if cfg.num_frames < FVD_NUM_FRAMES:
+        result["FVD_note"] = f"{cfg.num_frames} frames resampled (nearest) to {FVD_NUM_FRAMES} for I3D"
+    return result
 
 
 __all__ = [

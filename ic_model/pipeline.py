@@ -30,7 +30,8 @@ from .components import Components, Denoiser, decode_latents, encode_text, encod
 from .config import ModelConfig
 from .run import LORA_FILES, is_done, load_run_components, run_model_config, stage_dir
 
-MODES = ("camera", "object", "none")
+# "base": the image-to-video base alone, motion ControlNet off (the "no motion control" baseline).
+MODES = ("camera", "object", "none", "base")
 
 
 @dataclass
@@ -122,7 +123,7 @@ class ImageConductorPipeline:
     def _use_adapter(self, mode: str):
         """Context: the motion ControlNet as θ_mode (adapter switch, no weight reload)."""
         mc = self.comps.motion_controlnet
-        if mode == "none":
+        if mode in ("none", "base"):
             return lora.adapters_disabled(mc) if self.adapters else _nullcontext()
         if mode not in self.adapters:
             raise ValueError(f"mode {mode!r} needs the {mode} adapter; this run has {self.adapters or 'none'}")
@@ -170,6 +171,8 @@ class ImageConductorPipeline:
         )
         flow = torch.from_numpy(flow)[None].to(dev, dt)
         first_pair, flow_pair = first_latent.expand(2, -1, -1, -1), flow.expand(2, -1, -1, -1, -1)
+        if mode == "base":
+            flow_pair = None  # no motion ControlNet: the trajectories are ignored
 
         # 2. Initial noise and the DDIM schedule.
         h, w = cfg.latent_size

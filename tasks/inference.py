@@ -71,7 +71,8 @@ def generate_videos(
 def evaluate_task(run: str, set_name: str, out: str, settings: EvalSettings, device: str = "cpu",
                   base_model: str | None = None, base_loras: list[str] | None = None) -> dict:
     pipe = _pipeline(run, device, base_model, base_loras)
-    progress = create_progress_artifact(0.0, key=f"evaluate-{set_name}-progress", description=f"Evaluating {run}")
+    progress = create_progress_artifact(0.0, key=f"evaluate-{set_name}-progress",
+                                        description=f"Evaluating {run} ({settings.mode or set_name} mode)")
 
     def on_case(done: int, total: int, row: dict) -> None:
         update_progress_artifact(progress, 100.0 * done / total)
@@ -83,15 +84,17 @@ def evaluate_task(run: str, set_name: str, out: str, settings: EvalSettings, dev
 @task(name="publish-evaluation", cache_policy=NO_CACHE)
 def publish_evaluation(metrics: dict, out: str, previews: int = 3) -> None:
     """Table 1's columns, Figure 7's sweep when run, and sample GIFs (requested + tracked)."""
-    name = "CamMC" if metrics["mode"] == "camera" else "ObjMC"
-    row = {"run set": metrics["set"], "FID": metrics.get("FID"), "FVD": metrics.get("FVD"), name: metrics[name],
-           "videos": metrics["num_videos"], "s/video": metrics["seconds_per_video"], "tracker": metrics["tracker"]}
-    create_table_artifact([row], key=f"evaluate-{metrics['set']}-metrics", description="Paper Table 1 columns")
+    name = "CamMC" if metrics["set"] == "camera" else "ObjMC"
+    key = f"evaluate-{metrics['set']}" + ("" if metrics["mode"] == metrics["set"] else f"-{metrics['mode']}")
+    row = {"run set": metrics["set"], "mode": metrics["mode"], "FID": metrics.get("FID"), "FVD": metrics.get("FVD"),
+           name: metrics[name], "videos": metrics["num_videos"], "s/video": metrics["seconds_per_video"], "tracker": metrics["tracker"]}
+    create_table_artifact([row], key=f"{key}-metrics", description="Paper Table 1 columns")
     if len(metrics["by_trajs_scale"]) > 1:
         sweep = [{"λ_trajs": k, **v} for k, v in metrics["by_trajs_scale"].items()]
-        create_table_artifact(sweep, key=f"evaluate-{metrics['set']}-ablation",
+        create_table_artifact(sweep, key=f"{key}-ablation",
                               description="Camera-free guidance sweep (Figure 7): ObjMC and background motion")
-    md = [f"# Evaluation: {metrics['set']} set", "", "Requested trajectories and the tracked ones are drawn over each video.", ""]
+    md = [f"# Evaluation: {metrics['set']} set, {metrics['mode']} mode", "",
+          "Requested trajectories and the tracked ones are drawn over each video.", ""]
     for r in metrics["cases"][:previews]:
         md.append(_gif_markdown(Path(out) / r["gif"], f"{r['case']} (λ_trajs={r['trajs_scale']}): {r['mc_px']} px"))
-    create_markdown_artifact("\n".join(md), key=f"evaluate-{metrics['set']}-samples", description="Sample generations")
+    create_markdown_artifact("\n".join(md), key=f"{key}-samples", description="Sample generations")

@@ -115,6 +115,17 @@ def test_adapters_switch_without_reloading(pipe):
     assert params_before == {n: p.data_ptr() for n, p in pipe.comps.motion_controlnet.named_parameters()}
 
 
+def test_base_mode_ignores_the_trajectories(pipe):
+    """`base` is the image-to-video baseline: the motion ControlNet is off, so the trajectories
+    change nothing; with the ControlNet on (`none`) they do."""
+    a, b = _inputs(pipe), _inputs(pipe, [[[300, 40], [20, 200]]])
+    run = lambda prepared, mode: pipe(prepared.image, "x", prepared.tracks, mode=mode,  # noqa: E731
+                                      num_inference_steps=2, seed=3, output_type="latent")
+    assert torch.equal(run(a, "base"), run(b, "base"))
+    assert not torch.equal(run(a, "none"), run(b, "none"))
+    assert not torch.equal(run(a, "base"), run(a, "none"))
+
+
 def test_ic_generate_writes_video_preview_and_record(prefect_api, tiny_run, tmp_path):
     from flows.cli import main as ic_main
     from ic_data.mp4 import decode_mp4

@@ -260,7 +260,7 @@ class InceptionFeatures:
 _DEFAULT_EXTRACTOR: InceptionFeatures | None = None
 
 
-def _default_extractor() -> InceptionFeatures:
+def default_extractor() -> InceptionFeatures:
     global _DEFAULT_EXTRACTOR
     if _DEFAULT_EXTRACTOR is None:
         _DEFAULT_EXTRACTOR = InceptionFeatures()
@@ -392,7 +392,7 @@ def fid_from_images(real, fake, extractor: InceptionFeatures | None = None, meth
     """FID between two image sets (anything :class:`InceptionFeatures` accepts; video frames
     flattened to images). The extractor is built once per process when not given; ``method`` as
     in :func:`fid_from_features`."""
-    extractor = extractor or _default_extractor()
+    extractor = extractor or default_extractor()
     return fid_from_features(extractor(real), extractor(fake), method=method)
 
 
@@ -421,11 +421,11 @@ def fid_from_folders(
     method: str = "auto",
 ) -> float:
     """FID between the images of two folders (recursive; read as 8-bit RGB, any sizes)."""
-    extractor = extractor or _default_extractor()
+    extractor = extractor or default_extractor()
     return fid_from_features(folder_features(dir1, extractor), folder_features(dir2, extractor), method=method)
 
 
 def folder_features(directory: str | os.PathLike, extractor: InceptionFeatures | None = None) -> np.ndarray:
     """Features of every image under ``directory`` (sorted paths), float64 ``(N, 2048)``."""
-    extractor = extractor or _default_extractor()
+    extractor = extractor or default_extractor()
     return extractor(iter(list_images(directory)))

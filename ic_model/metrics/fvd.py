@@ -232,7 +232,7 @@ class I3DFeatures:
 _DEFAULT: I3DFeatures | None = None
 
 
-def _default_extractor() -> I3DFeatures:
+def default_extractor() -> I3DFeatures:
     global _DEFAULT
     if _DEFAULT is None:
         _DEFAULT = I3DFeatures()
@@ -259,5 +259,5 @@ def fvd_from_features(real_features, fake_features) -> float:
 def fvd_from_videos(real, fake, extractor: I3DFeatures | None = None) -> float:
     """FVD between two sets of videos (each: ``(N, T, H, W, 3)`` or an iterable of videos,
     uint8 or float in [0, 1]; at least 2 per set, 16+ frames each)."""
-    ext = extractor if extractor is not None else _default_extractor()
+    ext = extractor if extractor is not None else default_extractor()
     return fvd_from_features(ext(real), ext(fake))

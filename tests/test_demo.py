@@ -1,0 +1,111 @@
+"""The `demo` flow end to end at the `test` scale (a few steps per stage): every stage hands valid
+artifacts to the next and the report is written. No quality assertions at this scale."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("prefect")
+from prefect.testing.utilities import prefect_test_harness  # noqa: E402
+
+from flows.demo import demo  # noqa: E402
+from ic_data.manifest import read_manifest  # noqa: E402
+from ic_data.shards import read_shard  # noqa: E402
+from ic_model.evalsets import load_eval_set  # noqa: E402
+from ic_model.run import is_done, run_model_config  # noqa: E402
+from tasks.demo import SCALES, STAGES  # noqa: E402
+
+
+async def _artifact(key):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async with get_client() as client:
+        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return found[-1] if found else None
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    out = tmp_path_factory.mktemp("demo_out")
+    with prefect_test_harness(server_startup_timeout=120):
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            state = demo(out=str(out), scale="test", seed=0, return_state=True)
+            artifacts = {k: asyncio.run(_artifact(k)) for k in ("demo-report", "demo-metrics", "demo-trajs-sweep")}
+    return out, state, artifacts  # work in out/test/, the report in both
+
+
+def test_curation_hands_shards_to_training(demo_run):
+    out, state, _ = demo_run
+    assert state.is_completed(), state.message
+    scale = SCALES["test"]
+    expected = {"webvid": scale.mixed + scale.objects, "realestate10k": scale.camera}
+    for source, n in expected.items():
+        rows = read_manifest(out / "test" / "curated" / source / "manifest.parquet")
+        assert len(rows) == n and len({r.source_path for r in rows}) == n  # every video exactly once
+        ok = [r for r in rows if r.status == "ok"]
+        assert ok, f"{source}: nothing survived curation"
+        sample = next(s for s in read_shard(out / "test" / "curated" / source / ok[0].shard) if s.key == ok[0].key)
+        assert sample.decode_frames().shape == (32, 256, 384, 3)
+        assert sample.meta["camera_only"] is (source == "realestate10k")
+
+
+def test_every_stage_trained_in_order(demo_run):
+    out, _, _ = demo_run
+    run = out / "test" / "run"
+    cfg = run_model_config(run)
+    assert cfg.preset == "tiny" and cfg.num_frames == SCALES["test"].num_frames
+    for stage in STAGES:
+        assert is_done(run, stage), stage
+        records = [json.loads(x) for x in (run / stage / "metrics.jsonl").read_text().splitlines()]
+        assert [r["step"] for r in records] == list(range(1, SCALES["test"].steps[stage] + 1))
+        assert all(np.isfinite(r["loss"]) for r in records)
+    assert (run / "camera" / "camera_lora.safetensors").exists()
+    assert (run / "object" / "object_lora.safetensors").exists()
+
+
+def test_report_holds_every_number(demo_run):
+    out, _, artifacts = demo_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    n = SCALES["test"].eval_cases
+    variants = metrics["variants"]
+    assert set(variants) == {"object/object", *(f"{s}/{m}" for s, m in SCALES["test"].variants)}
+    for key, v in variants.items():
+        name = "CamMC" if v["set"] == "camera" else "ObjMC"
+        assert np.isfinite(v[name]) and v[name] >= 0, key
+        assert np.isfinite(v["FID"]) and np.isfinite(v["FVD"]), key
+        assert v["FVD_note"] == "8 frames resampled (nearest) to 16 for I3D"  # I3D wants 16 frames
+        if v["set"] == "object":
+            assert np.isfinite(v["background_motion_px"])
+    assert variants["object/object"]["videos"] == 4 * n  # the λ_trajs sweep: 1.0, 1.1, 1.3, 1.5
+    assert set(metrics["trajs_scale_sweep"]) == {"1", "1.1", "1.3", "1.5"}
+    obj, off, cam = variants["object/object"], variants["object/base"], variants["object/camera"]
+    assert metrics["objmc_ratio"] == pytest.approx(obj["ObjMC"] / off["ObjMC"], rel=1e-3)
+    assert metrics["background_ratio"] == pytest.approx(
+        obj["background_motion_px"] / cam["background_motion_px"], rel=1e-3)
+    # The videos behind the numbers: one per case and variant.
+    cases = [c.id for c in load_eval_set("object")[:n]]
+    for c in cases:
+        assert (out / "test" / "eval" / "object-base" / "videos" / f"{c}.mp4").exists()
+        assert (out / "test" / "eval" / "object-object" / "videos" / f"{c}-trajs1.5.mp4").exists()
+
+    md = (out / "report.md").read_text()
+    assert "objmc_ratio" in md and "training_curves.png" in md and "gifs/object-" in md
+    assert "<table>" in (out / "report.html").read_text()
+    with Image.open(out / "training_curves.png") as png:
+        assert png.format == "PNG" and png.width > 300
+    gif_path = out / "gifs" / f"object-{cases[0]}.gif"
+    with Image.open(gif_path) as gif:  # input + 4 variant panels, one frame per video frame
+        assert gif.n_frames == SCALES["test"].num_frames and gif.width > 5 * 96
+    for name in ("report.md", "report.html", "metrics.json", "training_curves.png", f"gifs/object-{cases[0]}.gif"):
+        assert (out / "test" / name).read_bytes() == (out / name).read_bytes(), name
+    assert artifacts["demo-report"] is not None and "objmc_ratio" in artifacts["demo-report"].data
+    rows = artifacts["demo-metrics"].data
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    assert {r["variant"] for r in rows} == set(variants)
