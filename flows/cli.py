@@ -97,11 +97,29 @@ def _evaluate(args: argparse.Namespace) -> int:
     state = evaluate(set_name=args.set_name, run=args.run, out=args.out, reference=args.reference,
                      images=args.images, steps=args.steps, guidance_scale=args.cfg, trajs_scale=args.trajs_scale,
                      ablation=args.ablation, seed=args.seed, tracker=args.tracker,
-                     max_reference=args.max_reference, device=args.device, return_state=True)
+                     max_reference=args.max_reference, device=args.device, mode=args.mode,
+                     max_cases=args.max_cases, return_state=True)
     if not state.is_completed():
         print(f"ic evaluate: the flow run ended {state.name}: {state.message}", file=sys.stderr)
         return 1
     print(json.dumps(state.result(), indent=1, sort_keys=True))
+    return 0
+
+
+def _studio(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    if not (Path(args.run) / "config.json").is_file():  # before gradio and torch load for nothing
+        print(f"ic studio: {args.run} is not a run folder (no config.json); train one with `ic train`",
+              file=sys.stderr)
+        return 2
+    from ic_studio.app import launch
+
+    try:
+        launch(args.run, port=args.port, out=args.out, device=args.device)
+    except OSError as err:  # typically the port is taken
+        print(f"ic studio: cannot serve on 127.0.0.1:{args.port}: {err}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -153,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--prompt", default="")
     ge.add_argument("--trajectories", required=True, help="JSON list of tracks of [x, y] in the image's pixels")
     ge.add_argument("--run", required=True, help="a trained run folder")
-    ge.add_argument("--mode", choices=["camera", "object", "none"], default="object")
+    ge.add_argument("--mode", choices=["camera", "object", "none", "base"], default="object",
+                    help="none: motion ControlNet without LoRA; base: motion ControlNet off")
     ge.add_argument("--trajs-scale", type=float, default=1.0, help="λ_trajs of camera-free guidance (1.0 = off)")
     ge.add_argument("--cfg", type=float, default=8.5)
     ge.add_argument("--steps", type=int, default=25)
@@ -178,7 +197,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--tracker", choices=["lk", "cotracker"], default="lk")
     ev.add_argument("--max-reference", type=int, default=5000)
     ev.add_argument("--device", default="cpu")
+    ev.add_argument("--mode", choices=["camera", "object", "none", "base"], default=None,
+                    help="default: the set's own adapter; base/none are the baselines")
+    ev.add_argument("--max-cases", type=int, default=None, help="only the first N cases")
     ev.set_defaults(func=_evaluate)
+
+    st = sub.add_parser("studio", help="local web page: draw trajectories on an image, generate, watch the result")
+    st.add_argument("--run", required=True, help="a trained run folder")
+    st.add_argument("--port", type=int, default=7860, help="served on 127.0.0.1:PORT")
+    st.add_argument("--out", default=None, help="where each generation's files go (default: RUN/studio)")
+    st.add_argument("--device", default="cpu")
+    st.set_defaults(func=_studio)
     return ap
 
 

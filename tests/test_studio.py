@@ -1,0 +1,272 @@
+"""Trajectory studio without a browser: the model view, the clicked tracks, their JSON, and the
+messages the page shows for bad input.
+
+The ground truth for every mapping is `prepare_image_and_tracks`, which is what `ic generate`
+runs: what is drawn must be exactly what the model receives from the exported file.
+"""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from ic_data.errors import TrajectoryError
+from ic_data.preview import TRACK_COLOURS
+from ic_data.trajectories import load_trajectory_file
+from ic_model.config import save_json, tiny_config
+from ic_model.pipeline import prepare_image_and_tracks
+from ic_studio.drawing import DrawingError, TrajectoryDrawing
+from ic_studio.model_view import DISPLAY_HEIGHT, DISPLAY_WIDTH, ModelView
+
+# (width, height): wider and narrower than 3:2, portrait, square, exact, and small (enlarged ×2.2).
+SIZES = [(500, 300), (1200, 300), (240, 320), (640, 640), (384, 256), (176, 144)]
+
+
+def _image(width: int, height: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def _configs():
+    tiny = tiny_config(num_frames=8)
+    full = tiny_config(num_frames=16, width=384, height=256)  # the sd15 frame size, no weights needed
+    return [tiny, full]
+
+
+def _draw(view: ModelView, rng: np.random.Generator) -> TrajectoryDrawing:
+    """A path of random clicks, a still anchor, a second path, and the two corners of the frame."""
+    d = TrajectoryDrawing(view.display_bounds())
+    for _ in range(4):
+        d.click(*rng.integers(0, [DISPLAY_WIDTH, DISPLAY_HEIGHT]))
+    d.still_anchor()
+    d.click(*rng.integers(0, [DISPLAY_WIDTH, DISPLAY_HEIGHT]))
+    for _ in range(3):
+        d.click(*rng.integers(0, [DISPLAY_WIDTH, DISPLAY_HEIGHT]))
+    d.new_track()
+    d.click(0, 0)
+    d.click(DISPLAY_WIDTH - 1, DISPLAY_HEIGHT - 1)
+    return d
+
+
+@pytest.mark.parametrize("cfg", _configs(), ids=lambda c: f"{c.width}x{c.height}")
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_exported_json_gives_ic_generate_exactly_the_drawn_tracks(size, cfg, tmp_path):
+    image = _image(*size)
+    view = ModelView.from_image(image, cfg)
+    d = _draw(view, np.random.default_rng(sum(size)))
+    assert [len(t) for t in d.tracks] == [4, 1, 3, 2]
+
+    path = tmp_path / "tracks.json"
+    path.write_text(d.to_json(view))
+    # What `ic generate --image ORIGINAL --trajectories tracks.json` does with the file.
+    loaded = load_trajectory_file(path, *size)
+    prepared = prepare_image_and_tracks(image, [t.tolist() for t in loaded], cfg)
+    np.testing.assert_allclose(prepared.tracks, d.model_tracks(view, cfg.num_frames), atol=1e-4)
+    # The still anchor stays put in every frame.
+    assert np.ptp(prepared.tracks[:, 1], axis=0).max() < 1e-6
+
+    # And the file comes back as the same drawing.
+    again = TrajectoryDrawing(view.display_bounds())
+    again.load_source(json.loads(path.read_text()), view)
+    np.testing.assert_allclose(np.concatenate(again.tracks), np.concatenate(d.tracks), atol=1e-4)
+
+
+@pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_model_view_is_the_conditioning_image(size):
+    cfg = tiny_config(num_frames=8)
+    image = _image(*size, seed=3)
+    view = ModelView.from_image(image, cfg)
+    prepared = prepare_image_and_tracks(image, [[[0, 0]]], cfg)
+    np.testing.assert_array_equal(view.model_image, prepared.image)
+    assert view.display_image.shape == (DISPLAY_HEIGHT, DISPLAY_WIDTH, 3)
+    # Each model pixel is a uniform 4×4 block of the display: averaging gives it back exactly.
+    np.testing.assert_array_equal(cv2.resize(view.display_image, (cfg.width, cfg.height), interpolation=cv2.INTER_AREA),
+                                  prepared.image)
+    # A click on any display pixel lands in the model pixel that pixel shows.
+    xy = np.stack(np.meshgrid(np.arange(DISPLAY_WIDTH), np.arange(DISPLAY_HEIGHT)), -1).reshape(-1, 2)
+    np.testing.assert_array_equal(np.floor(view.display_to_model(xy) + 0.5), xy // 4)
+
+
+def test_image_centre_maps_to_frame_centre_for_every_aspect_ratio():
+    cfg = tiny_config(num_frames=8)
+    for w, h in SIZES:
+        view = ModelView.from_image(_image(w, h), cfg)
+        centre = view.source_to_display([(w - 1) / 2, (h - 1) / 2])
+        np.testing.assert_allclose(centre, [(DISPLAY_WIDTH - 1) / 2, (DISPLAY_HEIGHT - 1) / 2], atol=0.51)
+
+
+def test_clicks_at_the_frame_edge_stay_inside_an_enlarged_image():
+    """176×144 is enlarged ×2.67: its outer pixel centres lie inside the 384×256 frame, and a point
+    outside the source image would be rejected by `ic generate`."""
+    cfg = tiny_config(num_frames=8)
+    view = ModelView.from_image(_image(176, 144), cfg)
+    d = TrajectoryDrawing(view.display_bounds())
+    d.click(0, 0)
+    d.click(DISPLAY_WIDTH - 1, DISPLAY_HEIGHT - 1)
+    (start, end), = d.to_source(view)
+    assert start[0] == 0 and end[0] == 175  # clamped to the first and last column
+    assert 0 < start[1] and end[1] < 143  # rows: cropped away, nothing to clamp
+    prepare_image_and_tracks(_image(176, 144), d.to_source(view), cfg)  # accepted
+
+
+def test_point_collection_new_track_still_anchor_undo_clear():
+    d = TrajectoryDrawing((0.0, 0.0, 383.0, 255.0))
+    d.click(10, 20)
+    d.click(30, 40)
+    assert d.tracks == [[(10, 20), (30, 40)]]
+    d.still_anchor()
+    d.click(50, 60)
+    d.click(70, 80)  # after a still anchor the next click starts a new track
+    d.click(90, 100)
+    assert d.tracks == [[(10, 20), (30, 40)], [(50, 60)], [(70, 80), (90, 100)]]
+    d.undo()
+    d.undo()  # the last track loses both points and goes away
+    assert d.tracks == [[(10, 20), (30, 40)], [(50, 60)]]
+    d.undo()  # the still anchor goes
+    d.click(5, 5)  # no track is open: a new one starts
+    assert d.tracks == [[(10, 20), (30, 40)], [(5, 5)]]
+    d.still_anchor()
+    d.undo()  # cancels the pending still anchor, takes no point
+    assert len(d.tracks) == 2
+    d.click(500, -3)  # clamped into the frame
+    assert d.tracks[-1][-1] == (383.0, 0.0)
+    d.clear()
+    assert d.tracks == [] and "Click on the image" in d.summary()
+
+
+def test_at_most_eight_trajectories():
+    d = TrajectoryDrawing((0.0, 0.0, 383.0, 255.0))
+    for i in range(8):
+        d.still_anchor()
+        d.click(10 * i, 10)
+    d.still_anchor()
+    with pytest.raises(DrawingError, match="at most 8"):
+        d.click(100, 100)
+    assert len(d.tracks) == 8
+
+
+def test_import_rejects_what_ic_generate_rejects():
+    view = ModelView.from_image(_image(500, 300), tiny_config(num_frames=8))
+    d = TrajectoryDrawing(view.display_bounds())
+    with pytest.raises(TrajectoryError, match="outside"):
+        d.load_source([[[10, 10], [600, 10]]], view)
+    with pytest.raises(TrajectoryError, match="too many tracks"):
+        d.load_source([[[1, 1]]] * 9, view)
+    assert d.tracks == []
+
+
+def test_render_draws_each_track_in_its_colour_with_an_arrow():
+    view = ModelView.from_image(np.full((256, 384, 3), 128, np.uint8), tiny_config(num_frames=8))
+    d = TrajectoryDrawing(view.display_bounds())
+    d.click(40, 50)
+    d.click(340, 50)
+    d.still_anchor()
+    d.click(200, 200)
+    img = d.render(view, 8)
+    assert tuple(img[50, 190]) == TRACK_COLOURS[0]  # on the horizontal path
+    assert tuple(img[200, 200]) == TRACK_COLOURS[1]  # the still anchor's dot
+    assert tuple(img[200, 207]) == TRACK_COLOURS[1]  # and its ring
+    assert tuple(img[150, 190]) == (128, 128, 128)  # nothing elsewhere
+    # The arrow head at the end of the path spreads above and below the line.
+    assert (img[40:60, 330:341] == TRACK_COLOURS[0]).all(axis=-1).sum() > 20
+
+
+# --- the page's messages for bad input (handlers called directly, no browser) ----------------
+
+
+@pytest.fixture()
+def fake_run(tmp_path):
+    """A run folder with a config and chosen stages marked done (no weights: never loaded here)."""
+    run = tmp_path / "run"
+    save_json(run / "config.json", tiny_config(num_frames=8).to_dict())
+
+    def with_stages(*stages):
+        for s in stages:
+            save_json(run / s / "done.json", {})
+        return run
+
+    return with_stages
+
+
+def _studio(run, tmp_path):
+    from ic_studio.app import Studio
+
+    return Studio(run, out=tmp_path / "studio_out")
+
+
+def _generate_messages(studio, session, mode="object"):
+    return [out[0] for out in studio.generate(session, mode, 1.0, 8.5, 2, 0, "")]
+
+
+def test_page_messages_for_missing_image_trajectory_and_adapter(fake_run, tmp_path):
+    from ic_studio.app import Session
+
+    studio = _studio(fake_run("vae", "base", "dense", "sparse", "camera"), tmp_path)
+    session = Session()
+    assert "upload or pick an image" in _generate_messages(studio, session)[0]
+
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), _image(500, 300))
+    session, canvas, info, *_ , message = studio.load_image(str(image), session)
+    assert canvas.shape == (256, 384, 3) and "500×300" in info and message == ""
+    (msg,) = _generate_messages(studio, session)
+    assert msg.startswith("**Problem:**") and "draw at least one trajectory" in msg
+
+    session.drawing.click(100, 100)
+    (msg,) = _generate_messages(studio, session)
+    assert msg.startswith("**Problem:**") and "no trained object adapter" in msg and "ic train object" in msg
+    written = [p.name for p in (tmp_path / "studio_out").iterdir() if p.name != "exports"]
+    assert written == []  # no generation folder for rejected requests
+
+
+def test_which_stages_each_mode_needs(fake_run):
+    from ic_studio.generation import StudioError, check_run_for_mode, missing_stages
+
+    cfg = tiny_config(num_frames=8)
+    run = fake_run()
+    assert missing_stages(run, cfg, "object") == ["vae", "base", "sparse", "object"]
+    with pytest.raises(StudioError, match="no trained stages vae, base, sparse, object"):
+        check_run_for_mode(run, cfg, "object")
+    run = fake_run("vae", "base", "dense", "camera")
+    assert missing_stages(run, cfg, "camera") == [] and missing_stages(run, cfg, "none") == []
+    assert missing_stages(run, cfg, "object") == ["object"]
+
+
+def test_page_message_for_unreadable_and_too_small_images(fake_run, tmp_path):
+    from ic_studio.app import Session
+
+    studio = _studio(fake_run(), tmp_path)
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    *_, message = studio.load_image(str(bad), Session())
+    assert message.startswith("**Problem:**") and "cannot decode image" in message
+    tiny = tmp_path / "tiny.png"
+    cv2.imwrite(str(tiny), _image(12, 8))
+    *_, message = studio.load_image(str(tiny), Session())
+    assert message.startswith("**Problem:**") and "upscaling" in message
+
+
+def test_page_message_for_a_bad_trajectory_file(fake_run, tmp_path):
+    from ic_studio.app import Session
+
+    studio = _studio(fake_run(), tmp_path)
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), _image(500, 300))
+    session = studio.load_image(str(image), Session())[0]
+    for text, expected in (("[[[10, 10], [999, 10]]]", "outside"), ("{not json", "not a trajectory JSON file")):
+        f = tmp_path / "t.json"
+        f.write_text(text)
+        *_, message = studio.import_json(str(f), session)
+        assert message.startswith("**Problem:**") and expected in message
+    f.write_text("[[[10, 10], [400, 200]], [[250, 150]]]")
+    session, canvas, summary, tracks_json, _, message = studio.import_json(str(f), session)
+    assert "Imported 2" in message and "2/8 trajectories" in summary
+    assert json.loads(tracks_json) == [[[10, 10], [400, 200]], [[250, 150]]]
+
+
+def test_ic_studio_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    from flows.cli import main as ic_main
+
+    assert ic_main(["studio", "--run", str(tmp_path / "nope")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
