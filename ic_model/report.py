@@ -110,6 +110,21 @@ def side_by_side_gif(
     return path
 
 
+def running_mean(values: np.ndarray, window: int = 9) -> np.ndarray:
+    """Centred running mean (shorter windows at the ends)."""
+    half = window // 2
+    return np.array([values[max(0, i - half): i + half + 1].mean() for i in range(len(values))])
+
+
+def loss_summary(records: list[dict], fraction: float = 0.2) -> dict:
+    """Mean logged loss over the first and the last ``fraction`` of a stage's records."""
+    if not records:
+        return {"loss, first 20 %": None, "loss, last 20 %": None}
+    n = max(1, int(round(len(records) * fraction)))
+    mean = lambda rs: round(float(np.mean([r["loss"] for r in rs])), 4)  # noqa: E731
+    return {"loss, first 20 %": mean(records[:n]), "loss, last 20 %": mean(records[-n:])}
+
+
 def training_curves_png(curves: dict[str, list[dict]], path: str | os.PathLike) -> Path:
     """Loss against step, one panel per stage (log scale): ``curves`` stage → metrics records."""
     import matplotlib
@@ -121,11 +136,15 @@ def training_curves_png(curves: dict[str, list[dict]], path: str | os.PathLike) 
     fig, axes = plt.subplots(1, max(1, len(stages)), figsize=(3.0 * max(1, len(stages)), 2.6), squeeze=False)
     for ax, stage in zip(axes[0], stages):
         records = curves[stage]
-        steps = [r["step"] for r in records]
-        ax.plot(steps, [r["loss"] for r in records], lw=1.2, label="loss")
+        steps = np.array([r["step"] for r in records])
+        loss = np.array([r["loss"] for r in records])
+        # Each logged loss is one batch at random timesteps: noisy. The bold line is a running mean.
+        ax.plot(steps, loss, lw=0.8, alpha=0.35, color="C0")
+        ax.plot(steps, running_mean(loss), lw=1.6, color="C0", label="loss (running mean)")
         if "ortho" in records[0]:  # the object stage: denoising + orthogonal loss
-            ax.plot(steps, [r["mse"] for r in records], lw=1.0, ls="--", label="denoising")
-            ax.legend(fontsize=7)
+            ax.plot(steps, running_mean(np.array([r["mse"] for r in records])), lw=1.2, ls="--", color="C1",
+                    label="denoising term")
+        ax.legend(fontsize=6)
         ax.set_yscale("log")
         ax.set_title(stage, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
@@ -254,6 +273,8 @@ def write_report(out: str | os.PathLike, summary: dict, context: dict, gifs: lis
 __all__ = [
     "BACKGROUND_RATIO_TARGET",
     "OBJMC_RATIO_TARGET",
+    "loss_summary",
+    "running_mean",
     "metric_rows",
     "report_sections",
     "side_by_side_gif",

@@ -23,6 +23,7 @@ from ic_data.video_io import decode_video
 from ic_model.evalsets import load_eval_set, synthetic_first_frame
 from ic_model.pipeline import prepare_image_and_tracks
 from ic_model.report import (
+    loss_summary,
     metric_rows,
     side_by_side_gif,
     summarize,
@@ -195,8 +196,10 @@ def publish_report(outs: list[str], run: str, scale_name: str, seed: int, comman
         path = stage_dir(run, stage) / "metrics.jsonl"
         curves[stage] = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
     curves_png = training_curves_png(curves, out_dir / "training_curves.png")
-    training_rows = [{"stage": s, "steps": t.get("steps"), "first loss": t.get("first_loss"),
-                      "final loss": t.get("final_loss"), "seconds": t.get("seconds")} for s, t in training.items()]
+    # Seconds are this invocation's: a stage finished by an earlier (resumed) run costs ~0 here.
+    training_rows = [{"stage": s, "steps": t.get("steps"), **loss_summary(curves[s]),
+                      "samples/s": t.get("samples_per_s"), "seconds (this run)": t.get("seconds")}
+                     for s, t in training.items()]
     curation_rows = [{"source": s, **c.get("counts", {}), "threshold": c.get("threshold")} for s, c in curation.items()]
     context = {"scale": scale_name, "scale_settings": asdict(SCALES[scale_name]), "seed": seed, "command": command,
                "reference_clips": SCALES[scale_name].reference_clips, "seconds": seconds,
