@@ -48,7 +48,7 @@ def test_curation_hands_shards_to_training(demo_run):
     expected = {"webvid": scale.mixed + scale.objects, "realestate10k": scale.camera}
     for source, n in expected.items():
         rows = read_manifest(out / "test" / "curated" / source / "manifest.parquet")
-        assert len(rows) == n and len({r.source_path for r in rows}) == n  # every video exactly once
+        assert len(rows) == n and len({r.path for r in rows}) == n  # every video exactly once
         ok = [r for r in rows if r.status == "ok"]
         assert ok, f"{source}: nothing survived curation"
         sample = next(s for s in read_shard(out / "test" / "curated" / source / ok[0].shard) if s.key == ok[0].key)
