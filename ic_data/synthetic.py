@@ -12,6 +12,7 @@ panning left makes the content move right: positive x).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from pathlib import Path
@@ -72,12 +73,17 @@ class CameraMotion:
 
 @dataclass(frozen=True)
 class MovingObject:
-    """A textured disc (or square) whose centre follows ``path_px`` (T, 2) in screen pixels."""
+    """A textured disc (or square) whose centre follows ``path_px`` (T, 2) in screen pixels.
+
+    ``colour`` (RGB, 0–255), when given, is the object's mean colour: its texture keeps 60 % of
+    its contrast around it, so the object stands out from the background by colour as well.
+    """
 
     path_px: np.ndarray
     radius_px: float = 18.0
     texture_seed: int = 1
     shape: str = "disc"
+    colour: tuple[float, float, float] | None = None
 
     def alpha(self, frame: int, width: int, height: int, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """Coverage (H, W) float32 in [0, 1], anti-aliased over one pixel at the edge; with
@@ -172,6 +178,7 @@ def render_shot(
     texture_seed: int = 0,
     background: np.ndarray | None = None,
     texture_octaves: Sequence[int] = (3, 6, 12, 24),
+    saturation: float = 1.0,
 ) -> SyntheticShot:
     """Render a shot: the world seen through ``camera`` with ``objects`` composited on top.
 
@@ -179,6 +186,7 @@ def render_shot(
     it is tiled by reflection wherever the camera sees beyond it. ``texture_octaves`` sets the
     noise cell sizes: the default is busy (good for trackers); coarser octaves look more like
     real footage, whose frame differences under a fast pan stay well below a cut's.
+    ``saturation`` < 1 mutes the noise texture's colours towards grey (its luminance is kept).
     """
     mats = camera.matrices(num_frames, width, height)
     # World rectangle seen over the whole shot, plus a margin for interpolation.
@@ -189,6 +197,9 @@ def render_shot(
     tex_w, tex_h = int(x1 - x0), int(y1 - y0)
     if background is None:
         texture = make_texture(tex_h, tex_w, texture_seed, texture_octaves)
+        if saturation != 1.0:
+            grey = texture.mean(axis=2, keepdims=True)
+            texture = grey + saturation * (texture - grey)
     else:
         bg = cv2.resize(background.astype(np.float32), (width, height), interpolation=cv2.INTER_AREA)
         pad_l, pad_t = int(-x0), int(-y0)
@@ -207,13 +218,28 @@ def render_shot(
 
 
 @functools.lru_cache(maxsize=64)
-def _sprite(size: int, seed: int) -> np.ndarray:
-    return make_texture(size, size, seed, octaves=(2, 4, 8))
+def _sprite(size: int, seed: int, colour: tuple[float, float, float] | None = None) -> np.ndarray:
+    texture = make_texture(size, size, seed, octaves=(2, 4, 8))
+    if colour is None:
+        return texture
+    grey = texture.mean(axis=2, keepdims=True)
+    return np.clip(np.asarray(colour, np.float32) + 0.6 * (grey - grey.mean()), 0, 255).astype(np.float32)
+
+
+VIVID_BACKGROUND_SATURATION = 0.3
+
+
+def vivid_colour(rng: np.random.Generator) -> tuple[float, float, float]:
+    """A saturated, bright colour (random hue): objects that differ from the background by colour."""
+    hue = rng.uniform(0, 180)
+    hsv = np.array([[[hue, rng.uniform(170, 255), rng.uniform(180, 255)]]], np.float32)
+    rgb = cv2.cvtColor(hsv.astype(np.uint8), cv2.COLOR_HSV2RGB)[0, 0]
+    return tuple(float(c) for c in rgb)
 
 
 def _composite(img: np.ndarray, obj: MovingObject, t: int, width: int, height: int) -> np.ndarray:
     size = int(np.ceil(obj.radius_px)) * 2 + 8
-    sprite = _sprite(size, obj.texture_seed)
+    sprite = _sprite(size, obj.texture_seed, obj.colour)
     cx, cy = obj.path_px[t]
     # Only the object's bounding box changes (coverage is 0 beyond radius + 0.5 px).
     reach = obj.radius_px + 2.0
@@ -280,12 +306,16 @@ def sine_path(
     return base + wobble[:, None] * normal[None]
 
 
-def random_shot(rng: np.random.Generator, num_frames: int, width: int, height: int, kind: str = "mixed") -> SyntheticShot:
+def random_shot(
+    rng: np.random.Generator, num_frames: int, width: int, height: int, kind: str = "mixed", vivid: bool = False
+) -> SyntheticShot:
     """A shot with random camera motion and, for ``kind="mixed"``, 1–3 moving objects.
 
     kind: "camera" (static scene, camera pans/zooms: RealEstate10K-like), "mixed" (objects move
     while the camera also moves: WebVid-like), "objects" (objects move, the camera stands still,
-    as in much of WebVid) or "static" (nothing moves).
+    as in much of WebVid) or "static" (nothing moves). ``vivid``: objects get saturated colours
+    (:func:`vivid_colour`, drawn after everything else so the motion is unchanged) over a
+    background muted to 30 % of its saturation.
     """
     if kind not in ("camera", "mixed", "objects", "static"):
         raise ValueError(f"unknown shot kind {kind!r}")
@@ -321,20 +351,25 @@ def random_shot(rng: np.random.Generator, num_frames: int, width: int, height: i
                     shape=str(rng.choice(["disc", "square"])),
                 )
             )
-    return render_shot(
-        num_frames, width, height, camera, objects, texture_seed=int(rng.integers(1 << 30)), texture_octaves=octaves
-    )
+    texture_seed = int(rng.integers(1 << 30))
+    if vivid:
+        objects = [dataclasses.replace(o, colour=vivid_colour(rng)) for o in objects]
+    return render_shot(num_frames, width, height, camera, objects, texture_seed=texture_seed, texture_octaves=octaves,
+                       saturation=VIVID_BACKGROUND_SATURATION if vivid else 1.0)
 
 
 def random_video(
-    rng: np.random.Generator, width: int = 480, height: int = 270, kind: str = "mixed", shots: tuple[int, int] = (1, 3)
+    rng: np.random.Generator, width: int = 480, height: int = 270, kind: str = "mixed", shots: tuple[int, int] = (1, 3),
+    vivid: bool = False,
 ) -> SyntheticVideo:
     """A multi-shot video of random shots (40–120 frames each) with hard cuts between them."""
     n = int(rng.integers(shots[0], shots[1] + 1))
-    return concat_shots([random_shot(rng, int(rng.integers(40, 121)), width, height, kind) for _ in range(n)])
+    return concat_shots([random_shot(rng, int(rng.integers(40, 121)), width, height, kind, vivid) for _ in range(n)])
 
 
-def write_synthetic_shards(out: str | os.PathLike, num_mixed: int = 4, num_camera: int = 4, seed: int = 0) -> Path:
+def write_synthetic_shards(
+    out: str | os.PathLike, num_mixed: int = 4, num_camera: int = 4, seed: int = 0, vivid: bool = False
+) -> Path:
     """Shards in the curation data contract from synthetic 32-frame 384×256 shots whose tracks
     are exact: ``num_mixed`` shots with moving objects, ``num_camera`` camera-only shots."""
     # Imported here: the shard writer and tracker grid build on this module, not the reverse.
@@ -348,7 +383,7 @@ def write_synthetic_shards(out: str | os.PathLike, num_mixed: int = 4, num_camer
     samples = {"mixed": [], "camera": []}
     for kind, count in (("mixed", num_mixed), ("camera", num_camera)):
         for i in range(count):
-            shot = random_shot(rng, 32, 384, 256, kind=kind)
+            shot = random_shot(rng, 32, 384, 256, kind=kind, vivid=vivid)
             tracks, visible = shot.track(grid_points())
             key = f"synthetic_{kind}_{i:03d}"
             samples[kind].append(ClipSample(

@@ -190,6 +190,9 @@ class TrainConfig:
     # Timesteps: with this probability draw t from [high_noise_min_t, T) (MotionCtrl's trick).
     high_noise_prob: float = 0.0
     high_noise_min_t: int = 700
+    # Weight the denoising loss towards positions whose latent changes between frames (1 + w ·
+    # relative change; see train.motion_weights). 0 = the paper's plain MSE.
+    motion_loss_weight: float = 0.0
     # Object stage: orthogonal loss between the camera and object LoRAs.
     ortho_weight: float = 1e-3  # the paper-mode term starts near r per layer (‖I‖² = rank)
     ortho_mode: str = "paper"  # "paper": ‖I − W_cam W_objᵀ‖²; "cross": ‖W_cam W_objᵀ‖²

@@ -133,14 +133,19 @@ class StageModule(nn.Module):
             flow=None if self.stage == "base" else flow,
         )
         target = diffusion_target(self.scheduler, latents, noise, timesteps)
-        mse = F.mse_loss(pred.float(), target.float())
-        losses = {"mse": mse, "loss": mse}
+        err = (pred.float() - target.float()) ** 2
+        mse = err.mean()
+        loss = mse
+        if self.train_cfg.motion_loss_weight > 0:
+            weights = motion_weights(latents, self.train_cfg.motion_loss_weight)
+            loss = (err * weights).mean() / weights.mean()
+        losses = {"mse": mse, "loss": loss}
         if self.stage == "object" and self.train_cfg.ortho_weight > 0:
             ortho = lora.orthogonal_loss(
                 self.motion_controlnet, "camera", "object", mode=self.train_cfg.ortho_mode
             )
             losses["ortho"] = ortho
-            losses["loss"] = mse + self.train_cfg.ortho_weight * ortho
+            losses["loss"] = loss + self.train_cfg.ortho_weight * ortho
         return losses
 
     def _vae_losses(self, frames, eps):
@@ -167,6 +172,18 @@ class StageModule(nn.Module):
         else:
             for name in self.active_adapters:
                 lora.save_adapter(self.motion_controlnet, name, out_dir / LORA_FILES[name])
+
+
+def motion_weights(latents: torch.Tensor, strength: float) -> torch.Tensor:
+    """Per-position loss weights (B, 1, T, h, w): 1 + strength · (how much the latent changes
+    from the previous frame, relative to the clip's mean change); frame 0 weighs 1.
+
+    A small object is a sliver of the pixels, so an unweighted loss hardly notices whether it
+    moves; this puts the gradient where the motion is (a toy-scale option, off by default)."""
+    change = (latents[:, :, 1:] - latents[:, :, :-1]).abs().mean(dim=1, keepdim=True)
+    change = torch.cat([torch.zeros_like(change[:, :, :1]), change], dim=2)
+    relative = change / (change.mean(dim=(2, 3, 4), keepdim=True) + 1e-6)
+    return 1.0 + strength * relative
 
 
 def diffusion_target(scheduler, latents, noise, timesteps) -> torch.Tensor:

@@ -429,3 +429,27 @@ def test_cotracker_real_model_on_a_pan():
     MEASURED.append(f"{'CoTracker pan':18s} median {np.median(err):.3f} px, {seconds:.1f} s, {tracker.version}")
     assert np.median(err) <= 1.0
     assert both.sum() / truly_visible[1:].sum() >= 0.9
+
+
+def test_vivid_shots_keep_the_motion_and_colour_their_objects():
+    """`vivid` (the demo's toy world) changes colours only: same paths, same camera, exact tracks."""
+    import numpy as np
+
+    from ic_data.synthetic import random_shot
+
+    plain = random_shot(np.random.default_rng(7), 16, 192, 128, kind="mixed")
+    vivid = random_shot(np.random.default_rng(7), 16, 192, 128, kind="mixed", vivid=True)
+    np.testing.assert_array_equal(plain.camera_matrices, vivid.camera_matrices)
+    assert len(plain.objects) == len(vivid.objects) >= 1
+    for a, b in zip(plain.objects, vivid.objects):
+        np.testing.assert_array_equal(a.path_px, b.path_px)
+        assert a.colour is None and b.colour is not None
+    obj = vivid.objects[0]
+    t = 8
+    cx, cy = obj.path_px[t]
+    if 4 <= cx < 188 and 4 <= cy < 124:  # the object's centre pixel shows its colour
+        inside = vivid.frames[t, int(round(cy)) - 1 : int(round(cy)) + 2, int(round(cx)) - 1 : int(round(cx)) + 2]
+        assert np.abs(inside.reshape(-1, 3).mean(0) - np.array(obj.colour)).max() < 60
+    # The background is muted: far less colour spread between channels than the plain shot.
+    spread = lambda f: float(np.abs(f.astype(float) - f.mean(axis=-1, keepdims=True)).mean())  # noqa: E731
+    assert spread(vivid.frames[0]) < 0.5 * spread(plain.frames[0])

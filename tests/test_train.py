@@ -169,3 +169,23 @@ def test_accelerate_launch_two_processes_keeps_replicas_identical(trained_run, t
     assert summary["world_size"] == 2 and summary["global_batch"] == 2
     assert summary["replicas_identical"] is True
     assert len(set(summary["replica_checksums"])) == 1
+
+
+def test_motion_weights_follow_what_moves():
+    from ic_model.train import motion_weights
+
+    lat = torch.zeros(2, 4, 5, 8, 12)
+    for t in range(5):  # clip 0: a bright cell moving right one cell per frame; clip 1: still
+        lat[0, :, t, 3, 2 + t] = 1.0
+    w = motion_weights(lat, strength=4.0)
+    assert w.shape == (2, 1, 5, 8, 12)
+    assert torch.equal(w[1], torch.ones_like(w[1]))  # nothing changes: the plain MSE
+    assert torch.equal(w[0, :, 0], torch.ones_like(w[0, :, 0]))  # frame 0 has no previous frame
+    for t in range(1, 5):  # the cell left and the cell entered weigh more than anything else
+        moved = w[0, 0, t]
+        assert moved[3, 1 + t] > 1 and moved[3, 2 + t] > 1
+        rest = moved.clone()
+        rest[3, 1 + t] = rest[3, 2 + t] = 1
+        assert torch.equal(rest, torch.ones_like(rest))
+    # 1 + strength × (change / mean change): the mean weight over the clip is 1 + strength.
+    assert torch.isclose(w[0].mean(), torch.tensor(5.0), atol=1e-3)
