@@ -316,7 +316,7 @@ class Studio:
                                              elem_id="studio-json")
             with gr.Row():
                 mode = gr.Radio(list(STUDIO_MODES), value=default_mode, label="Mode", elem_id="studio-mode",
-                                info="object / camera: that LoRA adapter; none: motion ControlNet alone")
+                                info="object / camera: that LoRA adapter; none: motion ControlNet alone; base: ControlNet off")
                 trajs_scale = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="λ_trajs",
                                         info="camera-free guidance, object mode (1 = off)", elem_id="studio-trajs")
                 guidance = gr.Slider(1.0, 15.0, value=8.5, step=0.5, label="CFG", elem_id="studio-cfg")

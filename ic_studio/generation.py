@@ -23,7 +23,7 @@ from ic_model.run import is_done
 
 from .model_view import DISPLAY_HEIGHT, DISPLAY_WIDTH
 
-STUDIO_MODES = ("object", "camera", "none")
+STUDIO_MODES = ("object", "camera", "none", "base")  # base: motion ControlNet off, the baseline
 TRACKER = "lk"  # offline; the evaluation's default
 
 
@@ -35,7 +35,7 @@ def missing_stages(run: str | os.PathLike, cfg: ModelConfig, mode: str) -> list[
     """The trained stages ``mode`` needs that ``run`` has not finished."""
     needed = [s for s in ("vae", "base") if s in cfg.stages]
     missing = [s for s in needed if not is_done(run, s)]
-    if not (is_done(run, "sparse") or is_done(run, "dense")):
+    if mode != "base" and not (is_done(run, "sparse") or is_done(run, "dense")):
         missing.append("sparse")
     if mode in ("camera", "object") and not is_done(run, mode):
         missing.append(mode)

@@ -147,8 +147,13 @@ def finished_evaluation(out: str, run: str, settings: dict) -> dict | None:
     done = [p.stat().st_mtime for p in Path(run).glob("*/done.json")]
     if done and path.stat().st_mtime < max(done):
         return None
-    metrics = json.loads(path.read_text())
-    if any(metrics["settings"].get(k) != v for k, v in settings.items()):
+    try:
+        metrics = json.loads(path.read_text())
+        stale = any(metrics["settings"].get(k) != v for k, v in settings.items())
+    except (ValueError, KeyError, TypeError, AttributeError) as error:  # half-written or foreign
+        print(f"{path} is unreadable ({error!r}): evaluating again")
+        return None
+    if stale:
         return None
     return {k: v for k, v in metrics.items() if k != "cases"}
 

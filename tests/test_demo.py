@@ -2,7 +2,6 @@
 artifacts to the next and the report is written. No quality assertions at this scale."""
 from __future__ import annotations
 
-import asyncio
 import json
 
 import numpy as np
@@ -10,8 +9,7 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("prefect")
-from prefect.testing.utilities import prefect_test_harness  # noqa: E402
-
+from conftest import latest_artifact, prefect_harness  # noqa: E402
 from flows.demo import demo  # noqa: E402
 from ic_data.manifest import read_manifest  # noqa: E402
 from ic_data.shards import read_shard  # noqa: E402
@@ -20,24 +18,12 @@ from ic_model.run import is_done, run_model_config  # noqa: E402
 from tasks.demo import SCALES, STAGES  # noqa: E402
 
 
-async def _artifact(key):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    async with get_client() as client:
-        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    return found[-1] if found else None
-
-
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
     out = tmp_path_factory.mktemp("demo_out")
-    with prefect_test_harness(server_startup_timeout=120):
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            state = demo(out=str(out), scale="test", seed=0, return_state=True)
-            artifacts = {k: asyncio.run(_artifact(k)) for k in ("demo-report", "demo-metrics", "demo-trajs-sweep")}
+    with prefect_harness():
+        state = demo(out=str(out), scale="test", seed=0, return_state=True)
+        artifacts = {k: latest_artifact(k) for k in ("demo-report", "demo-metrics", "demo-trajs-sweep")}
     return out, state, artifacts  # work in out/test/, the report in both
 
 
@@ -109,3 +95,25 @@ def test_report_holds_every_number(demo_run):
     rows = artifacts["demo-metrics"].data
     rows = json.loads(rows) if isinstance(rows, str) else rows
     assert {r["variant"] for r in rows} == set(variants)
+
+
+def test_finished_evaluation_is_reused_only_when_current(tmp_path):
+    import os
+
+    from tasks.demo import finished_evaluation
+
+    run, out = tmp_path / "run", tmp_path / "eval"
+    (run / "object").mkdir(parents=True)
+    out.mkdir()
+    done, metrics = run / "object" / "done.json", out / "metrics.json"
+    done.write_text("{}")
+    settings = {"steps": 25, "mode": "object"}
+    assert finished_evaluation(str(out), str(run), settings) is None  # nothing evaluated yet
+    metrics.write_text(json.dumps({"settings": {**settings, "seed": 0}, "ObjMC": 1.5, "cases": [{"case": "a"}]}))
+    os.utime(done, (1_000, 1_000))
+    assert finished_evaluation(str(out), str(run), settings) == {"settings": {**settings, "seed": 0}, "ObjMC": 1.5}
+    assert finished_evaluation(str(out), str(run), {**settings, "steps": 10}) is None  # other settings
+    os.utime(metrics, (500, 500))
+    assert finished_evaluation(str(out), str(run), settings) is None  # a stage retrained since
+    metrics.write_text('{"settings": {"steps": 2')  # cut short by a kill
+    assert finished_evaluation(str(out), str(run), settings) is None

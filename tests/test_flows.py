@@ -1,7 +1,6 @@
 """The `curate` flow under Prefect: completeness, artifacts, parity with the library and with Dask."""
 from __future__ import annotations
 
-import asyncio
 import json
 import pytest
 
@@ -9,18 +8,8 @@ from ic_data.manifest import read_manifest
 from ic_data.pipeline import CurationConfig, curate as curate_library
 
 pytest.importorskip("prefect")
-from prefect.testing.utilities import prefect_test_harness  # noqa: E402
-
+from conftest import latest_artifact  # noqa: E402
 from flows.curate import curate, make_task_runner  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    with prefect_test_harness(server_startup_timeout=120):
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +40,9 @@ def test_flow_output_equals_the_library_output(flow_run, input_dir, tmp_path):
 
 
 def test_artifacts_show_progress_summary_and_previews(flow_run):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    async def latest(key):
-        async with get_client() as client:
-            arts = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-            return arts[-1] if arts else None
-
-    progress = asyncio.run(latest("curate-webvid-progress"))
-    table = asyncio.run(latest("curate-webvid-summary"))
-    previews = asyncio.run(latest("curate-webvid-previews"))
+    progress = latest_artifact("curate-webvid-progress")
+    table = latest_artifact("curate-webvid-summary")
+    previews = latest_artifact("curate-webvid-previews")
     assert progress is not None and float(progress.data) == 100.0
     assert table is not None and "motion threshold" in str(table.data) and "videos failed" in str(table.data)
     assert previews is not None and previews.data.count("data:image/gif;base64,") == 3

@@ -14,16 +14,6 @@ from ic_model.pipeline import ImageConductorPipeline, clip_tracks_to_source, pre
 
 
 @pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=120):
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
-
-
-@pytest.fixture(scope="module")
 def pipe(tiny_run):
     run, _ = tiny_run
     return ImageConductorPipeline.from_run(run)

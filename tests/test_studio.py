@@ -226,10 +226,12 @@ def test_which_stages_each_mode_needs(fake_run):
     cfg = tiny_config(num_frames=8)
     run = fake_run()
     assert missing_stages(run, cfg, "object") == ["vae", "base", "sparse", "object"]
+    assert missing_stages(run, cfg, "base") == ["vae", "base"]  # the baseline has no motion ControlNet
     with pytest.raises(StudioError, match="no trained stages vae, base, sparse, object"):
         check_run_for_mode(run, cfg, "object")
     run = fake_run("vae", "base", "dense", "camera")
     assert missing_stages(run, cfg, "camera") == [] and missing_stages(run, cfg, "none") == []
+    assert missing_stages(run, cfg, "base") == []
     assert missing_stages(run, cfg, "object") == ["object"]
 
 

@@ -1,34 +1,14 @@
 """The `train-stage` flow and `ic train` under Prefect: artifacts, prerequisites, resume."""
 from __future__ import annotations
 
-import asyncio
 import json
 
 import pytest
 
 pytest.importorskip("prefect")
-from prefect.testing.utilities import prefect_test_harness  # noqa: E402
-
+from conftest import latest_artifact  # noqa: E402
 from flows.cli import main as ic_main  # noqa: E402
 from flows.train import train_stage_flow  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def prefect_api():
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
-
-    with prefect_test_harness(server_startup_timeout=120):
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
-
-
-async def _artifact(key):
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
-
-    async with get_client() as client:
-        found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-    return found[-1] if found else None
 
 
 def test_flow_trains_a_stage_and_publishes_its_metrics(prefect_api, training_shards, tmp_path):
@@ -42,13 +22,13 @@ def test_flow_trains_a_stage_and_publishes_its_metrics(prefect_api, training_sha
     assert summary["steps"] == 3 and summary["outputs"] == ["vae.safetensors"]
     assert (run / "vae" / "done.json").exists()
 
-    table = asyncio.run(_artifact("train-vae-metrics"))
+    table = latest_artifact("train-vae-metrics")
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert {"loss", "lr", "samples_per_s", "peak_memory_mb"} <= set(rows[0])
-    progress = asyncio.run(_artifact("train-vae-progress"))
+    progress = latest_artifact("train-vae-progress")
     assert float(progress.data) == 100.0
-    assert "final_loss" in asyncio.run(_artifact("train-vae-summary")).data
+    assert "final_loss" in latest_artifact("train-vae-summary").data
 
     # `ic train` runs the same flow: the finished stage is kept, not retrained.
     assert ic_main(["train", "vae", "--shards", str(training_shards), "--run", str(run), "--steps", "3"]) == 0
