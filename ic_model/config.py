@@ -190,8 +190,10 @@ class TrainConfig:
     # Timesteps: with this probability draw t from [high_noise_min_t, T) (MotionCtrl's trick).
     high_noise_prob: float = 0.0
     high_noise_min_t: int = 700
-    # Weight the denoising loss towards positions whose latent changes between frames (1 + w ·
-    # relative change; see train.motion_weights). 0 = the paper's plain MSE.
+    # Motion ControlNet stages (dense, sparse, camera, object): weight the denoising loss towards
+    # positions whose latent changes between frames (1 + w · relative change; see
+    # train.motion_weights). 0 = the paper's plain MSE. Never applied to `base`: weighting it
+    # starved the first frame, whose copy the base must learn (frame-0 x0 error 7× higher).
     motion_loss_weight: float = 0.0
     # Object stage: orthogonal loss between the camera and object LoRAs.
     ortho_weight: float = 1e-3  # the paper-mode term starts near r per layer (‖I‖² = rank)

@@ -136,7 +136,7 @@ class StageModule(nn.Module):
         err = (pred.float() - target.float()) ** 2
         mse = err.mean()
         loss = mse
-        if self.train_cfg.motion_loss_weight > 0:
+        if self.train_cfg.motion_loss_weight > 0 and self.stage != "base":
             weights = motion_weights(latents, self.train_cfg.motion_loss_weight)
             loss = (err * weights).mean() / weights.mean()
         losses = {"mse": mse, "loss": loss}

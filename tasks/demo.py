@@ -59,8 +59,8 @@ class DemoScale:
 
 
 _LR = {"vae": 1e-3, "base": 5e-4, "dense": 3e-4, "sparse": 2e-4, "camera": 5e-4, "object": 5e-4}
-# Toy-scale training aids (DESIGN.md's toy-scale lessons): timesteps biased to high noise, and
-# the loss weighted towards what moves.
+# Toy-scale training aids (README, "toy-scale lessons"): timesteps biased to high noise, and the
+# denoising loss weighted towards what moves.
 _TOY_OPTIONS = {"high_noise_prob": 0.3, "motion_loss_weight": 4.0}
 _ALL_VARIANTS = (("object", "base"), ("object", "none"), ("object", "camera"), ("camera", "camera"), ("camera", "base"))
 
@@ -80,7 +80,7 @@ SCALES = {
     ),
     "proof": DemoScale(
         mixed=30, objects=30, camera=36, real_clips=True, num_frames=8, frame_stride=4,
-        steps={"vae": 400, "base": 800, "dense": 1100, "sparse": 400, "camera": 300, "object": 400},
+        steps={"vae": 400, "base": 600, "dense": 700, "sparse": 250, "camera": 200, "object": 300},
         learning_rate=_LR, batch_size=4, eval_cases=None, eval_steps=25, reference_clips=20,
         variants=_ALL_VARIANTS, train_options={"log_every": 10, "save_every": 100, **_TOY_OPTIONS},
     ),
@@ -101,8 +101,9 @@ def make_toy_world(videos_dir: str, scale: DemoScale, seed: int) -> dict[str, st
     """Synthesise the videos (skipping any already written) and copy the real clips in.
 
     Every video has its own random stream (seed, kind, index), so a rerun skips the files that
-    exist and still builds the same world. Objects get saturated colours (``vivid``): at the tiny
-    model's 96×64 a texture alone hardly tells an object from the background."""
+    exist and still builds the same world. Objects get saturated colours over a muted background
+    (``vivid``): at the tiny model's 96×64 a texture alone hardly tells an object from the
+    background."""
     root = Path(videos_dir)
     dirs = {"webvid": root / "webvid", "realestate10k": root / "realestate10k"}
     plan = [("mixed", "webvid", scale.mixed), ("objects", "webvid", scale.objects), ("camera", "realestate10k", scale.camera)]
