@@ -193,7 +193,7 @@ class TrainConfig:
     # Motion ControlNet stages (dense, sparse, camera, object): weight the denoising loss towards
     # positions whose latent changes between frames (1 + w · relative change; see
     # train.motion_weights). 0 = the paper's plain MSE. Never applied to `base`: weighting it
-    # starved the first frame, whose copy the base must learn (frame-0 x0 error 7× higher).
+    # starved the first frame, whose copy the base must learn (frame-0 x0 error 3.8× higher).
     motion_loss_weight: float = 0.0
     # Object stage: orthogonal loss between the camera and object LoRAs.
     ortho_weight: float = 1e-3  # the paper-mode term starts near r per layer (‖I‖² = rank)
