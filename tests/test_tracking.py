@@ -444,12 +444,17 @@ def test_vivid_shots_keep_the_motion_and_colour_their_objects():
     for a, b in zip(plain.objects, vivid.objects):
         np.testing.assert_array_equal(a.path_px, b.path_px)
         assert a.colour is None and b.colour is not None
-    obj = vivid.objects[0]
-    t = 8
-    cx, cy = obj.path_px[t]
-    if 4 <= cx < 188 and 4 <= cy < 124:  # the object's centre pixel shows its colour
-        inside = vivid.frames[t, int(round(cy)) - 1 : int(round(cy)) + 2, int(round(cx)) - 1 : int(round(cx)) + 2]
-        assert np.abs(inside.reshape(-1, 3).mean(0) - np.array(obj.colour)).max() < 60
+    # Where an object's centre is on screen (and above any other object), the pixels there show
+    # its colour, up to its 60 %-contrast texture.
+    checked = 0
+    for t in range(vivid.num_frames):
+        for obj in vivid.objects[-1:]:  # the topmost object is never covered
+            cx, cy = np.rint(obj.path_px[t]).astype(int)
+            if 1 <= cx < 191 and 1 <= cy < 127:
+                patch = vivid.frames[t, cy - 1 : cy + 2, cx - 1 : cx + 2].reshape(-1, 3).mean(0)
+                assert np.abs(patch - np.array(obj.colour)).max() < 60, (t, patch, obj.colour)
+                checked += 1
+    assert checked >= 1
     # The background is muted: far less colour spread between channels than the plain shot.
     spread = lambda f: float(np.abs(f.astype(float) - f.mean(axis=-1, keepdims=True)).mean())  # noqa: E731
     assert spread(vivid.frames[0]) < 0.5 * spread(plain.frames[0])
