@@ -227,6 +227,10 @@ def _sprite(size: int, seed: int, colour: tuple[float, float, float] | None = No
 
 
 VIVID_BACKGROUND_SATURATION = 0.3
+# The demo's toy world draws objects this much larger than the default. The tiny model sees
+# 96×64 pixels through an 8× VAE (a 12×8 latent): a default object (radius 5–12 % of the
+# height) is about one latent cell wide there and its motion hardly reaches the loss.
+TOY_OBJECT_SCALE = 1.75
 
 
 def vivid_colour(rng: np.random.Generator) -> tuple[float, float, float]:
@@ -307,7 +311,8 @@ def sine_path(
 
 
 def random_shot(
-    rng: np.random.Generator, num_frames: int, width: int, height: int, kind: str = "mixed", vivid: bool = False
+    rng: np.random.Generator, num_frames: int, width: int, height: int, kind: str = "mixed", vivid: bool = False,
+    object_scale: float = 1.0,
 ) -> SyntheticShot:
     """A shot with random camera motion and, for ``kind="mixed"``, 1–3 moving objects.
 
@@ -315,7 +320,8 @@ def random_shot(
     while the camera also moves: WebVid-like), "objects" (objects move, the camera stands still,
     as in much of WebVid) or "static" (nothing moves). ``vivid``: objects get saturated colours
     (:func:`vivid_colour`, drawn after everything else so the motion is unchanged) over a
-    background muted to 30 % of its saturation.
+    background muted to 30 % of its saturation. ``object_scale`` multiplies the objects' radii
+    (drawn all the same, so paths and camera do not change).
     """
     if kind not in ("camera", "mixed", "objects", "static"):
         raise ValueError(f"unknown shot kind {kind!r}")
@@ -346,7 +352,7 @@ def random_shot(
             objects.append(
                 MovingObject(
                     path_px=path,
-                    radius_px=float(rng.uniform(0.05, 0.12) * height),
+                    radius_px=float(rng.uniform(0.05, 0.12) * height * object_scale),
                     texture_seed=int(rng.integers(1 << 30)),
                     shape=str(rng.choice(["disc", "square"])),
                 )
@@ -360,15 +366,18 @@ def random_shot(
 
 def random_video(
     rng: np.random.Generator, width: int = 480, height: int = 270, kind: str = "mixed", shots: tuple[int, int] = (1, 3),
-    vivid: bool = False,
+    vivid: bool = False, object_scale: float = 1.0,
 ) -> SyntheticVideo:
     """A multi-shot video of random shots (40–120 frames each) with hard cuts between them."""
     n = int(rng.integers(shots[0], shots[1] + 1))
-    return concat_shots([random_shot(rng, int(rng.integers(40, 121)), width, height, kind, vivid) for _ in range(n)])
+    return concat_shots([
+        random_shot(rng, int(rng.integers(40, 121)), width, height, kind, vivid, object_scale) for _ in range(n)
+    ])
 
 
 def write_synthetic_shards(
-    out: str | os.PathLike, num_mixed: int = 4, num_camera: int = 4, seed: int = 0, vivid: bool = False
+    out: str | os.PathLike, num_mixed: int = 4, num_camera: int = 4, seed: int = 0, vivid: bool = False,
+    object_scale: float = 1.0,
 ) -> Path:
     """Shards in the curation data contract from synthetic 32-frame 384×256 shots whose tracks
     are exact: ``num_mixed`` shots with moving objects, ``num_camera`` camera-only shots."""
@@ -383,7 +392,7 @@ def write_synthetic_shards(
     samples = {"mixed": [], "camera": []}
     for kind, count in (("mixed", num_mixed), ("camera", num_camera)):
         for i in range(count):
-            shot = random_shot(rng, 32, 384, 256, kind=kind, vivid=vivid)
+            shot = random_shot(rng, 32, 384, 256, kind=kind, vivid=vivid, object_scale=object_scale)
             tracks, visible = shot.track(grid_points())
             key = f"synthetic_{kind}_{i:03d}"
             samples[kind].append(ClipSample(

@@ -15,7 +15,9 @@ from importlib import resources
 
 import numpy as np
 
-from ic_data.synthetic import CameraMotion, MovingObject, VIVID_BACKGROUND_SATURATION, render_shot, vivid_colour
+from ic_data.synthetic import (
+    TOY_OBJECT_SCALE, VIVID_BACKGROUND_SATURATION, CameraMotion, MovingObject, render_shot, vivid_colour,
+)
 from ic_data.trajectories import validate_trajectories
 
 SETS = ("camera", "object")
@@ -44,15 +46,15 @@ def load_eval_set(name: str) -> list[EvalCase]:
 
 def synthetic_first_frame(case: EvalCase, width: int = 384, height: int = 256, seed: int = 0) -> np.ndarray:
     """uint8 (height, width, 3): a textured scene; object cases get an object at each track start,
-    textured around a saturated colour over a muted background, like the toy world's shots
-    (``random_shot(vivid=True)``)."""
+    textured around a saturated colour over a muted background and sized like the toy world's
+    (``random_shot(vivid=True, object_scale=TOY_OBJECT_SCALE)``)."""
     objects = []
     if case.kind == "object":
         rng = np.random.default_rng([seed, case.index])
         for j, track in enumerate(case.trajectories):
             x, y = track[0]
             start = np.array([[x * width / 384, y * height / 256]])
-            objects.append(MovingObject(start, radius_px=0.09 * height, texture_seed=1000 + 17 * case.index + j,
+            objects.append(MovingObject(start, radius_px=0.09 * height * TOY_OBJECT_SCALE, texture_seed=1000 + 17 * case.index + j,
                                         colour=vivid_colour(rng)))
     shot = render_shot(1, width, height, CameraMotion((0.0, 0.0)), objects,
                        texture_seed=seed * 1000 + case.index, texture_octaves=(6, 12, 24, 48),

@@ -18,7 +18,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from ic_data.mp4 import write_mp4
-from ic_data.synthetic import random_video, write_synthetic_shards
+from ic_data.synthetic import TOY_OBJECT_SCALE, random_video, write_synthetic_shards
 from ic_data.video_io import decode_video
 from ic_model.evalsets import load_eval_set, synthetic_first_frame
 from ic_model.pipeline import prepare_image_and_tracks
@@ -80,7 +80,7 @@ SCALES = {
     ),
     "proof": DemoScale(
         mixed=30, objects=30, camera=36, real_clips=True, num_frames=8, frame_stride=4,
-        steps={"vae": 400, "base": 600, "dense": 700, "sparse": 250, "camera": 200, "object": 300},
+        steps={"vae": 600, "base": 600, "dense": 1400, "sparse": 400, "camera": 300, "object": 400},
         learning_rate=_LR, batch_size=4, eval_cases=None, eval_steps=25, reference_clips=20,
         variants=_ALL_VARIANTS, train_options={"log_every": 10, "save_every": 100, **_TOY_OPTIONS},
     ),
@@ -113,7 +113,8 @@ def make_toy_world(videos_dir: str, scale: DemoScale, seed: int) -> dict[str, st
             path = dirs[source] / f"toy_{kind}_{i:03d}.mp4"
             if path.exists():
                 continue
-            video = random_video(np.random.default_rng([seed, k, i]), kind=kind, vivid=True)
+            rng = np.random.default_rng([seed, k, i])
+            video = random_video(rng, kind=kind, vivid=True, object_scale=TOY_OBJECT_SCALE)
             tmp = path.with_suffix(".tmp.mp4")
             write_mp4(tmp, video.frames, fps=24)
             tmp.replace(path)
@@ -135,7 +136,8 @@ def make_heldout(out: str, scale: DemoScale, seed: int) -> str:
     """Toy clips never used in training (their own seed), with exact tracks: FID/FVD reference."""
     if not list(Path(out).glob("*.tar")):
         n = max(2, scale.reference_clips)
-        write_synthetic_shards(out, num_mixed=n - n // 2, num_camera=n // 2, seed=10_000 + seed, vivid=True)
+        write_synthetic_shards(out, num_mixed=n - n // 2, num_camera=n // 2, seed=10_000 + seed, vivid=True,
+                               object_scale=TOY_OBJECT_SCALE)
     return out
 
 

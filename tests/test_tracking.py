@@ -458,3 +458,20 @@ def test_vivid_shots_keep_the_motion_and_colour_their_objects():
     # The background is muted: far less colour spread between channels than the plain shot.
     spread = lambda f: float(np.abs(f.astype(float) - f.mean(axis=-1, keepdims=True)).mean())  # noqa: E731
     assert spread(vivid.frames[0]) < 0.5 * spread(plain.frames[0])
+
+
+def test_object_scale_changes_the_radii_only():
+    """`object_scale` (the demo world's larger objects) scales every radius and nothing else."""
+    from ic_data.synthetic import TOY_OBJECT_SCALE, random_shot
+
+    plain = random_shot(np.random.default_rng(3), 16, 192, 128, kind="mixed", vivid=True)
+    big = random_shot(np.random.default_rng(3), 16, 192, 128, kind="mixed", vivid=True, object_scale=TOY_OBJECT_SCALE)
+    np.testing.assert_array_equal(plain.camera_matrices, big.camera_matrices)
+    assert len(plain.objects) == len(big.objects) >= 1
+    for a, b in zip(plain.objects, big.objects):
+        np.testing.assert_array_equal(a.path_px, b.path_px)
+        assert a.colour == b.colour
+        assert b.radius_px == pytest.approx(a.radius_px * TOY_OBJECT_SCALE)
+    # Larger objects cover more of the frame: the summed coverage grows with the area.
+    area = lambda shot: sum(float(obj.alpha(0, 192, 128).sum()) for obj in shot.objects)  # noqa: E731
+    assert area(big) > 2.0 * area(plain)
