@@ -16,7 +16,13 @@ from importlib import resources
 import numpy as np
 
 from ic_data.synthetic import (
-    TOY_OBJECT_SCALE, VIVID_BACKGROUND_SATURATION, CameraMotion, MovingObject, render_shot, vivid_colour,
+    TOY_OBJECT_SCALE,
+    VIVID_BACKGROUND_CONTRAST,
+    VIVID_BACKGROUND_SATURATION,
+    CameraMotion,
+    MovingObject,
+    render_shot,
+    vivid_colour,
 )
 from ic_data.trajectories import validate_trajectories
 
@@ -58,7 +64,7 @@ def synthetic_first_frame(case: EvalCase, width: int = 384, height: int = 256, s
                                         colour=vivid_colour(rng)))
     shot = render_shot(1, width, height, CameraMotion((0.0, 0.0)), objects,
                        texture_seed=seed * 1000 + case.index, texture_octaves=(6, 12, 24, 48),
-                       saturation=VIVID_BACKGROUND_SATURATION)
+                       saturation=VIVID_BACKGROUND_SATURATION, contrast=VIVID_BACKGROUND_CONTRAST)
     return shot.frames[0]
 
 
