@@ -80,7 +80,7 @@ SCALES = {
     ),
     "proof": DemoScale(
         mixed=30, objects=30, camera=36, real_clips=True, num_frames=8, frame_stride=4,
-        steps={"vae": 600, "base": 600, "dense": 1400, "sparse": 400, "camera": 300, "object": 400},
+        steps={"vae": 1500, "base": 600, "dense": 1200, "sparse": 400, "camera": 300, "object": 400},
         learning_rate=_LR, batch_size=4, eval_cases=None, eval_steps=25, reference_clips=20,
         variants=_ALL_VARIANTS, train_options={"log_every": 10, "save_every": 100, **_TOY_OPTIONS},
     ),

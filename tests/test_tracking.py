@@ -475,3 +475,13 @@ def test_object_scale_changes_the_radii_only():
     # Larger objects cover more of the frame: the summed coverage grows with the area.
     area = lambda shot: sum(float(obj.alpha(0, 192, 128).sum()) for obj in shot.objects)  # noqa: E731
     assert area(big) > 2.0 * area(plain)
+
+
+def test_background_contrast_scales_the_texture_about_its_mean():
+    """`contrast` (the vivid world's half-contrast background) is a linear squeeze of the texture."""
+    full = render_shot(1, 96, 64, texture_seed=5, saturation=0.3).frames[0].astype(float)
+    half = render_shot(1, 96, 64, texture_seed=5, saturation=0.3, contrast=0.5).frames[0].astype(float)
+    assert half.std() == pytest.approx(0.5 * full.std(), rel=0.02)
+    assert half.mean() == pytest.approx(full.mean(), abs=1.0)
+    # Pixel by pixel, up to the rounding to uint8 of both frames.
+    np.testing.assert_allclose(half - half.mean(), 0.5 * (full - full.mean()), atol=1.0)
