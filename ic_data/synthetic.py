@@ -230,10 +230,11 @@ def _sprite(size: int, seed: int, colour: tuple[float, float, float] | None = No
     return np.clip(np.asarray(colour, np.float32) + 0.6 * (grey - grey.mean()), 0, 255).astype(np.float32)
 
 
+# The vivid world's background: 30 % of its saturation and half its contrast. The tiny VAE (8×
+# down, 4 channels) spends its capacity on a busy background first: at full contrast its
+# reconstructions after 600 steps had no objects at all; at 0.4 contrast, 200 steps already
+# gave every object as a coloured blob.
 VIVID_BACKGROUND_SATURATION = 0.3
-# ... and to half its contrast. The tiny VAE (8× down, 4 channels) spends its capacity on the
-# busy background first: at full contrast its reconstructions after 600 steps had no objects at
-# all; at 0.4 contrast, 200 steps already gave every object as a coloured blob.
 VIVID_BACKGROUND_CONTRAST = 0.5
 # The demo's toy world draws objects this much larger than the default. The tiny model sees
 # 96×64 pixels through an 8× VAE (a 12×8 latent): a default object (radius 5–12 % of the

@@ -60,7 +60,8 @@ def synthetic_first_frame(case: EvalCase, width: int = 384, height: int = 256, s
         for j, track in enumerate(case.trajectories):
             x, y = track[0]
             start = np.array([[x * width / 384, y * height / 256]])
-            objects.append(MovingObject(start, radius_px=0.09 * height * TOY_OBJECT_SCALE, texture_seed=1000 + 17 * case.index + j,
+            radius = 0.09 * height * TOY_OBJECT_SCALE
+            objects.append(MovingObject(start, radius_px=radius, texture_seed=1000 + 17 * case.index + j,
                                         colour=vivid_colour(rng)))
     shot = render_shot(1, width, height, CameraMotion((0.0, 0.0)), objects,
                        texture_seed=seed * 1000 + case.index, texture_octaves=(6, 12, 24, 48),
