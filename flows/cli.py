@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -30,6 +31,9 @@ def _curate(args: argparse.Namespace) -> int:
         seed=args.seed,
         chunk_size=args.chunk_size,
         drop_fraction=args.drop_fraction,
+        # Local runs use a process per core for the per-video work; Dask workers are already
+        # processes (daemonic ones, which may not start children).
+        processes=(os.cpu_count() or 1) if args.processes is None and not args.dask_address else (args.processes or 0),
         return_state=True,
     )
     if not state.is_completed():
@@ -145,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--drop-fraction", type=float, default=0.25, help="share of lowest-motion clips dropped")
         p.add_argument("--dask-address", default=None, help="run chunk tasks on this Dask scheduler (tcp://…)")
         p.add_argument("--workers", type=int, default=None, help="local worker threads (default: CPU count)")
+        p.add_argument("--processes", type=int, default=None,
+                       help="worker processes for the per-video work (default: CPU count, or 0 with "
+                            "--dask-address; 0: in the worker threads)")
         p.set_defaults(func=_curate)
 
     tr = sub.add_parser("train", help="train one stage (vae, base: tiny preset only; dense, sparse, camera, object)")

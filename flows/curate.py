@@ -63,13 +63,18 @@ def curate(
     seed: int = 0,
     chunk_size: int = 16,
     drop_fraction: float = 0.25,
+    processes: int = 0,
 ) -> dict:
-    """Curate a folder of videos into trajectory-annotated WebDataset shards + a manifest."""
+    """Curate a folder of videos into trajectory-annotated WebDataset shards + a manifest.
+
+    processes: worker processes for the per-video work inside each chunk task (0: the task's
+    own thread). On a local run, threads leave cores idle where Python holds the GIL.
+    """
     t0 = time.perf_counter()
     log = get_run_logger()
     config = CurationConfig(
         source=source, camera_only=SOURCES[source], seed=seed, flow=flow_backend, tracker=tracker,
-        captions_csv=captions, captioner=captioner, drop_fraction=drop_fraction,
+        captions_csv=captions, captioner=captioner, drop_fraction=drop_fraction, processes=processes,
     )
     chunks = plan_chunks(discover_videos(videos), config, chunk_size)
     log.info("%d videos from %s in %d chunks → %s", sum(len(c.videos) for c in chunks), videos, len(chunks), out)

@@ -20,8 +20,11 @@ import numpy as np
 from scenedetect import AdaptiveDetector, ContentDetector, FrameTimecode
 from scenedetect.detector import FlashFilter
 
+from ic_data.video_io import shrink_frame, thumbnail_size
+
 DETECTORS = ("adaptive", "content")
 DEFAULT_FPS = 25.0
+ANALYSIS_WIDTH = 160  # frames are scored this many pixels wide
 # PySceneDetect's own defaults: AdaptiveDetector's ratio of a frame's score to its neighbours',
 # ContentDetector's absolute HSV-difference score.
 DEFAULT_THRESHOLDS = {"adaptive": 3.0, "content": 27.0}
@@ -104,13 +107,6 @@ def _make_detector(detector: str, threshold: float | None, min_scene_len: int):
     )
 
 
-def _analysis_size(width: int, height: int, analysis_width: int) -> tuple[int, int] | None:
-    """(w, h) to score at, or None when the frames are already no wider than asked."""
-    if width <= analysis_width:
-        return None
-    return analysis_width, max(1, round(height * analysis_width / width))
-
-
 def _sanitize_fps(fps: float) -> float:
     try:
         fps = float(fps)
@@ -126,20 +122,11 @@ def scenes_from_cuts(cuts: list[int], num_frames: int) -> list[tuple[int, int]]:
     return list(zip(starts, ends))
 
 
-def _shrink(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Area-average down to ``size``; via a bilinear step to twice the size when that is
-    smaller than the frame, because OpenCV's area filter is ~4x slower at non-integer ratios."""
-    w, h = size
-    if frame.shape[1] > 2 * w and frame.shape[0] > 2 * h:
-        frame = cv2.resize(frame, (2 * w, 2 * h), interpolation=cv2.INTER_LINEAR)
-    return cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
-
-
 def detect_cuts(
     frames: np.ndarray,
     fps: float,
     detector: str = "adaptive",
-    analysis_width: int = 160,
+    analysis_width: int = ANALYSIS_WIDTH,
     threshold: float | None = None,
     min_scene_len: int = 8,
 ) -> SceneCuts:
@@ -167,14 +154,14 @@ def detect_cuts(
         raise ValueError(f"min_scene_len must be >= 1 frame, got {min_scene_len}")
     scene_detector = _make_detector(detector, threshold, int(min_scene_len))
     start = FrameTimecode(0, _sanitize_fps(fps))  # scenedetect turns 29.97 into 30000/1001 once
-    size = _analysis_size(frames.shape[2], frames.shape[1], analysis_width)
+    size = thumbnail_size(frames.shape[2], frames.shape[1], analysis_width)
 
     found: list[FrameTimecode] = []
     timecode = start
     for i in range(num_frames):
         frame = frames[i]
         if size is not None:
-            frame = _shrink(frame, size)
+            frame = shrink_frame(frame, size)
         timecode = FrameTimecode(i, start)  # the rate is copied, not re-parsed
         found += scene_detector.process_frame(timecode, cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
     found += scene_detector.post_process(timecode)

@@ -44,6 +44,12 @@ class VideoTooSmall(CurationError):
     reason = "too_small"
 
 
+class WorkerCrashed(CurationError):
+    """The worker process handling the video died (a native crash, e.g. in a decoder)."""
+
+    reason = "worker_crashed"
+
+
 class MissingWeightsError(RuntimeError):
     """A pretrained network was requested but its local weights are not configured or absent.
 

@@ -12,6 +12,7 @@ import tempfile
 from fractions import Fraction
 
 import av
+import cv2
 import numpy as np
 
 __all__ = ["encode_mp4", "decode_mp4", "write_mp4"]
@@ -80,7 +81,12 @@ def decode_mp4(data: bytes) -> np.ndarray:
     with av.open(io.BytesIO(data), mode="r") as container:
         stream = container.streams.video[0]
         for frame in container.decode(stream):
-            frames.append(frame.to_ndarray(format="rgb24"))
+            if frame.format.name == "yuv420p" and frame.width % 2 == 0 and frame.height % 2 == 0:
+                # OpenCV's 4:2:0 conversion (BT.601 limited range, as swscale's default) at a
+                # fraction of swscale's cost; as close to the encoded frames.
+                frames.append(cv2.cvtColor(frame.to_ndarray(), cv2.COLOR_YUV2RGB_I420))
+            else:
+                frames.append(frame.to_ndarray(format="rgb24"))
     if not frames:
         raise ValueError("MP4 data holds no video frames")
     return np.stack(frames)

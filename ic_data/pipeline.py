@@ -19,9 +19,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import multiprocessing
 import os
+import threading
 import time
 import traceback
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -29,7 +32,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ic_data import clips as clipmod
-from ic_data.errors import CurationError
+from ic_data.errors import CurationError, WorkerCrashed
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts")
 STAGE1_DIR = "work/scores"
@@ -64,10 +67,15 @@ class CurationConfig:
     tracker_options: dict = field(default_factory=dict)
     # Not part of the fingerprint: they change how, not what, is computed.
     decode_timeout_s: float = 300.0
+    # Worker processes for the per-video work of a chunk (0: in the calling thread). Threads
+    # alone leave cores idle: the tracker and the cut detector run many small NumPy and Python
+    # steps under the GIL. One pool per process, shared by every chunk running in it.
+    processes: int = 0
 
     def fingerprint(self) -> str:
         d = dataclasses.asdict(self)
         d.pop("decode_timeout_s")
+        d.pop("processes")
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
@@ -218,7 +226,7 @@ class Stage1:
             self.captions = load_webvid_captions(config.captions_csv)
 
     def analyse(self, video_id: str, path: str) -> Candidate:
-        from ic_data.cuts import detect_cuts, longest_scene
+        from ic_data.cuts import ANALYSIS_WIDTH, detect_cuts, longest_scene
         from ic_data.motion import motion_score
         from ic_data.mp4 import write_mp4
         from ic_data.video_io import decode_video
@@ -233,12 +241,14 @@ class Stage1:
                 lambda w, h: clipmod.resized_size(w, h, cfg.clip_width, cfg.clip_height, cfg.max_upscale),
                 max_frames=cfg.max_decode_frames,
                 timeout_s=cfg.decode_timeout_s,
+                thumbnail_width=ANALYSIS_WIDTH,
             )
             info = video.info
             c.num_frames, c.fps, c.width, c.height = video.num_frames, info.fps, info.width, info.height
             c.decoder, c.truncated, c.scale = info.backend, video.truncated, [float(s) for s in video.scale]
             laps.lap("decode")
-            scenes = detect_cuts(video.frames, info.fps, detector=cfg.cut_detector)
+            thumbs = video.thumbnails if video.thumbnails is not None else video.frames
+            scenes = detect_cuts(thumbs, info.fps, detector=cfg.cut_detector)
             laps.lap("cuts")
             c.cuts = [int(x) for x in scenes.cuts]
             c.scene_start, c.scene_end = (int(x) for x in longest_scene(scenes.scenes))
@@ -283,8 +293,16 @@ def run_stage1_chunk(chunk: Chunk, config: CurationConfig, out_dir: str | os.Pat
     result = stage1_result_path(out_dir, chunk)
     if result.exists():
         return result
-    stage = stage or Stage1(config, out_dir)
-    cands = [dataclasses.asdict(stage.analyse(vid, path)) for vid, path in chunk.videos]
+    if config.processes > 0 and stage is None:
+        jobs = [(_analyse_in_worker, (config, str(out_dir), vid, path)) for vid, path in chunk.videos]
+        done = run_in_workers(jobs, config.processes)
+        cands = [
+            dataclasses.asdict(c if not isinstance(c, BaseException) else _failure(Candidate(vid, path), c))
+            for (vid, path), c in zip(chunk.videos, done)
+        ]
+    else:
+        stage = stage or Stage1(config, out_dir)
+        cands = [dataclasses.asdict(stage.analyse(vid, path)) for vid, path in chunk.videos]
     _atomic_write_text(result, json.dumps({"chunk": chunk.key, "candidates": cands}, indent=1, sort_keys=True))
     return result
 
@@ -394,6 +412,126 @@ class Stage2:
         )
 
 
+class _PendingSample:
+    """One survivor's shard sample: built at once in the calling thread, or submitted to the
+    worker pool and collected by ``sample``. A failure is recorded on the candidate (None)."""
+
+    def __init__(self, c: Candidate, shard_name: str, config: CurationConfig, out_dir: Path):
+        self.c, self.shard_name = c, shard_name
+        self.job = (_sample_in_worker, (config, str(out_dir), c, shard_name)) if config.processes > 0 else None
+        self.done = None  # the worker's answer, set by ``run_pending``
+
+    def sample(self, stage: Stage2):
+        if self.job is None:
+            try:
+                return stage.sample(self.c, self.shard_name)
+            except Exception as exc:
+                _failure(self.c, exc)
+                return None
+        if isinstance(self.done, BaseException):
+            _failure(self.c, self.done)
+            return None
+        sample, failure, seconds = self.done
+        for k, v in seconds.items():
+            stage.stage_seconds[k] = stage.stage_seconds.get(k, 0.0) + v
+        if failure is not None:
+            self.c.status, self.c.reason, self.c.error = "failed", *failure
+        return sample
+
+
+# ----------------------------------------------------------------------------- worker processes
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+_WORKER_STAGES: dict[tuple, Any] = {}
+
+
+def video_pool(processes: int) -> ProcessPoolExecutor:
+    """The process pool of this size (spawned once, kept for the life of the process)."""
+    with _POOLS_LOCK:
+        pool = _POOLS.get(processes)
+        if pool is None:
+            # spawn, not fork: the parent runs threads (Prefect's, the decode watchdogs).
+            pool = _POOLS[processes] = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+        return pool
+
+
+def _drop_pool(processes: int, pool: ProcessPoolExecutor) -> None:
+    with _POOLS_LOCK:
+        if _POOLS.get(processes) is pool:
+            del _POOLS[processes]
+    pool.shutdown(wait=False, cancel_futures=True)
+
+
+def run_in_workers(jobs: Sequence[tuple[Callable, tuple]], processes: int) -> list:
+    """Run ``fn(*args)`` for each job in the shared pool and return the results in order.
+
+    Exceptions a job raises propagate (an I/O error writing our own output is the
+    orchestrator's to retry). A worker that dies (a native crash in a decoder on a malformed
+    file) takes the pool with it: the jobs that were in flight are rerun one at a time in fresh
+    pools, and a job that kills its worker alone gets a ``WorkerCrashed`` in place of its result,
+    for the caller to record against its video.
+    """
+    from concurrent.futures.process import BrokenProcessPool
+
+    results: list = [None] * len(jobs)
+    retry = []
+    pool = video_pool(processes)
+    try:
+        futures = [pool.submit(fn, *args) for fn, args in jobs]
+    except BrokenProcessPool:  # broken by another chunk's crash before we submitted
+        _drop_pool(processes, pool)
+        futures = []
+        retry = list(range(len(jobs)))
+    for i, fut in enumerate(futures):
+        try:
+            results[i] = fut.result()
+        except BrokenProcessPool:
+            retry.append(i)
+    if retry and futures:
+        _drop_pool(processes, pool)
+    for i in retry:
+        fn, args = jobs[i]
+        pool = video_pool(processes)
+        try:
+            results[i] = pool.submit(fn, *args).result()
+        except BrokenProcessPool:
+            _drop_pool(processes, pool)
+            results[i] = WorkerCrashed(f"the worker process died while running {fn.__name__}")
+    return results
+
+
+def _worker_stage(cls, config: CurationConfig, out_dir: str):
+    key = (cls.__name__, config.fingerprint(), config.decode_timeout_s, out_dir)
+    stage = _WORKER_STAGES.get(key)
+    if stage is None:
+        stage = _WORKER_STAGES[key] = cls(config, out_dir)
+    return stage
+
+
+def _analyse_in_worker(config: CurationConfig, out_dir: str, video_id: str, path: str) -> Candidate:
+    import cv2
+
+    cv2.setNumThreads(1)  # one video per process: the pool is the parallelism
+    return _worker_stage(Stage1, config, out_dir).analyse(video_id, path)
+
+
+def _sample_in_worker(config: CurationConfig, out_dir: str, c: Candidate, shard_name: str):
+    """(sample, None, stage seconds), or (None, (reason, error), stage seconds) on failure:
+    the failure travels as text because custom exceptions do not always survive pickling."""
+    import cv2
+
+    cv2.setNumThreads(1)
+    stage = _worker_stage(Stage2, config, out_dir)
+    stage.stage_seconds = {}
+    try:
+        sample = stage.sample(c, shard_name)
+    except Exception as exc:
+        failed = _failure(dataclasses.replace(c), exc)
+        return None, (failed.reason, failed.error), stage.stage_seconds
+    return sample, None, stage.stage_seconds
+
+
 def stage2_result_path(out_dir: str | os.PathLike, chunk: Chunk) -> Path:
     return Path(out_dir) / STAGE2_DIR / f"{chunk.key}.json"
 
@@ -424,6 +562,17 @@ def run_stage2_chunk(
         # redo stage 1 for this chunk (deterministic, so the scores are the same).
         stage1_result_path(out_dir, chunk).unlink()
         candidates = load_candidates(run_stage1_chunk(chunk, config, out_dir))
+    # Every survivor's sample is started before the rows are built, so that with worker
+    # processes the videos of the chunk run in parallel.
+    pending = {
+        c.video_id: _PendingSample(c, shard_name, config, out_dir)
+        for c in candidates
+        if c.status == "scored" and is_kept(c.motion_score, threshold)
+    }
+    if config.processes > 0 and pending:
+        answers = run_in_workers([p.job for p in pending.values()], config.processes)
+        for p, answer in zip(pending.values(), answers):
+            p.done = answer
     for c in candidates:
         row = ManifestRow(
             video_id=c.video_id,
@@ -450,10 +599,8 @@ def run_stage2_chunk(
         elif not is_kept(c.motion_score, threshold):
             row.status, row.reason = "filtered", "low_motion"
         else:
-            try:
-                sample = stage.sample(c, shard_name)
-            except Exception as exc:  # recorded against the video; the chunk goes on
-                _failure(c, exc)
+            sample = pending[c.video_id].sample(stage)
+            if sample is None:  # the error is recorded against the video; the chunk goes on
                 row.reason, row.error = c.reason, c.error
             else:
                 samples.append(sample)
@@ -560,7 +707,8 @@ def curate(
     say(f"{len(videos)} videos in {len(chunks)} chunks")
     # One backend instance for every chunk (RAFT/CoTracker weights load once); the run_* calls
     # skip finished chunks before touching it.
-    stage1, stage2 = Stage1(config, out_dir), Stage2(config, out_dir)
+    stage1 = None if config.processes > 0 else Stage1(config, out_dir)  # else built in the workers
+    stage2 = Stage2(config, out_dir)
     results = []
     for i, chunk in enumerate(chunks):
         results.append(run_stage1_chunk(chunk, config, out_dir, stage1))

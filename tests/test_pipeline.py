@@ -1,7 +1,9 @@
 """The curation chain end to end (library level): completeness, contract, filter, resume, determinism."""
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -18,6 +20,7 @@ from ic_data.pipeline import (
     curate,
     discover_videos,
     plan_chunks,
+    run_in_workers,
     stage1_result_path,
 )
 from ic_data.shards import read_shard
@@ -116,6 +119,29 @@ def test_rerun_is_a_noop_and_output_is_deterministic(input_dir, curated, tmp_pat
     curate(input_dir, same, CFG, chunk_size=5)
     assert (same / "manifest.parquet").read_bytes() == manifest_bytes
     assert {p.name: p.read_bytes() for p in (same / "shards").glob("*.tar")} == shards
+
+
+def test_worker_processes_give_byte_identical_output(input_dir, curated, tmp_path):
+    out, _ = curated
+    procs = tmp_path / "procs"
+    summary = curate(input_dir, procs, dataclasses.replace(CFG, processes=2), chunk_size=5)
+    assert summary.counts == curated[1].counts
+    assert (procs / "manifest.parquet").read_bytes() == (out / "manifest.parquet").read_bytes()
+    shards = lambda d: {p.name: p.read_bytes() for p in (d / "shards").glob("*.tar")}  # noqa: E731
+    assert shards(procs) == shards(out)
+
+
+def _square_or_die(x: int) -> int:
+    if x < 0:
+        os._exit(3)  # what a native crash in a decoder does to its worker
+    return x * x
+
+
+def test_a_crashing_worker_costs_only_its_own_job():
+    out = run_in_workers([(_square_or_die, (x,)) for x in (1, 2, -1, 3, 4)], processes=2)
+    assert [out[i] for i in (0, 1, 3, 4)] == [1, 4, 9, 16]
+    assert out[2].reason == "worker_crashed"
+    assert run_in_workers([(_square_or_die, (5,))], processes=2) == [25]  # a fresh pool
 
 
 def test_another_seed_samples_other_clips(input_dir, curated, tmp_path):
