@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 
@@ -31,9 +30,7 @@ def _curate(args: argparse.Namespace) -> int:
         seed=args.seed,
         chunk_size=args.chunk_size,
         drop_fraction=args.drop_fraction,
-        # Local runs use a process per core for the per-video work; Dask workers are already
-        # processes (daemonic ones, which may not start children).
-        processes=(os.cpu_count() or 1) if args.processes is None and not args.dask_address else (args.processes or 0),
+        processes=args.processes,
         return_state=True,
     )
     if not state.is_completed():

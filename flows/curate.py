@@ -11,6 +11,7 @@ from typing import Literal
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
@@ -63,21 +64,27 @@ def curate(
     seed: int = 0,
     chunk_size: int = 16,
     drop_fraction: float = 0.25,
-    processes: int = 0,
+    processes: int | None = None,
 ) -> dict:
     """Curate a folder of videos into trajectory-annotated WebDataset shards + a manifest.
 
     processes: worker processes for the per-video work inside each chunk task (0: the task's
-    own thread). On a local run, threads leave cores idle where Python holds the GIL.
+    own thread). Default: the CPU count under the local thread pool, where threads alone leave
+    cores idle while Python holds the GIL; 0 on other runners (Dask workers are processes
+    already, and daemonic ones may not start children).
     """
     t0 = time.perf_counter()
     log = get_run_logger()
+    if processes is None:
+        runner = FlowRunContext.get().task_runner
+        processes = (os.cpu_count() or 1) if isinstance(runner, ThreadPoolTaskRunner) else 0
     config = CurationConfig(
         source=source, camera_only=SOURCES[source], seed=seed, flow=flow_backend, tracker=tracker,
         captions_csv=captions, captioner=captioner, drop_fraction=drop_fraction, processes=processes,
     )
     chunks = plan_chunks(discover_videos(videos), config, chunk_size)
-    log.info("%d videos from %s in %d chunks → %s", sum(len(c.videos) for c in chunks), videos, len(chunks), out)
+    log.info("%d videos from %s in %d chunks → %s (%d worker processes)", sum(len(c.videos) for c in chunks), videos,
+             len(chunks), out, processes)
     progress = create_progress_artifact(0.0, key=f"curate-{source}-progress", description=f"Curating {videos}")
 
     scored = _gather(score_chunk.map(chunks, unmapped(config), unmapped(out)), progress, 0, 50, "score")
