@@ -247,7 +247,7 @@ class Stage1:
             c.num_frames, c.fps, c.width, c.height = video.num_frames, info.fps, info.width, info.height
             c.decoder, c.truncated, c.scale = info.backend, video.truncated, [float(s) for s in video.scale]
             laps.lap("decode")
-            thumbs = video.thumbnails if video.thumbnails is not None else video.frames
+            thumbs = video.thumbnails if video.thumbnails is not None else video.frames  # already narrow
             scenes = detect_cuts(thumbs, info.fps, detector=cfg.cut_detector)
             laps.lap("cuts")
             c.cuts = [int(x) for x in scenes.cuts]
@@ -256,7 +256,7 @@ class Stage1:
                 (c.scene_start, c.scene_end), video_rng(cfg.seed, video_id, 0), cfg.clip_frames, cfg.max_stride
             )
             c.frame_indices = [int(i) for i in idx]
-            frames = video.frames[idx]
+            frames = video.select(idx)
             del video  # the full decoded video is the largest thing in memory: drop it early
             laps.lap("clip")
             c.motion_score = float(motion_score(frames, self.flow, cfg.motion_pairs))

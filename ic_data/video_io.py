@@ -1,19 +1,23 @@
 """Video reading: PyAV first, decord as the fallback, one decode per video.
 
-PyAV comes first for throughput: with one decoder thread and OpenCV's 4:2:0 conversion it needs
-about half the CPU time per frame of decord, whose reader runs its own conversion thread beside
-the decoder even at ``num_threads=1`` (measured on 640×360 H.264: 0.43 vs 0.85 CPU-seconds for
-360 frames). That matters when the pipeline runs one video per core.
+PyAV comes first for throughput: with one decoder thread it needs about half the CPU time per
+frame of decord, whose reader runs its own conversion thread beside the decoder even at
+``num_threads=1`` (measured on 640×360 H.264: 0.43 vs 0.85 CPU-seconds for 360 frames, with
+RGB conversion). That matters when the pipeline runs one video per core. And PyAV hands over
+the 4:2:0 planes, so a frame is converted to RGB only if it is read: cut detection works on
+small thumbnails made from the planes, and only the clip's 32 frames are converted at the
+analysis size (each plane resized, then BT.601 limited-range conversion, as swscale does).
 
-``decode_video`` reads every frame once, resizes it on the fly to the analysis size chosen by
-the caller, and returns the whole (resized) frame array; later stages (cut detection, clip
-sampling, motion scores, tracking) all work from that array and never reopen the file.
+``decode_video`` reads every frame once and returns them all, to be read at the analysis size
+chosen by the caller; later stages (cut detection, clip sampling, motion scores, tracking) all
+work from that and never reopen the file.
 
 Geometry convention: ``cv2.resize`` maps pixel centres, so a resized pixel (x, y) comes from
 source pixel ((x + 0.5) / sx - 0.5, (y + 0.5) / sy - 0.5).
 """
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from dataclasses import dataclass
@@ -39,8 +43,15 @@ class VideoInfo:
 
 @dataclass
 class DecodedVideo:
+    """Every frame of a video, to be read at the analysis size.
+
+    Frames are kept as the decoder produced them (4:2:0 planes at the source size, or already
+    resized when the source is much larger) and converted to RGB at the analysis size when read:
+    the pipeline reads 32 of a few hundred. ``frames`` converts (and caches) all of them.
+    """
+
     info: VideoInfo
-    frames: np.ndarray  # uint8 (N, h, w, 3) RGB at the analysis size
+    store: "_FrameStore"
     scale: tuple[float, float]  # (sx, sy): resized = source * scale (pixel-centre convention)
     truncated: bool = False  # True when max_frames stopped the decode early
     # uint8 (N, th, tw, 3) RGB copies ``thumbnail_width`` wide (for cut detection), made while
@@ -49,7 +60,16 @@ class DecodedVideo:
 
     @property
     def num_frames(self) -> int:
-        return int(self.frames.shape[0])
+        return len(self.store)
+
+    def select(self, indices) -> np.ndarray:
+        """uint8 (len(indices), h, w, 3) RGB frames at the analysis size."""
+        return self.store.select(indices)
+
+    @functools.cached_property
+    def frames(self) -> np.ndarray:
+        """uint8 (N, h, w, 3) RGB at the analysis size: every frame."""
+        return self.store.select(range(len(self.store)))
 
 
 def _check_file(path: str) -> None:
@@ -81,27 +101,21 @@ def _decode_decord(path: str, size_fn: SizeFn | None, max_frames: int | None, th
     vr.seek(0)
     fps = float(vr.get_avg_fps() or 0.0)
     size = (size_fn(w, h) if size_fn else None) or (w, h)
-    sink = _FrameSink(size, thumbnail_size(*size, thumb_width), batch)
+    store = _FrameStore(size, thumbnail_size(*size, thumb_width))
     total = min(n, max_frames) if max_frames else n
     for start in range(0, total, batch):
         for frame in vr.get_batch(list(range(start, min(start + batch, total)))).asnumpy():
-            sink.add_rgb(frame)
-    frames, thumbs = sink.arrays()
+            store.add_rgb(frame)
     info = VideoInfo(path=path, num_frames=n, fps=fps, width=w, height=h, backend="decord")
-    return info, frames, thumbs, total < n
+    return info, store, total < n
 
 
-def _planes(frame) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """The Y, U, V planes of a plain 8-bit 4:2:0 frame (even size), else None."""
+def _frame_i420(frame) -> np.ndarray | None:
+    """A plain 8-bit 4:2:0 frame (even size) as one fresh flat I420 array (Y, then U, then V,
+    each row-major without padding), else None."""
     if frame.format.name != "yuv420p" or frame.width % 2 or frame.height % 2:
         return None
-    w, h = frame.width, frame.height
-    flat = frame.to_ndarray().reshape(-1)  # Y, then U, then V, each row-major without padding
-    cw, ch = w // 2, h // 2
-    y = flat[: w * h].reshape(h, w)
-    u = flat[w * h : w * h + cw * ch].reshape(ch, cw)
-    v = flat[w * h + cw * ch :].reshape(ch, cw)
-    return y, u, v
+    return frame.to_ndarray().reshape(-1)
 
 
 def _resize_plane(src: np.ndarray, size: tuple[int, int], dst: np.ndarray) -> None:
@@ -114,38 +128,47 @@ def _resize_plane(src: np.ndarray, size: tuple[int, int], dst: np.ndarray) -> No
     cv2.resize(src, size, dst=dst, interpolation=_interpolation(src.shape[1], w))
 
 
-def _i420_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray, size: tuple[int, int], out: np.ndarray) -> None:
-    """4:2:0 planes → RGB of ``size`` (w, h) into ``out``, resizing the planes, not the RGB.
+# BT.601 limited range ("TV" levels: luma 16–235, chroma 16–240, what H.264 streams carry and
+# swscale assumes by default) stretched to full range, after which OpenCV's YCrCb conversion
+# (full-range BT.601) gives the same RGB as the limited-range formulas.
+_LUMA_LUT = np.clip(np.round((np.arange(256) - 16) * 255 / 219), 0, 255).astype(np.uint8)
+_CHROMA_LUT = np.clip(np.round((np.arange(256) - 128) * 255 / 224 + 128), 0, 255).astype(np.uint8)
 
-    Luma is resized with ``cv2.resize`` (pixel-centre mapping, the module's convention); chroma
-    to half the size rounded up, and an odd size is padded by one replicated row/column before
-    OpenCV's I420 conversion (BT.601 limited range, the coefficients swscale uses by default)
-    and cropped after it. Resizing 1.5 bytes per pixel instead of 3, and converting only the
-    output pixels, is about twice as fast as converting first; chroma, which 4:2:0 samples at
-    half resolution anyway, lands within one output pixel of where an RGB resize puts it.
+
+def _yuv444_resized(y: np.ndarray, u: np.ndarray, v: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (3, h, w): the Y, U and V planes each resized to ``size`` (w, h)."""
+    w, h = size
+    out = np.empty((3, h, w), np.uint8)
+    for plane, dst in zip((y, u, v), out):
+        _resize_plane(plane, size, dst)
+    return out
+
+
+def _i420_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray, size: tuple[int, int], out: np.ndarray) -> None:
+    """4:2:0 planes → RGB of ``size`` (w, h) into ``out``.
+
+    Each plane is resized straight to the output size (pixel-centre mapping, the module's
+    convention: chroma therefore lands where centre-sited samples belong, and is interpolated,
+    not repeated in 2×2 blocks), then converted with BT.601 limited-range coefficients.
     """
     w, h = size
-    ew, eh = w + w % 2, h + h % 2
-    buf = np.empty((eh * 3 // 2, ew), np.uint8)
-    luma = buf[:eh]
-    if y.shape != (h, w):
-        _resize_plane(y, (w, h), luma[:h, :w])
-    else:
-        luma[:h, :w] = y
-    if ew != w:
-        luma[:h, w] = luma[:h, w - 1]
-    if eh != h:
-        luma[h] = luma[h - 1]
-    chroma = buf[eh:].reshape(-1)
-    cw, ch = ew // 2, eh // 2
-    for k, plane in enumerate((u, v)):
-        dst = chroma[k * cw * ch : (k + 1) * cw * ch].reshape(ch, cw)
-        if plane.shape != (ch, cw):
-            _resize_plane(plane, (cw, ch), dst)
-        else:
-            dst[:] = plane
-    rgb = cv2.cvtColor(buf, cv2.COLOR_YUV2RGB_I420)
-    out[:] = rgb[:h, :w]
+    planes = []
+    for plane, lut in ((y, _LUMA_LUT), (v, _CHROMA_LUT), (u, _CHROMA_LUT)):
+        if plane.shape != (h, w):
+            resized = np.empty((h, w), np.uint8)
+            _resize_plane(plane, (w, h), resized)
+            plane = resized
+        planes.append(cv2.LUT(plane, lut))
+    out[:] = cv2.cvtColor(cv2.merge(planes), cv2.COLOR_YCrCb2RGB)
+
+
+def _split_i420(flat: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    cw, ch = w // 2, h // 2
+    return (
+        flat[: w * h].reshape(h, w),
+        flat[w * h : w * h + cw * ch].reshape(ch, cw),
+        flat[w * h + cw * ch :].reshape(ch, cw),
+    )
 
 
 def shrink_frame(frame: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -165,61 +188,68 @@ def thumbnail_size(width: int, height: int, thumb_width: int | None) -> tuple[in
     return thumb_width, max(1, round(height * thumb_width / width))
 
 
-class _FrameSink:
-    """Collects frames at the analysis size (and thumbnails) in batches of preallocated arrays."""
+class _FrameStore:
+    """Decoded frames, converted to RGB at ``size`` (w, h) only when read.
 
-    def __init__(self, size: tuple[int, int], thumb: tuple[int, int] | None, batch: int = 64):
-        self.size, self.thumb, self.batch, self.count = size, thumb, batch, 0
-        self.chunks: list[np.ndarray] = []
-        self.thumb_chunks: list[np.ndarray] = []
-        if thumb:
-            self.tscratch = np.empty((2 * thumb[1], 2 * thumb[0], 3), np.uint8)
-        self._new()
+    Each frame is kept in the cheapest faithful form: the decoder's own 4:2:0 planes when the
+    source is at most twice the analysis size in pixels (then no larger than the RGB frame it
+    becomes), else its three planes resized to the analysis size (as many bytes as RGB, but the
+    colour conversion is left for the frames that are read); and RGB at the analysis size for
+    frames that come as RGB (decord, other pixel formats).
+    Thumbnails for cut detection are made on the way in.
+    """
 
-    def _new(self) -> None:
-        w, h = self.size
-        self.buf = np.empty((self.batch, h, w, 3), np.uint8)
-        self.tbuf = np.empty((self.batch, self.thumb[1], self.thumb[0], 3), np.uint8) if self.thumb else None
+    def __init__(self, size: tuple[int, int], thumb: tuple[int, int] | None):
+        self.size, self.thumb = size, thumb
+        self._items: list[tuple[str, np.ndarray, int, int]] = []  # (kind, data, width, height)
+        self._thumbs: list[np.ndarray] = []
 
-    def add_planes(self, y, u, v) -> None:
-        k = self.count % self.batch
-        _i420_rgb(y, u, v, self.size, self.buf[k])
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add_i420(self, flat: np.ndarray, w: int, h: int) -> None:
+        y, u, v = _split_i420(flat, w, h)
         if self.thumb:
-            # Converted at twice the size and halved (bilinear at exactly half size is the 2×2
-            # box average), so the thumbnail's colour is as sharp as its luma.
-            tw, th = self.thumb
-            _i420_rgb(y, u, v, (2 * tw, 2 * th), self.tscratch)
-            cv2.resize(self.tscratch, self.thumb, dst=self.tbuf[k], interpolation=cv2.INTER_LINEAR)
-        self._advance()
+            thumb = np.empty((self.thumb[1], self.thumb[0], 3), np.uint8)
+            _i420_rgb(y, u, v, self.thumb, thumb)
+            self._thumbs.append(thumb)
+        aw, ah = self.size
+        if w * h <= 2 * aw * ah:
+            self._items.append(("planes", flat, w, h))
+        else:  # resized now (colour kept at the analysis resolution), converted when read
+            self._items.append(("yuv444", _yuv444_resized(y, u, v, self.size), aw, ah))
 
     def add_rgb(self, rgb: np.ndarray) -> None:
-        k = self.count % self.batch
         w, h = self.size
-        if rgb.shape[:2] == (h, w):
-            self.buf[k] = rgb
+        if rgb.shape[:2] != (h, w):
+            rgb = cv2.resize(rgb, self.size, interpolation=_interpolation(rgb.shape[1], w))
         else:
-            cv2.resize(rgb, self.size, dst=self.buf[k], interpolation=_interpolation(rgb.shape[1], w))
+            rgb = rgb.copy()
         if self.thumb:
-            self.tbuf[k] = shrink_frame(self.buf[k], self.thumb)
-        self._advance()
+            self._thumbs.append(shrink_frame(rgb, self.thumb))
+        self._items.append(("rgb", rgb, w, h))
 
-    def _advance(self) -> None:
-        self.count += 1
-        if self.count % self.batch == 0:
-            self.chunks.append(self.buf)
-            if self.thumb:
-                self.thumb_chunks.append(self.tbuf)
-            self._new()
+    def _rgb(self, i: int, out: np.ndarray) -> None:
+        kind, data, w, h = self._items[i]
+        if kind == "rgb":
+            out[:] = data
+        elif kind == "yuv444":
+            _i420_rgb(data[0], data[1], data[2], self.size, out)
+        else:
+            _i420_rgb(*_split_i420(data, w, h), self.size, out)
 
-    def arrays(self) -> tuple[np.ndarray, np.ndarray | None]:
-        rest = self.count % self.batch
-        chunks = self.chunks + ([self.buf[:rest]] if rest else [])
-        tchunks = self.thumb_chunks + ([self.tbuf[:rest]] if rest and self.thumb else [])
-        frames = np.concatenate(chunks) if len(chunks) > 1 else chunks[0]
-        thumbs = None
-        if self.thumb:
-            thumbs = np.concatenate(tchunks) if len(tchunks) > 1 else tchunks[0]
-        return frames, thumbs
+    def select(self, indices) -> np.ndarray:
+        indices = [int(i) for i in indices]
+        w, h = self.size
+        out = np.empty((len(indices), h, w, 3), np.uint8)
+        for k, i in enumerate(indices):
+            if not -len(self) <= i < len(self):
+                raise IndexError(f"frame {i} out of range for {len(self)} frames")
+            self._rgb(i, out[k])
+        return out
+
+    def thumbnails(self) -> np.ndarray | None:
+        return np.stack(self._thumbs) if self.thumb and self._thumbs else None
 
 
 def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thumb_width: int | None):
@@ -241,34 +271,33 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
         fps = float(rate) if rate else 0.0
         size = size_fn(w, h) if size_fn else None
         out_size = size or (w, h)
-        sink = _FrameSink(out_size, thumbnail_size(*out_size, thumb_width))
+        store = _FrameStore(out_size, thumbnail_size(*out_size, thumb_width))
         truncated = False
         try:
             for frame in container.decode(stream):
-                if max_frames and sink.count >= max_frames:
+                if max_frames and len(store) >= max_frames:
                     truncated = True
                     break
                 if size is None and (frame.width, frame.height) != (w, h):
                     raise VideoDecodeError(
                         f"{path}: frame size changed mid-stream from {w}x{h} to {frame.width}x{frame.height}"
                     )
-                planes = _planes(frame)
-                if planes is not None:
-                    sink.add_planes(*planes)
+                flat = _frame_i420(frame)
+                if flat is not None:
+                    store.add_i420(flat, frame.width, frame.height)
                 else:  # other pixel formats (4:4:4, 10-bit, odd sizes, ...): swscale
-                    sink.add_rgb(frame.to_ndarray(format="rgb24"))
+                    store.add_rgb(frame.to_ndarray(format="rgb24"))
         except VideoDecodeError:
             raise
         except Exception as exc:
             # A truncated file decodes up to the damage; keep what was read if anything was.
-            if not sink.count:
+            if not len(store):
                 raise VideoDecodeError(f"PyAV failed to decode {path}: {exc}") from exc
-    if not sink.count:
+    if not len(store):
         raise VideoDecodeError(f"no decodable frames in {path}", reason="no_frames")
-    frames, thumbs = sink.arrays()
-    n = sink.count if not truncated else max(stream.frames, sink.count)
+    n = len(store) if not truncated else max(stream.frames, len(store))
     info = VideoInfo(path=path, num_frames=n, fps=fps, width=w, height=h, backend="pyav")
-    return info, frames, thumbs, truncated
+    return info, store, truncated
 
 
 def _with_timeout(fn, timeout_s: float | None, path: str, backend: str):
@@ -321,7 +350,7 @@ def decode_video(
     for name in order:
         fn = {"decord": _decode_decord, "pyav": _decode_pyav}[name]
         try:
-            info, frames, thumbs, truncated = _with_timeout(
+            info, store, truncated = _with_timeout(
                 lambda: fn(path, size_fn, max_frames, thumbnail_width), timeout_s, path, name
             )
         except VideoDecodeError as exc:
@@ -335,9 +364,9 @@ def decode_video(
         if info.width <= 0 or info.height <= 0:
             errors.append(VideoDecodeError(f"{name} reports no frame size for {path}"))
             continue
-        sx = frames.shape[2] / info.width
-        sy = frames.shape[1] / info.height
-        return DecodedVideo(info=info, frames=frames, scale=(sx, sy), truncated=truncated, thumbnails=thumbs)
+        sx = store.size[0] / info.width
+        sy = store.size[1] / info.height
+        return DecodedVideo(info=info, store=store, scale=(sx, sy), truncated=truncated, thumbnails=store.thumbnails())
     # Report the most specific error: a timeout or a "no frames" beats a generic open failure.
     for exc in errors:
         if isinstance(exc, DecodeTimeout):
