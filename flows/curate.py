@@ -69,15 +69,17 @@ def curate(
     """Curate a folder of videos into trajectory-annotated WebDataset shards + a manifest.
 
     processes: worker processes for the per-video work inside each chunk task (0: the task's
-    own thread). Default: the CPU count under the local thread pool, where threads alone leave
-    cores idle while Python holds the GIL; 0 on other runners (Dask workers are processes
-    already, and daemonic ones may not start children).
+    own thread). Default: the CPU count under the local thread pool with the CPU backends (dis,
+    lk, no captioner), where threads alone leave cores idle while Python holds the GIL; else 0:
+    Dask workers are processes already (daemonic ones, which may not start children), and
+    RAFT, CoTracker and BLIP-2 would each load their weights once per process.
     """
     t0 = time.perf_counter()
     log = get_run_logger()
     if processes is None:
-        runner = FlowRunContext.get().task_runner
-        processes = (os.cpu_count() or 1) if isinstance(runner, ThreadPoolTaskRunner) else 0
+        local = isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)
+        cpu_only = flow_backend == "dis" and tracker == "lk" and captioner == "none"
+        processes = (os.cpu_count() or 1) if local and cpu_only else 0
     config = CurationConfig(
         source=source, camera_only=SOURCES[source], seed=seed, flow=flow_backend, tracker=tracker,
         captions_csv=captions, captioner=captioner, drop_fraction=drop_fraction, processes=processes,
