@@ -105,13 +105,13 @@ def link_subset(paths: list[Path], folder: Path) -> Path:
     return folder
 
 
-def run_flow(videos: Path, out: Path, workers: int, processes: int) -> float:
+def run_flow(videos: Path, out: Path, workers: int, processes: int, chunk_size: int) -> float:
     from flows.curate import curate, make_task_runner
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
     state = curate.with_options(task_runner=make_task_runner(None, workers))(
-        videos=str(videos), out=str(out), chunk_size=4, processes=processes, return_state=True
+        videos=str(videos), out=str(out), chunk_size=chunk_size, processes=processes, return_state=True
     )
     elapsed = time.perf_counter() - t0
     if not state.is_completed():
@@ -168,6 +168,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="chunk tasks at a time (threads)")
     ap.add_argument("--processes", type=int, default=os.cpu_count() or 2,
                     help="worker processes for the per-video work (0: in the task threads); `ic curate`'s default")
+    ap.add_argument("--chunk-size", type=int, default=16, help="videos per task (`ic curate`'s default)")
     ap.add_argument("--out", default="bench_out")
     args = ap.parse_args()
     out = Path(args.out)
@@ -187,17 +188,18 @@ def main() -> None:
 
     # The first flow call starts Prefect's temporary server: time it on its own.
     t_boot = time.perf_counter()
-    run_flow(link_subset(paths[:1], out / "set_boot"), out / "run_boot", args.workers, args.processes)
+    run_flow(link_subset(paths[:1], out / "set_boot"), out / "run_boot", args.workers, args.processes, args.chunk_size)
     boot = time.perf_counter() - t_boot
-    t_small = run_flow(small, out / "run_small", args.workers, args.processes)
-    t_large = run_flow(large, out / "run_large", args.workers, args.processes)
+    t_small = run_flow(small, out / "run_small", args.workers, args.processes, args.chunk_size)
+    t_large = run_flow(large, out / "run_large", args.workers, args.processes, args.chunk_size)
     with StubbedStages():
-        s_large = run_flow(large, out / "run_stub", args.workers, args.processes)
+        s_large = run_flow(large, out / "run_stub", args.workers, args.processes, args.chunk_size)
 
     stages = stage_seconds(out / "run_large")
     marginal = (t_large - t_small) / (d_large - d_small)
     fixed = t_small - marginal * d_small
-    print(f"\ncurate flow ({args.workers} worker threads, {args.processes} worker processes): "
+    print(f"\ncurate flow ({args.workers} worker threads, {args.processes} worker processes, "
+          f"{args.chunk_size} videos per chunk): "
           f"{t_small:.2f} s ({args.small}), {t_large:.2f} s ({args.large})")
     print(f"first call incl. temporary server start-up and worker spawn (1 video): {boot:.2f} s")
     print(f"per-stage seconds, summed over the {args.large}-video run (CPU-side, across threads):")
@@ -210,7 +212,7 @@ def main() -> None:
         "decode_s": {"small": d_small, "large": d_large}, "curate_s": {"small": t_small, "large": t_large},
         "stub_s": s_large, "boot_s": boot, "marginal_ratio": marginal, "fixed_s": fixed,
         "prefect_share": s_large / t_large, "stage_seconds": stages, "workers": args.workers,
-        "processes": args.processes,
+        "processes": args.processes, "chunk_size": args.chunk_size,
     }
     (out / "bench.json").write_text(json.dumps(result, indent=1))
 

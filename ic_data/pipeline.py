@@ -419,7 +419,7 @@ class _PendingSample:
     def __init__(self, c: Candidate, shard_name: str, config: CurationConfig, out_dir: Path):
         self.c, self.shard_name = c, shard_name
         self.job = (_sample_in_worker, (config, str(out_dir), c, shard_name)) if config.processes > 0 else None
-        self.done = None  # the worker's answer, set by ``run_pending``
+        self.done = None  # the worker's answer, set by ``run_stage2_chunk``
 
     def sample(self, stage: Stage2):
         if self.job is None:
