@@ -162,6 +162,17 @@ def _i420_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray, size: tuple[int, int]
     out[:] = cv2.cvtColor(cv2.merge(planes), cv2.COLOR_YCrCb2RGB)
 
 
+def frame_rgb(frame) -> np.ndarray:
+    """A decoded PyAV frame as uint8 RGB at its own size: 8-bit 4:2:0 through this module's
+    conversion, other pixel formats through swscale."""
+    flat = _frame_i420(frame)
+    if flat is None:
+        return frame.to_ndarray(format="rgb24")
+    rgb = np.empty((frame.height, frame.width, 3), np.uint8)
+    _i420_rgb(*_split_i420(flat, frame.width, frame.height), (frame.width, frame.height), rgb)
+    return rgb
+
+
 def _split_i420(flat: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     cw, ch = w // 2, h // 2
     return (
