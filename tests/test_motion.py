@@ -280,3 +280,31 @@ def test_scoring_a_subset_of_pairs_estimates_the_full_score(dis, varied_shots, v
     assert stats.spearmanr(sub, varied_scores).statistic >= 0.95
     with pytest.raises(ValueError):
         motion_score(varied_shots[0].frames, dis, max_pairs=0)
+
+
+def test_dis_pair_scores_match_the_rms_of_its_input_size_flows(dis, varied_shots):
+    # DIS scores pairs from the flow at its analysed size; resampling the field to the input
+    # size first (what ``flow`` returns) must give the same RMS, for every kind of motion.
+    for shot in varied_shots:
+        starts = [0, 5, T - 2]
+        direct = dis.pair_rms(shot.frames, starts)
+        resampled = flow_rms_px(np.stack([dis.flow(shot.frames[i], shot.frames[i + 1]) for i in starts]))
+        np.testing.assert_allclose(direct, resampled, rtol=0.01, atol=1e-3)
+    # Anisotropic analysis sizes scale each component by its own factor.
+    pan = _shot(CameraMotion((0.0, 3.0)), width=200, height=120, num_frames=4)
+    assert DISFlow(analysis_scale=0.3).pair_rms(pan.frames, [1])[0] == pytest.approx(3.0, rel=0.1)
+
+
+def test_a_backend_with_only_the_protocol_methods_is_scored_through_flow(dis, varied_shots):
+    class Plain:  # structural: no pair_rms
+        name, version = "plain", "1"
+
+        def flow(self, prev, nxt):
+            return dis.flow(prev, nxt)
+
+        def flows(self, frames):
+            return dis.flows(frames)
+
+    frames = varied_shots[4].frames  # a -4 px/frame pan
+    assert motion_score(frames, Plain(), max_pairs=4) == pytest.approx(motion_score(frames, dis, max_pairs=4), rel=0.01)
+    assert motion_score(frames, Plain()) == pytest.approx(4.0, rel=0.15)
