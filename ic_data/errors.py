@@ -50,6 +50,11 @@ class WorkerCrashed(CurationError):
     reason = "worker_crashed"
 
 
+class WorkerStartError(RuntimeError):
+    """The curation's worker processes die before they can run anything: not a property of any
+    video, so the run stops with this rather than failing every video as ``worker_crashed``."""
+
+
 class MissingWeightsError(RuntimeError):
     """A pretrained network was requested but its local weights are not configured or absent.
 

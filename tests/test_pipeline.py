@@ -19,6 +19,7 @@ from ic_data.pipeline import (
     CurationConfig,
     curate,
     discover_videos,
+    keep_freed_memory,
     plan_chunks,
     run_in_workers,
     stage1_result_path,
@@ -137,6 +138,34 @@ def _square_or_die(x: int) -> int:
     return x * x
 
 
+def _page_faults_reallocating_frames() -> int:
+    """Minor page faults taken to allocate and fill ~52 MB of frame-sized blocks a second time."""
+    import resource
+
+    def touch():
+        frames = [np.ones(345_600, np.uint8) for _ in range(150)]  # 640×360 I420 frames
+        del frames
+
+    touch()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    touch()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def test_workers_reuse_freed_frame_memory_instead_of_faulting_it_in_again():
+    # In a worker, the next video's frames reuse the pages of the last one's (glibc here).
+    keep, = run_in_workers([(keep_freed_memory, ())], processes=1)
+    assert keep is True
+    faults, = run_in_workers([(_page_faults_reallocating_frames, ())], processes=1)
+    assert faults < 1000
+    # The default allocator returns them to the kernel: every page (4 KiB) faults in again.
+    plain = subprocess.run(
+        [sys.executable, "-c", "import tests.test_pipeline as t; print(t._page_faults_reallocating_frames())"],
+        capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
+    )
+    assert int(plain.stdout) > 150 * 345_600 // 4096 // 2
+
+
 def test_a_crashing_worker_costs_only_its_own_job():
     out = run_in_workers([(_square_or_die, (x,)) for x in (1, 2, -1, 3, 4)], processes=2)
     assert [out[i] for i in (0, 1, 3, 4)] == [1, 4, 9, 16]
@@ -225,3 +254,18 @@ def test_tiny_dataset_keeps_everything_and_writes_strict_json(input_dir, tmp_pat
     assert summary.counts == {"ok": 3, "filtered": 0, "failed": 0} and summary.threshold is None
     for p in (tmp_path / "out").rglob("*.json"):
         json.loads(p.read_text(), parse_constant=lambda c: pytest.fail(f"{p} holds {c}"))
+
+
+def test_workers_that_cannot_start_stop_the_run_with_one_clear_error(tmp_path):
+    # Spawned workers re-import __main__: a script without a main guard kills every one of them.
+    script = tmp_path / "unguarded.py"
+    script.write_text("from ic_data.pipeline import run_in_workers\nprint(run_in_workers([(abs, (-1,))], processes=1))\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode != 0
+    assert "WorkerStartError" in done.stderr and 'if __name__ == "__main__"' in done.stderr
+    guarded = tmp_path / "guarded.py"
+    guarded.write_text("from ic_data.pipeline import run_in_workers\n"
+                       "if __name__ == '__main__':\n    print(run_in_workers([(abs, (-1,))], processes=1))\n")
+    assert subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, env=env,
+                          timeout=300, check=True).stdout.strip() == "[1]"
