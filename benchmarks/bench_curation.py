@@ -10,7 +10,7 @@
    thread pool, the per-video work in one process per core: `ic curate`'s defaults)
    on the same two sets, and the same flow with every stage stubbed to a no-op.
    Steps 2 and 3 are repeated (``--repeat``, rounds interleaved) and each time is the fastest
-   of its rounds: on a shared VM a single decode of 24 videos varies by ±15 %, which the
+   of its rounds: on a shared VM a single decode of 24 videos varies by ±20 %, which the
    difference of two such times doubles.
 4. Prints per-stage seconds, the fixed start-up, and the ratios:
       marginal ratio = (T(large) − T(small)) / (decode(large) − decode(small))   target ≤ 1.5
@@ -217,7 +217,12 @@ def main() -> None:
     print(f"per-stage seconds, summed over the last {args.large}-video run (CPU-side, across threads):")
     for k, v in sorted(stages.items(), key=lambda kv: -kv[1]):
         print(f"  {k:16s} {v:8.2f} s   {v / args.large * 1000:7.1f} ms/video")
+    per_round = [
+        (cl - cs) / (dl - ds)
+        for ds, dl, cs, cl in zip(*(rounds[k] for k in ("decode_small", "decode_large", "curate_small", "curate_large")))
+    ]
     print(f"\nmarginal per-video ratio curation/decode = {marginal:.2f}   (target ≤ 1.5)")
+    print(f"  the same within each round: {', '.join(f'{r:.2f}' for r in per_round)} (median {np.median(per_round):.2f})")
     print(f"fixed start-up per run (intercept)       = {fixed:.2f} s")
     print(f"Prefect share (stubbed stages / real)    = {s_large:.2f} / {t_large:.2f} s = {100 * s_large / t_large:.1f} %   (target < 10 %)")
     result = {
@@ -225,6 +230,7 @@ def main() -> None:
         "stub_s": s_large, "boot_s": boot, "marginal_ratio": marginal, "fixed_s": fixed,
         "prefect_share": s_large / t_large, "stage_seconds": stages, "workers": args.workers,
         "processes": args.processes, "chunk_size": args.chunk_size, "repeat": args.repeat, "rounds": rounds,
+        "marginal_ratio_per_round": per_round,
     }
     (out / "bench.json").write_text(json.dumps(result, indent=1))
 
