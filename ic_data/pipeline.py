@@ -479,9 +479,10 @@ def _check_workers_start(pool: ProcessPoolExecutor) -> None:
 # of the heap beyond the trim threshold, and the next allocation faults every page in again.
 # A worker frees one video's frames (~120 MB at 640×360) and allocates the next one's at once;
 # keeping freed memory in the heap cut decoding, select included, from ≈0.50 to ≈0.32 CPU-s per
-# 12 s video on the 2-core VM. The cost: a worker keeps its peak heap for its lifetime.
+# 12 s video on the 2-core VM. The cost: each worker keeps up to 512 MB of freed heap (a
+# 50 s video's frames at 640×360, 30 fps; a longer one's beyond that go back to the kernel).
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_KEEP_HEAP_BYTES = 1 << 30
+_KEEP_HEAP_BYTES = 512 << 20
 
 
 def keep_freed_memory() -> bool:
@@ -495,7 +496,7 @@ def keep_freed_memory() -> bool:
     except (OSError, AttributeError):  # not glibc (musl, macOS): leave the allocator alone
         return False
     # Frames (up to a few MB) come from the heap, not from mmap, whose threshold glibc otherwise
-    # raises only as blocks are freed; its free top is trimmed only beyond 1 GB.
+    # raises only as blocks are freed; its free top is trimmed only beyond _KEEP_HEAP_BYTES.
     return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_HEAP_BYTES))
 
 
