@@ -147,8 +147,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dask-address", default=None, help="run chunk tasks on this Dask scheduler (tcp://…)")
         p.add_argument("--workers", type=int, default=None, help="local worker threads (default: CPU count)")
         p.add_argument("--processes", type=int, default=None,
-                       help="worker processes for the per-video work (default: the CPU count with "
-                            "dis/lk/no captioner on the local runner, else 0; 0: in the worker threads)")
+                       help="worker processes for the per-video work (default: one per usable core, as "
+                            "many as memory holds, with dis/lk/no captioner on the local runner, else "
+                            "0; 0: in the worker threads)")
         p.set_defaults(func=_curate)
 
     tr = sub.add_parser("train", help="train one stage (vae, base: tiny preset only; dense, sparse, camera, object)")

@@ -5,6 +5,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from typing import Literal
@@ -15,7 +16,7 @@ from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from ic_data.pipeline import CurationConfig, discover_videos, plan_chunks
+from ic_data.pipeline import CurationConfig, default_processes, discover_videos, plan_chunks
 from tasks.curation import assemble_manifest, finish_chunk, motion_threshold, publish_summary, score_chunk
 
 SOURCES = {"webvid": False, "realestate10k": True}  # source → camera_only
@@ -69,24 +70,26 @@ def curate(
     """Curate a folder of videos into trajectory-annotated WebDataset shards + a manifest.
 
     processes: worker processes for the per-video work inside each chunk task (0: the task's
-    own thread). Default: the CPU count under the local thread pool with the CPU backends (dis,
+    own thread). Default: one per usable core, as many as memory holds (``default_processes``),
+    under the local thread pool with the CPU backends (dis,
     lk, no captioner), where threads alone leave cores idle while Python holds the GIL; else 0:
     Dask workers are processes already (daemonic ones, which may not start children), and
     RAFT, CoTracker and BLIP-2 would each load their weights once per process.
     """
     t0 = time.perf_counter()
     log = get_run_logger()
+    config = CurationConfig(
+        source=source, camera_only=SOURCES[source], seed=seed, flow=flow_backend, tracker=tracker,
+        captions_csv=captions, captioner=captioner, drop_fraction=drop_fraction, processes=processes or 0,
+    )
     if processes is None:
         local = isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)
         cpu_only = flow_backend == "dis" and tracker == "lk" and captioner == "none"
-        processes = (os.cpu_count() or 1) if local and cpu_only else 0
-    config = CurationConfig(
-        source=source, camera_only=SOURCES[source], seed=seed, flow=flow_backend, tracker=tracker,
-        captions_csv=captions, captioner=captioner, drop_fraction=drop_fraction, processes=processes,
-    )
+        if local and cpu_only:
+            config = dataclasses.replace(config, processes=default_processes(config))
     chunks = plan_chunks(discover_videos(videos), config, chunk_size)
     log.info("%d videos from %s in %d chunks → %s (%d worker processes)", sum(len(c.videos) for c in chunks), videos,
-             len(chunks), out, processes)
+             len(chunks), out, config.processes)
     progress = create_progress_artifact(0.0, key=f"curate-{source}-progress", description=f"Curating {videos}")
 
     scored = _gather(score_chunk.map(chunks, unmapped(config), unmapped(out)), progress, 0, 50, "score")

@@ -500,6 +500,26 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_HEAP_BYTES))
 
 
+def default_processes(config: CurationConfig | None = None) -> int:
+    """Worker processes for this machine: one per usable core, as many as its memory holds.
+
+    A worker's peak is one video's stored frames: at most ``max_decode_frames`` of ≈0.35 MB
+    (4:2:0 planes of up to twice the 455×256 analysis size, or resized 4:4:4 planes), plus
+    thumbnails, the clip and the freed heap it keeps: budgeted at that + 512 MB.
+    """
+    config = config or CurationConfig()
+    try:
+        cores = len(os.sched_getaffinity(0))  # the cores this process may run on (containers)
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return max(1, cores)
+    per_worker = config.max_decode_frames * 350_000 + _KEEP_HEAP_BYTES
+    return max(1, min(cores, memory // per_worker))
+
+
 def _init_worker() -> None:
     import cv2
 

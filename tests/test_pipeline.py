@@ -269,3 +269,20 @@ def test_workers_that_cannot_start_stop_the_run_with_one_clear_error(tmp_path):
                        "if __name__ == '__main__':\n    print(run_in_workers([(abs, (-1,))], processes=1))\n")
     assert subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, env=env,
                           timeout=300, check=True).stdout.strip() == "[1]"
+
+
+def test_default_processes_fit_the_cores_and_the_memory(monkeypatch):
+    import ic_data.pipeline as pipeline
+
+    cores = len(os.sched_getaffinity(0))
+    assert 1 <= pipeline.default_processes() <= cores
+    gib = 1 << 30
+    pages = {"SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(pipeline.os, "sysconf", lambda name: pages.get(name, 0))
+    for memory, expected in ((512 * gib, 64), (16 * gib, 10), (1 * gib, 1)):
+        pages["SC_PHYS_PAGES"] = memory // 4096
+        assert pipeline.default_processes() == expected  # ≈1.56 GB per worker at 3000 frames
+    short = CurationConfig(max_decode_frames=300)
+    pages["SC_PHYS_PAGES"] = 16 * gib // 4096
+    assert pipeline.default_processes(short) == 26
