@@ -169,7 +169,7 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=24)
     ap.add_argument("--large", type=int, default=48)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="chunk tasks at a time (threads)")
-    ap.add_argument("--processes", type=int, default=os.cpu_count() or 2,
+    ap.add_argument("--processes", type=int, default=pipeline.default_processes(),
                     help="worker processes for the per-video work (0: in the task threads); `ic curate`'s default")
     ap.add_argument("--chunk-size", type=int, default=16, help="videos per task (`ic curate`'s default)")
     ap.add_argument("--repeat", type=int, default=3, help="rounds of the decode and curate timings (fastest kept)")

@@ -71,10 +71,10 @@ def curate(
 
     processes: worker processes for the per-video work inside each chunk task (0: the task's
     own thread). Default: one per usable core, as many as memory holds (``default_processes``),
-    under the local thread pool with the CPU backends (dis,
-    lk, no captioner), where threads alone leave cores idle while Python holds the GIL; else 0:
-    Dask workers are processes already (daemonic ones, which may not start children), and
-    RAFT, CoTracker and BLIP-2 would each load their weights once per process.
+    under the local thread pool with the CPU backends (dis, lk, no captioner), where threads
+    alone leave cores idle while Python holds the GIL; else 0: Dask workers are processes
+    already (daemonic ones, which may not start children), and RAFT, CoTracker and BLIP-2
+    would each load their weights once per process.
     """
     t0 = time.perf_counter()
     log = get_run_logger()
