@@ -7,7 +7,8 @@
    pans/zooms with textured objects moving over it.
 2. Times a plain decord decode of every frame of the first N_small and of all N_large videos.
 3. Times the full `curate` flow (offline backends: DIS flow, LK tracker; chunk tasks on a local
-   thread pool, the per-video work in one process per core: `ic curate`'s defaults)
+   thread pool, the per-video work in one process per core as memory permits: `ic curate`'s
+   defaults)
    on the same two sets, and the same flow with every stage stubbed to a no-op.
    Steps 2 and 3 are repeated (``--repeat``, rounds interleaved) and each time is the fastest
    of its rounds: on a shared VM a single decode of 24 videos varies by ±20 %, which the

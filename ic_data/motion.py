@@ -199,9 +199,11 @@ class DISFlow(FlowBackend):
         _, height, width, _ = frames.shape
         h, w = _analysis_size(height, width, self.analysis_scale)
         scale = np.array([width / w, height / h])
+        # Each frame converted once, also where consecutive pairs share one.
+        grays = {i: self._gray(frames[i], (h, w)) for i in sorted({*starts, *(int(s) + 1 for s in starts)})}
         out = np.empty(len(starts))
         for k, i in enumerate(starts):
-            flow = self._dis.calc(self._gray(frames[i], (h, w)), self._gray(frames[i + 1], (h, w)), None)
+            flow = self._dis.calc(grays[i], grays[int(i) + 1], None)
             mean_sq = np.mean(np.square(flow, dtype=np.float64), axis=(0, 1))  # per component
             out[k] = np.sqrt(float(mean_sq @ scale**2))
         return out
