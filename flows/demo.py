@@ -1,7 +1,7 @@
 """`make demo` / `make proof`: the whole method at toy scale, on CPU, with a report.
 
-toy world → curate/realestate10k + curate/webvid → train-stage vae, base, dense, sparse,
-camera, object (tiny preset) → evaluate/camera + evaluate/object on held-out cases (every
+toy world → curate/realestate10k + curate/webvid → train-stage base, dense, sparse, camera,
+object (tiny preset, lossless space-to-depth codec: no vae stage) → evaluate/camera + evaluate/object on held-out cases (every
 variant) → report: OUT/report.md, report.html, metrics.json, training_curves.png, gifs/ (the
 latest run) and the same in OUT/SCALE/, beside that scale's work (videos, curated, run, eval).
 
@@ -21,10 +21,9 @@ from prefect import flow
 from flows.curate import curate
 from flows.evaluate import evaluate
 from flows.train import train_stage_flow
-from ic_model.run import run_model_config
 from tasks.demo import (
     SCALES,
-    STAGES,
+    demo_model_config,
     finished_evaluation,
     make_heldout,
     make_toy_world,
@@ -47,9 +46,9 @@ def demo(out: str = "demo_out", scale: Literal["test", "demo", "proof"] = "demo"
     seconds["world_and_curation"] = round(time.time() - t0, 1)
 
     run = str(root / "run")
-    run_model_config(run, "tiny", num_frames=s.num_frames)
+    cfg = demo_model_config(run, s)
     training = {}
-    for stage in STAGES:
+    for stage in cfg.stages:
         t1 = time.time()
         summary = train_stage_flow(
             stage=stage, shards=stage_shards(stage, curated), run=run, steps=s.steps[stage],

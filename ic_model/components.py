@@ -10,7 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, SparseControlNetModel, UNetMotionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
+from diffusers.models.modeling_outputs import AutoencoderKLOutput
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -19,10 +24,42 @@ from .motion_controlnet import build_image_controlnet, build_motion_controlnet, 
 from .tokenizer import clip_tokenizer
 
 
+class SpaceToDepthCodec(ModelMixin, ConfigMixin):
+    """A lossless stand-in for the VAE: each factor×factor pixel block becomes 3·factor² channels
+    (``pixel_unshuffle``), and decoding puts the pixels back. Same latent grid as a VAE of the same
+    factor, nothing to train, nothing lost.
+
+    The tiny preset's optional codec (``ModelConfig.codec = "space_to_depth"``): a from-scratch
+    VAE small enough to train on CPU blurred small objects away, so the diffusion model never saw
+    them. It answers the calls the rest of the code makes of an ``AutoencoderKL``:
+    ``encode(x).latent_dist`` (a posterior with zero variance), ``decode(z).sample`` and
+    ``config.scaling_factor``."""
+
+    @register_to_config
+    def __init__(self, factor: int = 8, scaling_factor: float = 1.0):
+        super().__init__()
+        # No weights; a buffer gives the module a dtype and a device.
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)
+
+    @property
+    def latent_channels(self) -> int:
+        return 3 * self.config.factor**2
+
+    def encode(self, x: torch.Tensor, return_dict: bool = True):
+        z = F.pixel_unshuffle(x, self.config.factor)
+        # DiagonalGaussianDistribution takes mean ‖ log-variance; −30 makes std ≈ 3e-7.
+        posterior = DiagonalGaussianDistribution(torch.cat([z, torch.full_like(z, -30.0)], dim=1))
+        return AutoencoderKLOutput(latent_dist=posterior) if return_dict else (posterior,)
+
+    def decode(self, z: torch.Tensor, return_dict: bool = True):
+        x = F.pixel_shuffle(z, self.config.factor)
+        return DecoderOutput(sample=x) if return_dict else (x,)
+
+
 @dataclass
 class Components:
     cfg: ModelConfig
-    vae: AutoencoderKL
+    vae: AutoencoderKL | SpaceToDepthCodec
     text_encoder: CLIPTextModel
     tokenizer: Any
     unet: UNetMotionModel
@@ -70,7 +107,9 @@ def _tiny_unet(cfg: ModelConfig) -> UNetMotionModel:
     )
 
 
-def _tiny_vae(cfg: ModelConfig) -> AutoencoderKL:
+def _tiny_vae(cfg: ModelConfig) -> AutoencoderKL | SpaceToDepthCodec:
+    if cfg.codec == "space_to_depth":
+        return SpaceToDepthCodec(factor=cfg.vae_scale_factor, scaling_factor=cfg.vae_scaling_factor)
     n = len(cfg.vae_block_out_channels)
     return AutoencoderKL(
         in_channels=3,
@@ -242,6 +281,7 @@ def parameter_count(module: nn.Module) -> int:
 __all__ = [
     "Components",
     "Denoiser",
+    "SpaceToDepthCodec",
     "build_components",
     "build_tiny_components",
     "decode_latents",

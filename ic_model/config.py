@@ -64,6 +64,11 @@ class ModelConfig:
     attention_head_dim: int = 8
     motion_num_attention_heads: int = 4
     cross_attention_dim: int = 64
+    # The tiny preset's codec between pixels and the diffusion grid: "vae" (a small AutoencoderKL
+    # trained by the `vae` stage) or "space_to_depth" (lossless pixel-unshuffle by
+    # ``space_to_depth_factor`` into 3·factor² channels; no `vae` stage). sd15 uses SD's VAE.
+    codec: str = "vae"
+    space_to_depth_factor: int = 8
     # Tiny VAE: four blocks, so latents are 1/8 of the pixels as in SD.
     vae_block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
     vae_layers_per_block: int = 1
@@ -91,6 +96,8 @@ class ModelConfig:
     def vae_scale_factor(self) -> int:
         if self.preset == "sd15":
             return 8
+        if self.codec == "space_to_depth":
+            return self.space_to_depth_factor
         return 2 ** (len(self.vae_block_out_channels) - 1)
 
     @property
@@ -101,7 +108,9 @@ class ModelConfig:
 
     @property
     def stages(self) -> tuple[str, ...]:
-        return PAPER_STAGES if self.preset == "sd15" else STAGES
+        if self.preset == "sd15":
+            return PAPER_STAGES
+        return STAGES[1:] if self.codec == "space_to_depth" else STAGES
 
     def weight_path(self, name: str) -> str:
         """A configured weight path, falling back to its environment variable."""
@@ -116,6 +125,15 @@ class ModelConfig:
             raise ValueError(f"unknown prediction_type {self.prediction_type!r}")
         if self.num_frames < 2:
             raise ValueError("num_frames must be at least 2")
+        if self.codec not in ("vae", "space_to_depth"):
+            raise ValueError(f"unknown codec {self.codec!r}; choose 'vae' or 'space_to_depth'")
+        if self.preset == "sd15" and self.codec != "vae":
+            raise ValueError("the sd15 preset uses SD 1.5's VAE (codec 'vae')")
+        if self.codec == "space_to_depth" and self.latent_channels != 3 * self.space_to_depth_factor**2:
+            raise ValueError(
+                f"codec 'space_to_depth' with factor {self.space_to_depth_factor} gives "
+                f"{3 * self.space_to_depth_factor**2} latent channels, not latent_channels={self.latent_channels}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -131,6 +149,8 @@ class ModelConfig:
 
 
 def tiny_config(**overrides) -> ModelConfig:
+    if overrides.get("codec") == "space_to_depth":  # the codec fixes the channel count
+        overrides.setdefault("latent_channels", 3 * overrides.get("space_to_depth_factor", 8) ** 2)
     cfg = ModelConfig(**overrides)
     cfg.validate()
     return cfg

@@ -32,9 +32,9 @@ from ic_model.report import (
     variant_key,
     write_report,
 )
-from ic_model.run import stage_dir
+from ic_model.run import run_model_config, stage_dir
 
-STAGES = ("vae", "base", "dense", "sparse", "camera", "object")
+STAGES = ("base", "dense", "sparse", "camera", "object")  # the toy model's (space-to-depth: no vae)
 
 
 @dataclass(frozen=True)
@@ -56,12 +56,16 @@ class DemoScale:
     reference_clips: int  # held-out toy clips for FID/FVD
     variants: tuple = ()  # (set, mode) pairs besides object/object with its λ_trajs sweep
     train_options: dict = field(default_factory=dict)
+    model: dict = field(default_factory=dict)  # ModelConfig fields over the tiny preset's
 
 
-_LR = {"vae": 1e-3, "base": 5e-4, "dense": 3e-4, "sparse": 2e-4, "camera": 5e-4, "object": 5e-4}
+_LR = {"base": 5e-4, "dense": 3e-4, "sparse": 2e-4, "camera": 5e-4, "object": 5e-4}
 # Toy-scale training aids (README, "toy-scale lessons"): timesteps biased to high noise, and the
 # denoising loss weighted towards what moves.
 _TOY_OPTIONS = {"high_noise_prob": 0.3, "motion_loss_weight": 4.0}
+# The lossless space-to-depth codec instead of a trained tiny VAE (README, "toy-scale lessons"):
+# pixels scaled by 4 ≈ 1 / their std on toy clips (0.236), so the diffusion sees unit variance.
+_TOY_MODEL = {"codec": "space_to_depth", "vae_scaling_factor": 4.0}
 _ALL_VARIANTS = (("object", "base"), ("object", "none"), ("object", "camera"), ("camera", "camera"), ("camera", "base"))
 
 SCALES = {
@@ -70,21 +74,43 @@ SCALES = {
         steps=dict.fromkeys(STAGES, 2), learning_rate=_LR, batch_size=2,
         eval_cases=2, eval_steps=2, reference_clips=3,
         variants=(("object", "base"), ("object", "camera"), ("camera", "camera")),
-        train_options={"log_every": 1, "save_every": 1000, **_TOY_OPTIONS},
+        train_options={"log_every": 1, "save_every": 1000, **_TOY_OPTIONS}, model=_TOY_MODEL,
     ),
     "demo": DemoScale(
         mixed=8, objects=8, camera=10, real_clips=True, num_frames=8, frame_stride=4,
-        steps={"vae": 80, "base": 150, "dense": 120, "sparse": 40, "camera": 40, "object": 60},
+        steps={"base": 230, "dense": 120, "sparse": 40, "camera": 40, "object": 60},
         learning_rate=_LR, batch_size=4, eval_cases=6, eval_steps=10, reference_clips=8,
         variants=_ALL_VARIANTS, train_options={"log_every": 10, "save_every": 50, **_TOY_OPTIONS},
+        model=_TOY_MODEL,
     ),
     "proof": DemoScale(
         mixed=30, objects=30, camera=36, real_clips=True, num_frames=8, frame_stride=4,
-        steps={"vae": 1500, "base": 600, "dense": 1200, "sparse": 400, "camera": 300, "object": 400},
+        steps={"base": 2000, "dense": 1200, "sparse": 400, "camera": 300, "object": 400},
         learning_rate=_LR, batch_size=4, eval_cases=None, eval_steps=25, reference_clips=20,
         variants=_ALL_VARIANTS, train_options={"log_every": 10, "save_every": 100, **_TOY_OPTIONS},
+        model=_TOY_MODEL,
     ),
 }
+
+
+def demo_model_config(run: str, scale: DemoScale):
+    """The run's ModelConfig for this scale. A run folder left by an older demo with another
+    model (e.g. the tiny VAE before the space-to-depth codec) is moved aside to RUN.old-N, never
+    deleted, and a fresh run starts in its place."""
+    from ic_model.config import ModelConfig, load_json
+
+    wanted = dict(num_frames=scale.num_frames, **scale.model)
+    path = Path(run) / "config.json"
+    if path.exists():
+        old = ModelConfig.from_dict(load_json(path))
+        new = ModelConfig.from_dict({**old.to_dict(), **wanted})
+        if old != new:
+            n = 1
+            while Path(f"{run}.old-{n}").exists():
+                n += 1
+            Path(run).rename(f"{run}.old-{n}")
+            print(f"{run} holds a run of another model: moved to {run}.old-{n}; training a new one")
+    return run_model_config(run, "tiny", **wanted)
 
 
 def stage_shards(stage: str, curated: dict[str, str]) -> list[str]:
@@ -201,13 +227,11 @@ def publish_report(outs: list[str], run: str, scale_name: str, seed: int, comman
                    eval_dirs: dict[str, str], curation: dict[str, dict], training: dict[str, dict],
                    seconds: dict[str, float]) -> dict:
     """report.md / report.html / metrics.json / curves / GIFs, and the same as artifacts."""
-    from ic_model.run import run_model_config
-
     out_dir = Path(outs[0])
     cfg = run_model_config(run)
     summary = summarize(evaluations)
     curves = {}
-    for stage in STAGES:
+    for stage in cfg.stages:
         path = stage_dir(run, stage) / "metrics.jsonl"
         curves[stage] = [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
     curves_png = training_curves_png(curves, out_dir / "training_curves.png")

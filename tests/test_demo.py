@@ -47,6 +47,7 @@ def test_every_stage_trained_in_order(demo_run):
     run = out / "test" / "run"
     cfg = run_model_config(run)
     assert cfg.preset == "tiny" and cfg.num_frames == SCALES["test"].num_frames
+    assert cfg.codec == "space_to_depth" and cfg.stages == STAGES and not (run / "vae").exists()
     for stage in STAGES:
         assert is_done(run, stage), stage
         records = [json.loads(x) for x in (run / stage / "metrics.jsonl").read_text().splitlines()]
@@ -95,6 +96,19 @@ def test_report_holds_every_number(demo_run):
     rows = artifacts["demo-metrics"].data
     rows = json.loads(rows) if isinstance(rows, str) else rows
     assert {r["variant"] for r in rows} == set(variants)
+
+
+def test_a_run_of_another_model_is_moved_aside_not_reused(tmp_path):
+    from tasks.demo import demo_model_config
+
+    run = tmp_path / "run"
+    run_model_config(run, "tiny", num_frames=8)  # an older demo's run: the tiny VAE codec
+    (run / "vae").mkdir()
+    cfg = demo_model_config(str(run), SCALES["test"])
+    assert cfg.codec == "space_to_depth" and run_model_config(run) == cfg
+    assert (tmp_path / "run.old-1" / "vae").is_dir() and not (run / "vae").exists()
+    assert demo_model_config(str(run), SCALES["test"]) == cfg  # the same model: kept
+    assert not (tmp_path / "run.old-2").exists()
 
 
 def test_finished_evaluation_is_reused_only_when_current(tmp_path):
