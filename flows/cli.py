@@ -44,6 +44,7 @@ def _train(args: argparse.Namespace) -> int:
     from flows.train import train_stage_flow
 
     options = json.loads(args.options) if args.options else None
+    model = json.loads(args.model) if args.model else None
     weights = {
         k: v
         for k, v in (
@@ -68,6 +69,7 @@ def _train(args: argparse.Namespace) -> int:
         seed=args.seed,
         options=options,
         weights=weights or None,
+        model=model,
         return_state=True,
     )
     if not state.is_completed():
@@ -166,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--gradient-checkpointing", action="store_true")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--options", default=None, help='JSON of other TrainConfig fields, e.g. \'{"ortho_weight": 0.1}\'')
+    tr.add_argument("--model", default=None,
+                    help='JSON of ModelConfig fields for a new run (an existing run must match), e.g. '
+                         '\'{"codec": "space_to_depth", "vae_scaling_factor": 4}\' (tiny: no vae stage)')
     tr.add_argument("--sd15-path", default=None, help="SD 1.5 diffusers folder (or IC_SD15_PATH)")
     tr.add_argument("--motion-adapter-path", default=None, help="AnimateDiff v3 motion module (or IC_MOTION_ADAPTER_PATH)")
     tr.add_argument("--sparsectrl-rgb-path", default=None, help="SparseCtrl RGB (or IC_SPARSECTRL_RGB_PATH)")

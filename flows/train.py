@@ -1,7 +1,8 @@
 """The `train-stage` flow: one stage of the paper's progressive training (§2.4).
 
 Deployments `train-stage/{vae,base,dense,sparse,camera,object}` fix the stage; `vae` and `base`
-exist for the tiny preset, whose base model is trained here instead of loaded.
+exist for the tiny preset, whose base model is trained here instead of loaded (`vae` only with
+its default codec; the lossless space-to-depth codec has nothing to train).
 """
 from __future__ import annotations
 
@@ -32,13 +33,15 @@ def train_stage_flow(
     seed: int = 0,
     options: dict | None = None,
     weights: dict | None = None,
+    model: dict | None = None,
 ) -> dict:
     """Train STAGE on SHARDS into RUN/STAGE/ (resuming if a checkpoint is there).
 
     ``options`` sets any other TrainConfig field (e.g. ortho_weight, save_every); ``weights``
-    sets the sd15 paths (sd15_path, motion_adapter_path, sparsectrl_rgb_path).
+    sets the sd15 paths (sd15_path, motion_adapter_path, sparsectrl_rgb_path); ``model`` sets
+    ModelConfig fields of a new run (e.g. codec="space_to_depth"), which an existing run must match.
     """
-    model_cfg = run_model_config(run, preset, **(weights or {}))
+    model_cfg = run_model_config(run, preset, **(model or {}), **(weights or {}))
     check_prerequisite(run, model_cfg, stage)  # fail in seconds, before any GPU is taken
     train_cfg = TrainConfig.from_dict({
         **(options or {}),

@@ -16,6 +16,7 @@ RUN/object/object_lora.safetensors (+ the camera_lora.safetensors it was trained
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
@@ -74,6 +75,9 @@ def run_model_config(
 
     A run keeps one architecture for all its stages, so a different preset is an error.
     """
+    unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)})
+    if unknown:
+        raise ValueError(f"unknown ModelConfig fields: {unknown}")
     path = Path(run) / "config.json"
     if path.exists():
         cfg = ModelConfig.from_dict(load_json(path))
