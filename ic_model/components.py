@@ -7,15 +7,14 @@ trajectories. Both ControlNets' residuals are summed and added to the UNet's ski
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler, SparseControlNetModel, UNetMotionModel
-from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.autoencoders.vae import DecoderOutput, DiagonalGaussianDistribution
 from diffusers.models.modeling_outputs import AutoencoderKLOutput
-from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -24,7 +23,7 @@ from .motion_controlnet import build_image_controlnet, build_motion_controlnet, 
 from .tokenizer import clip_tokenizer
 
 
-class SpaceToDepthCodec(ModelMixin, ConfigMixin):
+class SpaceToDepthCodec(nn.Module):
     """A lossless stand-in for the VAE: each factor×factor pixel block becomes 3·factor² channels
     (``pixel_unshuffle``), and decoding puts the pixels back. Same latent grid as a VAE of the same
     factor, nothing to train, nothing lost.
@@ -32,18 +31,22 @@ class SpaceToDepthCodec(ModelMixin, ConfigMixin):
     The tiny preset's optional codec (``ModelConfig.codec = "space_to_depth"``): a from-scratch
     VAE small enough to train on CPU blurred small objects away, so the diffusion model never saw
     them. It answers the calls the rest of the code makes of an ``AutoencoderKL``:
-    ``encode(x).latent_dist`` (a posterior with zero variance), ``decode(z).sample`` and
-    ``config.scaling_factor``."""
+    ``encode(x).latent_dist`` (a posterior with zero variance), ``decode(z).sample``,
+    ``config.scaling_factor`` and ``dtype``."""
 
-    @register_to_config
     def __init__(self, factor: int = 8, scaling_factor: float = 1.0):
         super().__init__()
+        self.config = SimpleNamespace(factor=factor, scaling_factor=scaling_factor)
         # No weights; a buffer gives the module a dtype and a device.
         self.register_buffer("_anchor", torch.zeros(()), persistent=False)
 
     @property
-    def latent_channels(self) -> int:
-        return 3 * self.config.factor**2
+    def dtype(self) -> torch.dtype:
+        return self._anchor.dtype
+
+    def register_to_config(self, **values) -> None:
+        for key, value in values.items():
+            setattr(self.config, key, value)
 
     def encode(self, x: torch.Tensor, return_dict: bool = True):
         z = F.pixel_unshuffle(x, self.config.factor)
