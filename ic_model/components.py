@@ -70,6 +70,13 @@ class Components:
     motion_controlnet: SparseControlNetModel
     scheduler: DDPMScheduler
 
+    def denoiser(self) -> "Denoiser":
+        """The UNet and both ControlNets wired as the config says."""
+        return Denoiser(
+            self.unet, self.image_controlnet, self.motion_controlnet, self.cfg.vae_scale_factor,
+            image_every_frame=self.cfg.image_condition == "every_frame",
+        )
+
     def modules(self) -> dict[str, nn.Module]:
         return {
             "vae": self.vae,
@@ -177,12 +184,20 @@ def build_components(cfg: ModelConfig) -> Components:
     return build_tiny_components(cfg)
 
 
-def first_frame_condition(latent0: torch.Tensor, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+def first_frame_condition(
+    latent0: torch.Tensor, num_frames: int, every_frame: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SparseCtrl RGB input: the first frame's latent at frame 0, zeros elsewhere, and a mask
-    that marks frame 0 as the only conditioned frame. latent0: (B, C, h, w)."""
+    that marks frame 0 as the only conditioned frame. latent0: (B, C, h, w).
+
+    ``every_frame``: the latent at every frame position instead (the mask still marks frame 0),
+    so each frame sees the first frame's content where it is (the tiny preset's option)."""
     b, c, h, w = latent0.shape
-    cond = latent0.new_zeros(b, c, num_frames, h, w)
-    cond[:, :, 0] = latent0
+    if every_frame:
+        cond = latent0[:, :, None].expand(b, c, num_frames, h, w).contiguous()
+    else:
+        cond = latent0.new_zeros(b, c, num_frames, h, w)
+        cond[:, :, 0] = latent0
     mask = latent0.new_zeros(b, 1, num_frames, h, w)
     mask[:, :, 0] = 1
     return cond, mask
@@ -196,12 +211,14 @@ class Denoiser(nn.Module):
     because the diffusers motion UNet and ControlNets attend frame by frame.
     """
 
-    def __init__(self, unet, image_controlnet, motion_controlnet, vae_scale_factor: int):
+    def __init__(self, unet, image_controlnet, motion_controlnet, vae_scale_factor: int,
+                 image_every_frame: bool = False):
         super().__init__()
         self.unet = unet
         self.image_controlnet = image_controlnet
         self.motion_controlnet = motion_controlnet
         self.vae_scale_factor = vae_scale_factor
+        self.image_every_frame = image_every_frame  # see first_frame_condition
 
     def motion_residuals(self, noisy, timesteps, encoder_states, flow, scale: float = 1.0):
         cond = flow_to_controlnet_cond(flow.to(noisy.dtype), self.vae_scale_factor)
@@ -221,7 +238,7 @@ class Denoiser(nn.Module):
     ) -> torch.Tensor:
         num_frames = noisy.shape[2]
         encoder_states = text_embeddings.repeat_interleave(num_frames, dim=0)
-        cond, mask = first_frame_condition(first_latent.to(noisy.dtype), num_frames)
+        cond, mask = first_frame_condition(first_latent.to(noisy.dtype), num_frames, self.image_every_frame)
         down, mid = self.image_controlnet(
             noisy,
             timesteps,

@@ -69,6 +69,11 @@ class ModelConfig:
     # ``space_to_depth_factor`` into 3·factor² channels; no `vae` stage). sd15 uses SD's VAE.
     codec: str = "vae"
     space_to_depth_factor: int = 8
+    # What the image ControlNet sees: "first_frame" (SparseCtrl: the first frame's latent at frame
+    # 0, zeros elsewhere; sd15's pretrained weights expect this) or "every_frame" (the same latent
+    # at every frame position, mask still on frame 0: a tiny base trained from scratch then sees
+    # the content it must carry at each frame, as frame-concatenating image-to-video models do).
+    image_condition: str = "first_frame"
     # Tiny VAE: four blocks, so latents are 1/8 of the pixels as in SD.
     vae_block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
     vae_layers_per_block: int = 1
@@ -129,6 +134,10 @@ class ModelConfig:
             raise ValueError(f"unknown codec {self.codec!r}; choose 'vae' or 'space_to_depth'")
         if self.preset == "sd15" and self.codec != "vae":
             raise ValueError("the sd15 preset uses SD 1.5's VAE (codec 'vae')")
+        if self.image_condition not in ("first_frame", "every_frame"):
+            raise ValueError(f"unknown image_condition {self.image_condition!r}; choose 'first_frame' or 'every_frame'")
+        if self.preset == "sd15" and self.image_condition != "first_frame":
+            raise ValueError("the sd15 preset keeps SparseCtrl's first-frame condition (pretrained weights expect it)")
         if self.codec == "space_to_depth" and self.latent_channels != 3 * self.space_to_depth_factor**2:
             raise ValueError(
                 f"codec 'space_to_depth' with factor {self.space_to_depth_factor} gives "

@@ -26,7 +26,7 @@ from ic_data.clips import CLIP_HEIGHT, CLIP_WIDTH, ClipGeometry, center_crop_box
 from ic_data.trajectories import tracks_to_flow_maps, user_tracks_to_array, validate_trajectories
 
 from . import lora
-from .components import Components, Denoiser, decode_latents, encode_text, encode_video
+from .components import Components, decode_latents, encode_text, encode_video
 from .config import ModelConfig
 from .run import LORA_FILES, is_done, load_run_components, run_model_config, stage_dir
 
@@ -86,9 +86,7 @@ class ImageConductorPipeline:
         self.cfg = comps.cfg
         self.device = torch.device(device)
         self.dtype = dtype
-        self.denoiser = Denoiser(
-            comps.unet, comps.image_controlnet, comps.motion_controlnet, comps.cfg.vae_scale_factor
-        ).to(self.device, dtype).eval()
+        self.denoiser = comps.denoiser().to(self.device, dtype).eval()
         comps.vae.to(self.device, dtype).eval()
         comps.text_encoder.to(self.device, dtype).eval()
         self.scheduler = DDIMScheduler(

@@ -35,7 +35,7 @@ from torch import nn
 
 from . import lora
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .components import Components, Denoiser, encode_video
+from .components import Components, encode_video
 from .config import LORA_STAGES, ModelConfig, TrainConfig, load_json, save_json
 from .data import make_loader
 from .run import (
@@ -80,9 +80,7 @@ class StageModule(nn.Module):
         self.scheduler = comps.scheduler
         self.vae = comps.vae
         self.text_encoder = comps.text_encoder
-        self.denoiser = Denoiser(
-            comps.unet, comps.image_controlnet, comps.motion_controlnet, comps.cfg.vae_scale_factor
-        )
+        self.denoiser = comps.denoiser()
         self.requires_grad_(False)
         mc = comps.motion_controlnet
         if stage == "vae":

@@ -65,7 +65,9 @@ _LR = {"base": 5e-4, "dense": 3e-4, "sparse": 2e-4, "camera": 5e-4, "object": 5e
 _TOY_OPTIONS = {"high_noise_prob": 0.3, "motion_loss_weight": 4.0}
 # The lossless space-to-depth codec instead of a trained tiny VAE (README, "toy-scale lessons"):
 # pixels scaled by 4 ≈ 1 / their std on toy clips (0.236), so the diffusion sees unit variance.
-_TOY_MODEL = {"codec": "space_to_depth", "vae_scaling_factor": 4.0}
+# The image ControlNet sees the first frame at every frame position: with it only at frame 0, the
+# from-scratch base lost the object after the first frame (README).
+_TOY_MODEL = {"codec": "space_to_depth", "vae_scaling_factor": 4.0, "image_condition": "every_frame"}
 _ALL_VARIANTS = (("object", "base"), ("object", "none"), ("object", "camera"), ("camera", "camera"), ("camera", "base"))
 
 SCALES = {

@@ -48,6 +48,23 @@ def test_config_sets_channels_and_drops_the_vae_stage():
         preset_config("sd15", codec="space_to_depth")
 
 
+def test_image_condition_every_frame_repeats_the_first_latent():
+    from ic_model.components import first_frame_condition
+
+    latent0 = torch.randn(2, 192, 8, 12)
+    cond, mask = first_frame_condition(latent0, 5, every_frame=True)
+    assert cond.shape == (2, 192, 5, 8, 12) and all(torch.equal(cond[:, :, t], latent0) for t in range(5))
+    sparse, sparse_mask = first_frame_condition(latent0, 5)
+    assert torch.equal(sparse[:, :, 0], latent0) and not sparse[:, :, 1:].any()
+    assert torch.equal(mask, sparse_mask) and mask[:, :, 0].all() and not mask[:, :, 1:].any()
+    comps = build_tiny_components(tiny_config(**S2D, image_condition="every_frame"))
+    assert comps.denoiser().image_every_frame and not build_tiny_components(tiny_config()).denoiser().image_every_frame
+    with pytest.raises(ValueError, match="unknown image_condition"):
+        tiny_config(image_condition="last")
+    with pytest.raises(ValueError, match="SparseCtrl's first-frame condition"):
+        preset_config("sd15", image_condition="every_frame")
+
+
 def test_components_are_wired_for_192_channels():
     comps = build_tiny_components(tiny_config(**S2D))
     assert isinstance(comps.vae, SpaceToDepthCodec)
@@ -61,7 +78,7 @@ def test_run_without_vae_stage_trains_and_generates(tmp_path, training_shards):
     from ic_model.train import train_stage
 
     run = tmp_path / "run"
-    cfg = run_model_config(run, "tiny", num_frames=TEST_FRAMES, **S2D)
+    cfg = run_model_config(run, "tiny", num_frames=TEST_FRAMES, **S2D, image_condition="every_frame")
     check_prerequisite(run, cfg, "base")  # base is first: nothing before it
     with pytest.raises(MissingPrerequisiteError, match="'base'"):
         check_prerequisite(run, cfg, "dense")
