@@ -60,10 +60,10 @@ class DemoScale:
 
 
 _LR = {"base": 5e-4, "dense": 3e-4, "sparse": 2e-4, "camera": 5e-4, "object": 5e-4}
-# Toy-scale training aids (README, "toy-scale lessons"): timesteps biased to high noise, and the
+# Toy-scale training aids (README, "Measured"): timesteps biased to high noise, and the
 # denoising loss weighted towards what moves.
 _TOY_OPTIONS = {"high_noise_prob": 0.3, "motion_loss_weight": 4.0}
-# The lossless space-to-depth codec instead of a trained tiny VAE (README, "toy-scale lessons"):
+# The lossless space-to-depth codec instead of a trained tiny VAE (README, "Measured"):
 # pixels scaled by 4 ≈ 1 / their std on toy clips (0.236), so the diffusion sees unit variance.
 # The image ControlNet sees the first frame at every frame position: with it only at frame 0, the
 # from-scratch base lost the object after the first frame (README).
