@@ -1,9 +1,10 @@
 """`make demo` / `make proof`: the whole method at toy scale, on CPU, with a report.
 
 toy world → curate/realestate10k + curate/webvid → train-stage base, dense, sparse, camera,
-object (tiny preset, lossless space-to-depth codec: no vae stage) → evaluate/camera + evaluate/object on held-out cases (every
-variant) → report: OUT/report.md, report.html, metrics.json, training_curves.png, gifs/ (the
-latest run) and the same in OUT/SCALE/, beside that scale's work (videos, curated, run, eval).
+object (tiny preset with the lossless space-to-depth codec, so no vae stage) → evaluate/camera +
+evaluate/object on held-out cases (every variant) → report: OUT/report.md, report.html,
+metrics.json, training_curves.png, gifs/ (the latest run) and the same in OUT/SCALE/, beside that
+scale's work (videos, curated, run, eval).
 
 Every step is resumable: curation skips finished chunks, training resumes from checkpoints and
 skips finished stages, so rerunning the same command finishes what a killed run left.

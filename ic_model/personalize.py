@@ -715,10 +715,10 @@ def apply_personalization(
     comps = getattr(comps_or_pipeline, "comps", comps_or_pipeline)
     report: dict = {"base_model": [], "base_loras": {}}
     text_encoder = comps.text_encoder if load_text_encoder else None
+    # A weightless codec (the tiny preset's space-to-depth) has no VAE weights to take.
+    vae = comps.vae if load_vae and isinstance(comps.vae, AutoencoderKL) else None
     if base_model:
-        report["base_model"] = load_personalized_base(
-            comps.unet, base_model, vae=comps.vae if load_vae else None, text_encoder=text_encoder
-        )
+        report["base_model"] = load_personalized_base(comps.unet, base_model, vae=vae, text_encoder=text_encoder)
     for spec in base_loras:
         path, scale = parse_lora_spec(spec)
         name = load_base_lora(comps.unet, path, scale, text_encoder=text_encoder)
