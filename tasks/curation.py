@@ -1,4 +1,4 @@
-"""Prefect tasks around the ic_data curation chain: retries, timeouts, artifacts, logs.
+"""Prefect tasks around the ic_data curation chain: retries, artifacts, logs.
 
 Tasks exchange chunk descriptions, paths and small records, never frames. Idempotency comes
 from the library (a chunk whose result file exists is not recomputed), so the tasks do not
@@ -18,9 +18,9 @@ from ic_data import pipeline
 from ic_data.pipeline import Chunk, CurationConfig, MotionDecision
 
 
-# A chunk is tens of videos, each with its own 300 s decode timeout; a chunk past this limit is
-# stuck (a hung filesystem, a wedged worker), not slow.
-CHUNK_TIMEOUT_S = 2 * 3600
+# No task-level timeout: these sync tasks run in worker threads, which Prefect cannot interrupt
+# (3.9 warns once per task run that such a timeout only takes effect after the call returns). A
+# hung decode is bounded inside the library instead (``CurationConfig.decode_timeout_s``).
 
 
 def _transient(task, task_run, state) -> bool:
@@ -28,7 +28,7 @@ def _transient(task, task_run, state) -> bool:
 
     Per-video problems (corrupt files, too short, …) never reach here: the library records
     them as failed rows. What escapes a chunk is an error writing our own outputs (disk full,
-    NFS hiccup) or a timeout.
+    NFS hiccup) or a timeout raised by the I/O layer.
     """
     try:
         state.result()
@@ -46,7 +46,6 @@ def _transient(task, task_run, state) -> bool:
     retries=2,
     retry_delay_seconds=5,
     retry_condition_fn=_transient,
-    timeout_seconds=CHUNK_TIMEOUT_S,
 )
 def score_chunk(chunk: Chunk, config: CurationConfig, out: str) -> str:
     """Stage 1 for a chunk: decode once, cuts, longest scene, clip sampling, motion score."""
@@ -76,7 +75,6 @@ def motion_threshold(stage1_results: list[str], drop_fraction: float) -> MotionD
     retries=2,
     retry_delay_seconds=5,
     retry_condition_fn=_transient,
-    timeout_seconds=CHUNK_TIMEOUT_S,
 )
 def finish_chunk(chunk: Chunk, threshold: float, config: CurationConfig, out: str) -> str:
     """Stage 2 for a chunk: tracking, sparse sampling, captions and the chunk's shard."""
