@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from ic_data.mp4 import write_mp4
 from ic_data.synthetic import TOY_OBJECT_SCALE, random_video, write_synthetic_shards
 from ic_data.video_io import decode_video
+from ic_model.config import ModelConfig, load_json
 from ic_model.evalsets import load_eval_set, synthetic_first_frame
 from ic_model.pipeline import prepare_image_and_tracks
 from ic_model.report import (
@@ -99,8 +100,6 @@ def demo_model_config(run: str, scale: DemoScale):
     """The run's ModelConfig for this scale. A run folder left by an older demo with another
     model (e.g. the tiny VAE before the space-to-depth codec) is moved aside to RUN.old-N, never
     deleted, and a fresh run starts in its place."""
-    from ic_model.config import ModelConfig, load_json
-
     wanted = dict(num_frames=scale.num_frames, **scale.model)
     path = Path(run) / "config.json"
     if path.exists():
