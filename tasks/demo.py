@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from ic_data.mp4 import write_mp4
 from ic_data.synthetic import TOY_OBJECT_SCALE, random_video, write_synthetic_shards
 from ic_data.video_io import decode_video
-from ic_model.config import ModelConfig, load_json
+from ic_model.config import ModelConfig, load_json, tiny_config
 from ic_model.evalsets import load_eval_set, synthetic_first_frame
 from ic_model.pipeline import prepare_image_and_tracks
 from ic_model.report import (
@@ -35,7 +35,6 @@ from ic_model.report import (
 )
 from ic_model.run import run_model_config, stage_dir
 
-STAGES = ("base", "dense", "sparse", "camera", "object")  # the toy model's (space-to-depth: no vae)
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,7 @@ _TOY_OPTIONS = {"high_noise_prob": 0.3, "motion_loss_weight": 4.0}
 # The image ControlNet sees the first frame at every frame position: with it only at frame 0, the
 # from-scratch base lost the object after the first frame (README).
 _TOY_MODEL = {"codec": "space_to_depth", "vae_scaling_factor": 4.0, "image_condition": "every_frame"}
+STAGES = tiny_config(**_TOY_MODEL).stages  # base, dense, sparse, camera, object: no vae stage
 _ALL_VARIANTS = (("object", "base"), ("object", "none"), ("object", "camera"), ("camera", "camera"), ("camera", "base"))
 
 SCALES = {
@@ -104,8 +104,7 @@ def demo_model_config(run: str, scale: DemoScale):
     path = Path(run) / "config.json"
     if path.exists():
         old = ModelConfig.from_dict(load_json(path))
-        new = ModelConfig.from_dict({**old.to_dict(), **wanted})
-        if old != new:
+        if any(getattr(old, k) != v for k, v in wanted.items()):
             n = 1
             while Path(f"{run}.old-{n}").exists():
                 n += 1
