@@ -74,7 +74,7 @@ class Components:
         """The UNet and both ControlNets wired as the config says."""
         return Denoiser(
             self.unet, self.image_controlnet, self.motion_controlnet, self.cfg.vae_scale_factor,
-            image_every_frame=self.cfg.image_condition == "every_frame",
+            image_every_frame=self.cfg.image_condition == "every_frame", flow_gain=self.cfg.flow_gain,
         )
 
     def modules(self) -> dict[str, nn.Module]:
@@ -212,16 +212,17 @@ class Denoiser(nn.Module):
     """
 
     def __init__(self, unet, image_controlnet, motion_controlnet, vae_scale_factor: int,
-                 image_every_frame: bool = False):
+                 image_every_frame: bool = False, flow_gain: float = 1.0):
         super().__init__()
         self.unet = unet
         self.image_controlnet = image_controlnet
         self.motion_controlnet = motion_controlnet
         self.vae_scale_factor = vae_scale_factor
         self.image_every_frame = image_every_frame  # see first_frame_condition
+        self.flow_gain = flow_gain  # see ModelConfig.flow_gain
 
     def motion_residuals(self, noisy, timesteps, encoder_states, flow, scale: float = 1.0):
-        cond = flow_to_controlnet_cond(flow.to(noisy.dtype), self.vae_scale_factor)
+        cond = flow_to_controlnet_cond(flow.to(noisy.dtype) * self.flow_gain, self.vae_scale_factor)
         return self.motion_controlnet(
             noisy, timesteps, encoder_states, cond, conditioning_scale=scale, return_dict=False
         )

@@ -51,6 +51,11 @@ class ModelConfig:
     num_frames: int = 16
     flow_kernel_size: int = 25
     flow_sigma: float = 2.5
+    # Multiplies the trajectory maps before the motion ControlNet. 1 is the official model. The
+    # filtered maps are small (at 96×64, std ≈ 0.05 dense and ≈ 0.007 for 1–8 sparse tracks), and
+    # the ControlNet's input conv starts at zero, so a model trained from scratch for a few
+    # thousand steps hardly sees them; a gain of ~20 brings dense maps to unit scale.
+    flow_gain: float = 1.0
     # Denoising objective: "epsilon" (sd15), "sample" (x0) or "v_prediction".
     prediction_type: str = "sample"
     num_train_timesteps: int = 1000
@@ -130,6 +135,8 @@ class ModelConfig:
             raise ValueError(f"unknown prediction_type {self.prediction_type!r}")
         if self.num_frames < 2:
             raise ValueError("num_frames must be at least 2")
+        if not self.flow_gain > 0:
+            raise ValueError(f"flow_gain must be > 0, got {self.flow_gain}")
         if self.codec not in ("vae", "space_to_depth"):
             raise ValueError(f"unknown codec {self.codec!r}; choose 'vae' or 'space_to_depth'")
         if self.preset == "sd15" and self.codec != "vae":

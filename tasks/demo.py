@@ -66,8 +66,11 @@ _TOY_OPTIONS = {"high_noise_prob": 0.3, "motion_loss_weight": 4.0}
 # The lossless space-to-depth codec instead of a trained tiny VAE (README, "Measured"):
 # pixels scaled by 4 ≈ 1 / their std on toy clips (0.236), so the diffusion sees unit variance.
 # The image ControlNet sees the first frame at every frame position: with it only at frame 0, the
-# from-scratch base lost the object after the first frame (README).
-_TOY_MODEL = {"codec": "space_to_depth", "vae_scaling_factor": 4.0, "image_condition": "every_frame"}
+# from-scratch base lost the object after the first frame (README). The trajectory maps are
+# multiplied by 20 before the motion ControlNet, so dense maps have about unit std
+# (ModelConfig.flow_gain; unscaled, the proof's ControlNet barely responded to them).
+_TOY_MODEL = {"codec": "space_to_depth", "vae_scaling_factor": 4.0, "image_condition": "every_frame",
+              "flow_gain": 20.0}
 STAGES = tiny_config(**_TOY_MODEL).stages  # base, dense, sparse, camera, object: no vae stage
 _ALL_VARIANTS = (("object", "base"), ("object", "none"), ("object", "camera"), ("camera", "camera"), ("camera", "base"))
 
@@ -87,8 +90,8 @@ SCALES = {
         model=_TOY_MODEL,
     ),
     "proof": DemoScale(
-        mixed=30, objects=30, camera=36, real_clips=True, num_frames=8, frame_stride=4,
-        steps={"base": 2000, "dense": 1200, "sparse": 400, "camera": 300, "object": 400},
+        mixed=60, objects=60, camera=72, real_clips=True, num_frames=8, frame_stride=4,
+        steps={"base": 2000, "dense": 1500, "sparse": 400, "camera": 300, "object": 400},
         learning_rate=_LR, batch_size=4, eval_cases=None, eval_steps=25, reference_clips=20,
         variants=_ALL_VARIANTS, train_options={"log_every": 10, "save_every": 100, **_TOY_OPTIONS},
         model=_TOY_MODEL,

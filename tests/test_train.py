@@ -45,6 +45,30 @@ def test_fresh_motion_controlnet_changes_nothing():
     assert flow_to_controlnet_cond(flow, 8).shape == (1, 128, 16, 8, 12)
 
 
+def test_flow_gain_scales_the_trajectory_maps_the_motion_controlnet_sees():
+    """gain·maps into a gain-1 ControlNet ≡ maps into a gain-g one; the gain comes from the config."""
+    cfg = tiny_config(flow_gain=20.0)
+    comps = build_tiny_components(cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # a trained ControlNet: non-zero input conv and zero-convs
+        for name, p in comps.motion_controlnet.named_parameters():
+            if "controlnet" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+    den = comps.denoiser().eval()
+    assert den.flow_gain == 20.0
+    plain = Denoiser(comps.unet, comps.image_controlnet, comps.motion_controlnet, 8).eval()
+    noisy = torch.randn(1, 4, 4, 8, 12, generator=g)
+    text = torch.randn(1, 77, 64, generator=g)
+    first = torch.randn(1, 4, 8, 12, generator=g)
+    flow = 0.05 * torch.randn(1, 2, 4, 64, 96, generator=g)
+    with torch.no_grad():
+        gained = den(noisy, torch.tensor([500]), text, first, flow=flow)
+        torch.testing.assert_close(gained, plain(noisy, torch.tensor([500]), text, first, flow=20 * flow))
+        assert not torch.allclose(gained, plain(noisy, torch.tensor([500]), text, first, flow=flow), atol=1e-4)
+    with pytest.raises(ValueError, match="flow_gain"):
+        tiny_config(flow_gain=0.0)
+
+
 def test_pixel_unshuffle_keeps_every_value_in_its_cell():
     flow = torch.arange(2 * 3 * 16 * 24, dtype=torch.float32).reshape(1, 2, 3, 16, 24)
     cond = flow_to_controlnet_cond(flow, 8)
