@@ -28,6 +28,7 @@ from tasks.demo import (
     finished_evaluation,
     make_heldout,
     make_toy_world,
+    probe_response,
     publish_report,
     stage_shards,
 )
@@ -73,11 +74,12 @@ def demo(out: str = "demo_out", scale: Literal["test", "demo", "proof"] = "demo"
             print(f"{key}: already evaluated with these settings ({eval_dirs[key]}/metrics.json)")
         else:
             evaluations[key] = evaluate(set_name=set_name, run=run, out=eval_dirs[key], **settings)
+    response = probe_response(run, heldout, s, seed)
     seconds["evaluation"] = round(time.time() - t0 - seconds["world_and_curation"] - seconds["training"], 1)
     seconds["total"] = round(time.time() - t0, 1)
     command = {"demo": "make demo", "proof": "make proof"}.get(scale, f"python -m flows.demo --scale {scale}")
     result = publish_report([str(root), out], run, scale, seed, command, evaluations, eval_dirs, curation, training,
-                            seconds)
+                            seconds, response)
     print(json.dumps(result, indent=1))
     return result
 

@@ -205,6 +205,17 @@ def _html_table(rows: list[dict]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+def response_rows(response: dict) -> list[dict]:
+    """One row per condition of :func:`ic_model.response.trajectory_response`, a column per
+    (t, region)."""
+    rows: dict[str, dict] = {}
+    for r in response["rows"]:
+        row = rows.setdefault(r["condition"], {"condition": r["condition"]})
+        row[f"t={r['t']} whole"] = r["whole"]
+        row[f"t={r['t']} moving"] = r["moving"]
+    return list(rows.values())
+
+
 def report_sections(summary: dict, context: dict) -> list[tuple[str, str, list[dict] | None]]:
     """(title, text, table rows or None) in reading order, shared by markdown, HTML and artifacts."""
     t = summary["targets"]
@@ -230,6 +241,13 @@ def report_sections(summary: dict, context: dict) -> list[tuple[str, str, list[d
          "ControlNet without LoRA, `base` the image-to-video base with the motion ControlNet off.",
          metric_rows(summary)),
         ("Camera-free guidance sweep (object set, object adapter)", "", sweep_rows(summary)),
+        *([("What the motion ControlNet learned (x0 error with and without trajectories)",
+            f"Held-out clips with moving objects ({response['num_samples']} windows), noised at each t with the "
+            "same noise for every condition; the error of the model's x0 estimate on frames 1… in the scaled latent "
+            "space, over the whole frame and over the 10 % of positions that change most. Own trajectories well "
+            "below `off` and `other clip` on `moving` = the ControlNet uses them; all equal = it ignores them. "
+            f"Weights: the `{response['stage']}` stage, no LoRA.", response_rows(response))]
+          if (response := context.get("trajectory_response")) else []),
         ("Training", "", context.get("training_rows") or []),
         ("Curation", "", context.get("curation_rows") or []),
     ]
@@ -277,6 +295,7 @@ __all__ = [
     "running_mean",
     "metric_rows",
     "report_sections",
+    "response_rows",
     "side_by_side_gif",
     "summarize",
     "sweep_rows",

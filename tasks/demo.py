@@ -26,6 +26,7 @@ from ic_model.pipeline import prepare_image_and_tracks
 from ic_model.report import (
     loss_summary,
     metric_rows,
+    response_rows,
     side_by_side_gif,
     summarize,
     sweep_rows,
@@ -33,6 +34,7 @@ from ic_model.report import (
     variant_key,
     write_report,
 )
+from ic_model.response import trajectory_response
 from ic_model.run import run_model_config, stage_dir
 
 
@@ -57,6 +59,7 @@ class DemoScale:
     variants: tuple = ()  # (set, mode) pairs besides object/object with its λ_trajs sweep
     train_options: dict = field(default_factory=dict)
     model: dict = field(default_factory=dict)  # ModelConfig fields over the tiny preset's
+    response_samples: int = 32  # held-out clip windows for the trajectory-response probe
 
 
 _LR = {"base": 5e-4, "dense": 3e-4, "sparse": 2e-4, "camera": 5e-4, "object": 5e-4}
@@ -78,7 +81,7 @@ SCALES = {
     "test": DemoScale(
         mixed=2, objects=2, camera=3, real_clips=False, num_frames=8, frame_stride=4,
         steps=dict.fromkeys(STAGES, 2), learning_rate=_LR, batch_size=2,
-        eval_cases=2, eval_steps=2, reference_clips=3,
+        eval_cases=2, eval_steps=2, reference_clips=3, response_samples=4,
         variants=(("object", "base"), ("object", "camera"), ("camera", "camera")),
         train_options={"log_every": 1, "save_every": 1000, **_TOY_OPTIONS}, model=_TOY_MODEL,
     ),
@@ -170,6 +173,16 @@ def make_heldout(out: str, scale: DemoScale, seed: int) -> str:
     return out
 
 
+@task(name="trajectory-response", cache_policy=NO_CACHE)
+def probe_response(run: str, heldout: str, scale: DemoScale, seed: int) -> dict:
+    """x0 error of the motion ControlNet with and without the clips' own trajectories
+    (ic_model.response): does it use them, apart from whether sampling draws them well."""
+    result = trajectory_response(run, heldout, num_samples=scale.response_samples, batch_size=max(2, scale.batch_size),
+                                 frame_stride=scale.frame_stride, seed=seed)
+    print("trajectory response (moving-region x0 error, own dense vs off, 1 − ratio):", result["moving_gain"])
+    return result
+
+
 def finished_evaluation(out: str, run: str, settings: dict) -> dict | None:
     """The metrics of an evaluation already done with these settings on the run as it is now
     (newer than every stage), so a rerun of the demo resumes instead of regenerating."""
@@ -228,7 +241,7 @@ def _gif_md(path: Path, title: str) -> str:
 @task(name="demo-report", cache_policy=NO_CACHE)
 def publish_report(outs: list[str], run: str, scale_name: str, seed: int, command: str, evaluations: dict[str, dict],
                    eval_dirs: dict[str, str], curation: dict[str, dict], training: dict[str, dict],
-                   seconds: dict[str, float]) -> dict:
+                   seconds: dict[str, float], response: dict | None = None) -> dict:
     """report.md / report.html / metrics.json / curves / GIFs, and the same as artifacts."""
     out_dir = Path(outs[0])
     cfg = run_model_config(run)
@@ -245,7 +258,8 @@ def publish_report(outs: list[str], run: str, scale_name: str, seed: int, comman
     curation_rows = [{"source": s, **c.get("counts", {}), "threshold": c.get("threshold")} for s, c in curation.items()]
     context = {"scale": scale_name, "scale_settings": asdict(SCALES[scale_name]), "seed": seed, "command": command,
                "reference_clips": SCALES[scale_name].reference_clips, "seconds": seconds,
-               "training_rows": training_rows, "curation_rows": curation_rows, "model": cfg.to_dict()}
+               "training_rows": training_rows, "curation_rows": curation_rows, "model": cfg.to_dict(),
+               "trajectory_response": response}
     gifs = _side_by_side(out_dir, eval_dirs, cfg, num=3)
     paths = write_report(out_dir, summary, context, gifs, curves_png.name)
     for extra in outs[1:]:  # the latest report also at the top of the output folder
@@ -255,6 +269,9 @@ def publish_report(outs: list[str], run: str, scale_name: str, seed: int, comman
 
     create_table_artifact(metric_rows(summary), key="demo-metrics", description="Metrics per variant (Table 1)")
     create_table_artifact(sweep_rows(summary), key="demo-trajs-sweep", description="Camera-free guidance (Figure 7)")
+    if response:
+        create_table_artifact(response_rows(response), key="demo-trajectory-response",
+                              description="x0 error with and without trajectories (motion ControlNet)")
     headline = "\n".join(f"- **{k}**: {v}" for k, v in (
         ("objmc_ratio", summary["objmc_ratio"]), ("background_ratio", summary["background_ratio"]),
         *summary["targets"].items()))

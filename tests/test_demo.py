@@ -23,7 +23,8 @@ def demo_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo_out")
     with prefect_harness():
         state = demo(out=str(out), scale="test", seed=0, return_state=True)
-        artifacts = {k: latest_artifact(k) for k in ("demo-report", "demo-metrics", "demo-trajs-sweep")}
+        artifacts = {k: latest_artifact(k) for k in ("demo-report", "demo-metrics", "demo-trajs-sweep",
+                                                      "demo-trajectory-response")}
     return out, state, artifacts  # work in out/test/, the report in both
 
 
@@ -82,8 +83,15 @@ def test_report_holds_every_number(demo_run):
         assert (out / "test" / "eval" / "object-base" / "videos" / f"{c}.mp4").exists()
         assert (out / "test" / "eval" / "object-object" / "videos" / f"{c}-trajs1.5.mp4").exists()
 
+    # The trajectory-response probe: five conditions at two timesteps on held-out windows.
+    response = metrics["context"]["trajectory_response"]
+    assert response["num_samples"] == SCALES["test"].response_samples and response["stage"] == "sparse"
+    assert len(response["rows"]) == 10 and all(np.isfinite(r["moving"]) for r in response["rows"])
+    assert artifacts["demo-trajectory-response"] is not None
+
     md = (out / "report.md").read_text()
     assert "objmc_ratio" in md and "training_curves.png" in md and "gifs/object-" in md
+    assert "What the motion ControlNet learned" in md
     assert "<table>" in (out / "report.html").read_text()
     with Image.open(out / "training_curves.png") as png:
         assert png.format == "PNG" and png.width > 300
