@@ -114,8 +114,8 @@ def trajectory_response(
                 sums[(t, c)] += [err.mean().item(), (err[mask].mean()).item()]
         seen += latents.shape[0]
     steps = max(1, -(-seen // batch_size))
-    rows = [{"t": int(t), "condition": c, "whole": round(sums[(t, c)][0] / steps, 4),
-             "moving": round(sums[(t, c)][1] / steps, 4)} for t in timesteps for c in CONDITIONS]
+    rows = [{"t": int(t), "condition": c, "whole": round(float(sums[(t, c)][0]) / steps, 4),
+             "moving": round(float(sums[(t, c)][1]) / steps, 4)} for t in timesteps for c in CONDITIONS]
     by = {(r["t"], r["condition"]): r for r in rows}
     gain = {str(t): round(1 - by[(t, "own dense")]["moving"] / by[(t, "off")]["moving"], 4) for t in timesteps}
     return {"rows": rows, "num_samples": seen, "stage": stage, "moving_gain": gain}

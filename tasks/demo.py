@@ -94,7 +94,7 @@ SCALES = {
     ),
     "proof": DemoScale(
         mixed=60, objects=60, camera=72, real_clips=True, num_frames=8, frame_stride=4,
-        steps={"base": 2000, "dense": 1500, "sparse": 400, "camera": 300, "object": 400},
+        steps={"base": 2000, "dense": 2500, "sparse": 1500, "camera": 300, "object": 400},
         learning_rate=_LR, batch_size=4, eval_cases=None, eval_steps=25, reference_clips=20,
         variants=_ALL_VARIANTS, train_options={"log_every": 10, "save_every": 100, **_TOY_OPTIONS},
         model=_TOY_MODEL,
