@@ -48,12 +48,14 @@ def predicted_x0(scheduler, noisy: torch.Tensor, pred: torch.Tensor, timesteps: 
 
 def moving_mask(latents: torch.Tensor, fraction: float = MOVING_FRACTION) -> torch.Tensor:
     """(B, 1, T-1, h, w) bool: per clip, the ``fraction`` of positions on frames 1… whose latent
-    changes most from the previous frame (at least one position)."""
+    changes most from the previous frame (at least one position; exactly that many, ties broken
+    by ``topk``)."""
     change = (latents[:, :, 1:] - latents[:, :, :-1]).abs().mean(dim=1, keepdim=True)
     flat = change.flatten(1)
     k = max(1, int(round(fraction * flat.shape[1])))
-    threshold = flat.topk(k, dim=1).values[:, -1:]
-    return (flat >= threshold).view_as(change)
+    mask = torch.zeros_like(flat, dtype=torch.bool)
+    mask.scatter_(1, flat.topk(k, dim=1).indices, True)
+    return mask.view_as(change)
 
 
 def _streams(shards, cfg: ModelConfig, batch_size: int, frame_stride: int, seed: int):
