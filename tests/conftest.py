@@ -130,7 +130,7 @@ def training_shards(tmp_path_factory):
 # Overfitting one fixed batch: the same clip, noise and timesteps every step. Each stage gets
 # its own seed, so it sees a batch the stage before it did not memorise.
 OVERFIT = dict(batch_size=1, overfit_one_batch=True, log_every=1, save_every=1000, vae_frames_per_clip=1)
-OVERFIT_STEPS = {"vae": 100, "base": 40, "dense": 40, "sparse": 40, "camera": 40, "object": 50}
+OVERFIT_STEPS = {"vae": 100, "base": 40, "dense": 60, "sparse": 40, "camera": 40, "object": 50}
 OVERFIT_LR = {"vae": 2e-3, "base": 2e-3, "dense": 3e-3, "sparse": 3e-3, "camera": 3e-3, "object": 3e-3}
 # The tiny preset at 8 frames instead of 16 halves the cost of these tests; same classes.
 TEST_FRAMES = 8
