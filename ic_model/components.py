@@ -20,7 +20,7 @@ from transformers import CLIPTextConfig, CLIPTextModel
 
 from .config import ModelConfig
 from .motion_controlnet import build_image_controlnet, build_motion_controlnet, flow_to_controlnet_cond
-from .tokenizer import clip_tokenizer
+from .tokenizer import caption_ids, clip_tokenizer
 
 
 class SpaceToDepthCodec(nn.Module):
@@ -265,13 +265,7 @@ class Denoiser(nn.Module):
 
 
 def encode_text(components: Components, captions: list[str], device) -> torch.Tensor:
-    tokens = components.tokenizer(
-        list(captions),
-        padding="max_length",
-        max_length=components.cfg.max_text_tokens,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids.to(device)
+    tokens = caption_ids(components.tokenizer, captions, components.cfg.max_text_tokens).to(device)
     return components.text_encoder(tokens)[0]
 
 

@@ -28,6 +28,8 @@ from .components import encode_video
 from .config import ModelConfig
 from .data import ClipStream
 from .run import is_done, load_run_components, run_model_config
+from .tokenizer import caption_ids
+from .train import frame_change
 
 CONDITIONS = ("own dense", "own sparse", "zero maps", "off", "other clip")
 MOVING_FRACTION = 0.1
@@ -50,7 +52,7 @@ def moving_mask(latents: torch.Tensor, fraction: float = MOVING_FRACTION) -> tor
     """(B, 1, T-1, h, w) bool: per clip, the ``fraction`` of positions on frames 1… whose latent
     changes most from the previous frame (at least one position; exactly that many, ties broken
     by ``topk``)."""
-    change = (latents[:, :, 1:] - latents[:, :, :-1]).abs().mean(dim=1, keepdim=True)
+    change = frame_change(latents)
     flat = change.flatten(1)
     k = max(1, int(round(fraction * flat.shape[1])))
     mask = torch.zeros_like(flat, dtype=torch.bool)
@@ -100,9 +102,7 @@ def trajectory_response(
         if dense.keys != sparse.keys or not torch.equal(dense.frame_indices, sparse.frame_indices):
             raise RuntimeError("dense and sparse streams drew different clips")  # ClipStream contract
         latents = encode_video(comps.vae, dense.pixels)
-        ids = comps.tokenizer(list(dense.captions), padding="max_length", max_length=cfg.max_text_tokens,
-                              truncation=True, return_tensors="pt").input_ids
-        text = comps.text_encoder(ids)[0]
+        text = comps.text_encoder(caption_ids(comps.tokenizer, dense.captions, cfg.max_text_tokens))[0]
         mask = moving_mask(latents)
         flows = {"own dense": dense.flow, "own sparse": sparse.flow, "zero maps": torch.zeros_like(dense.flow),
                  "off": None, "other clip": dense.flow.roll(1, dims=0)}

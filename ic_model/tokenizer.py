@@ -74,4 +74,12 @@ def clip_tokenizer(max_length: int = 77) -> CLIPTokenizer:
         )
 
 
-__all__ = ["bpe_vocab_path", "clip_tokenizer", "write_clip_tokenizer_files"]
+def caption_ids(tokenizer, captions, max_length: int):
+    """(N, max_length) token ids for ``captions``: padded to ``max_length`` and truncated, as the
+    text encoder takes them in training, inference and the probes alike."""
+    return tokenizer(
+        list(captions), padding="max_length", max_length=max_length, truncation=True, return_tensors="pt"
+    ).input_ids
+
+
+__all__ = ["bpe_vocab_path", "caption_ids", "clip_tokenizer", "write_clip_tokenizer_files"]

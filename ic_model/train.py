@@ -48,6 +48,7 @@ from .run import (
     save_module,
     stage_dir,
 )
+from .tokenizer import caption_ids
 
 # What each stage trains on: track mode for the conditioning, and the clip filter.
 STAGE_DATA = {
@@ -172,13 +173,18 @@ class StageModule(nn.Module):
                 lora.save_adapter(self.motion_controlnet, name, out_dir / LORA_FILES[name])
 
 
+def frame_change(latents: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T-1, h, w): mean absolute change of each latent position from the previous frame."""
+    return (latents[:, :, 1:] - latents[:, :, :-1]).abs().mean(dim=1, keepdim=True)
+
+
 def motion_weights(latents: torch.Tensor, strength: float) -> torch.Tensor:
     """Per-position loss weights (B, 1, T, h, w): 1 + strength · (how much the latent changes
     from the previous frame, relative to the clip's mean change); frame 0 weighs 1.
 
     A small object is a sliver of the pixels, so an unweighted loss hardly notices whether it
     moves; this puts the gradient where the motion is (a toy-scale option, off by default)."""
-    change = (latents[:, :, 1:] - latents[:, :, :-1]).abs().mean(dim=1, keepdim=True)
+    change = frame_change(latents)
     change = torch.cat([torch.zeros_like(change[:, :, :1]), change], dim=2)
     relative = change / (change.mean(dim=(2, 3, 4), keepdim=True) + 1e-6)
     return 1.0 + strength * relative
@@ -230,13 +236,7 @@ def make_step_inputs(batch, comps_tokenizer, cfg: ModelConfig, train_cfg: TrainC
     """Tokens, noise and timesteps for one micro-batch (drawn from ``gen`` on the CPU, so a
     run gives the same numbers on any device)."""
     pixels = batch.pixels
-    ids = comps_tokenizer(
-        list(batch.captions),
-        padding="max_length",
-        max_length=cfg.max_text_tokens,
-        truncation=True,
-        return_tensors="pt",
-    ).input_ids
+    ids = caption_ids(comps_tokenizer, batch.captions, cfg.max_text_tokens)
     if train_cfg.stage == "vae":
         pixels = vae_frames(pixels, train_cfg.vae_frames_per_clip, gen)
         h, w = cfg.latent_size
