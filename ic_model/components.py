@@ -19,6 +19,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .config import ModelConfig
+from .frame_attention import use_first_frame_attention
 from .motion_controlnet import build_image_controlnet, build_motion_controlnet, flow_to_controlnet_cond
 from .tokenizer import caption_ids, clip_tokenizer
 
@@ -102,7 +103,7 @@ def make_scheduler(cfg: ModelConfig) -> DDPMScheduler:
 
 def _tiny_unet(cfg: ModelConfig) -> UNetMotionModel:
     n = len(cfg.block_out_channels)
-    return UNetMotionModel(
+    unet = UNetMotionModel(
         in_channels=cfg.latent_channels,
         out_channels=cfg.latent_channels,
         down_block_types=("CrossAttnDownBlockMotion",) * (n - 1) + ("DownBlockMotion",),
@@ -115,6 +116,9 @@ def _tiny_unet(cfg: ModelConfig) -> UNetMotionModel:
         motion_num_attention_heads=cfg.motion_num_attention_heads,
         motion_max_seq_length=32,
     )
+    if cfg.spatial_attention == "first_frame":
+        use_first_frame_attention(unet)
+    return unet
 
 
 def _tiny_vae(cfg: ModelConfig) -> AutoencoderKL | SpaceToDepthCodec:

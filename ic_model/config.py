@@ -79,6 +79,10 @@ class ModelConfig:
     # at every frame position, mask still on frame 0: a tiny base trained from scratch then sees
     # the content it must carry at each frame, as frame-concatenating image-to-video models do).
     image_condition: str = "first_frame"
+    # The tiny UNet's spatial self-attention: "self" (each frame alone, as in SD) or "first_frame"
+    # (each frame also attends to frame 0's tokens: ic_model.frame_attention), so a moved object
+    # can keep frame 0's appearance. sd15 keeps the pretrained "self".
+    spatial_attention: str = "self"
     # Tiny VAE: four blocks, so latents are 1/8 of the pixels as in SD.
     vae_block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
     vae_layers_per_block: int = 1
@@ -145,6 +149,10 @@ class ModelConfig:
             raise ValueError(f"unknown image_condition {self.image_condition!r}; choose 'first_frame' or 'every_frame'")
         if self.preset == "sd15" and self.image_condition != "first_frame":
             raise ValueError("the sd15 preset keeps SparseCtrl's first-frame condition (pretrained weights expect it)")
+        if self.spatial_attention not in ("self", "first_frame"):
+            raise ValueError(f"unknown spatial_attention {self.spatial_attention!r}; choose 'self' or 'first_frame'")
+        if self.preset == "sd15" and self.spatial_attention != "self":
+            raise ValueError("the sd15 preset keeps the pretrained UNet's spatial self-attention ('self')")
         if self.codec == "space_to_depth" and self.latent_channels != 3 * self.space_to_depth_factor**2:
             raise ValueError(
                 f"codec 'space_to_depth' with factor {self.space_to_depth_factor} gives "
