@@ -72,8 +72,11 @@ _TOY_OPTIONS = {"high_noise_prob": 0.3, "motion_loss_weight": 4.0}
 # from-scratch base lost the object after the first frame (README). The trajectory maps are
 # multiplied by 20 before the motion ControlNet, so dense maps have about unit std
 # (ModelConfig.flow_gain; unscaled, the proof's ControlNet barely responded to them).
+# Each frame's spatial self-attention also sees frame 0's tokens (ModelConfig.spatial_attention):
+# the object adapter moved a blob along the trajectory, but seldom in the input object's colour
+# (README, "Measured").
 _TOY_MODEL = {"codec": "space_to_depth", "vae_scaling_factor": 4.0, "image_condition": "every_frame",
-              "flow_gain": 20.0}
+              "flow_gain": 20.0, "spatial_attention": "first_frame"}
 STAGES = tiny_config(**_TOY_MODEL).stages  # base, dense, sparse, camera, object: no vae stage
 _ALL_VARIANTS = (("object", "base"), ("object", "none"), ("object", "camera"), ("camera", "camera"), ("camera", "base"))
 
