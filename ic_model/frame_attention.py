@@ -4,7 +4,8 @@ A UNet's spatial self-attention sees one frame at a time, so a frame can take an
 appearance only from where the image condition shows it in that frame. When a trajectory moves
 the object elsewhere, a small base trained from scratch draws *a* blob at the new place, often in
 another colour (README, "Measured"). With this processor each frame's queries attend to its own
-tokens and to frame 0's (cross-frame attention, as in Tune-A-Video and Text2Video-Zero), so the
+tokens and to frame 0's (a variant of cross-frame attention: Text2Video-Zero attends to frame 0
+only, Tune-A-Video to frame 0 and the previous frame), so the
 appearance of frame 0 is one attention step away from every position of every frame.
 
 No weights are added: frame 0's keys and values come from the same projections. For frame 0
@@ -29,6 +30,8 @@ class FirstFrameAttnProcessor:
                  temb=None, *args, **kwargs) -> torch.Tensor:
         if encoder_hidden_states is not None or attention_mask is not None:
             raise ValueError("FirstFrameAttnProcessor is for self-attention without a mask (a UNet's attn1)")
+        if any(getattr(attn, n, None) is not None for n in ("spatial_norm", "group_norm", "norm_q", "norm_k")):
+            raise ValueError("FirstFrameAttnProcessor does not apply spatial/group/q/k norms; this attention has one")
         if hidden_states.ndim != 3:
             raise ValueError(f"expected (batch·frames, tokens, channels), got shape {tuple(hidden_states.shape)}")
         frames = self.num_frames

@@ -62,6 +62,12 @@ def test_processor_refuses_a_batch_that_is_not_whole_clips():
         _first_frame(frames=3)(_attention(), torch.randn(4, TOKENS, DIM))
 
 
+def test_processor_refuses_an_attention_with_norms_it_would_skip():
+    torch.manual_seed(0)
+    with pytest.raises(ValueError, match="does not apply"):
+        _first_frame()(Attention(DIM, heads=2, dim_head=8, qk_norm="layer_norm"), torch.randn(FRAMES, TOKENS, DIM))
+
+
 def test_tiny_unet_option_changes_only_spatial_self_attention_and_adds_no_weights():
     plain = build_tiny_components(tiny_config(num_frames=4))
     first = build_tiny_components(tiny_config(num_frames=4, spatial_attention="first_frame"))
