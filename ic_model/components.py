@@ -76,6 +76,7 @@ class Components:
         return Denoiser(
             self.unet, self.image_controlnet, self.motion_controlnet, self.cfg.vae_scale_factor,
             image_every_frame=self.cfg.image_condition == "every_frame", flow_gain=self.cfg.flow_gain,
+            clean_first_frame=self.cfg.first_frame_latent == "clean",
         )
 
     def modules(self) -> dict[str, nn.Module]:
@@ -213,10 +214,14 @@ class Denoiser(nn.Module):
     ``forward`` returns the UNet's prediction (ε, x0 or v, per the preset) for noisy latents
     (B, C, T, h, w). ``text_embeddings`` are per video (B, L, D); they are repeated per frame here
     because the diffusers motion UNet and ControlNets attend frame by frame.
+
+    With ``clean_first_frame`` (ModelConfig.first_frame_latent "clean", x0 prediction), frame 0
+    of the input is replaced by ``first_latent`` whatever its noise, and frame 0 of the
+    prediction is ``first_latent``: the model only denoises frames 1….
     """
 
     def __init__(self, unet, image_controlnet, motion_controlnet, vae_scale_factor: int,
-                 image_every_frame: bool = False, flow_gain: float = 1.0):
+                 image_every_frame: bool = False, flow_gain: float = 1.0, clean_first_frame: bool = False):
         super().__init__()
         self.unet = unet
         self.image_controlnet = image_controlnet
@@ -224,6 +229,7 @@ class Denoiser(nn.Module):
         self.vae_scale_factor = vae_scale_factor
         self.image_every_frame = image_every_frame  # see first_frame_condition
         self.flow_gain = flow_gain  # see ModelConfig.flow_gain
+        self.clean_first_frame = clean_first_frame
 
     def motion_residuals(self, noisy, timesteps, encoder_states, flow, scale: float = 1.0):
         cond = flow_to_controlnet_cond(flow.to(noisy.dtype) * self.flow_gain, self.vae_scale_factor)
@@ -242,6 +248,9 @@ class Denoiser(nn.Module):
         image_scale: float = 1.0,
     ) -> torch.Tensor:
         num_frames = noisy.shape[2]
+        if self.clean_first_frame:
+            clean = first_latent.to(noisy.dtype)[:, :, None]
+            noisy = torch.cat([clean, noisy[:, :, 1:]], dim=2)
         encoder_states = text_embeddings.repeat_interleave(num_frames, dim=0)
         cond, mask = first_frame_condition(first_latent.to(noisy.dtype), num_frames, self.image_every_frame)
         down, mid = self.image_controlnet(
@@ -259,13 +268,16 @@ class Denoiser(nn.Module):
             )
             down = [a + b for a, b in zip(down, motion_down)]
             mid = mid + motion_mid
-        return self.unet(
+        pred = self.unet(
             noisy,
             timesteps,
             encoder_states,
             down_block_additional_residuals=down,
             mid_block_additional_residual=mid,
         ).sample
+        if self.clean_first_frame:
+            pred = torch.cat([clean.to(pred.dtype), pred[:, :, 1:]], dim=2)
+        return pred
 
 
 def encode_text(components: Components, captions: list[str], device) -> torch.Tensor:

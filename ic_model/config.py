@@ -83,6 +83,12 @@ class ModelConfig:
     # (each frame also attends to frame 0's tokens: ic_model.frame_attention), so a moved object
     # can keep frame 0's appearance. sd15 keeps the pretrained "self".
     spatial_attention: str = "self"
+    # Frame 0 of the diffusion latents: "noisy" (noised like every frame; the image reaches the
+    # model only through the image ControlNet, as in SparseCtrl) or "clean" (the input image's
+    # latent at every noise level, and the model's x0 for frame 0 is that latent: frames 1… are
+    # denoised beside an exact frame 0 they can copy from, and frame 0 of the output is the
+    # input). "clean" needs prediction_type "sample"; sd15 keeps "noisy".
+    first_frame_latent: str = "noisy"
     # Tiny VAE: four blocks, so latents are 1/8 of the pixels as in SD.
     vae_block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
     vae_layers_per_block: int = 1
@@ -153,6 +159,11 @@ class ModelConfig:
             raise ValueError(f"unknown spatial_attention {self.spatial_attention!r}; choose 'self' or 'first_frame'")
         if self.preset == "sd15" and self.spatial_attention != "self":
             raise ValueError("the sd15 preset keeps the pretrained UNet's spatial self-attention ('self')")
+        if self.first_frame_latent not in ("noisy", "clean"):
+            raise ValueError(f"unknown first_frame_latent {self.first_frame_latent!r}; choose 'noisy' or 'clean'")
+        if self.first_frame_latent == "clean" and (self.preset == "sd15" or self.prediction_type != "sample"):
+            raise ValueError("first_frame_latent 'clean' needs the tiny preset with prediction_type 'sample' (x0): "
+                             "the model's prediction for frame 0 is then the input's latent itself")
         if self.codec == "space_to_depth" and self.latent_channels != 3 * self.space_to_depth_factor**2:
             raise ValueError(
                 f"codec 'space_to_depth' with factor {self.space_to_depth_factor} gives "

@@ -197,6 +197,8 @@ class ImageConductorPipeline:
             else:
                 out = out_uncond + guidance_scale * (out_cond - out_uncond)
             latents = self.scheduler.step(out, t, latents).prev_sample
+        if cfg.first_frame_latent == "clean":  # the last step leaves frame 0 a trace of noise away
+            latents[:, :, 0] = first_latent
 
         # 4. Decode.
         if output_type == "latent":

@@ -133,10 +133,12 @@ class StageModule(nn.Module):
         )
         target = diffusion_target(self.scheduler, latents, noise, timesteps)
         err = (pred.float() - target.float()) ** 2
+        first = 1 if self.cfg.first_frame_latent == "clean" else 0  # a clean frame 0 is given, not learned
+        err = err[:, :, first:]
         mse = err.mean()
         loss = mse
         if self.train_cfg.motion_loss_weight > 0 and self.stage != "base":
-            weights = motion_weights(latents, self.train_cfg.motion_loss_weight)
+            weights = motion_weights(latents, self.train_cfg.motion_loss_weight)[:, :, first:]
             loss = (err * weights).mean() / weights.mean()
         losses = {"mse": mse, "loss": loss}
         if self.stage == "object" and self.train_cfg.ortho_weight > 0:
