@@ -74,11 +74,11 @@ _TOY_OPTIONS = {"high_noise_prob": 0.3, "motion_loss_weight": 4.0}
 # (ModelConfig.flow_gain; unscaled, the proof's ControlNet barely responded to them).
 # Each frame's spatial self-attention also sees frame 0's tokens (ModelConfig.spatial_attention):
 # the object adapter moved a blob along the trajectory, but seldom in the input object's colour
-# (README, "Measured"). Frame 0 of the latents is the input itself at every noise level
-# (ModelConfig.first_frame_latent): generated from noise, frame 0 came out blurred and off-colour,
-# so the tracker of ObjMC started on something other than the input's object.
+# (README, "Measured"). A clean first-frame latent (ModelConfig.first_frame_latent "clean") was
+# tried in proof run E and is left off: frame 0 then is the input exactly, but frames 1… stay as
+# blurred as before, and the ObjMC tracker lost every point at that jump (README, "Measured").
 _TOY_MODEL = {"codec": "space_to_depth", "vae_scaling_factor": 4.0, "image_condition": "every_frame",
-              "flow_gain": 20.0, "spatial_attention": "first_frame", "first_frame_latent": "clean"}
+              "flow_gain": 20.0, "spatial_attention": "first_frame"}
 STAGES = tiny_config(**_TOY_MODEL).stages  # base, dense, sparse, camera, object: no vae stage
 _ALL_VARIANTS = (("object", "base"), ("object", "none"), ("object", "camera"), ("camera", "camera"), ("camera", "base"))
 
