@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from ic_data.mp4 import write_mp4
 from ic_data.synthetic import TOY_OBJECT_SCALE, random_video, write_synthetic_shards
 from ic_data.video_io import decode_video
-from ic_model.config import ModelConfig, load_json, tiny_config
+from ic_model.config import WEIGHT_ENV, ModelConfig, load_json, tiny_config
 from ic_model.evalsets import load_eval_set, synthetic_first_frame
 from ic_model.pipeline import prepare_image_and_tracks
 from ic_model.report import (
@@ -114,8 +114,11 @@ def demo_model_config(run: str, scale: DemoScale):
     wanted = dict(num_frames=scale.num_frames, **scale.model)
     path = Path(run) / "config.json"
     if path.exists():
-        old = ModelConfig.from_dict(load_json(path))
-        if any(getattr(old, k) != v for k, v in wanted.items()):
+        old = ModelConfig.from_dict(load_json(path)).to_dict()
+        # Every architecture field, not only those the scale sets: a run trained with an option
+        # since left at its default (e.g. first_frame_latent "clean") is another model too.
+        new = tiny_config(**wanted).to_dict()
+        if any(old[k] != new[k] for k in new if k not in WEIGHT_ENV):
             n = 1
             while Path(f"{run}.old-{n}").exists():
                 n += 1

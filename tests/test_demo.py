@@ -117,6 +117,11 @@ def test_a_run_of_another_model_is_moved_aside_not_reused(tmp_path):
     assert (tmp_path / "run.old-1" / "vae").is_dir() and not (run / "vae").exists()
     assert demo_model_config(str(run), SCALES["test"]) == cfg  # the same model: kept
     assert not (tmp_path / "run.old-2").exists()
+    # A field the scale leaves at its default counts too: a run trained with a clean first frame.
+    other = tmp_path / "other"
+    run_model_config(other, "tiny", num_frames=8, **SCALES["test"].model, first_frame_latent="clean")
+    assert demo_model_config(str(other), SCALES["test"]).first_frame_latent == "noisy"
+    assert run_model_config(tmp_path / "other.old-1").first_frame_latent == "clean"
 
 
 def test_finished_evaluation_is_reused_only_when_current(tmp_path):
