@@ -23,6 +23,14 @@ PAPER_STAGES = ("dense", "sparse", "camera", "object")
 LORA_STAGES = ("camera", "object")
 
 # Environment variables that may fill the sd15 weight paths (the flow/CLI settings win).
+# The ModelConfig fields that take one of a few names (the first is the default).
+CHOICES = {
+    "codec": ("vae", "space_to_depth"),
+    "image_condition": ("first_frame", "every_frame"),
+    "spatial_attention": ("self", "first_frame"),
+    "first_frame_latent": ("noisy", "clean"),
+}
+
 WEIGHT_ENV = {
     "sd15_path": "IC_SD15_PATH",
     "motion_adapter_path": "IC_MOTION_ADAPTER_PATH",
@@ -147,20 +155,15 @@ class ModelConfig:
             raise ValueError("num_frames must be at least 2")
         if not self.flow_gain > 0:
             raise ValueError(f"flow_gain must be > 0, got {self.flow_gain}")
-        if self.codec not in ("vae", "space_to_depth"):
-            raise ValueError(f"unknown codec {self.codec!r}; choose 'vae' or 'space_to_depth'")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose {' or '.join(map(repr, allowed))}")
         if self.preset == "sd15" and self.codec != "vae":
             raise ValueError("the sd15 preset uses SD 1.5's VAE (codec 'vae')")
-        if self.image_condition not in ("first_frame", "every_frame"):
-            raise ValueError(f"unknown image_condition {self.image_condition!r}; choose 'first_frame' or 'every_frame'")
         if self.preset == "sd15" and self.image_condition != "first_frame":
             raise ValueError("the sd15 preset keeps SparseCtrl's first-frame condition (pretrained weights expect it)")
-        if self.spatial_attention not in ("self", "first_frame"):
-            raise ValueError(f"unknown spatial_attention {self.spatial_attention!r}; choose 'self' or 'first_frame'")
         if self.preset == "sd15" and self.spatial_attention != "self":
             raise ValueError("the sd15 preset keeps the pretrained UNet's spatial self-attention ('self')")
-        if self.first_frame_latent not in ("noisy", "clean"):
-            raise ValueError(f"unknown first_frame_latent {self.first_frame_latent!r}; choose 'noisy' or 'clean'")
         if self.first_frame_latent == "clean" and (self.preset == "sd15" or self.prediction_type != "sample"):
             raise ValueError("first_frame_latent 'clean' needs the tiny preset with prediction_type 'sample' (x0): "
                              "the model's prediction for frame 0 is then the input's latent itself")
