@@ -26,7 +26,7 @@ def _x264_assembly() -> str:
 
     Measured on a 2-core x86-64 VM with AVX-512 (libx264 core 165, PyAV 17.1/18.1 wheels):
     - x264's own CPU detection (AVX-512 included) gave different bytes for the same frames from
-      call to call in 4–5 of 12 test clips; AVX-512 alone did so too, the AVX2 set never did.
+      call to call in 1–5 of 12 test clips (6 calls each); AVX-512 alone in 4, the AVX2 set in none.
     - The SSE2 set is deterministic there and exists on every x86-64 CPU, so x264 runs the same
       routines whichever one encodes (each larger set changes the bytes: x264 picks other
       routines, some with float rounding of their own).

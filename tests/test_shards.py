@@ -87,7 +87,7 @@ def test_mp4_encoding_is_byte_identical_across_calls():
     assert encode_mp4(frames, fps=29.97) == encode_mp4(frames, fps=29.97)
     assert encode_mp4(frames, fps=8.0) != encode_mp4(frames[::-1].copy(), fps=8.0)
     # x264 with its own CPU detection (AVX-512 on the development VM) gave different bytes for
-    # 4–5 of these 12 clips within 6 calls; the assembly set in ic_data.mp4 never did.
+    # 1–5 of these 12 clips within 6 calls; the assembly set in ic_data.mp4 never did.
     for seed in range(6):
         for height, width in ((64, 96), (256, 384)):
             clip = smooth_video(8, height, width, seed=seed)
