@@ -22,15 +22,16 @@ STAGES = ("vae", "base", "dense", "sparse", "camera", "object")
 PAPER_STAGES = ("dense", "sparse", "camera", "object")
 LORA_STAGES = ("camera", "object")
 
-# Environment variables that may fill the sd15 weight paths (the flow/CLI settings win).
-# The ModelConfig fields that take one of a few names (the first is the default).
+# The ModelConfig fields that take one of a few names (the first is the tiny preset's default).
 CHOICES = {
+    "prediction_type": ("sample", "epsilon", "v_prediction"),
     "codec": ("vae", "space_to_depth"),
     "image_condition": ("first_frame", "every_frame"),
     "spatial_attention": ("self", "first_frame"),
     "first_frame_latent": ("noisy", "clean"),
 }
 
+# Environment variables that may fill the sd15 weight paths (the flow/CLI settings win).
 WEIGHT_ENV = {
     "sd15_path": "IC_SD15_PATH",
     "motion_adapter_path": "IC_MOTION_ADAPTER_PATH",
@@ -149,8 +150,6 @@ class ModelConfig:
         f = self.vae_scale_factor
         if self.width % f or self.height % f:
             raise ValueError(f"width×height {self.width}×{self.height} must be multiples of {f}")
-        if self.prediction_type not in ("epsilon", "sample", "v_prediction"):
-            raise ValueError(f"unknown prediction_type {self.prediction_type!r}")
         if self.num_frames < 2:
             raise ValueError("num_frames must be at least 2")
         if not self.flow_gain > 0:
