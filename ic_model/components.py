@@ -297,6 +297,11 @@ def encode_video(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
     return latents.reshape(b, t, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
 
 
+def frame_change(latents: torch.Tensor) -> torch.Tensor:
+    """(B, 1, T-1, h, w): mean absolute change of each latent position from the previous frame."""
+    return (latents[:, :, 1:] - latents[:, :, :-1]).abs().mean(dim=1, keepdim=True)
+
+
 def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
     """(B, C, T, h, w) scaled latents → (B, 3, T, H, W) pixels in [-1, 1]."""
     b, c, t, h, w = latents.shape
@@ -319,6 +324,7 @@ __all__ = [
     "encode_text",
     "encode_video",
     "first_frame_condition",
+    "frame_change",
     "make_scheduler",
     "parameter_count",
 ]

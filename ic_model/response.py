@@ -24,12 +24,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .components import encode_video
+from .components import encode_video, frame_change
 from .config import ModelConfig
 from .data import ClipStream
 from .run import is_done, load_run_components, run_model_config
 from .tokenizer import caption_ids
-from .train import frame_change
 
 CONDITIONS = ("own dense", "own sparse", "zero maps", "off", "other clip")
 MOVING_FRACTION = 0.1

@@ -35,7 +35,7 @@ from torch import nn
 
 from . import lora
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .components import Components, encode_video
+from .components import Components, encode_video, frame_change
 from .config import LORA_STAGES, ModelConfig, TrainConfig, load_json, save_json
 from .data import make_loader
 from .run import (
@@ -173,11 +173,6 @@ class StageModule(nn.Module):
         else:
             for name in self.active_adapters:
                 lora.save_adapter(self.motion_controlnet, name, out_dir / LORA_FILES[name])
-
-
-def frame_change(latents: torch.Tensor) -> torch.Tensor:
-    """(B, 1, T-1, h, w): mean absolute change of each latent position from the previous frame."""
-    return (latents[:, :, 1:] - latents[:, :, :-1]).abs().mean(dim=1, keepdim=True)
 
 
 def motion_weights(latents: torch.Tensor, strength: float) -> torch.Tensor:
