@@ -77,10 +77,8 @@ _TOY_OPTIONS = {"high_noise_prob": 0.3, "motion_loss_weight": 4.0}
 # (README, "Measured"). A clean first-frame latent (ModelConfig.first_frame_latent "clean") was
 # tried in proof run E and is left off: frame 0 then is the input exactly, but frames 1… stay as
 # blurred as before, and the ObjMC tracker lost every point at that jump (README, "Measured").
-# The x0 estimate passes a nearly clean input through (ModelConfig.x0_skip_sigma_data): plain x0
-# prediction could not, and its frames stayed blurred to the last step (README, "Measured").
 _TOY_MODEL = {"codec": "space_to_depth", "vae_scaling_factor": 4.0, "image_condition": "every_frame",
-              "flow_gain": 20.0, "spatial_attention": "first_frame", "x0_skip_sigma_data": 0.5}
+              "flow_gain": 20.0, "spatial_attention": "first_frame"}
 STAGES = tiny_config(**_TOY_MODEL).stages  # base, dense, sparse, camera, object: no vae stage
 _ALL_VARIANTS = (("object", "base"), ("object", "none"), ("object", "camera"), ("camera", "camera"), ("camera", "base"))
 
