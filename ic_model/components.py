@@ -77,7 +77,6 @@ class Components:
             self.unet, self.image_controlnet, self.motion_controlnet, self.cfg.vae_scale_factor,
             image_every_frame=self.cfg.image_condition == "every_frame", flow_gain=self.cfg.flow_gain,
             clean_first_frame=self.cfg.first_frame_latent == "clean",
-            skip_sigma_data=self.cfg.x0_skip_sigma_data, alphas_cumprod=self.scheduler.alphas_cumprod,
         )
 
     def modules(self) -> dict[str, nn.Module]:
@@ -222,8 +221,7 @@ class Denoiser(nn.Module):
     """
 
     def __init__(self, unet, image_controlnet, motion_controlnet, vae_scale_factor: int,
-                 image_every_frame: bool = False, flow_gain: float = 1.0, clean_first_frame: bool = False,
-                 skip_sigma_data: float = 0.0, alphas_cumprod: torch.Tensor | None = None):
+                 image_every_frame: bool = False, flow_gain: float = 1.0, clean_first_frame: bool = False):
         super().__init__()
         self.unet = unet
         self.image_controlnet = image_controlnet
@@ -232,10 +230,6 @@ class Denoiser(nn.Module):
         self.image_every_frame = image_every_frame  # see first_frame_condition
         self.flow_gain = flow_gain  # see ModelConfig.flow_gain
         self.clean_first_frame = clean_first_frame
-        if skip_sigma_data > 0 and alphas_cumprod is None:
-            raise ValueError("an x0 skip (skip_sigma_data > 0) needs the scheduler's alphas_cumprod")
-        self.skip_sigma_data = skip_sigma_data  # see ModelConfig.x0_skip_sigma_data
-        self.alphas_cumprod = alphas_cumprod
 
     def motion_residuals(self, noisy, timesteps, encoder_states, flow, scale: float = 1.0):
         cond = flow_to_controlnet_cond(flow.to(noisy.dtype) * self.flow_gain, self.vae_scale_factor)
@@ -281,23 +275,9 @@ class Denoiser(nn.Module):
             down_block_additional_residuals=down,
             mid_block_additional_residual=mid,
         ).sample
-        if self.skip_sigma_data > 0:
-            pred = self.x0_with_skip(noisy, pred, timesteps)
         if self.clean_first_frame:
             pred = torch.cat([clean.to(pred.dtype), pred[:, :, 1:]], dim=2)
         return pred
-
-
-    def x0_with_skip(self, noisy: torch.Tensor, out: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
-        """x0 = c · x_t/√ᾱ + √(1 − c) · out with c = s²/(σ² + s²), σ² = (1 − ᾱ)/ᾱ and
-        s = skip_sigma_data: the skip weight of Karras et al. (2022, EDM). Near t = 0 the noisy
-        input passes through (c → 1); at high noise the network's output is x0 itself, at the
-        scale plain x0 prediction gives it (EDM's output weight is s times this one)."""
-        abar = self.alphas_cumprod.to(noisy.device)[timesteps].to(torch.float32).view(-1, 1, 1, 1, 1)
-        s2 = self.skip_sigma_data**2
-        c = s2 / ((1 - abar) / abar + s2)
-        x0 = c * noisy.float() / abar.sqrt() + (1 - c).sqrt() * out.float()
-        return x0.to(out.dtype)
 
 
 def encode_text(components: Components, captions: list[str], device) -> torch.Tensor:

@@ -98,11 +98,6 @@ class ModelConfig:
     # denoised beside an exact frame 0 they can copy from, and frame 0 of the output is the
     # input). "clean" needs prediction_type "sample"; sd15 keeps "noisy".
     first_frame_latent: str = "noisy"
-    # An input skip for x0 prediction (tiny, prediction_type "sample"): x0 = c_skip·x_t/√ᾱ +
-    # c_out·UNet, with the EDM coefficients for data std ``x0_skip_sigma_data`` (0 = plain x0, the
-    # UNet's output is x0). Plain x0 cannot pass even a nearly clean input through the narrow
-    # UNet (an error floor at low t); v-prediction can, but leaks noise into x0 at mid t.
-    x0_skip_sigma_data: float = 0.0
     # Tiny VAE: four blocks, so latents are 1/8 of the pixels as in SD.
     vae_block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
     vae_layers_per_block: int = 1
@@ -171,10 +166,6 @@ class ModelConfig:
         if self.first_frame_latent == "clean" and (self.preset == "sd15" or self.prediction_type != "sample"):
             raise ValueError("first_frame_latent 'clean' needs the tiny preset with prediction_type 'sample' (x0): "
                              "the model's prediction for frame 0 is then the input's latent itself")
-        if self.x0_skip_sigma_data < 0:
-            raise ValueError(f"x0_skip_sigma_data must be >= 0, got {self.x0_skip_sigma_data}")
-        if self.x0_skip_sigma_data > 0 and (self.preset == "sd15" or self.prediction_type != "sample"):
-            raise ValueError("x0_skip_sigma_data > 0 needs the tiny preset with prediction_type 'sample' (x0)")
         if self.codec == "space_to_depth" and self.latent_channels != 3 * self.space_to_depth_factor**2:
             raise ValueError(
                 f"codec 'space_to_depth' with factor {self.space_to_depth_factor} gives "
