@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ic_data import pipeline  # noqa: E402
 from ic_data.mp4 import write_mp4  # noqa: E402
 from ic_data.synthetic import CameraMotion, MovingObject, concat_shots, linear_path, render_shot, sine_path  # noqa: E402
+from ic_data.workers import default_processes  # noqa: E402
 
 FPS = 30  # WebVid clips are mostly 25–30 fps
 SECONDS = 12
@@ -170,7 +171,7 @@ def main() -> None:
     ap.add_argument("--small", type=int, default=24)
     ap.add_argument("--large", type=int, default=48)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="chunk tasks at a time (threads)")
-    ap.add_argument("--processes", type=int, default=pipeline.default_processes(),
+    ap.add_argument("--processes", type=int, default=default_processes(),
                     help="worker processes for the per-video work (0: in the task threads); `ic curate`'s default")
     ap.add_argument("--chunk-size", type=int, default=16, help="videos per task (`ic curate`'s default)")
     ap.add_argument("--repeat", type=int, default=3, help="rounds of the decode and curate timings (fastest kept)")

@@ -16,7 +16,8 @@ from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from ic_data.pipeline import CurationConfig, default_processes, discover_videos, plan_chunks
+from ic_data.pipeline import CurationConfig, discover_videos, plan_chunks
+from ic_data.workers import default_processes
 from tasks.curation import assemble_manifest, finish_chunk, motion_threshold, publish_summary, score_chunk
 
 SOURCES = {"webvid": False, "realestate10k": True}  # source → camera_only
@@ -86,7 +87,7 @@ def curate(
         local = isinstance(FlowRunContext.get().task_runner, ThreadPoolTaskRunner)
         cpu_only = flow_backend == "dis" and tracker == "lk" and captioner == "none"
         if local and cpu_only:
-            config = dataclasses.replace(config, processes=default_processes(config))
+            config = dataclasses.replace(config, processes=default_processes(config.max_decode_frames))
     chunks = plan_chunks(discover_videos(videos), config, chunk_size)
     log.info("%d videos from %s in %d chunks → %s (%d worker processes)", sum(len(c.videos) for c in chunks), videos,
              len(chunks), out, config.processes)

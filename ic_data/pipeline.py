@@ -19,12 +19,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import multiprocessing
 import os
-import threading
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -32,7 +29,8 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ic_data import clips as clipmod
-from ic_data.errors import CurationError, WorkerCrashed, WorkerStartError
+from ic_data.errors import CurationError
+from ic_data.workers import DEFAULT_MAX_DECODE_FRAMES, run_in_workers
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts")
 STAGE1_DIR = "work/scores"
@@ -60,7 +58,7 @@ class CurationConfig:
     grid_size: int = 16
     max_tracks: int = 8
     max_upscale: float = 2.0
-    max_decode_frames: int = 3000
+    max_decode_frames: int = DEFAULT_MAX_DECODE_FRAMES
     captions_csv: str | None = None
     captioner: str = "none"  # none | blip2
     flow_options: dict = field(default_factory=dict)
@@ -440,136 +438,10 @@ class _PendingSample:
 
 
 # ----------------------------------------------------------------------------- worker processes
+# What a worker runs (the pool itself is in ic_data.workers): each worker keeps one stage per
+# configuration, so the flow backend and the tracker load once per process.
 
-_POOLS: dict[int, ProcessPoolExecutor] = {}
-_POOLS_LOCK = threading.Lock()
 _WORKER_STAGES: dict[tuple, Any] = {}
-_WORKER_START_TIMEOUT_S = 300.0
-
-
-def video_pool(processes: int) -> ProcessPoolExecutor:
-    """The process pool of this size (spawned once, kept for the life of the process)."""
-    with _POOLS_LOCK:
-        pool = _POOLS.get(processes)
-        if pool is None:
-            # spawn, not fork: the parent runs threads (Prefect's, the decode watchdogs).
-            pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"), initializer=_init_worker)
-            _check_workers_start(pool)
-            _POOLS[processes] = pool
-        return pool
-
-
-def _check_workers_start(pool: ProcessPoolExecutor) -> None:
-    """Run a no-op in a new pool: workers that die before running anything (a script that
-    starts curation at import time, which every spawned worker re-imports) get one clear error."""
-    from concurrent.futures.process import BrokenProcessPool
-
-    try:
-        pool.submit(int).result(timeout=_WORKER_START_TIMEOUT_S)
-    except (BrokenProcessPool, TimeoutError) as exc:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise WorkerStartError(
-            "curation worker processes died on start-up. Each one imports the __main__ module "
-            "again: a script that runs curation must do so under `if __name__ == \"__main__\":`. "
-            "Or run without worker processes (processes=0, `ic curate --processes 0`)."
-        ) from exc
-
-
-# glibc hands a freed block back to the kernel when it was mmap-ed (large) or sits at the top
-# of the heap beyond the trim threshold, and the next allocation faults every page in again.
-# A worker frees one video's frames (~120 MB at 640×360) and allocates the next one's at once;
-# keeping freed memory in the heap cut decoding, select included, from ≈0.50 to ≈0.32 CPU-s per
-# 12 s video on the 2-core VM. The cost: each worker keeps up to 512 MB of freed heap (a
-# 50 s video's frames at 640×360, 30 fps; a longer one's beyond that go back to the kernel).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-_KEEP_HEAP_BYTES = 512 << 20
-
-
-def keep_freed_memory() -> bool:
-    """Ask glibc's malloc to keep freed memory for reuse (this process); False elsewhere."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):  # not glibc (musl, macOS): leave the allocator alone
-        return False
-    # Frames (up to a few MB) come from the heap, not from mmap, whose threshold glibc otherwise
-    # raises only as blocks are freed; its free top is trimmed only beyond _KEEP_HEAP_BYTES.
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, _KEEP_HEAP_BYTES))
-
-
-def default_processes(config: CurationConfig | None = None) -> int:
-    """Worker processes for this machine: one per usable core, as many as its memory holds.
-
-    A worker's peak is one video's stored frames: at most ``max_decode_frames`` of ≈0.35 MB
-    (4:2:0 planes of up to twice the 455×256 analysis size, or resized 4:4:4 planes), plus
-    thumbnails, the clip and the freed heap it keeps: budgeted at that + 512 MB.
-    """
-    config = config or CurationConfig()
-    try:
-        cores = len(os.sched_getaffinity(0))  # the cores this process may run on (containers)
-    except AttributeError:  # not Linux
-        cores = os.cpu_count() or 1
-    try:
-        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (AttributeError, ValueError, OSError):
-        return max(1, cores)
-    per_worker = config.max_decode_frames * 350_000 + _KEEP_HEAP_BYTES
-    return max(1, min(cores, memory // per_worker))
-
-
-def _init_worker() -> None:
-    import cv2
-
-    cv2.setNumThreads(1)  # one video per process: the pool is the parallelism
-    keep_freed_memory()
-
-
-def _drop_pool(processes: int, pool: ProcessPoolExecutor) -> None:
-    with _POOLS_LOCK:
-        if _POOLS.get(processes) is pool:
-            del _POOLS[processes]
-    pool.shutdown(wait=False, cancel_futures=True)
-
-
-def run_in_workers(jobs: Sequence[tuple[Callable, tuple]], processes: int) -> list:
-    """Run ``fn(*args)`` for each job in the shared pool and return the results in order.
-
-    Exceptions a job raises propagate (an I/O error writing our own output is the
-    orchestrator's to retry). A worker that dies (a native crash in a decoder on a malformed
-    file) takes the pool with it: the jobs that were in flight are rerun one at a time in fresh
-    pools, and a job that kills its worker alone gets a ``WorkerCrashed`` in place of its result,
-    for the caller to record against its video.
-    """
-    from concurrent.futures.process import BrokenProcessPool
-
-    results: list = [None] * len(jobs)
-    retry = []
-    pool = video_pool(processes)
-    try:
-        futures = [pool.submit(fn, *args) for fn, args in jobs]
-    except BrokenProcessPool:  # broken by another chunk's crash before we submitted
-        _drop_pool(processes, pool)
-        futures = []
-        retry = list(range(len(jobs)))
-    for i, fut in enumerate(futures):
-        try:
-            results[i] = fut.result()
-        except BrokenProcessPool:
-            retry.append(i)
-    if retry and futures:
-        _drop_pool(processes, pool)
-    for i in retry:
-        fn, args = jobs[i]
-        pool = video_pool(processes)
-        try:
-            results[i] = pool.submit(fn, *args).result()
-        except BrokenProcessPool:
-            _drop_pool(processes, pool)
-            results[i] = WorkerCrashed(f"the worker process died while running {fn.__name__}")
-    return results
 
 
 def _worker_stage(cls, config: CurationConfig, out_dir: str):

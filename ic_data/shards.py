@@ -15,13 +15,14 @@ bit-exact MP4 encoding), so a rerun of curation can be checked with a checksum.
 """
 from __future__ import annotations
 
+import glob
 import io
 import json
 import os
 import re
 import tarfile
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 import av
 import numpy as np
@@ -29,6 +30,7 @@ import numpy as np
 from ic_data.mp4 import decode_mp4, encode_mp4
 
 __all__ = [
+    "shard_paths",
     "ClipSample",
     "MAX_SPARSE_TRACKS",
     "MEMBER_SUFFIXES",
@@ -399,3 +401,30 @@ def webdataset_pipeline(urls: str | list[str]):
     import webdataset as wds
 
     return wds.WebDataset(urls, shardshuffle=False).decode(_decode_field)
+
+
+def shard_paths(urls: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Resolve ``urls`` to a list of shard paths.
+
+    A directory gives its ``*.tar`` files sorted by name, a pattern with ``*?[`` its sorted
+    matches, a single file itself, and a list or tuple each entry in order. Raises
+    ``FileNotFoundError`` naming the path when nothing (or a missing file) is found.
+    """
+    if isinstance(urls, (list, tuple)):
+        if not urls:
+            raise FileNotFoundError("no shards: the list of shard paths is empty")
+        return [path for url in urls for path in shard_paths(url)]
+    url = os.fspath(urls)
+    if os.path.isdir(url):
+        paths = sorted(glob.glob(os.path.join(glob.escape(url), "*.tar")))
+        if not paths:
+            raise FileNotFoundError(f"no *.tar shards in directory {url}")
+        return paths
+    if glob.has_magic(url):
+        paths = sorted(glob.glob(url))
+        if not paths:
+            raise FileNotFoundError(f"no shards match {url}")
+        return paths
+    if not os.path.isfile(url):
+        raise FileNotFoundError(f"shard {url} does not exist")
+    return [url]

@@ -277,12 +277,6 @@ class SyntheticVideo:
     cuts: list[int]
     shots: list[SyntheticShot]
 
-    def shot_bounds(self) -> list[tuple[int, int]]:
-        """(start, end) frame of each shot, end exclusive."""
-        starts = [0, *self.cuts]
-        ends = [*self.cuts, len(self.frames)]
-        return list(zip(starts, ends))
-
 
 def concat_shots(shots: Sequence[SyntheticShot]) -> SyntheticVideo:
     """Join shots with hard cuts; ``cuts`` lists the first frame of every shot after the first."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -19,14 +20,13 @@ from ic_data.pipeline import (
     CurationConfig,
     curate,
     discover_videos,
-    keep_freed_memory,
     plan_chunks,
-    run_in_workers,
     stage1_result_path,
 )
 from ic_data.shards import read_shard
 from ic_data.tracking import grid_points
 from ic_data.video_io import decode_video
+from ic_data.workers import keep_freed_memory, run_in_workers
 
 CFG = CurationConfig(seed=3)
 
@@ -152,6 +152,22 @@ def _page_faults_reallocating_frames() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
 
 
+def _why_no_mallopt() -> str | None:
+    """Why this platform cannot show what glibc's mallopt saves in page faults, or None."""
+    libc = platform.libc_ver()[0]
+    if libc != "glibc":
+        return f"keep_freed_memory needs glibc's mallopt; the C library here is {libc or 'another'} ({sys.platform})"
+    try:
+        import ctypes
+        import resource  # noqa: F401  (getrusage's page-fault counts)
+
+        ctypes.CDLL(None).mallopt
+    except (ImportError, OSError, AttributeError) as exc:
+        return f"mallopt or getrusage's page-fault counts unavailable here: {exc}"
+    return None
+
+
+@pytest.mark.skipif(bool(_why_no_mallopt()), reason=_why_no_mallopt() or "")
 def test_workers_reuse_freed_frame_memory_instead_of_faulting_it_in_again():
     # In a worker, the next video's frames reuse the pages of the last one's (glibc here).
     keep, = run_in_workers([(keep_freed_memory, ())], processes=1)
@@ -164,6 +180,20 @@ def test_workers_reuse_freed_frame_memory_instead_of_faulting_it_in_again():
         capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1],
     )
     assert int(plain.stdout) > 150 * 345_600 // 4096 // 2
+
+
+def test_keep_freed_memory_is_a_no_op_without_glibc_mallopt(monkeypatch):
+    """Elsewhere (musl, macOS, Windows) workers start all the same, their allocator untouched."""
+    import ctypes
+
+    def unknown(name):
+        raise ValueError(f"unrecognized configuration name {name!r}")  # os.confstr off glibc
+
+    monkeypatch.setattr(os, "confstr", unknown, raising=False)
+    assert keep_freed_memory() is False
+    monkeypatch.setattr(os, "confstr", lambda name: "glibc 2.36", raising=False)
+    monkeypatch.setattr(ctypes, "CDLL", lambda *args, **kwargs: object())  # a libc without mallopt
+    assert keep_freed_memory() is False
 
 
 def test_a_crashing_worker_costs_only_its_own_job():
@@ -259,30 +289,30 @@ def test_tiny_dataset_keeps_everything_and_writes_strict_json(input_dir, tmp_pat
 def test_workers_that_cannot_start_stop_the_run_with_one_clear_error(tmp_path):
     # Spawned workers re-import __main__: a script without a main guard kills every one of them.
     script = tmp_path / "unguarded.py"
-    script.write_text("from ic_data.pipeline import run_in_workers\nprint(run_in_workers([(abs, (-1,))], processes=1))\n")
+    script.write_text("from ic_data.workers import run_in_workers\nprint(run_in_workers([(abs, (-1,))], processes=1))\n")
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode != 0
     assert "WorkerStartError" in done.stderr and 'if __name__ == "__main__"' in done.stderr
     guarded = tmp_path / "guarded.py"
-    guarded.write_text("from ic_data.pipeline import run_in_workers\n"
+    guarded.write_text("from ic_data.workers import run_in_workers\n"
                        "if __name__ == '__main__':\n    print(run_in_workers([(abs, (-1,))], processes=1))\n")
     assert subprocess.run([sys.executable, str(guarded)], capture_output=True, text=True, env=env,
                           timeout=300, check=True).stdout.strip() == "[1]"
 
 
 def test_default_processes_fit_the_cores_and_the_memory(monkeypatch):
-    import ic_data.pipeline as pipeline
+    import ic_data.workers as workers
 
     cores = len(os.sched_getaffinity(0))
-    assert 1 <= pipeline.default_processes() <= cores
+    assert 1 <= workers.default_processes() <= cores
     gib = 1 << 30
     pages = {"SC_PAGE_SIZE": 4096}
-    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: set(range(64)))
-    monkeypatch.setattr(pipeline.os, "sysconf", lambda name: pages.get(name, 0))
+    monkeypatch.setattr(workers.os, "sched_getaffinity", lambda pid: set(range(64)))
+    monkeypatch.setattr(workers.os, "sysconf", lambda name: pages.get(name, 0))
     for memory, expected in ((512 * gib, 64), (16 * gib, 10), (1 * gib, 1)):
         pages["SC_PHYS_PAGES"] = memory // 4096
-        assert pipeline.default_processes() == expected  # ≈1.56 GB per worker at 3000 frames
+        assert workers.default_processes() == expected  # ≈1.56 GB per worker at 3000 frames
     short = CurationConfig(max_decode_frames=300)
     pages["SC_PHYS_PAGES"] = 16 * gib // 4096
-    assert pipeline.default_processes(short) == 26
+    assert workers.default_processes(short.max_decode_frames) == 26

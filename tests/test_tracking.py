@@ -14,9 +14,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from ic_data import tracking
 from ic_data.errors import MissingWeightsError
 from ic_data.synthetic import CameraMotion, MovingObject, SyntheticShot, linear_path, render_shot
+from ic_data.tracking import lk as tracking  # the LK backend: _EXACT_REMAP, _bilinear
 from ic_data.tracking import (
     CHECKPOINT_ENV,
     REPO_ENV,
