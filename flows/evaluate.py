@@ -6,7 +6,7 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from ic_model.evaluate import EvalSettings
+from ic_model.evaluation.evaluate import EvalSettings
 from tasks.inference import evaluate_task, publish_evaluation
 
 

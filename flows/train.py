@@ -11,7 +11,7 @@ from typing import Literal
 from prefect import flow, get_run_logger
 
 from ic_model.config import TrainConfig
-from ic_model.run import check_prerequisite, run_model_config
+from ic_model.training.run import check_prerequisite, run_model_config
 from tasks.training import publish_training, run_stage
 
 Stage = Literal["vae", "base", "dense", "sparse", "camera", "object"]
@@ -22,7 +22,7 @@ def train_stage_flow(
     stage: Stage,
     shards: str | list[str],
     run: str,
-    preset: Literal["tiny", "sd15"] = "tiny",
+    preset: Literal["tiny", "sd15"] | None = None,
     steps: int = 1000,
     batch_size: int = 4,
     learning_rate: float = 1e-4,
@@ -37,6 +37,7 @@ def train_stage_flow(
 ) -> dict:
     """Train STAGE on SHARDS into RUN/STAGE/ (resuming if a checkpoint is there).
 
+    ``preset``: a new run's (default tiny); an existing run keeps its own, and another is an error.
     ``options`` sets any other TrainConfig field (e.g. ortho_weight, save_every); ``weights``
     sets the sd15 paths (sd15_path, motion_adapter_path, sparsectrl_rgb_path); ``model`` sets
     ModelConfig fields of a new run (e.g. codec="space_to_depth"), which an existing run must match.

@@ -206,7 +206,7 @@ def _html_table(rows: list[dict]) -> str:
 
 
 def response_rows(response: dict) -> list[dict]:
-    """One row per condition of :func:`ic_model.response.trajectory_response`, a column per
+    """One row per condition of :func:`ic_demo.response.trajectory_response`, a column per
     (t, region)."""
     rows: dict[str, dict] = {}
     for r in response["rows"]:

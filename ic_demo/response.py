@@ -24,11 +24,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from .components import encode_video, frame_change
-from .config import ModelConfig
-from .data import ClipStream
-from .run import is_done, load_run_components, run_model_config
-from .tokenizer import caption_ids
+from ic_model.config import ModelConfig
+from ic_model.models.codec import encode_video
+from ic_model.models.components import frame_change
+from ic_model.models.tokenizer import caption_ids
+from ic_model.training.data import ClipStream
+from ic_model.training.run import is_done, load_run_components, run_model_config
 
 CONDITIONS = ("own dense", "own sparse", "zero maps", "off", "other clip")
 MOVING_FRACTION = 0.1

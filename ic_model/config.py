@@ -49,6 +49,10 @@ DEFAULT_LORA_TARGETS = (
 )
 
 
+# Fields renamed since a run folder may have been written: old name → new name.
+_RENAMED = {"vae_scaling_factor": "latent_scaling_factor"}
+
+
 @dataclass
 class ModelConfig:
     """Everything needed to rebuild the model from its saved JSON alone."""
@@ -89,7 +93,7 @@ class ModelConfig:
     # the content it must carry at each frame, as frame-concatenating image-to-video models do).
     image_condition: str = "first_frame"
     # The tiny UNet's spatial self-attention: "self" (each frame alone, as in SD) or "first_frame"
-    # (each frame also attends to frame 0's tokens: ic_model.frame_attention), so a moved object
+    # (each frame also attends to frame 0's tokens: ic_model.models.frame_attention), so a moved object
     # can keep frame 0's appearance. sd15 keeps the pretrained "self".
     spatial_attention: str = "self"
     # Frame 0 of the diffusion latents: "noisy" (noised like every frame; the image reaches the
@@ -103,7 +107,9 @@ class ModelConfig:
     vae_layers_per_block: int = 1
     vae_norm_num_groups: int = 8
     latent_channels: int = 4
-    vae_scaling_factor: float = 1.0
+    # What latents are multiplied by after encoding (diffusers' ``vae.config.scaling_factor``; SD
+    # 1.5: 0.18215). Not to be confused with ``vae_scale_factor``, the VAE's spatial downsampling.
+    latent_scaling_factor: float = 1.0
     # Tiny text encoder (the tokenizer is always the real CLIP BPE one).
     text_hidden_size: int = 64
     text_layers: int = 2
@@ -123,6 +129,7 @@ class ModelConfig:
 
     @property
     def vae_scale_factor(self) -> int:
+        """Pixels per latent cell along each side (diffusers' pipelines call it the same)."""
         if self.preset == "sd15":
             return 8
         if self.codec == "space_to_depth":
@@ -140,6 +147,13 @@ class ModelConfig:
         if self.preset == "sd15":
             return PAPER_STAGES
         return STAGES[1:] if self.codec == "space_to_depth" else STAGES
+
+    def prerequisite(self, stage: str) -> str | None:
+        """The stage that must have finished before ``stage`` may start."""
+        if stage not in self.stages:
+            raise ValueError(f"stage {stage!r} does not exist for preset {self.preset!r}: {self.stages}")
+        i = self.stages.index(stage)
+        return self.stages[i - 1] if i > 0 else None
 
     def weight_path(self, name: str) -> str:
         """A configured weight path, falling back to its environment variable."""
@@ -178,6 +192,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         names = {f.name: f for f in dataclasses.fields(cls)}
+        data = {_RENAMED.get(k, k): v for k, v in data.items()}
         unknown = sorted(set(data) - set(names))
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {unknown}")
@@ -202,7 +217,7 @@ def sd15_config(**overrides) -> ModelConfig:
         flow_kernel_size=99,
         flow_sigma=10.0,
         prediction_type="epsilon",
-        vae_scaling_factor=0.18215,
+        latent_scaling_factor=0.18215,
         cross_attention_dim=768,
     )
     base.update(overrides)

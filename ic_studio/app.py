@@ -30,9 +30,9 @@ import gradio as gr  # noqa: E402
 
 from ic_data.errors import CurationError, TrajectoryError  # noqa: E402
 from ic_model.config import ModelConfig, load_json  # noqa: E402
-from ic_model.generate import read_image  # noqa: E402
-from ic_model.pipeline import prepare_image_and_tracks  # noqa: E402
-from ic_model.run import is_done  # noqa: E402
+from ic_model.pipelines.generate import read_image  # noqa: E402
+from ic_model.pipelines.image_conductor import prepare_image_and_tracks  # noqa: E402
+from ic_model.training.run import is_done  # noqa: E402
 
 from .drawing import DrawingError, TrajectoryDrawing  # noqa: E402
 from .generation import (  # noqa: E402

@@ -2,7 +2,7 @@
 
 The request runs through the same flow as `ic generate` and the `generate/batch` deployment, so
 it shows up in the Prefect UI with its parameters. The motion-control error is the evaluation's
-measurement (:func:`ic_model.metrics.motion_control.motion_control_error`): the saved video is
+measurement (:func:`ic_model.evaluation.metrics.motion_control.motion_control_error`): the saved video is
 tracked from the requested first points and compared with the requested tracks, in pixels of a
 384×256 frame.
 """
@@ -18,8 +18,8 @@ import numpy as np
 from ic_data.mp4 import decode_mp4, write_mp4
 from ic_data.preview import TRACK_COLOURS, draw_tracks
 from ic_model.config import ModelConfig
-from ic_model.metrics.motion_control import MotionControlResult, motion_control_error
-from ic_model.run import is_done
+from ic_model.evaluation.metrics.motion_control import MotionControlResult, motion_control_error
+from ic_model.training.run import is_done
 
 from .model_view import DISPLAY_HEIGHT, DISPLAY_WIDTH
 

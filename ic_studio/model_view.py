@@ -4,7 +4,7 @@
 - display: the 384×256 curation frame the studio shows and the user clicks on;
 - model: ``cfg.width``×``cfg.height`` (384×256 for sd15, 96×64 for the tiny preset).
 
-The resize/crop is :func:`ic_model.pipeline.prepare_image_and_tracks` itself, so the picture and
+The resize/crop is :func:`ic_model.pipelines.image_conductor.prepare_image_and_tracks` itself, so the picture and
 the maps cannot drift from what generation does. All maps use the pixel-centre convention of
 :class:`ic_data.clips.ClipGeometry`.
 """
@@ -17,7 +17,7 @@ import numpy as np
 
 from ic_data.clips import CLIP_HEIGHT, CLIP_WIDTH, ClipGeometry
 from ic_model.config import ModelConfig
-from ic_model.pipeline import prepare_image_and_tracks
+from ic_model.pipelines.image_conductor import prepare_image_and_tracks
 
 DISPLAY_WIDTH, DISPLAY_HEIGHT = CLIP_WIDTH, CLIP_HEIGHT
 
@@ -32,7 +32,7 @@ class ModelView:
 
     @classmethod
     def from_image(cls, image: np.ndarray, cfg: ModelConfig) -> "ModelView":
-        """``image``: uint8 RGB (H, W, 3) as :func:`ic_model.generate.read_image` returns it."""
+        """``image``: uint8 RGB (H, W, 3) as :func:`ic_model.pipelines.generate.read_image` returns it."""
         h, w = image.shape[:2]
         # Any valid point will do: only the image and the geometry are used.
         prepared = prepare_image_and_tracks(image, [[[0, 0]]], cfg)

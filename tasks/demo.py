@@ -21,9 +21,9 @@ from ic_data.mp4 import write_mp4
 from ic_data.synthetic import TOY_OBJECT_SCALE, random_video, write_synthetic_shards
 from ic_data.video_io import decode_video
 from ic_model.config import WEIGHT_ENV, ModelConfig, load_json, tiny_config
-from ic_model.evalsets import load_eval_set, synthetic_first_frame
-from ic_model.pipeline import prepare_image_and_tracks
-from ic_model.report import (
+from ic_model.evaluation.evalsets import load_eval_set, synthetic_first_frame
+from ic_model.pipelines.image_conductor import prepare_image_and_tracks
+from ic_demo.report import (
     loss_summary,
     metric_rows,
     response_rows,
@@ -34,8 +34,8 @@ from ic_model.report import (
     variant_key,
     write_report,
 )
-from ic_model.response import trajectory_response
-from ic_model.run import run_model_config, stage_dir
+from ic_demo.response import trajectory_response
+from ic_model.training.run import run_model_config, stage_dir
 
 
 
@@ -77,7 +77,7 @@ _TOY_OPTIONS = {"high_noise_prob": 0.3, "motion_loss_weight": 4.0}
 # (README, "Measured"). A clean first-frame latent (ModelConfig.first_frame_latent "clean") was
 # tried in proof run E and is left off: frame 0 then is the input exactly, but frames 1… stay as
 # blurred as before, and the ObjMC tracker lost every point at that jump (README, "Measured").
-_TOY_MODEL = {"codec": "space_to_depth", "vae_scaling_factor": 4.0, "image_condition": "every_frame",
+_TOY_MODEL = {"codec": "space_to_depth", "latent_scaling_factor": 4.0, "image_condition": "every_frame",
               "flow_gain": 20.0, "spatial_attention": "first_frame"}
 STAGES = tiny_config(**_TOY_MODEL).stages  # base, dense, sparse, camera, object: no vae stage
 _ALL_VARIANTS = (("object", "base"), ("object", "none"), ("object", "camera"), ("camera", "camera"), ("camera", "base"))
@@ -184,7 +184,7 @@ def make_heldout(out: str, scale: DemoScale, seed: int) -> str:
 @task(name="trajectory-response", cache_policy=NO_CACHE)
 def probe_response(run: str, heldout: str, scale: DemoScale, seed: int) -> dict:
     """x0 error of the motion ControlNet with and without the clips' own trajectories
-    (ic_model.response): does it use them, apart from whether sampling draws them well."""
+    (ic_demo.response): does it use them, apart from whether sampling draws them well."""
     result = trajectory_response(run, heldout, num_samples=scale.response_samples, batch_size=max(2, scale.batch_size),
                                  frame_stride=scale.frame_stride, seed=seed)
     print("trajectory response (moving-region x0 error, own dense vs off, 1 − ratio):", result["moving_gain"])

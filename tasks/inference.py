@@ -13,9 +13,9 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from ic_model.evaluate import EvalSettings, evaluate_set
-from ic_model.generate import generate_to_files
-from ic_model.pipeline import ImageConductorPipeline
+from ic_model.evaluation.evaluate import EvalSettings, evaluate_set
+from ic_model.pipelines.generate import generate_to_files
+from ic_model.pipelines.image_conductor import ImageConductorPipeline
 
 REQUEST_DEFAULTS = dict(mode="object", trajs_scale=1.0, guidance_scale=8.5, steps=25, seed=0)
 
@@ -23,7 +23,7 @@ REQUEST_DEFAULTS = dict(mode="object", trajs_scale=1.0, guidance_scale=8.5, step
 def _pipeline(run: str, device: str, base_model: str | None, base_loras: list[str] | None) -> ImageConductorPipeline:
     pipe = ImageConductorPipeline.from_run(run, device=device)
     if base_model or base_loras:
-        from ic_model.personalize import apply_personalization
+        from ic_model.pipelines.personalize import apply_personalization
 
         apply_personalization(pipe, base_model, base_loras or [])
     return pipe

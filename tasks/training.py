@@ -23,8 +23,8 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 
 from ic_model.config import ModelConfig, TrainConfig
-from ic_model.run import stage_dir
-from ic_model.train import launch_command, train_stage
+from ic_model.training.run import stage_dir
+from ic_model.training.loop import launch_command, train_stage
 
 # Tag-based concurrency limit: `prefect concurrency-limit create gpu N` (N GPUs on the worker)
 # keeps two stages from sharing a GPU. deployments/serve.py creates it when missing.

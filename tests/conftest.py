@@ -18,13 +18,19 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 @contextlib.contextmanager
 def prefect_harness():
-    """A temporary Prefect server and database for the block (no flow-run heartbeats)."""
-    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    """A temporary Prefect server and database for the block (no flow-run heartbeats, no
+    analytics: the server phones home otherwise)."""
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        temporary_settings,
+    )
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness(server_startup_timeout=120):
-        with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-            yield
+    with temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: False}):
+        with prefect_test_harness(server_startup_timeout=120):
+            with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+                yield
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +155,8 @@ def overfit_config(stage: str, **kw):
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, training_shards):
     """Every tiny stage trained in order on one fixed batch; returns (run dir, summaries)."""
-    from ic_model.run import run_model_config
-    from ic_model.train import train_stage
+    from ic_model.training.run import run_model_config
+    from ic_model.training.loop import train_stage
 
     run = tmp_path_factory.mktemp("run")
     cfg = run_model_config(run, "tiny", num_frames=TEST_FRAMES)

@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from ic_model.components import build_tiny_components, encode_video
+from ic_model.models.codec import encode_video
+from ic_model.models.tiny import build_tiny_components
 from ic_model.config import TrainConfig, preset_config, tiny_config
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 FRAMES = 4
-S2D = {"codec": "space_to_depth", "vae_scaling_factor": 4.0, "num_frames": FRAMES}
+S2D = {"codec": "space_to_depth", "latent_scaling_factor": 4.0, "num_frames": FRAMES}
 
 
 def _inputs(cfg, seed=0):
@@ -47,7 +48,7 @@ def test_denoiser_ignores_the_noisy_frame0_and_predicts_the_input_for_it():
 
 @torch.no_grad()
 def test_loss_is_taken_over_frames_after_the_first():
-    from ic_model.train import StageModule
+    from ic_model.training.loop import StageModule
 
     cfg = tiny_config(**S2D, first_frame_latent="clean")
     torch.manual_seed(0)
@@ -67,7 +68,7 @@ def test_loss_is_taken_over_frames_after_the_first():
 
 
 def test_generated_video_starts_with_the_input_image_exactly():
-    from ic_model.pipeline import ImageConductorPipeline
+    from ic_model.pipelines.image_conductor import ImageConductorPipeline
 
     torch.manual_seed(0)
     comps = build_tiny_components(tiny_config(**S2D, first_frame_latent="clean", image_condition="every_frame"))

@@ -8,15 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from ic_model.components import SpaceToDepthCodec, build_tiny_components, decode_latents, encode_video
+from ic_model.models.codec import SpaceToDepthCodec, decode_latents, encode_video
+from ic_model.models.tiny import build_tiny_components
 from ic_model.config import ModelConfig, preset_config, tiny_config
-from ic_model.run import MissingPrerequisiteError, check_prerequisite, run_model_config
+from ic_model.training.run import MissingPrerequisiteError, check_prerequisite, run_model_config
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 from conftest import TEST_FRAMES, overfit_config  # noqa: E402
 
-S2D = {"codec": "space_to_depth", "vae_scaling_factor": 4.0}
+S2D = {"codec": "space_to_depth", "latent_scaling_factor": 4.0}
 
 
 def test_codec_round_trip_is_exact_and_cells_hold_their_pixels():
@@ -49,7 +50,7 @@ def test_config_sets_channels_and_drops_the_vae_stage():
 
 
 def test_image_condition_every_frame_repeats_the_first_latent():
-    from ic_model.components import first_frame_condition
+    from ic_model.models.components import first_frame_condition
 
     latent0 = torch.randn(2, 192, 8, 12)
     cond, mask = first_frame_condition(latent0, 5, every_frame=True)
@@ -74,8 +75,8 @@ def test_components_are_wired_for_192_channels():
 
 
 def test_run_without_vae_stage_trains_and_generates(tmp_path, training_shards):
-    from ic_model.pipeline import ImageConductorPipeline
-    from ic_model.train import train_stage
+    from ic_model.pipelines.image_conductor import ImageConductorPipeline
+    from ic_model.training.loop import train_stage
 
     run = tmp_path / "run"
     cfg = run_model_config(run, "tiny", num_frames=TEST_FRAMES, **S2D, image_condition="every_frame")

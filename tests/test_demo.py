@@ -13,8 +13,8 @@ from conftest import latest_artifact, prefect_harness  # noqa: E402
 from flows.demo import demo  # noqa: E402
 from ic_data.manifest import read_manifest  # noqa: E402
 from ic_data.shards import read_shard  # noqa: E402
-from ic_model.evalsets import load_eval_set  # noqa: E402
-from ic_model.run import is_done, run_model_config  # noqa: E402
+from ic_model.evaluation.evalsets import load_eval_set  # noqa: E402
+from ic_model.training.run import is_done, run_model_config  # noqa: E402
 from tasks.demo import SCALES, STAGES  # noqa: E402
 
 

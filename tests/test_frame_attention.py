@@ -1,11 +1,11 @@
-"""First-frame attention (ic_model.frame_attention): exact on frame 0, reads frame 0 elsewhere."""
+"""First-frame attention (ic_model.models.frame_attention): exact on frame 0, reads frame 0 elsewhere."""
 import pytest
 import torch
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
-from ic_model.components import build_tiny_components
+from ic_model.models.tiny import build_tiny_components
 from ic_model.config import preset_config, tiny_config
-from ic_model.frame_attention import FirstFrameAttnProcessor
+from ic_model.models.frame_attention import FirstFrameAttnProcessor
 
 FRAMES, TOKENS, DIM = 4, 6, 16
 

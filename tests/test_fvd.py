@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from ic_data.errors import MissingWeightsError
-from ic_model.metrics import i3d as i3d_mod
-from ic_model.metrics.fvd import (
+from ic_model.evaluation.metrics import i3d as i3d_mod
+from ic_model.evaluation.metrics.fvd import (
     I3DFeatures,
     fvd_from_features,
     fvd_statistics,
@@ -25,7 +25,7 @@ from ic_model.metrics.fvd import (
     sample_frames,
     tf1_resize_bilinear,
 )
-from ic_model.metrics.i3d import (
+from ic_model.evaluation.metrics.i3d import (
     InceptionI3d,
     MaxPool3dSame,
     Unit3D,

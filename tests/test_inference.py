@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from ic_data.errors import TrajectoryError
-from ic_model import lora
+from ic_model.models import lora
 from ic_model.config import tiny_config
-from ic_model.pipeline import ImageConductorPipeline, clip_tracks_to_source, prepare_image_and_tracks
+from ic_model.pipelines.image_conductor import ImageConductorPipeline, clip_tracks_to_source, prepare_image_and_tracks
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +69,8 @@ def test_camera_free_guidance_is_equation_5(pipe):
                guidance_scale=cfg_scale, trajs_scale=lam, seed=3, output_type="latent")
 
     from ic_data.trajectories import tracks_to_flow_maps
-    from ic_model.components import encode_text, encode_video
+    from ic_model.models.codec import encode_video
+    from ic_model.models.components import encode_text
 
     c = pipe.cfg
     with torch.no_grad():
@@ -139,7 +140,7 @@ def test_ic_generate_writes_video_preview_and_record(prefect_api, tiny_run, tmp_
 
     traj.write_text('[[[100, 100], [250, "x"]]]')
     assert ic_main(["generate", "--image", str(image), "--trajectories", str(traj), "--run", str(run),
-                    "--out", str(tmp_path / "bad.mp4"), "--steps", "1"]) == 1
+                    "--out", str(tmp_path / "bad.mp4"), "--steps", "1"]) == 2  # refused before any flow
     assert not (tmp_path / "bad.mp4").exists()
 
 

@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ic_model.lora import (
+from ic_model.models.lora import (
     LORA_TARGETS,
     METADATA_KEY,
     active_adapters,
@@ -35,7 +35,7 @@ RANK = 4
 def tiny_controlnet():
     from diffusers import UNetMotionModel
 
-    from ic_model.motion_controlnet import build_motion_controlnet
+    from ic_model.models.motion_controlnet import build_motion_controlnet
 
     torch.manual_seed(0)
     unet = UNetMotionModel(
@@ -50,7 +50,7 @@ def tiny_controlnet():
 
 @pytest.fixture(scope="module")
 def inputs():
-    from ic_model.motion_controlnet import flow_to_controlnet_cond
+    from ic_model.models.motion_controlnet import flow_to_controlnet_cond
 
     g = torch.Generator().manual_seed(1)
     b, t, h, w = 1, 4, 4, 4

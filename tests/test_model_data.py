@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-import ic_model.data as data_module
+import ic_model.training.data as data_module
 from ic_data.mp4 import decode_mp4
 from ic_data.shards import ClipSample, clip_meta, read_shard, write_shard
 from ic_data.synthetic import CameraMotion, MovingObject, linear_path, render_shot
 from ic_data.trajectories import tracks_to_flow_maps
 from ic_model.config import TrainConfig, tiny_config
-from ic_model.data import (
+from ic_model.training.data import (
     ClipStream,
     ShardSampleError,
     TrainBatch,

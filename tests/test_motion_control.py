@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from ic_data.synthetic import CameraMotion, MovingObject, linear_path, render_shot
-from ic_model.metrics.motion_control import motion_control_error, trajectory_error_px
+from ic_model.evaluation.metrics.motion_control import motion_control_error, trajectory_error_px
 
 T = 16
 

@@ -14,9 +14,9 @@ from diffusers import UNet2DConditionModel
 from safetensors.torch import save_file
 
 from ic_data.errors import MissingWeightsError
-from ic_model.components import build_tiny_components
+from ic_model.models.tiny import build_tiny_components
 from ic_model.config import tiny_config
-from ic_model.personalize import (
+from ic_model.pipelines.personalize import (
     IncompatibleWeightsError,
     apply_personalization,
     base_lora_scales,
@@ -29,7 +29,7 @@ from ic_model.personalize import (
     spatial_state_dict,
     unet2d_config,
 )
-from ic_model.pipeline import ImageConductorPipeline
+from ic_model.pipelines.image_conductor import ImageConductorPipeline
 
 # diffusers → original LDM key names: the same mapping test_sd15.py checks its loaders with.
 from test_sd15 import unet_ldm_key, vae_ldm_key  # noqa: E402
@@ -154,7 +154,7 @@ def test_sd15_video_unet_maps_back_to_sd15(comps):
     from diffusers import UNetMotionModel
     from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint
 
-    from ic_model import sd15
+    from ic_model.models import sd15
 
     with torch.device("meta"):
         unet = UNetMotionModel.from_unet2d(sd15.sd15_unet_2d(), sd15.animatediff_v3_adapter())

@@ -8,10 +8,10 @@ import pytest
 import torch
 from diffusers import DDPMScheduler
 
-from ic_model.components import build_components
-from ic_model.motion_controlnet import copy_unet_encoder
-from ic_model.response import CONDITIONS, moving_mask, predicted_x0, trajectory_response
-from ic_model.run import load_module, run_model_config, save_module, stage_dir
+from ic_model.models.presets import build_components
+from ic_model.models.motion_controlnet import copy_unet_encoder
+from ic_demo.response import CONDITIONS, moving_mask, predicted_x0, trajectory_response
+from ic_model.training.run import load_module, run_model_config, save_module, stage_dir
 
 
 @pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])

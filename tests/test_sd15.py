@@ -4,7 +4,7 @@ No real weights exist here, so the loaders are checked on tiny random models wri
 formats the real ones are published in: diffusers folders (``save_pretrained``) and original
 single-file checkpoints (SD 1.5 LDM keys, AnimateDiff/SparseCtrl keys), produced by the
 ``*_ldm_*``/``animatediff_original`` helpers below. The tiny sizes are swapped in by replacing the
-embedded configs of ``ic_model.sd15``; every other line of the loading code runs as for SD 1.5.
+embedded configs of ``ic_model.models.sd15``; every other line of the loading code runs as for SD 1.5.
 """
 from __future__ import annotations
 
@@ -17,10 +17,10 @@ from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ic_data.errors import MissingWeightsError
-from ic_model import sd15
+from ic_model.models import sd15
 from ic_model.config import WEIGHT_ENV, sd15_config
-from ic_model.motion_controlnet import build_image_controlnet, flow_to_controlnet_cond
-from ic_model.tokenizer import clip_tokenizer
+from ic_model.models.motion_controlnet import build_image_controlnet, flow_to_controlnet_cond
+from ic_model.models.tokenizer import clip_tokenizer
 
 # Parameter counts of the meta build, as measured (diffusers 0.42, transformers 5.24).
 MEASURED = {

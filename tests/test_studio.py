@@ -16,7 +16,7 @@ from ic_data.errors import TrajectoryError
 from ic_data.preview import TRACK_COLOURS
 from ic_data.trajectories import load_trajectory_file
 from ic_model.config import save_json, tiny_config
-from ic_model.pipeline import prepare_image_and_tracks
+from ic_model.pipelines.image_conductor import prepare_image_and_tracks
 from ic_studio.drawing import DrawingError, TrajectoryDrawing
 from ic_studio.model_view import DISPLAY_HEIGHT, DISPLAY_WIDTH, ModelView
 

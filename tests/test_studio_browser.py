@@ -16,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+from conftest import prefect_harness
 from ic_model.config import load_json
 from tests.test_server import ARTIFACTS, ROOT, _free_port, _http_ok, _stop, _wait
 
@@ -29,18 +30,10 @@ GENERATE_TIMEOUT_MS = 600_000
 
 @pytest.fixture(scope="module")
 def prefect_api_url():
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        temporary_settings,
-    )
-    from prefect.testing.utilities import prefect_test_harness
+    from prefect.settings import PREFECT_API_URL
 
-    with temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: False}):  # the server phones home otherwise
-        with prefect_test_harness(server_startup_timeout=120):
-            with temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-                yield PREFECT_API_URL.value()
+    with prefect_harness():
+        yield PREFECT_API_URL.value()
 
 
 @pytest.fixture(scope="module")

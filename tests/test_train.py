@@ -12,12 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ic_model import lora
-from ic_model.components import Denoiser, build_tiny_components
+from ic_model.models import lora
+from ic_model.models.components import Denoiser
+from ic_model.models.tiny import build_tiny_components
 from ic_model.config import TrainConfig, tiny_config
-from ic_model.motion_controlnet import flow_to_controlnet_cond
-from ic_model.run import MissingPrerequisiteError, load_module, run_model_config, stage_dir
-from ic_model.train import launch_command, train_stage
+from ic_model.models.motion_controlnet import flow_to_controlnet_cond
+from ic_model.training.run import MissingPrerequisiteError, load_module, run_model_config, stage_dir
+from ic_model.training.loop import launch_command, train_stage
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
@@ -196,7 +197,7 @@ def test_accelerate_launch_two_processes_keeps_replicas_identical(trained_run, t
 
 
 def test_motion_weights_follow_what_moves():
-    from ic_model.train import motion_weights
+    from ic_model.training.loop import motion_weights
 
     lat = torch.zeros(2, 4, 5, 8, 12)
     for t in range(5):  # clip 0: a bright cell moving right one cell per frame; clip 1: still
@@ -218,7 +219,7 @@ def test_motion_weights_follow_what_moves():
 def test_motion_weighting_spares_the_base_stage():
     """The base must learn to copy frame 0, which never moves: weighting its loss by motion
     starved that (measured: frame-0 x0 error 3.8× higher). Only the motion stages are weighted."""
-    from ic_model.train import StageModule
+    from ic_model.training.loop import StageModule
 
     cfg = tiny_config(num_frames=4)
     torch.manual_seed(0)

@@ -40,13 +40,14 @@ def test_stage_without_prerequisite_fails_with_a_clear_message(prefect_api, trai
     assert state.is_failed()
     with pytest.raises(Exception, match="needs the finished 'camera' stage"):
         state.result()
-    assert ic_main(["train", "camera", "--shards", str(training_shards), "--run", str(tmp_path / "r")]) == 1
+    # `ic train` finds it before the flow starts: one line, exit 2.
+    assert ic_main(["train", "camera", "--shards", str(training_shards), "--run", str(tmp_path / "r")]) == 2
     assert "needs the finished 'sparse' stage" in capsys.readouterr().err
 
 
 def test_ic_train_model_option_starts_a_space_to_depth_run(prefect_api, training_shards, tmp_path, capsys):
     run = tmp_path / "run"
-    model = '{"codec": "space_to_depth", "vae_scaling_factor": 4.0}'
+    model = '{"codec": "space_to_depth", "latent_scaling_factor": 4.0}'
     args = ["--shards", str(training_shards), "--run", str(run), "--steps", "2", "--batch-size", "1"]
     # The codec has nothing to train, so base is the first stage of such a run.
     assert ic_main(["train", "base", *args, "--model", model, "--options", '{"log_every": 1}']) == 0
@@ -54,7 +55,7 @@ def test_ic_train_model_option_starts_a_space_to_depth_run(prefect_api, training
     assert config["codec"] == "space_to_depth" and config["latent_channels"] == 192
     assert (run / "base" / "unet.safetensors").exists() and not (run / "vae").exists()
     # An existing run keeps its model: a different one is refused by name.
-    assert ic_main(["train", "dense", *args, "--model", '{"codec": "vae"}']) == 1
+    assert ic_main(["train", "dense", *args, "--model", '{"codec": "vae"}']) == 2
     assert "has codec='space_to_depth', not 'vae'" in capsys.readouterr().err
-    assert ic_main(["train", "dense", *args, "--model", '{"codecs": "vae"}']) == 1
-    assert "unknown ModelConfig fields: ['codecs']" in capsys.readouterr().err
+    assert ic_main(["train", "dense", *args, "--model", '{"codecs": "vae"}']) == 2
+    assert "--model: 'codecs' is not a ModelConfig field" in capsys.readouterr().err

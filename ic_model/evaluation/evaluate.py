@@ -19,10 +19,12 @@ import numpy as np
 
 from ic_data.mp4 import write_mp4
 from ic_data.preview import preview_gif
-
-from .evalsets import EvalCase, load_eval_set, synthetic_first_frame
-from .metrics.motion_control import motion_control_error
-from .pipeline import ImageConductorPipeline, prepare_image_and_tracks
+from ic_model.evaluation.evalsets import EvalCase, load_eval_set, synthetic_first_frame
+from ic_model.evaluation.metrics.motion_control import motion_control_error
+from ic_model.pipelines.image_conductor import (
+    ImageConductorPipeline,
+    prepare_image_and_tracks,
+)
 
 ABLATION_TRAJS_SCALES = (1.0, 1.1, 1.3, 1.5)  # Figure 7's sweep of λ_trajs
 
@@ -149,7 +151,7 @@ def evaluate_set(
 def reference_clips(shards: str, cfg, limit: int) -> list[np.ndarray]:
     """Up to ``limit`` reference clips from curated shards, at the model's size and frame count."""
     from ic_data.shards import iter_shards
-    from .data import shard_paths
+    from ic_data.shards import shard_paths
 
     clips = []
     for sample in iter_shards(shard_paths(shards)):
@@ -170,7 +172,7 @@ _REFERENCE_FEATURES: dict[tuple, tuple[np.ndarray, np.ndarray, int]] = {}
 
 def _fvd_frames(videos: list[np.ndarray], num_frames: int) -> list[np.ndarray]:
     """I3D's FVD is defined on 16 frames: shorter clips show each frame repeatedly (nearest)."""
-    from .metrics.fvd import FVD_NUM_FRAMES
+    from ic_model.evaluation.metrics.fvd import FVD_NUM_FRAMES
 
     if num_frames >= FVD_NUM_FRAMES:
         return videos
@@ -180,8 +182,10 @@ def _fvd_frames(videos: list[np.ndarray], num_frames: int) -> list[np.ndarray]:
 
 def reference_metrics(generated: list[np.ndarray], reference: str, cfg, limit: int) -> dict:
     """FID over all frames and FVD over clips, generated vs reference (real networks only)."""
-    from .metrics.fid import default_extractor as inception, fid_from_features
-    from .metrics.fvd import FVD_NUM_FRAMES, default_extractor as i3d, fvd_from_features
+    from ic_model.evaluation.metrics.fid import default_extractor as inception
+    from ic_model.evaluation.metrics.fid import fid_from_features
+    from ic_model.evaluation.metrics.fvd import FVD_NUM_FRAMES, fvd_from_features
+    from ic_model.evaluation.metrics.fvd import default_extractor as i3d
 
     key = (os.path.abspath(reference), cfg.width, cfg.height, cfg.num_frames, limit)
     if key not in _REFERENCE_FEATURES:

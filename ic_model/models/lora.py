@@ -56,7 +56,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .config import DEFAULT_LORA_TARGETS
+from ic_model.config import DEFAULT_LORA_TARGETS
 
 LORA_TARGETS = DEFAULT_LORA_TARGETS
 
@@ -72,7 +72,7 @@ def _lora_layers(model: nn.Module) -> Iterator[tuple[str, LoraLayer]]:
             yield module_name, module
 
 
-def _input_kwarg_to_positional(module: nn.Module, args: tuple, kwargs: dict):
+def input_kwarg_to_positional(module: nn.Module, args: tuple, kwargs: dict):
     """Forward pre-hook: diffusers' motion modules call ``proj_in(input=…)``, using
     ``nn.Linear``'s argument name, but peft's LoRA layers name that argument ``x``."""
     if "input" not in kwargs:
@@ -84,7 +84,7 @@ def _input_kwarg_to_positional(module: nn.Module, args: tuple, kwargs: dict):
 def _accept_input_kwarg(model: nn.Module) -> None:
     for _, layer in _lora_layers(model):
         if not getattr(layer, "_ic_accepts_input_kwarg", False):
-            layer.register_forward_pre_hook(_input_kwarg_to_positional, with_kwargs=True)
+            layer.register_forward_pre_hook(input_kwarg_to_positional, with_kwargs=True)
             layer._ic_accepts_input_kwarg = True
 
 

@@ -13,7 +13,7 @@ are published in:
   one original ``.ckpt``/``.safetensors`` checkpoint (``model.diffusion_model.*``,
   ``first_stage_model.*``, ``cond_stage_model.transformer.*``). With a single file the tokenizer
   is the real CLIP BPE one rebuilt from the vocabulary shipped by open_clip_torch
-  (``ic_model.tokenizer``), so no folder is needed.
+  (``ic_model.models.tokenizer``), so no folder is needed.
 - ``motion_adapter_path``: a diffusers ``MotionAdapter`` folder or the original
   ``v3_sd15_mm.ckpt``.
 - ``sparsectrl_rgb_path``: a diffusers ``SparseControlNetModel`` folder or the original
@@ -54,11 +54,10 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ic_data.errors import MissingWeightsError
-
-from .components import make_scheduler, parameter_count
-from .config import WEIGHT_ENV, ModelConfig
-from .motion_controlnet import build_motion_controlnet
-from .tokenizer import clip_tokenizer
+from ic_model.config import WEIGHT_ENV, ModelConfig
+from ic_model.models.components import make_scheduler, parameter_count
+from ic_model.models.motion_controlnet import build_motion_controlnet
+from ic_model.models.tokenizer import clip_tokenizer
 
 # runwayml/stable-diffusion-v1-5 unet/config.json.
 SD15_UNET_CONFIG = dict(
@@ -168,7 +167,7 @@ SD15_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer")
 
 # Tensors a model may lack in a checkpoint because it computes them itself: the motion modules'
 # sinusoidal position tables (dropped by diffusers' AnimateDiff converter) and CLIP's position ids.
-_COMPUTED_BUFFERS = re.compile(r"(pos_embed\.pe|position_ids)$")
+COMPUTED_BUFFERS = re.compile(r"(pos_embed\.pe|position_ids)$")
 
 
 # --------------------------------------------------------------------------- architecture
@@ -296,8 +295,8 @@ def load_converted(
     """Assign ``state_dict`` to ``model`` (built under ``init_empty_weights``), requiring that it
     supplies exactly the model's tensors; only buffers the model computes itself may differ."""
     expected = model.state_dict()
-    missing = [k for k in expected if k not in state_dict and not _COMPUTED_BUFFERS.search(k)]
-    unexpected = [k for k in state_dict if k not in expected and not _COMPUTED_BUFFERS.search(k)]
+    missing = [k for k in expected if k not in state_dict and not COMPUTED_BUFFERS.search(k)]
+    unexpected = [k for k in state_dict if k not in expected and not COMPUTED_BUFFERS.search(k)]
     if missing:
         raise MissingWeightsError(
             f"{source} lacks {len(missing)} of the {what}'s tensors (e.g. {missing[:3]}): "
@@ -324,17 +323,29 @@ def load_converted(
     return model.to(dtype).eval()  # also casts the computed buffers
 
 
-def _from_folder(cls, path: Path, *, what: str, source: str, dtype: torch.dtype, subfolder: str = ""):
+def from_folder(
+    cls, path: Path, *, what: str, source: str, dtype: torch.dtype | None = None, subfolder: str = "",
+    error: type[Exception] = MissingWeightsError, may_lack: str | None = None,
+):
     """``cls.from_pretrained`` offline. diffusers and transformers both only *warn* about tensors a
-    folder lacks and initialise them at random; here that is an error."""
-    dtype_kw = "dtype" if issubclass(cls, CLIPTextModel) else "torch_dtype"
-    model, info = cls.from_pretrained(
-        str(path), subfolder=subfolder, local_files_only=True, output_loading_info=True, **{dtype_kw: dtype}
-    )
-    missing = [k for k in info["missing_keys"] if not _COMPUTED_BUFFERS.search(k)]
+    folder lacks and initialise them at random; here that is an ``error`` (tensors the model
+    computes itself, and names containing ``may_lack``, excepted)."""
+    kwargs = {}
+    if dtype is not None:
+        kwargs["dtype" if issubclass(cls, CLIPTextModel) else "torch_dtype"] = dtype
+    try:
+        model, info = cls.from_pretrained(
+            str(path), subfolder=subfolder, local_files_only=True, output_loading_info=True, **kwargs
+        )
+    except Exception as exc:
+        raise error(f"{source}: cannot load the {what} from {Path(path) / subfolder} ({exc})") from exc
+    missing = [
+        k for k in info["missing_keys"]
+        if not COMPUTED_BUFFERS.search(k) and not (may_lack and may_lack in k)
+    ]
     if missing:
-        raise MissingWeightsError(
-            f"{source}: {subfolder or 'the folder'} lacks {len(missing)} of the {what}'s tensors "
+        raise error(
+            f"{source}: {subfolder or path} lacks {len(missing)} of the {what}'s tensors "
             f"(e.g. {sorted(missing)[:3]})"
         )
     return model.eval()
@@ -347,14 +358,14 @@ def load_sd15(path: Path, torch_dtype: torch.dtype = torch.float32) -> dict:
     source = _source("sd15_path", path)
     if path.is_dir():
         return dict(
-            unet_2d=_from_folder(
+            unet_2d=from_folder(
                 UNet2DConditionModel, path, subfolder="unet", what="SD 1.5 UNet", source=source,
                 dtype=torch_dtype,
             ),
-            vae=_from_folder(
+            vae=from_folder(
                 AutoencoderKL, path, subfolder="vae", what="SD 1.5 VAE", source=source, dtype=torch_dtype
             ),
-            text_encoder=_from_folder(
+            text_encoder=from_folder(
                 CLIPTextModel, path, subfolder="text_encoder", what="CLIP text encoder", source=source,
                 dtype=torch_dtype,
             ),
@@ -383,7 +394,7 @@ def _load_animatediff(cls, build, path: Path, *, name: str, what: str, dtype: to
     checkpoint through diffusers' AnimateDiff key converter into ``build()``'s architecture."""
     source = _source(name, path)
     if path.is_dir():
-        return _from_folder(cls, path, what=what, source=source, dtype=dtype)
+        return from_folder(cls, path, what=what, source=source, dtype=dtype)
     with init_empty_weights():
         model = build()
     state_dict = convert_animatediff_checkpoint_to_diffusers(read_checkpoint(path))
@@ -432,6 +443,8 @@ def load_sd15_components(cfg: ModelConfig, torch_dtype: torch.dtype = torch.floa
 
 
 __all__ = [
+    "COMPUTED_BUFFERS",
+    "from_folder",
     "ANIMATEDIFF_V3_CONFIG",
     "SD15_TEXT_CONFIG",
     "SD15_UNET_CONFIG",

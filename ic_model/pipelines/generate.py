@@ -12,8 +12,10 @@ import numpy as np
 from ic_data.mp4 import write_mp4
 from ic_data.preview import preview_gif
 from ic_data.trajectories import load_trajectory_file, validate_trajectories
-
-from .pipeline import ImageConductorPipeline, prepare_image_and_tracks
+from ic_model.pipelines.image_conductor import (
+    ImageConductorPipeline,
+    prepare_image_and_tracks,
+)
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:

@@ -14,21 +14,39 @@ linearly, so it applies unchanged to the tiny preset's x0 prediction.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
 from diffusers import DDIMScheduler
 
-from ic_data.clips import CLIP_HEIGHT, CLIP_WIDTH, ClipGeometry, center_crop_box, resized_size
-from ic_data.trajectories import tracks_to_flow_maps, user_tracks_to_array, validate_trajectories
-
-from . import lora
-from .components import Components, decode_latents, encode_text, encode_video
-from .config import ModelConfig
-from .run import LORA_FILES, is_done, load_run_components, run_model_config, stage_dir
+from ic_data.clips import (
+    CLIP_HEIGHT,
+    CLIP_WIDTH,
+    ClipGeometry,
+    center_crop_box,
+    resized_size,
+)
+from ic_data.trajectories import (
+    tracks_to_flow_maps,
+    user_tracks_to_array,
+    validate_trajectories,
+)
+from ic_model.config import ModelConfig
+from ic_model.models import lora
+from ic_model.models.codec import decode_latents, encode_video
+from ic_model.models.components import Components, encode_text
+from ic_model.training.run import (
+    LORA_FILES,
+    is_done,
+    load_run_components,
+    run_model_config,
+    stage_dir,
+)
 
 # "base": the image-to-video base alone, motion ControlNet off (the "no motion control" baseline).
 MODES = ("camera", "object", "none", "base")
@@ -105,6 +123,8 @@ class ImageConductorPipeline:
         cls, run: str | os.PathLike, device: str | torch.device = "cpu", dtype=torch.float32, **weights
     ) -> "ImageConductorPipeline":
         """Everything a run has finished: base, motion ControlNet, and the adapters it trained."""
+        if not (Path(run) / "config.json").is_file():
+            raise FileNotFoundError(f"{run} is not a run folder (it has no config.json): train a stage into it first")
         cfg = run_model_config(run, None, **weights) if weights else run_model_config(run)
         comps = load_run_components(run, cfg)
         mc = comps.motion_controlnet
@@ -122,11 +142,11 @@ class ImageConductorPipeline:
         """Context: the motion ControlNet as θ_mode (adapter switch, no weight reload)."""
         mc = self.comps.motion_controlnet
         if mode in ("none", "base"):
-            return lora.adapters_disabled(mc) if self.adapters else _nullcontext()
+            return lora.adapters_disabled(mc) if self.adapters else contextlib.nullcontext()
         if mode not in self.adapters:
             raise ValueError(f"mode {mode!r} needs the {mode} adapter; this run has {self.adapters or 'none'}")
         lora.set_active_adapters(mc, [mode])
-        return _nullcontext()
+        return contextlib.nullcontext()
 
     @torch.no_grad()
     def __call__(
@@ -206,14 +226,6 @@ class ImageConductorPipeline:
         video = decode_latents(self.comps.vae, latents)[0]  # (3, T, H, W) in [-1, 1]
         frames = ((video.permute(1, 2, 3, 0).float().cpu().numpy() + 1) * 127.5).round().clip(0, 255)
         return frames.astype(np.uint8)
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 __all__ = [

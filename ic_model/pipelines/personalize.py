@@ -13,7 +13,7 @@ Supported sources
 
 - a single ``.safetensors`` / ``.ckpt`` (also ``.pt``/``.pth``/``.bin``) file as community models
   ship, with the original LDM key names (``model.diffusion_model.*``; a Lightning ``state_dict``
-  wrapper and EMA copies are handled as in :mod:`ic_model.sd15`); keys are converted with
+  wrapper and EMA copies are handled as in :mod:`ic_model.models.sd15`); keys are converted with
   diffusers' ``convert_ldm_unet_checkpoint`` using a ``UNet2DConditionModel`` config derived from
   the *current* video UNet (:func:`unet2d_config`), so the same code serves the sd15 preset and
   the tiny one. A single file with diffusers UNet key names (``conv_in.weight``,
@@ -68,19 +68,24 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel, UNetMotionModel
-from diffusers.utils import logging as diffusers_logging
 from diffusers.loaders.single_file_utils import (
     convert_ldm_clip_checkpoint,
     convert_ldm_unet_checkpoint,
     convert_ldm_vae_checkpoint,
     infer_diffusers_model_type,
 )
+from diffusers.utils import logging as diffusers_logging
 from torch import nn
 from transformers import CLIPTextModel
 
 from ic_data.errors import MissingWeightsError
-
-from .sd15 import CHECKPOINT_SUFFIXES, read_checkpoint
+from ic_model.models.lora import input_kwarg_to_positional
+from ic_model.models.sd15 import (
+    CHECKPOINT_SUFFIXES,
+    COMPUTED_BUFFERS,
+    from_folder,
+    read_checkpoint,
+)
 
 LDM_UNET_PREFIX = "model.diffusion_model."
 LDM_VAE_PREFIX = "first_stage_model."
@@ -88,7 +93,6 @@ LDM_TEXT_PREFIX = "cond_stage_model.transformer."
 MOTION_KEY = ".motion_modules."
 
 # Buffers a model computes itself (CLIP's position ids): a source may lack them.
-_COMPUTED_BUFFERS = re.compile(r"(position_ids|pos_embed\.pe)$")
 # peft's extra tensors inside a LoRA-wrapped layer: not part of the base weights.
 _PEFT_TENSOR = re.compile(r"\.lora_[A-Za-z_]+\.")
 
@@ -205,8 +209,8 @@ class _Part:
         """Every target supplied with its shape and nothing else, else one error listing what
         mismatched."""
         current, state, targets = self.module.state_dict(), self.state, self.targets
-        missing = [k for k in targets if k not in state and not _COMPUTED_BUFFERS.search(k)]
-        unexpected = [k for k in state if k not in targets and not _COMPUTED_BUFFERS.search(k)]
+        missing = [k for k in targets if k not in state and not COMPUTED_BUFFERS.search(k)]
+        unexpected = [k for k in state if k not in targets and not COMPUTED_BUFFERS.search(k)]
         wrong = [
             f"{k}: {tuple(state[k].shape)} in the file vs {tuple(current[a].shape)} in the model"
             for k, a in targets.items()
@@ -278,19 +282,6 @@ def _unet_from_single_file(checkpoint: dict, config: dict, source: str) -> dict[
     return None
 
 
-def _from_folder(cls, folder: Path, source: str, what: str) -> nn.Module:
-    """``cls.from_pretrained`` offline; a tensor the folder lacks is an error, not a random one."""
-    try:
-        model, info = cls.from_pretrained(str(folder), local_files_only=True, output_loading_info=True)
-    except Exception as error:
-        raise IncompatibleWeightsError(f"{source}: cannot load the {what} from {folder} ({error})") from error
-    missing = [k for k in info.get("missing_keys", []) if not _COMPUTED_BUFFERS.search(k) and MOTION_KEY not in k]
-    if missing:
-        raise IncompatibleWeightsError(
-            f"{source}: {folder} lacks {len(missing)} of its {what} tensors (e.g. {sorted(missing)[:3]})"
-        )
-    return model
-
 
 def _unet_class(folder: Path):
     try:
@@ -355,15 +346,17 @@ def load_personalized_base(
             unet_dir = path
         else:
             raise IncompatibleWeightsError(f"{src}: a folder without unet/ or a UNet config.json")
-        model = _from_folder(_unet_class(unet_dir), unet_dir, src, "UNet")
+        model = from_folder(_unet_class(unet_dir), unet_dir, what="UNet", source=src, error=IncompatibleWeightsError,
+                            may_lack=MOTION_KEY)
         state = {k: v for k, v in model.state_dict().items() if MOTION_KEY not in k}
         parts.append(_Part("unet", unet, state, what="UNet", targets=_spatial_keys(unet)))
         del model
         if unet_dir != path and vae is not None and (path / "vae").is_dir():
-            vae_state = _from_folder(AutoencoderKL, path / "vae", src, "VAE").state_dict()
+            vae_state = from_folder(AutoencoderKL, path / "vae", what="VAE", source=src, error=IncompatibleWeightsError).state_dict()
             parts.append(_Part("vae", vae, vae_state, what="VAE"))
         if unet_dir != path and text_encoder is not None and (path / "text_encoder").is_dir():
-            text_model = _from_folder(type(text_encoder), path / "text_encoder", src, "text encoder")
+            text_model = from_folder(type(text_encoder), path / "text_encoder", what="text encoder", source=src,
+                                     error=IncompatibleWeightsError)
             parts.append(_Part("text_encoder", text_encoder, text_model.state_dict(), what="text encoder"))
     for part in parts:
         part.check(src, hint if part.name == "unet" else "")
@@ -524,13 +517,6 @@ def _quiet_peft():
         peft_log.setLevel(level)
 
 
-def _input_kwarg_to_positional(module: nn.Module, args: tuple, kwargs: dict):
-    """diffusers' motion modules call ``proj_in(input=…)``; peft's LoRA layers name it ``x``."""
-    if "input" not in kwargs:
-        return None
-    kwargs = dict(kwargs)
-    return (kwargs.pop("input"), *args), kwargs
-
 
 def _unique_name(path: Path, taken: set[str]) -> str:
     stem = path.name
@@ -662,7 +648,7 @@ def load_base_lora(
                    f"(e.g. {absent[:3]})")
     for module_name in placed:
         if ".motion_modules." in f".{module_name}." and module_name.endswith(("proj_in", "proj_out")):
-            unet.get_submodule(module_name).register_forward_pre_hook(_input_kwarg_to_positional, with_kwargs=True)
+            unet.get_submodule(module_name).register_forward_pre_hook(input_kwarg_to_positional, with_kwargs=True)
     unet_scales[name] = float(scale)
     _activate(unet, unet_scales)
 

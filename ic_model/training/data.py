@@ -22,8 +22,6 @@ skipped samples. Three things make that hold:
 """
 from __future__ import annotations
 
-import dataclasses
-import glob
 import io
 import json
 import os
@@ -40,7 +38,7 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ic_data.mp4 import decode_mp4
-from ic_data.shards import MEMBER_SUFFIXES
+from ic_data.shards import MEMBER_SUFFIXES, shard_paths
 from ic_data.trajectories import sample_sparse_tracks, tracks_to_flow_maps
 from ic_model.config import ModelConfig, TrainConfig
 
@@ -86,42 +84,6 @@ class TrainBatch:
 
     def __len__(self) -> int:
         return len(self.keys)
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "TrainBatch":
-        """The batch with its model inputs on ``device`` (bookkeeping tensors stay put)."""
-        return dataclasses.replace(
-            self,
-            pixels=self.pixels.to(device, non_blocking=non_blocking),
-            flow=self.flow.to(device, non_blocking=non_blocking),
-            camera_only=self.camera_only.to(device, non_blocking=non_blocking),
-        )
-
-
-def shard_paths(urls: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Resolve ``urls`` to a list of shard paths.
-
-    A directory gives its ``*.tar`` files sorted by name, a pattern with ``*?[`` its sorted
-    matches, a single file itself, and a list or tuple each entry in order. Raises
-    ``FileNotFoundError`` naming the path when nothing (or a missing file) is found.
-    """
-    if isinstance(urls, (list, tuple)):
-        if not urls:
-            raise FileNotFoundError("no shards: the list of shard paths is empty")
-        return [path for url in urls for path in shard_paths(url)]
-    url = os.fspath(urls)
-    if os.path.isdir(url):
-        paths = sorted(glob.glob(os.path.join(glob.escape(url), "*.tar")))
-        if not paths:
-            raise FileNotFoundError(f"no *.tar shards in directory {url}")
-        return paths
-    if glob.has_magic(url):
-        paths = sorted(glob.glob(url))
-        if not paths:
-            raise FileNotFoundError(f"no shards match {url}")
-        return paths
-    if not os.path.isfile(url):
-        raise FileNotFoundError(f"shard {url} does not exist")
-    return [url]
 
 
 def _seed_int(*entropy: int) -> int:

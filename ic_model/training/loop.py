@@ -11,7 +11,7 @@ Stages (paper §2.4, appendix C.1), each building on the one before:
   eq. 2) plus the orthogonal loss between the two adapters (eq. 4).
 
 Run one stage in-process with :func:`train_stage`, or across processes with
-``accelerate launch -m ic_model.train STAGE …`` (same function; DDP through accelerate).
+``accelerate launch -m ic_model.training.loop STAGE …`` (same function; DDP through accelerate).
 """
 from __future__ import annotations
 
@@ -33,12 +33,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import lora
-from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .components import Components, encode_video, frame_change
-from .config import LORA_STAGES, ModelConfig, TrainConfig, load_json, save_json
-from .data import make_loader
-from .run import (
+from ic_model.config import LORA_STAGES, ModelConfig, TrainConfig, load_json, save_json
+from ic_model.models import lora
+from ic_model.models.codec import encode_video
+from ic_model.models.components import Components, frame_change
+from ic_model.models.tokenizer import caption_ids
+from ic_model.training.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from ic_model.training.data import make_loader
+from ic_model.training.run import (
     LORA_FILES,
     STAGE_WEIGHTS,
     check_prerequisite,
@@ -48,7 +54,6 @@ from .run import (
     save_module,
     stage_dir,
 )
-from .tokenizer import caption_ids
 
 # What each stage trains on: track mode for the conditioning, and the clip filter.
 STAGE_DATA = {
@@ -103,9 +108,7 @@ class StageModule(nn.Module):
                 lora.add_lora_adapter(mc, "object", rank, alpha, targets)
             self.active_adapters = ["camera"] if stage == "camera" else ["camera", "object"]
             lora.set_active_adapters(mc, self.active_adapters)
-            mc.requires_grad_(False)
-            for p in lora.lora_parameters(mc, stage).values():
-                p.requires_grad_(True)
+            lora.set_trainable_adapters(mc, [stage])
         else:
             raise ValueError(f"unknown stage {stage!r}")
         if train_cfg.gradient_checkpointing:
@@ -281,6 +284,8 @@ def train_stage(
     from accelerate import Accelerator
 
     run = Path(run)
+    if model_cfg is not None and not (run / "config.json").exists():
+        save_json(run / "config.json", model_cfg.to_dict())  # the run's model, for every later stage
     cfg = model_cfg or run_model_config(run)
     train_cfg.stage = stage
     check_prerequisite(run, cfg, stage)
@@ -392,7 +397,7 @@ def train_stage(
     extra = {}
     if stage == "vae":
         sample = [fixed_batch] if fixed_batch is not None else [next(batches) for _ in range(8)]
-        extra["vae_scaling_factor"] = latent_scaling_factor(module.vae, sample, device)
+        extra["latent_scaling_factor"] = latent_scaling_factor(module.vae, sample, device)
     accelerator.wait_for_everyone()
     checksums = replica_checksums(accelerator, accelerator.unwrap_model(wrapped))
     summary = None
@@ -484,7 +489,7 @@ def launch_command(
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
         "--num_processes", str(num_processes), "--num_machines", "1",
         "--mixed_precision", mixed_precision, "--dynamo_backend", "no",
-        "-m", "ic_model.train", stage, "--shards", str(shards), "--run", str(run),
+        "-m", "ic_model.training.loop", stage, "--shards", str(shards), "--run", str(run),
         "--train-config", str(train_config_json),
     ]
     env = dict(os.environ)
@@ -495,8 +500,8 @@ def launch_command(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point for ``accelerate launch -m ic_model.train STAGE --shards … --run …``."""
-    parser = argparse.ArgumentParser(prog="python -m ic_model.train")
+    """Entry point for ``accelerate launch -m ic_model.training.loop STAGE --shards … --run …``."""
+    parser = argparse.ArgumentParser(prog="python -m ic_model.training.loop")
     parser.add_argument("stage")
     parser.add_argument("--shards", required=True)
     parser.add_argument("--run", required=True)

@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .components import Components, build_components
-from .config import ModelConfig, load_json, preset_config, save_json
-from .motion_controlnet import copy_unet_encoder
+from ic_model.config import ModelConfig, load_json, preset_config, save_json
+from ic_model.models.components import Components
+from ic_model.models.motion_controlnet import copy_unet_encoder
+from ic_model.models.presets import build_components
 
 # Weights each full-model stage publishes, by component name.
 STAGE_WEIGHTS = {
@@ -51,11 +52,7 @@ def is_done(run: str | os.PathLike, stage: str) -> bool:
 
 def prerequisite(cfg: ModelConfig, stage: str) -> str | None:
     """The stage that must have finished before ``stage`` may start."""
-    stages = cfg.stages
-    if stage not in stages:
-        raise ValueError(f"stage {stage!r} does not exist for preset {cfg.preset!r}: {stages}")
-    i = stages.index(stage)
-    return stages[i - 1] if i > 0 else None
+    return cfg.prerequisite(stage)
 
 
 def check_prerequisite(run: str | os.PathLike, cfg: ModelConfig, stage: str) -> None:
@@ -140,7 +137,8 @@ def load_run_components(
             for name in STAGE_WEIGHTS[stage]:
                 load_module(modules[name], stage_dir(run, stage) / f"{name}.safetensors")
     if "vae" in earlier and is_done(run, "vae"):
-        scale = load_json(stage_dir(run, "vae") / "done.json").get("vae_scaling_factor")
+        done = load_json(stage_dir(run, "vae") / "done.json")
+        scale = done.get("latent_scaling_factor", done.get("vae_scaling_factor"))  # the name before 0.2
         if scale:
             comps.vae.register_to_config(scaling_factor=float(scale))
     motion_stage = _latest_done(run, tuple(s for s in earlier if s in ("dense", "sparse")))

@@ -24,6 +24,7 @@ Video frames are images: flatten clips to ``(N·T, ...)`` frames before calling.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -257,26 +258,22 @@ class InceptionFeatures:
         return feats
 
 
-_DEFAULT_EXTRACTOR: InceptionFeatures | None = None
-
-
+@functools.cache
 def default_extractor() -> InceptionFeatures:
-    global _DEFAULT_EXTRACTOR
-    if _DEFAULT_EXTRACTOR is None:
-        _DEFAULT_EXTRACTOR = InceptionFeatures()
-    return _DEFAULT_EXTRACTOR
+    """One Inception network per process, loaded on first use."""
+    return InceptionFeatures()
 
 
 # --------------------------------------------------------------------------- statistics and distance
 
 
-def feature_statistics(features) -> tuple[np.ndarray, np.ndarray]:
+def feature_statistics(features, metric: str = "FID", items: str = "samples") -> tuple[np.ndarray, np.ndarray]:
     """Mean and unbiased covariance (``np.cov``, ``ddof=1``) of ``(N, D)`` features, float64."""
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2:
         raise ValueError(f"features must be (N, D), got shape {f.shape}")
     if f.shape[0] < 2:
-        raise ValueError(f"FID statistics need at least 2 samples, got {f.shape[0]}")
+        raise ValueError(f"{metric} statistics need at least 2 {items}, got {f.shape[0]}")
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 

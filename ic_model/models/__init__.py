@@ -1,0 +1,4 @@
+"""The networks: codec (``codec``), denoiser assembly (``components``), the motion ControlNet
+(``motion_controlnet``), camera/object LoRA (``lora``), first-frame attention
+(``frame_attention``), the presets' builders (``tiny``, ``sd15`` and ``presets.build_components``)
+and the CLIP tokenizer (``tokenizer``)."""

@@ -1,0 +1,19 @@
+"""Components by preset: ``tiny`` from scratch, ``sd15`` from the configured local weights."""
+from __future__ import annotations
+
+from ic_model.config import ModelConfig
+from ic_model.models.components import Components, make_scheduler
+from ic_model.models.sd15 import load_sd15_components
+from ic_model.models.tiny import build_tiny_components
+
+
+def build_components(cfg: ModelConfig) -> Components:
+    """The preset's components: tiny from scratch, sd15 from the configured local weights."""
+    if cfg.preset == "sd15":
+        parts = load_sd15_components(cfg)
+        parts["scheduler"] = make_scheduler(cfg)
+        return Components(cfg=cfg, **parts)
+    return build_tiny_components(cfg)
+
+
+__all__ = ["build_components"]
