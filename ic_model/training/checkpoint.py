@@ -6,10 +6,15 @@ RNG states are still saved for anything else that draws from them.
 
 A checkpoint directory is written under a temporary name and renamed when complete, so a run
 killed mid-write leaves the previous checkpoint intact and never a half-written one.
+
+``state.pt`` holds only tensors and plain containers (the numpy RNG state as a tensor), so it is
+read with ``torch.load(weights_only=True)``: a run folder someone shares cannot execute code when
+it is resumed.
 """
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import re
 import shutil
@@ -23,9 +28,17 @@ _STEP_DIR = re.compile(r"^step-(\d+)$")
 
 
 def rng_state() -> dict:
+    """Every global RNG's state in types ``torch.load(weights_only=True)`` reads."""
+    bit_generator, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     state = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "python": random.getstate(),  # (version, tuple of ints, float | None)
+        "numpy": {
+            "bit_generator": bit_generator,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -34,11 +47,37 @@ def rng_state() -> dict:
 
 
 def set_rng_state(state: dict) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    numpy = state["numpy"]
+    if isinstance(numpy, dict):
+        keys = numpy["keys"].numpy().astype(np.uint32)
+        numpy = (numpy["bit_generator"], keys, numpy["pos"], numpy["has_gauss"], numpy["cached_gaussian"])
+    np.random.set_state(numpy)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def read_state(path: str | os.PathLike) -> dict:
+    """``state.pt`` through the weights-only unpickler. Checkpoints written before the numpy RNG
+    state was stored as a tensor hold numpy arrays: those are read by allowing numpy's array
+    constructors alone, which build data and run nothing else."""
+    path = Path(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        legacy = [np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+        legacy += [getattr(getattr(np, mod), "multiarray")._reconstruct for mod in ("_core", "core") if hasattr(np, mod)]
+        try:
+            with torch.serialization.safe_globals(legacy):
+                return torch.load(path, map_location="cpu", weights_only=True)
+        except pickle.UnpicklingError:
+            raise ValueError(
+                f"{path}: refusing to load a checkpoint state that holds more than tensors and plain "
+                "data (loading it could run code); delete this checkpoint folder to resume from an "
+                "earlier one, or the stage's checkpoints/ to start the stage afresh"
+            ) from None
 
 
 def trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -111,7 +150,7 @@ def load_checkpoint(
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
-    state = torch.load(path / "state.pt", map_location="cpu", weights_only=False)
+    state = read_state(path / "state.pt")
     optimizer.load_state_dict(state["optimizer"])
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     set_rng_state(state["rng"])
@@ -122,6 +161,7 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
+    "read_state",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
