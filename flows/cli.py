@@ -9,13 +9,10 @@ import argparse
 import json
 import sys
 
+from flows import checks
+
 
 def _curate(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    if not Path(args.videos).is_dir():  # fail before a Prefect server is started for nothing
-        print(f"ic curate: video folder not found: {args.videos}", file=sys.stderr)
-        return 2
     from flows.curate import curate, make_task_runner
 
     runner = make_task_runner(args.dask_address, args.workers)
@@ -110,12 +107,6 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _studio(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    if not (Path(args.run) / "config.json").is_file():  # before gradio and torch load for nothing
-        print(f"ic studio: {args.run} is not a run folder (no config.json); train one with `ic train`",
-              file=sys.stderr)
-        return 2
     from ic_studio.app import launch
 
     try:
@@ -128,6 +119,7 @@ def _studio(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="ic", description="Image Conductor pipeline")
+    ap.add_argument("--debug", action="store_true", help="show the full traceback of an unexpected error")
     sub = ap.add_subparsers(dest="command", required=True)
 
     cur = sub.add_parser("curate", help="curate a folder of videos into WebDataset shards")
@@ -152,13 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
                        help="worker processes for the per-video work (default: one per usable core, as "
                             "many as memory holds, with dis/lk/no captioner on the local runner, else "
                             "0; 0: in the worker threads)")
-        p.set_defaults(func=_curate)
+        p.set_defaults(func=_curate, check=checks.check_curate)
 
     tr = sub.add_parser("train", help="train one stage (vae, base: tiny preset only; dense, sparse, camera, object)")
     tr.add_argument("stage", choices=["vae", "base", "dense", "sparse", "camera", "object"])
     tr.add_argument("--shards", required=True, help="folder of .tar shards, a glob, or one shard")
     tr.add_argument("--run", required=True, help="run folder; each stage writes RUN/STAGE/")
-    tr.add_argument("--preset", choices=["tiny", "sd15"], default="tiny")
+    tr.add_argument("--preset", choices=["tiny", "sd15"], default=None,
+                    help="a new run's preset (default tiny); an existing run keeps its own")
     tr.add_argument("--steps", type=int, default=1000)
     tr.add_argument("--batch-size", type=int, default=4, help="per process and micro-step")
     tr.add_argument("--lr", type=float, default=1e-4)
@@ -170,11 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--options", default=None, help='JSON of other TrainConfig fields, e.g. \'{"ortho_weight": 0.1}\'')
     tr.add_argument("--model", default=None,
                     help='JSON of ModelConfig fields for a new run (an existing run must match), e.g. '
-                         '\'{"codec": "space_to_depth", "vae_scaling_factor": 4}\' (tiny: no vae stage)')
+                         '\'{"codec": "space_to_depth", "latent_scaling_factor": 4}\' (tiny: no vae stage)')
     tr.add_argument("--sd15-path", default=None, help="SD 1.5 diffusers folder (or IC_SD15_PATH)")
     tr.add_argument("--motion-adapter-path", default=None, help="AnimateDiff v3 motion module (or IC_MOTION_ADAPTER_PATH)")
     tr.add_argument("--sparsectrl-rgb-path", default=None, help="SparseCtrl RGB (or IC_SPARSECTRL_RGB_PATH)")
-    tr.set_defaults(func=_train)
+    tr.set_defaults(func=_train, check=checks.check_train)
 
     ge = sub.add_parser("generate", help="image + prompt + trajectories → video (camera-free guidance)")
     ge.add_argument("--image", required=True)
@@ -191,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--device", default="cpu")
     ge.add_argument("--base-model", default=None, help="SD 1.5-compatible folder or single .safetensors")
     ge.add_argument("--base-lora", action="append", default=[], help="UNet LoRA FILE[:SCALE] (repeatable)")
-    ge.set_defaults(func=_generate)
+    ge.set_defaults(func=_generate, check=checks.check_generate)
 
     ev = sub.add_parser("evaluate", help="FID, FVD, CamMC/ObjMC on the paper's evaluation sets")
     ev.add_argument("set_name", choices=["camera", "object"])
@@ -210,20 +203,36 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--mode", choices=["camera", "object", "none", "base"], default=None,
                     help="default: the set's own adapter; base/none are the baselines")
     ev.add_argument("--max-cases", type=int, default=None, help="only the first N cases")
-    ev.set_defaults(func=_evaluate)
+    ev.set_defaults(func=_evaluate, check=checks.check_evaluate)
 
     st = sub.add_parser("studio", help="local web page: draw trajectories on an image, generate, watch the result")
     st.add_argument("--run", required=True, help="a trained run folder")
     st.add_argument("--port", type=int, default=7860, help="served on 127.0.0.1:PORT")
     st.add_argument("--out", default=None, help="where each generation's files go (default: RUN/studio)")
     st.add_argument("--device", default="cpu")
-    st.set_defaults(func=_studio)
+    st.set_defaults(func=_studio, check=checks.check_studio)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    # Every problem with the arguments, before any flow (and its Prefect server) starts.
+    problems = args.check(args)
+    if problems:
+        for problem in problems:
+            print(f"ic {args.command}: {problem}", file=sys.stderr)
+        return 2
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"ic {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # one line for the user; --debug for the traceback
+        if args.debug:
+            raise
+        print(f"ic {args.command}: {type(err).__name__}: {err} (rerun with `ic --debug …` for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

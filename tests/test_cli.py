@@ -71,5 +71,129 @@ def test_ic_curate_killed_then_rerun_matches_an_uninterrupted_run(input_dir, tmp
 def test_ic_rejects_a_missing_folder_with_one_clear_error(tmp_path):
     r = subprocess.run([*_ic(), "curate", "webvid", "--videos", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
                        env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0
-    assert "video folder not found" in r.stdout + r.stderr
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"ic curate: --videos {tmp_path / 'nope'}: no such folder"
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+# ----------------------------------------------------------------------------- bad input, every problem at once
+
+
+def _problems(capsys, argv: list[str]) -> list[str]:
+    from flows.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err.strip().splitlines()
+
+
+@pytest.fixture
+def trained_like_run(tmp_path):
+    """A run folder with the files the checks read (the stages' done.json), no weights."""
+    from ic_model.config import tiny_config
+
+    run = tmp_path / "run"
+    (run / "dense").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(tiny_config(codec="space_to_depth").to_dict()))
+    for stage in ("base", "dense"):
+        (run / stage).mkdir(exist_ok=True)
+        (run / stage / "done.json").write_text("{}")
+    return run
+
+
+def test_generate_names_every_problem_before_anything_starts(capsys, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[[1, 2], [3")
+    lines = _problems(capsys, ["generate", "--image", "/nonexistent.png", "--trajectories", str(bad),
+                               "--run", str(tmp_path / "norun"), "--out", str(tmp_path / "x.gif"), "--steps", "0"])
+    assert lines == [
+        "ic generate: --image /nonexistent.png: no such file",
+        f"ic generate: --trajectories {bad}: malformed JSON (Expecting ',' delimiter: line 1 column 12 (char 11))",
+        f"ic generate: --run {tmp_path / 'norun'}: not a run folder (it does not exist)",
+        "ic generate: --steps must be at least 1, got 0",
+        f"ic generate: --out {tmp_path / 'x.gif'}: must end in .mp4",
+    ]
+
+
+def test_generate_checks_the_trajectories_against_the_image_and_the_run_against_the_mode(
+        capsys, tmp_path, trained_like_run):
+    import cv2
+    import numpy as np
+
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.zeros((64, 96, 3), np.uint8))
+    tracks = tmp_path / "tracks.json"
+    tracks.write_text(json.dumps([[[10, 10], [500, 10]]]))  # x = 500 is outside a 96-px image
+    lines = _problems(capsys, ["generate", "--image", str(image), "--trajectories", str(tracks),
+                               "--run", str(trained_like_run), "--mode", "camera", "--trajs-scale", "1.3",
+                               "--out", str(tmp_path / "v.mp4")])
+    assert len(lines) == 3, lines
+    assert lines[0].startswith(f"ic generate: --trajectories {tracks}:") and "500" in lines[0]
+    assert "--mode camera: the run has no finished camera stage" in lines[1]
+    assert lines[2] == "ic generate: --trajs-scale 1.3: camera-free guidance needs --mode object"
+    not_an_image = tmp_path / "frame.jpg"
+    not_an_image.write_bytes(b"\x00" * 100)
+    lines = _problems(capsys, ["generate", "--image", str(not_an_image), "--trajectories", str(tracks),
+                               "--run", str(trained_like_run), "--out", str(tmp_path / "v.mp4")])
+    assert lines[0].startswith(f"ic generate: --image {not_an_image}: not a readable image")
+    assert "--mode object: the run has no finished object stage" in lines[1]
+
+
+def test_train_checks_shards_json_options_and_the_stage_order(capsys, tmp_path, trained_like_run, training_shards):
+    lines = _problems(capsys, ["train", "dense", "--shards", str(tmp_path / "none"), "--run", str(tmp_path / "new"),
+                               "--options", '{"foo": 1, "log_every": "x", "steps": 3}', "--model", "[1]",
+                               "--lr", "-1"])
+    assert lines == [
+        f"ic train: --shards {tmp_path / 'none'}: shard {tmp_path / 'none'} does not exist",
+        "ic train: --lr must be > 0.0, got -1.0",
+        "ic train: --options: 'foo' is not a TrainConfig field",
+        "ic train: --options: 'log_every' must be int, got \"x\"",
+        "ic train: --model: must be a JSON object of ModelConfig fields, got list",
+        "ic train: --options: set 'steps' with its own flag",
+        f"ic train: stage 'dense' needs the finished 'base' stage first ({tmp_path / 'new' / 'base' / 'done.json'} "
+        f"is missing): run `ic train base --run {tmp_path / 'new'} …`",
+    ]
+    # An existing run keeps its preset and model; `vae` is not a stage of a space-to-depth run.
+    lines = _problems(capsys, ["train", "vae", "--shards", str(training_shards), "--run", str(trained_like_run),
+                               "--preset", "sd15", "--model", '{"codec": "vae"}'])
+    assert lines == [
+        "ic train: --preset sd15: the run was created with preset 'tiny' (leave --preset out to use the run's)",
+        "ic train: --model: the run has codec='space_to_depth', not 'vae'",
+        "ic train: stage 'vae' does not exist for preset 'tiny' (its stages: base, dense, sparse, camera, object)",
+    ]
+    lines = _problems(capsys, ["train", "base", "--shards", str(training_shards), "--run", str(tmp_path / "n2"),
+                               "--model", '{"codec": "space_to_depth", "flow_gain": 0}'])
+    assert lines == ["ic train: --model: flow_gain must be > 0, got 0"]
+
+
+def test_evaluate_and_studio_check_the_run_and_their_flags(capsys, tmp_path, trained_like_run):
+    lines = _problems(capsys, ["evaluate", "object", "--run", str(trained_like_run), "--reference",
+                               str(tmp_path / "nope"), "--max-cases", "0", "--cfg", "nan"])
+    assert lines == [
+        f"ic evaluate: --mode object: the run has no finished object stage ({trained_like_run / 'object' / 'done.json'} "
+        f"is missing); train it with `ic train object --run {trained_like_run} …`",
+        f"ic evaluate: --reference {tmp_path / 'nope'}: shard {tmp_path / 'nope'} does not exist",
+        "ic evaluate: --max-cases must be at least 1, got 0",
+        "ic evaluate: --cfg must be a finite number, got nan",
+    ]
+    lines = _problems(capsys, ["studio", "--run", str(tmp_path), "--port", "70000"])
+    assert lines == [
+        f"ic studio: --run {tmp_path}: not a run folder (no config.json); train one with `ic train`",
+        "ic studio: --port must be in 1–65535, got 70000",
+    ]
+
+
+def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(capsys, monkeypatch):
+    import flows.cli as cli
+
+    def boom(args):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(cli.checks, "check_studio", lambda args: [])
+    monkeypatch.setattr(cli, "_studio", boom)
+    assert cli.main(["studio", "--run", "r"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "ic studio: RuntimeError: disk on fire (rerun with `ic --debug …` for the traceback)")
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        cli.main(["--debug", "studio", "--run", "r"])

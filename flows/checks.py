@@ -1,0 +1,293 @@
+"""Argument checks for `ic`: every problem with a command's input, found before any flow starts.
+
+Each ``check_*`` returns a list of problems, one line each, naming the flag and what is wrong
+with it; an empty list means the command may run. They only look at files and parse small ones
+(JSON, the image header), so a bad invocation answers in well under a second and never starts a
+Prefect server. What can only be known while running (a corrupt video among thousands, a
+diverging loss) stays the flows' business.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from ic_model.config import LORA_STAGES, ModelConfig, TrainConfig, preset_config
+
+# Weight paths are machine settings of a run, passed apart from its architecture.
+WEIGHT_FLAGS = {"sd15_path": "--sd15-path", "motion_adapter_path": "--motion-adapter-path",
+                "sparsectrl_rgb_path": "--sparsectrl-rgb-path"}
+
+
+def _positive(problems: list[str], flag: str, value, minimum=1) -> None:
+    if value is not None and not value >= minimum:
+        problems.append(f"{flag} must be at least {minimum}, got {value}")
+
+
+def _finite(problems: list[str], flag: str, value: float, low: float | None = None, strict: bool = False) -> None:
+    if value is None:
+        return
+    if not math.isfinite(value):
+        problems.append(f"{flag} must be a finite number, got {value}")
+    elif low is not None and (value <= low if strict else value < low):
+        problems.append(f"{flag} must be {'>' if strict else '≥'} {low}, got {value}")
+
+
+def _existing(problems: list[str], flag: str, value: str | None, kind: str = "any") -> Path | None:
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    if not path.exists():
+        problems.append(f"{flag} {value}: no such {'folder' if kind == 'dir' else 'file'}")
+        return None
+    if kind == "dir" and not path.is_dir():
+        problems.append(f"{flag} {value}: not a folder")
+        return None
+    if kind == "file" and not path.is_file():
+        problems.append(f"{flag} {value}: not a file")
+        return None
+    return path
+
+
+def _writable_target(problems: list[str], flag: str, value: str, want_dir: bool) -> None:
+    path = Path(value).expanduser()
+    if path.exists() and want_dir and not path.is_dir():
+        problems.append(f"{flag} {value}: exists and is not a folder")
+    elif path.exists() and not want_dir and path.is_dir():
+        problems.append(f"{flag} {value}: is a folder, not a file name")
+    parent = path if want_dir and path.is_dir() else path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if parent.exists() and not parent.is_dir():
+        problems.append(f"{flag} {value}: {parent} is a file, so the output cannot be created")
+
+
+def _json_object(problems: list[str], flag: str, text: str | None, cls) -> dict:
+    """A JSON object of ``cls``'s dataclass fields, each of the field's type."""
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        problems.append(f"{flag}: not valid JSON ({err})")
+        return {}
+    if not isinstance(data, dict):
+        problems.append(f"{flag}: must be a JSON object of {cls.__name__} fields, got {type(data).__name__}")
+        return {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    default = cls()
+    for key, value in data.items():
+        if key not in fields:
+            problems.append(f"{flag}: {key!r} is not a {cls.__name__} field")
+            continue
+        expected = getattr(default, key)
+        if isinstance(expected, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(expected, (int, float)):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok and isinstance(expected, int) and not isinstance(expected, bool) and not float(value).is_integer():
+                ok = False
+        elif isinstance(expected, str):
+            ok = isinstance(value, str)
+        elif isinstance(expected, tuple):
+            ok = isinstance(value, list)
+        else:
+            ok = True
+        if not ok:
+            problems.append(f"{flag}: {key!r} must be {type(expected).__name__}, got {json.dumps(value)}")
+    return data
+
+
+def run_config(run: str | Path) -> ModelConfig | None:
+    path = Path(run) / "config.json"
+    if not path.is_file():
+        return None
+    return ModelConfig.from_dict(json.loads(path.read_text()))
+
+
+def _done(run: Path, stage: str) -> bool:
+    return (run / stage / "done.json").is_file()
+
+
+def _read_run(problems: list[str], run_arg: str) -> tuple[Path, ModelConfig | None, bool]:
+    """(folder, its ModelConfig or None for a new run, whether the folder is usable)."""
+    run = Path(run_arg).expanduser()
+    if run.exists() and not run.is_dir():
+        problems.append(f"--run {run_arg}: exists and is not a folder")
+        return run, None, False
+    try:
+        return run, run_config(run), True
+    except (ValueError, TypeError, json.JSONDecodeError) as err:
+        problems.append(f"--run {run_arg}: config.json is not a ModelConfig ({err})")
+        return run, None, False
+
+
+def _run_problems(problems: list[str], run_arg: str, mode: str | None) -> ModelConfig | None:
+    """A finished run that has what ``mode`` samples with."""
+    run, cfg, usable = _read_run(problems, run_arg)
+    if not usable:
+        return None
+    if not run.exists():
+        problems.append(f"--run {run_arg}: not a run folder (it does not exist)")
+        return None
+    if cfg is None:
+        problems.append(f"--run {run_arg}: not a run folder (no config.json); train one with `ic train`")
+        return None
+    if mode in LORA_STAGES and not _done(run, mode):
+        problems.append(f"--mode {mode}: the run has no finished {mode} stage ({run / mode / 'done.json'} is "
+                        f"missing); train it with `ic train {mode} --run {run_arg} …`")
+    elif mode == "none" and not (_done(run, "dense") or _done(run, "sparse")):
+        problems.append("--mode none: the run has no trained motion ControlNet (no finished dense or sparse stage)")
+    elif mode == "base" and "base" in cfg.stages and not _done(run, "base"):
+        problems.append("--mode base: the run has no finished base stage")
+    return cfg
+
+
+def check_curate(args) -> list[str]:
+    problems: list[str] = []
+    _existing(problems, "--videos", args.videos, "dir")
+    _writable_target(problems, "--out", args.out, want_dir=True)
+    _existing(problems, "--captions", args.captions, "file")
+    _positive(problems, "--chunk-size", args.chunk_size)
+    _positive(problems, "--workers", args.workers)
+    _positive(problems, "--processes", args.processes, 0)
+    if not 0 <= args.drop_fraction < 1:
+        problems.append(f"--drop-fraction must be in [0, 1), got {args.drop_fraction}")
+    return problems
+
+
+def check_train(args) -> list[str]:
+    from ic_data.shards import shard_paths
+
+    problems: list[str] = []
+    try:
+        shard_paths(args.shards)
+    except FileNotFoundError as err:
+        problems.append(f"--shards {args.shards}: {err}")
+    _positive(problems, "--steps", args.steps)
+    _positive(problems, "--batch-size", args.batch_size)
+    _positive(problems, "--grad-accum", args.grad_accum)
+    _positive(problems, "--num-processes", args.num_processes)
+    _finite(problems, "--lr", args.lr, 0.0, strict=True)
+    options = _json_object(problems, "--options", args.options, TrainConfig)
+    model = _json_object(problems, "--model", args.model, ModelConfig)
+    for key in ("stage", "steps", "batch_size", "learning_rate", "grad_accum_steps", "seed",
+                "mixed_precision", "gradient_checkpointing"):
+        if key in options:
+            problems.append(f"--options: set {key!r} with its own flag")
+    for key, flag in WEIGHT_FLAGS.items():
+        if key in model:
+            problems.append(f"--model: set {key!r} with {flag}")
+        _existing(problems, flag, getattr(args, key, None))
+    run, cfg, usable = _read_run(problems, args.run)
+    if not usable:
+        return problems
+    if cfg is None:  # a new run: the flags describe its model
+        try:
+            cfg = preset_config(args.preset or "tiny", **{k: tuple(v) if isinstance(v, list) else v
+                                                          for k, v in model.items()})
+        except (ValueError, TypeError) as err:
+            problems.append(f"--model: {err}")
+            return problems
+    else:
+        if args.preset and args.preset != cfg.preset:
+            problems.append(f"--preset {args.preset}: the run was created with preset {cfg.preset!r} "
+                            "(leave --preset out to use the run's)")
+        for key, value in model.items():
+            have = getattr(cfg, key)
+            if have != (tuple(value) if isinstance(value, list) else value):
+                problems.append(f"--model: the run has {key}={have!r}, not {value!r}")
+    if args.stage not in cfg.stages:
+        problems.append(f"stage {args.stage!r} does not exist for preset {cfg.preset!r} "
+                        f"(its stages: {', '.join(cfg.stages)})")
+    else:
+        before = cfg.prerequisite(args.stage)
+        if before is not None and not _done(run, before):
+            problems.append(f"stage {args.stage!r} needs the finished {before!r} stage first "
+                            f"({run / before / 'done.json'} is missing): run `ic train {before} --run {args.run} …`")
+    return problems
+
+
+def _check_image(problems: list[str], flag: str, value: str) -> tuple[int, int] | None:
+    path = _existing(problems, flag, value, "file")
+    if path is None:
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+            return img.size
+    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+        problems.append(f"{flag} {value}: not a readable image ({err})")
+        return None
+
+
+def check_generate(args) -> list[str]:
+    from ic_data.errors import TrajectoryError
+    from ic_data.trajectories import load_trajectory_file
+
+    problems: list[str] = []
+    size = _check_image(problems, "--image", args.image)
+    traj = _existing(problems, "--trajectories", args.trajectories, "file")
+    if traj is not None and size is not None:
+        try:
+            load_trajectory_file(traj, *size)
+        except TrajectoryError as err:
+            problems.append(f"--trajectories {err}")
+    elif traj is not None:  # the image is unusable: still say what is wrong with the file's form
+        try:
+            json.loads(traj.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            problems.append(f"--trajectories {args.trajectories}: malformed JSON ({err})")
+    _run_problems(problems, args.run, args.mode)
+    _positive(problems, "--steps", args.steps)
+    _finite(problems, "--cfg", args.cfg, 0.0)
+    _finite(problems, "--trajs-scale", args.trajs_scale, 0.0)
+    if args.trajs_scale is not None and math.isfinite(args.trajs_scale) and args.trajs_scale != 1.0 and args.mode != "object":
+        problems.append(f"--trajs-scale {args.trajs_scale}: camera-free guidance needs --mode object")
+    if Path(args.out).suffix.lower() != ".mp4":
+        problems.append(f"--out {args.out}: must end in .mp4")
+    _writable_target(problems, "--out", args.out, want_dir=False)
+    _existing(problems, "--base-model", args.base_model)
+    for spec in args.base_lora or []:
+        file, _, scale = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else (spec, "", "")
+        _existing(problems, "--base-lora", file or spec, "file")
+        if scale:
+            try:
+                float(scale)
+            except ValueError:
+                problems.append(f"--base-lora {spec}: the scale after ':' must be a number")
+    return problems
+
+
+def check_evaluate(args) -> list[str]:
+    problems: list[str] = []
+    _run_problems(problems, args.run, args.mode or args.set_name)
+    if args.reference:
+        from ic_data.shards import shard_paths
+
+        try:
+            shard_paths(args.reference)
+        except FileNotFoundError as err:
+            problems.append(f"--reference {args.reference}: {err}")
+    _existing(problems, "--images", args.images, "dir")
+    if args.out:
+        _writable_target(problems, "--out", args.out, want_dir=True)
+    _positive(problems, "--steps", args.steps)
+    _positive(problems, "--max-reference", args.max_reference, 2)
+    _positive(problems, "--max-cases", args.max_cases)
+    _finite(problems, "--cfg", args.cfg, 0.0)
+    _finite(problems, "--trajs-scale", args.trajs_scale, 0.0)
+    return problems
+
+
+def check_studio(args) -> list[str]:
+    problems: list[str] = []
+    _run_problems(problems, args.run, None)
+    if not 1 <= args.port <= 65535:
+        problems.append(f"--port must be in 1–65535, got {args.port}")
+    if args.out:
+        _writable_target(problems, "--out", args.out, want_dir=True)
+    return problems
