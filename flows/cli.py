@@ -83,7 +83,7 @@ def _generate(args: argparse.Namespace) -> int:
                    mode=args.mode, trajs_scale=args.trajs_scale, guidance_scale=args.cfg, steps=args.steps,
                    seed=args.seed)
     state = generate(run=args.run, requests=[request], device=args.device, base_model=args.base_model,
-                     base_loras=args.base_lora or None, return_state=True)
+                     base_loras=args.base_lora or None, dtype=args.dtype, return_state=True)
     if not state.is_completed():
         print(f"ic generate: {state.message}", file=sys.stderr)
         return 1
@@ -98,7 +98,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                      images=args.images, steps=args.steps, guidance_scale=args.cfg, trajs_scale=args.trajs_scale,
                      ablation=args.ablation, seed=args.seed, tracker=args.tracker,
                      max_reference=args.max_reference, device=args.device, mode=args.mode,
-                     max_cases=args.max_cases, return_state=True)
+                     max_cases=args.max_cases, dtype=args.dtype, return_state=True)
     if not state.is_completed():
         print(f"ic evaluate: the flow run ended {state.name}: {state.message}", file=sys.stderr)
         return 1
@@ -110,7 +110,7 @@ def _studio(args: argparse.Namespace) -> int:
     from ic_studio.app import launch
 
     try:
-        launch(args.run, port=args.port, out=args.out, device=args.device)
+        launch(args.run, port=args.port, out=args.out, device=args.device, dtype=args.dtype)
     except OSError as err:  # typically the port is taken
         print(f"ic studio: cannot serve on 127.0.0.1:{args.port}: {err}", file=sys.stderr)
         return 1
@@ -153,12 +153,16 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--preset", choices=["tiny", "sd15"], default=None,
                     help="a new run's preset (default tiny); an existing run keeps its own")
     tr.add_argument("--steps", type=int, default=1000)
-    tr.add_argument("--batch-size", type=int, default=4, help="per process and micro-step")
+    tr.add_argument("--batch-size", type=int, default=None,
+                    help="per process and micro-step (default: tiny 4, sd15 1; the paper's global 64 = "
+                         "batch × --grad-accum × --num-processes)")
     tr.add_argument("--lr", type=float, default=1e-4)
     tr.add_argument("--grad-accum", type=int, default=1)
     tr.add_argument("--num-processes", type=int, default=1, help=">1: accelerate launch (one per GPU)")
-    tr.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default="no")
-    tr.add_argument("--gradient-checkpointing", action="store_true")
+    tr.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
+                    help="default: tiny no, sd15 bf16")
+    tr.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
+                    help="default: on for sd15, off for tiny")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--options", default=None, help='JSON of other TrainConfig fields, e.g. \'{"ortho_weight": 0.1}\'')
     tr.add_argument("--model", default=None,
@@ -181,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--steps", type=int, default=25)
     ge.add_argument("--seed", type=int, default=0)
     ge.add_argument("--out", required=True, help="output .mp4 (a .gif preview is written beside it)")
-    ge.add_argument("--device", default="cpu")
+    ge.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
+    ge.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="bf16/fp16: on a GPU")
     ge.add_argument("--base-model", default=None, help="SD 1.5-compatible folder or single .safetensors")
     ge.add_argument("--base-lora", action="append", default=[], help="UNet LoRA FILE[:SCALE] (repeatable)")
     ge.set_defaults(func=_generate, check=checks.check_generate)
@@ -199,7 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--tracker", choices=["lk", "cotracker"], default="lk")
     ev.add_argument("--max-reference", type=int, default=5000)
-    ev.add_argument("--device", default="cpu")
+    ev.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
+    ev.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="bf16/fp16: on a GPU")
     ev.add_argument("--mode", choices=["camera", "object", "none", "base"], default=None,
                     help="default: the set's own adapter; base/none are the baselines")
     ev.add_argument("--max-cases", type=int, default=None, help="only the first N cases")
@@ -209,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--run", required=True, help="a trained run folder")
     st.add_argument("--port", type=int, default=7860, help="served on 127.0.0.1:PORT")
     st.add_argument("--out", default=None, help="where each generation's files go (default: RUN/studio)")
-    st.add_argument("--device", default="cpu")
+    st.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
+    st.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="bf16/fp16: on a GPU")
     st.set_defaults(func=_studio, check=checks.check_studio)
     return ap
 

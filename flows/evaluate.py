@@ -27,6 +27,7 @@ def evaluate(
     device: str = "cpu",
     mode: Literal["camera", "object", "none", "base"] | None = None,
     max_cases: int | None = None,
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32",
 ) -> dict:
     """Generate the set's 10 cases (fixed seeds) and compute CamMC/ObjMC, plus FID and FVD
     against ``reference`` shards when given; ``ablation`` sweeps λ_trajs on the object set.
@@ -37,7 +38,7 @@ def evaluate(
     settings = EvalSettings(steps=steps, guidance_scale=guidance_scale, trajs_scale=trajs_scale, seed=seed,
                             tracker=tracker, images=images, reference=reference, max_reference=max_reference,
                             ablation=ablation, mode=mode, max_cases=max_cases)
-    metrics = evaluate_task(run, set_name, out, settings, device)
+    metrics = evaluate_task(run, set_name, out, settings, device, dtype=dtype)
     publish_evaluation(metrics, out)
     name = "CamMC" if set_name == "camera" else "ObjMC"
     get_run_logger().info("%s: %s = %s px, FID %s, FVD %s → %s/metrics.json", set_name, name, metrics[name],

@@ -1,6 +1,8 @@
 """The `generate` flow: a batch of image-to-video requests from the UI or the CLI (paper §2.5)."""
 from __future__ import annotations
 
+from typing import Literal
+
 from prefect import flow
 
 from tasks.inference import generate_videos
@@ -13,7 +15,9 @@ def generate(
     device: str = "cpu",
     base_model: str | None = None,
     base_loras: list[str] | None = None,
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32",
 ) -> list[dict]:
     """Each request: {image, prompt, trajectories (JSON file or list), out (.mp4), mode
-    (camera|object|none), trajs_scale, guidance_scale, steps, seed}."""
-    return generate_videos(run, requests, device, base_model, base_loras)
+    (camera|object|none|base), trajs_scale, guidance_scale, steps, seed}. ``dtype``: what the
+    networks run in (bf16/fp16 on a GPU)."""
+    return generate_videos(run, requests, device, base_model, base_loras, dtype)

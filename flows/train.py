@@ -10,7 +10,7 @@ from typing import Literal
 
 from prefect import flow, get_run_logger
 
-from ic_model.config import TrainConfig
+from ic_model.config import train_config
 from ic_model.training.run import check_prerequisite, run_model_config
 from tasks.training import publish_training, run_stage
 
@@ -24,12 +24,12 @@ def train_stage_flow(
     run: str,
     preset: Literal["tiny", "sd15"] | None = None,
     steps: int = 1000,
-    batch_size: int = 4,
+    batch_size: int | None = None,
     learning_rate: float = 1e-4,
     grad_accum_steps: int = 1,
     num_processes: int = 1,
-    mixed_precision: Literal["no", "fp16", "bf16"] = "no",
-    gradient_checkpointing: bool = False,
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = None,
+    gradient_checkpointing: bool | None = None,
     seed: int = 0,
     options: dict | None = None,
     weights: dict | None = None,
@@ -44,12 +44,13 @@ def train_stage_flow(
     """
     model_cfg = run_model_config(run, preset, **(model or {}), **(weights or {}))
     check_prerequisite(run, model_cfg, stage)  # fail in seconds, before any GPU is taken
-    train_cfg = TrainConfig.from_dict({
-        **(options or {}),
-        "stage": stage, "steps": steps, "batch_size": batch_size, "learning_rate": learning_rate,
-        "grad_accum_steps": grad_accum_steps, "mixed_precision": mixed_precision,
-        "gradient_checkpointing": gradient_checkpointing, "seed": seed,
-    })
+    # None: the preset's default (sd15: batch 1, bf16, gradient checkpointing; tiny: batch 4, fp32).
+    train_cfg = train_config(
+        model_cfg.preset, **(options or {}),
+        stage=stage, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+        grad_accum_steps=grad_accum_steps, mixed_precision=mixed_precision,
+        gradient_checkpointing=gradient_checkpointing, seed=seed,
+    )
     summary = run_stage(stage, shards, run, train_cfg, model_cfg, num_processes)
     publish_training(stage, run, summary)
     get_run_logger().info("%s done: loss %s → %s", stage, summary.get("first_loss"), summary.get("final_loss"))

@@ -103,12 +103,14 @@ def shown_on_page(n_outputs: int, message_index: int):
 class Studio:
     """The page for one run; ``out`` collects each generation's inputs and outputs."""
 
-    def __init__(self, run: str | os.PathLike, out: str | os.PathLike | None = None, device: str = "cpu"):
+    def __init__(self, run: str | os.PathLike, out: str | os.PathLike | None = None, device: str = "cpu",
+                 dtype: str = "fp32"):
         self.run = str(run)
         self.cfg = load_run_config(run)
         self.out = Path(out) if out else Path(run) / "studio"
         self.out.mkdir(parents=True, exist_ok=True)
         self.device = device
+        self.dtype = dtype
         self.exports = self.out / "exports"  # the drawing as JSON, for the export button
 
     # --- helpers ----------------------------------------------------------------------------
@@ -213,7 +215,7 @@ class Studio:
         yield (f"**Generating:** Prefect flow run `{name}` ({request['steps']} steps, {mode} mode)…",
                session.drawing.render(session.view, self.cfg.num_frames), None, "", None)
         try:
-            result = run_generate_flow(self.run, request, self.device, name)
+            result = run_generate_flow(self.run, request, self.device, name, self.dtype)
             progress(0.8, desc="tracking the result")
             requested = prepare_image_and_tracks(read_image(request["image"]), request["trajectories"], self.cfg).tracks
             frames, mc = measure_motion_control(result.record["video"], requested)
@@ -361,8 +363,9 @@ class Studio:
         return page
 
 
-def launch(run: str, port: int = 7860, out: str | None = None, device: str = "cpu", block: bool = True):
-    return Studio(run, out, device).launch(port, block)
+def launch(run: str, port: int = 7860, out: str | None = None, device: str = "cpu", block: bool = True,
+           dtype: str = "fp32"):
+    return Studio(run, out, device, dtype).launch(port, block)
 
 
 __all__ = ["Session", "Studio", "example_images", "launch", "load_run_config"]

@@ -63,12 +63,12 @@ class FlowResult:
     flow_run_id: str
 
 
-def run_generate_flow(run: str, request: dict, device: str, flow_run_name: str) -> FlowResult:
+def run_generate_flow(run: str, request: dict, device: str, flow_run_name: str, dtype: str = "fp32") -> FlowResult:
     """Run ``request`` as the `generate` flow; a failed run becomes a StudioError with its reason."""
     from flows.generate import generate
 
     state = generate.with_options(flow_run_name=flow_run_name)(
-        run=str(run), requests=[request], device=device, return_state=True
+        run=str(run), requests=[request], device=device, dtype=dtype, return_state=True
     )
     flow_run_id = str(state.state_details.flow_run_id)
     if not state.is_completed():

@@ -20,8 +20,10 @@ from ic_model.pipelines.image_conductor import ImageConductorPipeline
 REQUEST_DEFAULTS = dict(mode="object", trajs_scale=1.0, guidance_scale=8.5, steps=25, seed=0)
 
 
-def _pipeline(run: str, device: str, base_model: str | None, base_loras: list[str] | None) -> ImageConductorPipeline:
-    pipe = ImageConductorPipeline.from_run(run, device=device)
+def _pipeline(run: str, device: str, base_model: str | None, base_loras: list[str] | None,
+              dtype: str = "fp32") -> ImageConductorPipeline:
+    pipe = ImageConductorPipeline.from_run(run, device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)  # the flow reports progress as an artifact
     if base_model or base_loras:
         from ic_model.pipelines.personalize import apply_personalization
 
@@ -37,10 +39,10 @@ def _gif_markdown(path: Path, title: str) -> str:
 @task(name="generate-videos", cache_policy=NO_CACHE)
 def generate_videos(
     run: str, requests: list[dict], device: str = "cpu", base_model: str | None = None,
-    base_loras: list[str] | None = None,
+    base_loras: list[str] | None = None, dtype: str = "fp32",
 ) -> list[dict]:
     log = get_run_logger()
-    pipe = _pipeline(run, device, base_model, base_loras)
+    pipe = _pipeline(run, device, base_model, base_loras, dtype)
     progress = create_progress_artifact(0.0, key="generate-progress", description=f"Generating {len(requests)} videos")
     records, problems = [], []
     for i, request in enumerate(requests, 1):
@@ -69,8 +71,8 @@ def generate_videos(
 
 @task(name="evaluate-set", task_run_name="evaluate {set_name}", cache_policy=NO_CACHE, tags=["gpu"])
 def evaluate_task(run: str, set_name: str, out: str, settings: EvalSettings, device: str = "cpu",
-                  base_model: str | None = None, base_loras: list[str] | None = None) -> dict:
-    pipe = _pipeline(run, device, base_model, base_loras)
+                  base_model: str | None = None, base_loras: list[str] | None = None, dtype: str = "fp32") -> dict:
+    pipe = _pipeline(run, device, base_model, base_loras, dtype)
     progress = create_progress_artifact(0.0, key=f"evaluate-{set_name}-progress",
                                         description=f"Evaluating {run} ({settings.mode or set_name} mode)")
 

@@ -37,12 +37,18 @@ def _read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def _launch(stage: str, shards: str, run: str, train_cfg: TrainConfig, num_processes: int, on_log) -> dict:
-    """``accelerate launch`` the same entry point on ``num_processes`` processes."""
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
-        json.dump(train_cfg.to_dict(), fh)
-        cfg_path = fh.name
-    cmd, env = launch_command(num_processes, stage, shards, run, cfg_path, train_cfg.mixed_precision)
+def _launch(stage: str, shards: str, run: str, train_cfg: TrainConfig, model_cfg: ModelConfig, num_processes: int,
+            on_log) -> dict:
+    """``accelerate launch`` the same entry point on ``num_processes`` processes; they get the
+    whole model config, so weight paths given to this run reach them too."""
+    paths = []
+    for data in (train_cfg.to_dict(), model_cfg.to_dict()):
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+            json.dump(data, fh)
+            paths.append(fh.name)
+    cfg_path, model_path = paths
+    cmd, env = launch_command(num_processes, stage, shards, run, cfg_path, train_cfg.mixed_precision,
+                              model_config_json=model_path)
     metrics = stage_dir(run, stage) / "metrics.jsonl"
     stop = threading.Event()
 
@@ -60,7 +66,8 @@ def _launch(stage: str, shards: str, run: str, train_cfg: TrainConfig, num_proce
         proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PYTHONUNBUFFERED": "1"})
     finally:
         stop.set()
-        os.unlink(cfg_path)
+        for path in paths:
+            os.unlink(path)
     if proc.returncode != 0:
         raise RuntimeError(f"accelerate launch failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -82,7 +89,7 @@ def run_stage(
         )
 
     if num_processes > 1:
-        summary = _launch(stage, shards, run, train_cfg, num_processes, on_log)
+        summary = _launch(stage, shards, run, train_cfg, model_cfg, num_processes, on_log)
     else:
         summary = train_stage(stage, shards, run, train_cfg, model_cfg, on_log=on_log)
     update_progress_artifact(progress, 100.0)

@@ -55,3 +55,24 @@ def test_a_state_that_would_run_code_is_refused_and_the_code_never_runs(tmp_path
     with pytest.raises(ValueError, match="refusing to load"):
         read_state(tmp_path / "state.pt")
     assert not marker.exists()
+
+
+def test_the_fp16_loss_scaler_resumes_exactly(tmp_path):
+    """fp16 training's GradScaler (scale, growth tracker) is part of the checkpoint."""
+    from torch.amp import GradScaler
+
+    from ic_model.training.checkpoint import load_checkpoint, save_checkpoint
+
+    module = torch.nn.Linear(3, 2)
+    opt = torch.optim.Adam(module.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    scaler = GradScaler("cpu", init_scale=2.0**10, growth_interval=3)
+    for _ in range(4):  # grow the scale once and leave the tracker mid-interval
+        scaler.scale(module(torch.ones(1, 3)).sum()).backward()
+        scaler.step(opt)
+        scaler.update()
+    path = save_checkpoint(tmp_path, 4, module, opt, sched, scaler=scaler)
+    fresh = GradScaler("cpu", init_scale=1.0, growth_interval=3)
+    assert load_checkpoint(path, module, opt, sched, scaler=fresh) == 4
+    assert fresh.state_dict() == scaler.state_dict()
+    assert fresh.get_scale() == 2.0**11

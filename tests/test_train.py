@@ -197,13 +197,20 @@ def test_accelerate_launch_two_processes_keeps_replicas_identical(trained_run, t
     prepared = _prepared_run(run, tmp_path / "ddp", "dense")
     cfg_path = tmp_path / "train.json"
     cfg_path.write_text(json.dumps(dict(batch_size=1, learning_rate=1e-3, log_every=1, steps=3)))
-    cmd, env = launch_command(2, "dense", str(training_shards), str(prepared), str(cfg_path))
+    # The children get the parent's whole ModelConfig: weight paths given to an existing run
+    # (machine settings, not in RUN/config.json) reach them.
+    model = {**json.loads((prepared / "config.json").read_text()), "sd15_path": "/weights/given-to-this-run"}
+    model_path = tmp_path / "model.json"
+    model_path.write_text(json.dumps(model))
+    cmd, env = launch_command(2, "dense", str(training_shards), str(prepared), str(cfg_path),
+                              model_config_json=str(model_path))
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=Path(__file__).parents[1])
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["world_size"] == 2 and summary["global_batch"] == 2
     assert summary["replicas_identical"] is True
     assert len(set(summary["replica_checksums"])) == 1
+    assert json.loads((prepared / "dense" / "config.json").read_text())["sd15_path"] == "/weights/given-to-this-run"
 
 
 def test_motion_weights_follow_what_moves():

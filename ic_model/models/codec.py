@@ -66,11 +66,16 @@ def encode_video(vae: AutoencoderKL, pixels: torch.Tensor) -> torch.Tensor:
     return latents.reshape(b, t, *latents.shape[1:]).permute(0, 2, 1, 3, 4)
 
 
-def decode_latents(vae: AutoencoderKL, latents: torch.Tensor) -> torch.Tensor:
-    """(B, C, T, h, w) scaled latents → (B, 3, T, H, W) pixels in [-1, 1]."""
+def decode_latents(vae: AutoencoderKL, latents: torch.Tensor, chunk_size: int | None = None) -> torch.Tensor:
+    """(B, C, T, h, w) scaled latents → (B, 3, T, H, W) pixels in [-1, 1].
+
+    ``chunk_size``: frames decoded at a time (each frame is decoded alone, so the result is the
+    same); SD's VAE decoder needs ~1 GB of activations per 384×256 frame, so a 16-frame clip
+    decoded at once would set the pipeline's peak memory."""
     b, c, t, h, w = latents.shape
     flat = latents.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w) / vae.config.scaling_factor
-    frames = vae.decode(flat.to(vae.dtype)).sample.clamp(-1, 1)
+    step = chunk_size or flat.shape[0]
+    frames = torch.cat([vae.decode(part.to(vae.dtype)).sample for part in flat.split(step)]).clamp(-1, 1)
     return frames.reshape(b, t, *frames.shape[1:]).permute(0, 2, 1, 3, 4)
 
 

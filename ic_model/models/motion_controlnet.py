@@ -85,16 +85,17 @@ def build_image_controlnet(unet: UNetMotionModel, latent_channels: int = 4) -> S
 def copy_unet_encoder(unet: UNetMotionModel, controlnet: SparseControlNetModel) -> None:
     """Copy every encoder tensor the two models share by name and shape; fail if any is missing."""
     target = controlnet.state_dict()
+    source = unet.state_dict()
     copied = 0
     for prefix in ("conv_in.", "time_embedding.", "down_blocks.", "mid_block."):
-        for name, tensor in unet.state_dict().items():
+        for name, tensor in source.items():
             if not name.startswith(prefix):
                 continue
             if name in target and target[name].shape == tensor.shape:
                 target[name].copy_(tensor)
                 copied += 1
     encoder = [n for n in target if n.startswith(("down_blocks.", "mid_block.", "conv_in."))]
-    missing = [n for n in encoder if n not in unet.state_dict()]
+    missing = [n for n in encoder if n not in source]
     if missing:
         raise ValueError(
             f"UNet encoder does not cover the ControlNet: {len(missing)} tensors missing, "

@@ -1,16 +1,22 @@
 """Components by preset: ``tiny`` from scratch, ``sd15`` from the configured local weights."""
 from __future__ import annotations
 
+import torch
+
 from ic_model.config import ModelConfig
 from ic_model.models.components import Components, make_scheduler
 from ic_model.models.sd15 import load_sd15_components
 from ic_model.models.tiny import build_tiny_components
 
 
-def build_components(cfg: ModelConfig) -> Components:
-    """The preset's components: tiny from scratch, sd15 from the configured local weights."""
+def build_components(cfg: ModelConfig, torch_dtype: torch.dtype = torch.float32) -> Components:
+    """The preset's components: tiny from scratch, sd15 from the configured local weights.
+
+    ``torch_dtype``: what sd15's pretrained weights are read into (no fp32 copy first); the
+    motion ControlNet, which is trained, is float32 whatever it is. The tiny preset's random
+    weights start in float32."""
     if cfg.preset == "sd15":
-        parts = load_sd15_components(cfg)
+        parts = load_sd15_components(cfg, torch_dtype)
         parts["scheduler"] = make_scheduler(cfg)
         return Components(cfg=cfg, **parts)
     return build_tiny_components(cfg)

@@ -423,13 +423,16 @@ def load_sd15_components(cfg: ModelConfig, torch_dtype: torch.dtype = torch.floa
     Returns ``vae``, ``text_encoder``, ``tokenizer``, ``unet`` (SD 1.5 + AnimateDiff v3 as a
     ``UNetMotionModel``), ``image_controlnet`` (SparseCtrl RGB), ``scheduler`` (AnimateDiff's
     training schedule from ``cfg``) and ``motion_controlnet`` (fresh, encoder copied from
-    ``unet``; float32 whatever ``torch_dtype``, since it is the module being trained).
+    ``unet``; float32 whatever ``torch_dtype``, since it is the module being trained). Under
+    fp16 the VAE is float32: SD's VAE overflows in fp16.
     All three paths are checked first: one :class:`MissingWeightsError` names every setting to fix.
     """
     paths = resolve_weight_paths(cfg)
     sd15 = load_sd15(paths["sd15_path"], torch_dtype)
+    if torch_dtype == torch.float16:
+        sd15["vae"].float()  # SD's VAE overflows in fp16
     adapter = load_motion_adapter(paths["motion_adapter_path"], torch_dtype)
-    unet = UNetMotionModel.from_unet2d(sd15.pop("unet_2d"), adapter).eval()
+    unet = UNetMotionModel.from_unet2d(sd15.pop("unet_2d"), adapter).to(torch_dtype).eval()
     del adapter  # its weights now live in ``unet``: free them before the ControlNet is read
     return dict(
         vae=sd15["vae"],

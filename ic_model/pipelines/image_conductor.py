@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 import torch
 from diffusers import DDIMScheduler
+from tqdm.auto import tqdm
 
 from ic_data.clips import (
     CLIP_HEIGHT,
@@ -96,17 +97,28 @@ def clip_tracks_to_source(tracks_model: np.ndarray, geometry: ClipGeometry, cfg:
     return geometry.clip_to_source((tracks_model + 0.5) * to_clip - 0.5).astype(np.float32)
 
 
-class ImageConductorPipeline:
-    """Components + both adapters, with DDIM sampling and camera-free guidance."""
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-    def __init__(self, comps: Components, device: str | torch.device = "cpu", dtype=torch.float32):
+
+class ImageConductorPipeline:
+    """Components + both adapters, with DDIM sampling and camera-free guidance.
+
+    ``dtype`` is what the networks run in; the DDIM latents and the guidance arithmetic stay in
+    float32, and under fp16 the VAE stays float32 (SD's VAE overflows in fp16).
+    ``decode_chunk_size`` frames are decoded at a time, so the decode does not set the peak memory.
+    """
+
+    def __init__(self, comps: Components, device: str | torch.device = "cpu", dtype=torch.float32,
+                 decode_chunk_size: int = 4):
         self.comps = comps
         self.cfg = comps.cfg
         self.device = torch.device(device)
-        self.dtype = dtype
-        self.denoiser = comps.denoiser().to(self.device, dtype).eval()
-        comps.vae.to(self.device, dtype).eval()
-        comps.text_encoder.to(self.device, dtype).eval()
+        self.dtype = DTYPES.get(dtype, dtype)
+        self.decode_chunk_size = decode_chunk_size
+        self.progress_bar_config: dict = {}
+        self.denoiser = comps.denoiser().to(self.device, self.dtype).eval()
+        comps.vae.to(self.device, torch.float32 if self.dtype == torch.float16 else self.dtype).eval()
+        comps.text_encoder.to(self.device, self.dtype).eval()
         self.scheduler = DDIMScheduler(
             num_train_timesteps=self.cfg.num_train_timesteps,
             beta_start=self.cfg.beta_start,
@@ -122,11 +134,13 @@ class ImageConductorPipeline:
     def from_run(
         cls, run: str | os.PathLike, device: str | torch.device = "cpu", dtype=torch.float32, **weights
     ) -> "ImageConductorPipeline":
-        """Everything a run has finished: base, motion ControlNet, and the adapters it trained."""
+        """Everything a run has finished: base, motion ControlNet, and the adapters it trained.
+        ``dtype``: a torch dtype or "fp32" / "bf16" / "fp16"; sd15 weights load straight into it."""
         if not (Path(run) / "config.json").is_file():
             raise FileNotFoundError(f"{run} is not a run folder (it has no config.json): train a stage into it first")
+        dtype = DTYPES.get(dtype, dtype)
         cfg = run_model_config(run, None, **weights) if weights else run_model_config(run)
-        comps = load_run_components(run, cfg)
+        comps = load_run_components(run, cfg, torch_dtype=dtype)
         mc = comps.motion_controlnet
         for name in ("camera", "object"):
             if is_done(run, name):
@@ -137,6 +151,11 @@ class ImageConductorPipeline:
     @property
     def adapters(self) -> list[str]:
         return lora.adapter_names(self.comps.motion_controlnet)
+
+    def set_progress_bar_config(self, **kwargs) -> None:
+        """tqdm options for the sampling loop's progress bar, e.g. ``disable=True`` (diffusers' name).
+        By default the bar shows only on a terminal."""
+        self.progress_bar_config = kwargs
 
     def _use_adapter(self, mode: str):
         """Context: the motion ControlNet as θ_mode (adapter switch, no weight reload)."""
@@ -182,7 +201,7 @@ class ImageConductorPipeline:
 
         # 1. Conditions: first-frame latent, text (∅ and c), trajectory maps.
         pixels = torch.from_numpy(image).to(dev, dt).permute(2, 0, 1)[None, :, None] / 127.5 - 1
-        first_latent = encode_video(self.comps.vae, pixels)[:, :, 0]
+        first_latent = encode_video(self.comps.vae, pixels)[:, :, 0].to(dt)
         text = encode_text(self.comps, [negative_prompt, prompt], dev).to(dt)
         flow = tracks_to_flow_maps(
             tracks, height=cfg.height, width=cfg.width, kernel_size=cfg.flow_kernel_size, sigma=cfg.flow_sigma
@@ -195,35 +214,37 @@ class ImageConductorPipeline:
         # 2. Initial noise and the DDIM schedule.
         h, w = cfg.latent_size
         gen = torch.Generator().manual_seed(seed)
-        latents = torch.randn(1, cfg.latent_channels, cfg.num_frames, h, w, generator=gen).to(dev, dt)
+        latents = torch.randn(1, cfg.latent_channels, cfg.num_frames, h, w, generator=gen).to(dev)
         self.scheduler.set_timesteps(num_inference_steps, device=dev)
         latents = latents * self.scheduler.init_noise_sigma
         guided = mode == "object" and trajs_scale != 1.0
 
-        # 3. The sampling loop.
-        for t in self.scheduler.timesteps:
+        # 3. The sampling loop (latents and guidance in float32, the networks in ``dt``).
+        bar = tqdm(self.scheduler.timesteps, desc=f"sampling ({mode})", **{"disable": None, **self.progress_bar_config})
+        for t in bar:
             t_batch = t.expand(2)
+            x = latents.to(dt)
             with self._use_adapter("none" if guided else mode):
                 out_uncond, out_cond = self.denoiser(
-                    latents.expand(2, -1, -1, -1, -1), t_batch, text, first_pair,
+                    x.expand(2, -1, -1, -1, -1), t_batch, text, first_pair,
                     flow=flow_pair, motion_scale=motion_scale,
-                ).chunk(2)
+                ).float().chunk(2)
             if guided:
                 with self._use_adapter("object"):
                     out_obj = self.denoiser(
-                        latents, t[None], text[1:], first_latent, flow=flow, motion_scale=motion_scale
-                    )
+                        x, t[None], text[1:], first_latent, flow=flow, motion_scale=motion_scale
+                    ).float()
                 out = out_uncond + guidance_scale * (out_cond - out_uncond) + trajs_scale * (out_obj - out_cond)
             else:
                 out = out_uncond + guidance_scale * (out_cond - out_uncond)
             latents = self.scheduler.step(out, t, latents).prev_sample
         if cfg.first_frame_latent == "clean":  # the last step leaves frame 0 a trace of noise away
-            latents[:, :, 0] = first_latent
+            latents[:, :, 0] = first_latent.float()
 
         # 4. Decode.
         if output_type == "latent":
             return latents
-        video = decode_latents(self.comps.vae, latents)[0]  # (3, T, H, W) in [-1, 1]
+        video = decode_latents(self.comps.vae, latents, self.decode_chunk_size)[0]  # (3, T, H, W) in [-1, 1]
         frames = ((video.permute(1, 2, 3, 0).float().cpu().numpy() + 1) * 127.5).round().clip(0, 255)
         return frames.astype(np.uint8)
 

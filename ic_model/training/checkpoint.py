@@ -95,7 +95,10 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     lr_scheduler,
     keep: int = 2,
+    scaler=None,
 ) -> Path:
+    """Write STAGE/checkpoints/step-N/ (trainable weights, optimizer, LR scheduler, RNG and, under
+    fp16, the loss scaler) and keep the ``keep`` newest."""
     root = Path(stage_dir) / "checkpoints"
     final = root / f"step-{step:07d}"
     tmp = root / f".tmp-step-{step:07d}"
@@ -108,6 +111,7 @@ def save_checkpoint(
             "optimizer": optimizer.state_dict(),
             "lr_scheduler": lr_scheduler.state_dict(),
             "rng": rng_state(),
+            **({"scaler": scaler.state_dict()} if scaler is not None else {}),
         },
         tmp / "state.pt",
     )
@@ -136,6 +140,7 @@ def load_checkpoint(
     module: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     lr_scheduler,
+    scaler=None,
 ) -> int:
     """Restore a checkpoint into the (unwrapped) module and optimizer; return its step."""
     path = Path(path)
@@ -154,6 +159,8 @@ def load_checkpoint(
     optimizer.load_state_dict(state["optimizer"])
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     set_rng_state(state["rng"])
+    if scaler is not None and "scaler" in state:
+        scaler.load_state_dict(state["scaler"])
     return int(state["step"])
 
 

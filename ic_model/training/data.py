@@ -385,6 +385,7 @@ def make_loader(
         skip_batches=skip_batches,
     )
     return DataLoader(
-        stream, batch_size=None, num_workers=train_cfg.num_workers, persistent_workers=False
+        stream, batch_size=None, num_workers=train_cfg.num_workers, persistent_workers=False,
+        pin_memory=train_cfg.pin_memory and torch.cuda.is_available(),
     )
 

@@ -124,8 +124,11 @@ class StageModule(nn.Module):
         if self.stage == "vae":
             return self._vae_losses(pixels, noise)
         with torch.no_grad():
-            latents = encode_video(self.vae, pixels)
+            # The noise schedule in fp32 whatever the frozen VAE's dtype (as diffusers' training
+            # scripts do): √ᾱ and √(1−ᾱ) in bf16 carry 3 significant digits.
+            latents = encode_video(self.vae, pixels).float()
             text = self.text_encoder(input_ids)[0]
+        noise = noise.float()
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
         pred = self.denoiser(
             noisy,
@@ -296,11 +299,13 @@ def train_stage(
             return {**summary, "skipped": True}
         (out_dir / "done.json").unlink()
 
+    _fresh_accelerator_state()
     accelerator = Accelerator(mixed_precision=train_cfg.mixed_precision)
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     torch.manual_seed(train_cfg.seed + rank)
 
-    comps = load_run_components(run, cfg, before_stage=stage)
+    comps = load_run_components(run, cfg, before_stage=stage,
+                                torch_dtype=frozen_dtype(accelerator.mixed_precision))
     camera_lora = stage_dir(run, "camera") / LORA_FILES["camera"] if stage == "object" else None
     module = StageModule(comps, stage, train_cfg, camera_lora=camera_lora)
     _cast_frozen(module, accelerator.mixed_precision)
@@ -320,7 +325,7 @@ def train_stage(
     start = 0
     ckpt = latest_checkpoint(out_dir)
     if ckpt is not None:
-        start = load_checkpoint(ckpt, module, optimizer, lr_scheduler)
+        start = load_checkpoint(ckpt, module, optimizer, lr_scheduler, scaler=_scaler(accelerator))
     if accelerator.is_main_process:
         save_json(out_dir / "config.json", cfg.to_dict())
         save_json(out_dir / "train_config.json", train_cfg.to_dict())
@@ -346,7 +351,7 @@ def train_stage(
     history, t_last, steps_timed = [], time.perf_counter(), 0
     for step in range(start, train_cfg.steps):
         gen = step_generator(train_cfg.seed, rank, 0 if fixed_batch is not None else step)
-        totals: dict[str, float] = {}
+        totals: dict[str, torch.Tensor] = {}
         for micro in range(accum):
             batch = fixed_batch if fixed_batch is not None else next(batches)
             inputs = make_step_inputs(batch, comps.tokenizer, cfg, train_cfg, gen, device)
@@ -357,8 +362,8 @@ def train_stage(
                         inputs.pixels, inputs.flow, inputs.input_ids, inputs.noise, inputs.timesteps
                     )
                 accelerator.backward(losses["loss"] / accum)
-            for k, v in losses.items():
-                totals[k] = totals.get(k, 0.0) + float(v.detach()) / accum
+            for k, v in losses.items():  # on the device: read back only when logged
+                totals[k] = totals.get(k, 0.0) + v.detach().float() / accum
         if train_cfg.max_grad_norm > 0:
             accelerator.clip_grad_norm_(params, train_cfg.max_grad_norm)
         optimizer.step()
@@ -371,7 +376,7 @@ def train_stage(
             elapsed = time.perf_counter() - t_last
             record = {
                 "step": done_steps,
-                **{k: round(v, 6) for k, v in totals.items()},
+                **{k: round(float(v), 6) for k, v in totals.items()},
                 "lr": lr_scheduler.get_last_lr()[0],
                 "samples_per_s": round(samples_per_step * steps_timed / elapsed, 3),
                 "peak_memory_mb": round(peak_memory_mb(device), 1),
@@ -392,6 +397,7 @@ def train_stage(
                     optimizer,
                     lr_scheduler,
                     keep=train_cfg.keep_checkpoints,
+                    scaler=_scaler(accelerator),
                 )
 
     extra = {}
@@ -445,14 +451,46 @@ def replica_checksums(accelerator, module: nn.Module) -> list[str]:
     return [row.astype(np.int32).tobytes().hex()[:16] for row in gathered]
 
 
+def frozen_dtype(mixed_precision: str) -> torch.dtype:
+    """The dtype frozen weights are held in under ``mixed_precision`` (trained ones stay fp32)."""
+    return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision, torch.float32)
+
+
 def _cast_frozen(module: StageModule, mixed_precision: str) -> None:
-    """Keep frozen modules in the half dtype under mixed precision (memory), trainable in fp32."""
-    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
-    if dtype is None:
+    """Frozen weights in the half dtype under mixed precision (memory), trained ones in fp32.
+
+    Under fp16 the VAE stays fp32: SD's VAE overflows in fp16 (diffusers' training scripts keep it
+    in fp32 too). In the LoRA stages the motion ControlNet's own weights are frozen as well: only
+    its adapters' stay fp32."""
+    dtype = frozen_dtype(mixed_precision)
+    if dtype == torch.float32:
         return
-    for child in (module.vae, module.text_encoder, module.denoiser.unet, module.denoiser.image_controlnet):
+    children = [module.text_encoder, module.denoiser.unet, module.denoiser.image_controlnet]
+    if mixed_precision == "bf16":
+        children.append(module.vae)
+    for child in children:
         if not any(p.requires_grad for p in child.parameters()):
             child.to(dtype)
+    if module.stage in LORA_STAGES:
+        with torch.no_grad():
+            for p in module.motion_controlnet.parameters():
+                if not p.requires_grad:
+                    p.data = p.data.to(dtype)
+
+
+def _scaler(accelerator):
+    """fp16's loss scaler (its state is part of an exact resume); None otherwise."""
+    return getattr(accelerator, "scaler", None)
+
+
+def _fresh_accelerator_state() -> None:
+    """accelerate keeps one global state per process, and a second ``Accelerator`` with another
+    mixed precision raises: two stages in one process (the demo, a notebook) each get their own.
+    The distributed part (process group, device) is kept."""
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state:
+        AcceleratorState._reset_state(reset_partial_state=False)
 
 
 def _summary(out_dir: Path, stage: str, cfg: ModelConfig, train_cfg: TrainConfig, world: int) -> dict:
@@ -477,13 +515,16 @@ def _summary(out_dir: Path, stage: str, cfg: ModelConfig, train_cfg: TrainConfig
 
 
 def launch_command(
-    num_processes: int, stage: str, shards: str, run: str, train_config_json: str, mixed_precision: str = "no"
+    num_processes: int, stage: str, shards: str, run: str, train_config_json: str, mixed_precision: str = "no",
+    model_config_json: str | None = None,
 ) -> tuple[list[str], dict[str, str]]:
     """The ``accelerate launch`` command (and environment) for a DDP run of one stage.
 
     On GPUs this is the usual ``--multi_gpu`` launch. Without CUDA, accelerate 1.x's ``--cpu``
     flag selects its single-process launcher unless MPI is configured, so CPU DDP (gloo) is the
-    ``--multi_gpu`` launcher with ``ACCELERATE_USE_CPU=true``.
+    ``--multi_gpu`` launcher with ``ACCELERATE_USE_CPU=true``. ``model_config_json``: the full
+    ModelConfig for the children, weight paths included (the run's config.json has none of the
+    paths given to an existing run).
     """
     cmd = [
         sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu",
@@ -492,6 +533,8 @@ def launch_command(
         "-m", "ic_model.training.loop", stage, "--shards", str(shards), "--run", str(run),
         "--train-config", str(train_config_json),
     ]
+    if model_config_json is not None:
+        cmd += ["--model-config", str(model_config_json)]
     env = dict(os.environ)
     if not torch.cuda.is_available():
         env["ACCELERATE_USE_CPU"] = "true"
@@ -507,6 +550,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", required=True)
     parser.add_argument("--preset", default=None)
     parser.add_argument("--train-config", default=None, help="JSON file with TrainConfig fields")
+    parser.add_argument("--model-config", default=None,
+                        help="JSON file with the whole ModelConfig (weight paths included); default: the run's")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=None)
     args = parser.parse_args(argv)
@@ -516,7 +561,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.batch_size is not None:
         fields["batch_size"] = args.batch_size
     train_cfg = TrainConfig.from_dict({**fields, "stage": args.stage})
-    cfg = run_model_config(args.run, args.preset)
+    if args.model_config:
+        cfg = ModelConfig.from_dict(load_json(args.model_config))
+    else:
+        cfg = run_model_config(args.run, args.preset)
     summary = train_stage(args.stage, args.shards, args.run, train_cfg, cfg)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(summary))

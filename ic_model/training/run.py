@@ -119,18 +119,20 @@ def _latest_done(run, stages: tuple[str, ...]) -> str | None:
 
 
 def load_run_components(
-    run: str | os.PathLike, cfg: ModelConfig, before_stage: str | None = None
+    run: str | os.PathLike, cfg: ModelConfig, before_stage: str | None = None,
+    torch_dtype: torch.dtype = torch.float32,
 ) -> Components:
     """Build the preset and load the weights of every finished stage before ``before_stage``
     (all finished stages when ``None``). LoRA adapters are loaded by the caller (lora.py).
 
     A motion ControlNet with no trained weights yet is (re)initialised from the UNet encoder
-    after the base weights are in place, as the paper initialises it.
+    after the base weights are in place, as the paper initialises it. ``torch_dtype``: see
+    :func:`~ic_model.models.presets.build_components`.
     """
     stages = cfg.stages
     upto = stages.index(before_stage) if before_stage is not None else len(stages)
     earlier = stages[:upto]
-    comps = build_components(cfg)
+    comps = build_components(cfg, torch_dtype)
     modules = comps.modules()
     for stage in ("vae", "base"):
         if stage in earlier and is_done(run, stage):
