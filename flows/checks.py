@@ -8,12 +8,11 @@ diverging loss) stays the flows' business.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
 
-from ic_model.config import LORA_STAGES, ModelConfig, TrainConfig, preset_config
+from ic_model.config import LORA_STAGES, ModelConfig, TrainConfig, field_problems, preset_config
 
 # Weight paths are machine settings of a run, passed apart from its architecture.
 WEIGHT_FLAGS = {"sd15_path": "--sd15-path", "motion_adapter_path": "--motion-adapter-path",
@@ -72,31 +71,8 @@ def _json_object(problems: list[str], flag: str, text: str | None, cls) -> dict:
     except json.JSONDecodeError as err:
         problems.append(f"{flag}: not valid JSON ({err})")
         return {}
-    if not isinstance(data, dict):
-        problems.append(f"{flag}: must be a JSON object of {cls.__name__} fields, got {type(data).__name__}")
-        return {}
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    default = cls()
-    for key, value in data.items():
-        if key not in fields:
-            problems.append(f"{flag}: {key!r} is not a {cls.__name__} field")
-            continue
-        expected = getattr(default, key)
-        if isinstance(expected, bool):
-            ok = isinstance(value, bool)
-        elif isinstance(expected, (int, float)):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if ok and isinstance(expected, int) and not isinstance(expected, bool) and not float(value).is_integer():
-                ok = False
-        elif isinstance(expected, str):
-            ok = isinstance(value, str)
-        elif isinstance(expected, tuple):
-            ok = isinstance(value, list)
-        else:
-            ok = True
-        if not ok:
-            problems.append(f"{flag}: {key!r} must be {type(expected).__name__}, got {json.dumps(value)}")
-    return data
+    problems += field_problems(data, cls, flag)
+    return data if isinstance(data, dict) else {}
 
 
 def run_config(run: str | Path) -> ModelConfig | None:
@@ -160,7 +136,10 @@ def check_curate(args) -> list[str]:
 def check_train(args) -> list[str]:
     from ic_data.shards import shard_paths
 
-    problems: list[str] = []
+    problems: list[str] = [f"--{flag} is required (or `{flag}:` in --config)" for flag in ("shards", "run")
+                            if getattr(args, flag) is None]
+    if problems:
+        return problems
     try:
         shard_paths(args.shards)
     except FileNotFoundError as err:

@@ -60,7 +60,7 @@ def _train(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         learning_rate=args.lr,
         grad_accum_steps=args.grad_accum,
-        num_processes=args.num_processes,
+        num_processes=args.num_processes or 1,
         mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing,
         seed=args.seed,
@@ -148,22 +148,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train one stage (vae, base: tiny preset only; dense, sparse, camera, object)")
     tr.add_argument("stage", choices=["vae", "base", "dense", "sparse", "camera", "object"])
-    tr.add_argument("--shards", required=True, help="folder of .tar shards, a glob, or one shard")
-    tr.add_argument("--run", required=True, help="run folder; each stage writes RUN/STAGE/")
+    tr.add_argument("--config", default=None,
+                    help="YAML (or JSON) training config: preset, run, shards, model, weights, train, "
+                         "stages.STAGE (configs/*.yaml); a flag given here wins over the file")
+    tr.add_argument("--shards", default=None, help="folder of .tar shards, a glob, or one shard")
+    tr.add_argument("--run", default=None, help="run folder; each stage writes RUN/STAGE/")
     tr.add_argument("--preset", choices=["tiny", "sd15"], default=None,
                     help="a new run's preset (default tiny); an existing run keeps its own")
-    tr.add_argument("--steps", type=int, default=1000)
+    tr.add_argument("--steps", type=int, default=None, help="default 1000")
     tr.add_argument("--batch-size", type=int, default=None,
                     help="per process and micro-step (default: tiny 4, sd15 1; the paper's global 64 = "
                          "batch × --grad-accum × --num-processes)")
-    tr.add_argument("--lr", type=float, default=1e-4)
-    tr.add_argument("--grad-accum", type=int, default=1)
-    tr.add_argument("--num-processes", type=int, default=1, help=">1: accelerate launch (one per GPU)")
+    tr.add_argument("--lr", type=float, default=None, help="default 1e-4 (the paper's)")
+    tr.add_argument("--grad-accum", type=int, default=None, help="default 1")
+    tr.add_argument("--num-processes", type=int, default=None, help=">1: accelerate launch (one per GPU); default 1")
     tr.add_argument("--mixed-precision", choices=["no", "fp16", "bf16"], default=None,
                     help="default: tiny no, sd15 bf16")
     tr.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                     help="default: on for sd15, off for tiny")
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=int, default=None, help="default 0")
     tr.add_argument("--options", default=None, help='JSON of other TrainConfig fields, e.g. \'{"ortho_weight": 0.1}\'')
     tr.add_argument("--model", default=None,
                     help='JSON of ModelConfig fields for a new run (an existing run must match), e.g. '
@@ -221,10 +224,43 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# Flags of `ic train` that set a TrainConfig field (the others go through --options).
+TRAIN_FLAGS = {"steps": "steps", "batch_size": "batch_size", "learning_rate": "lr", "grad_accum_steps": "grad_accum",
+               "mixed_precision": "mixed_precision", "gradient_checkpointing": "gradient_checkpointing", "seed": "seed"}
+
+
+def apply_config_file(args: argparse.Namespace) -> list[str]:
+    """Fill what `ic train` was not given from ``--config``: flags win over the file, and
+    ``--options``/``--model`` win over its ``train``/``model`` fields key by key."""
+    from ic_model.config import ConfigFileError, read_config_file
+
+    try:
+        spec = read_config_file(args.config, args.stage)
+    except ConfigFileError as err:
+        return [f"--config {p}" for p in err.problems]
+    for key in ("run", "shards", "preset", "num_processes"):
+        if getattr(args, key) is None and key in spec:
+            setattr(args, key, spec[key])
+    for key, value in spec["weights"].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    train = dict(spec["train"])
+    for field, dest in TRAIN_FLAGS.items():
+        value = train.pop(field, None)
+        if getattr(args, dest) is None:
+            setattr(args, dest, value)
+    for flag, from_file in (("options", train), ("model", spec["model"])):
+        given = json.loads(getattr(args, flag)) if getattr(args, flag) else {}
+        if from_file and isinstance(given, dict):
+            setattr(args, flag, json.dumps({**from_file, **given}))
+    return []
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Every problem with the arguments, before any flow (and its Prefect server) starts.
-    problems = args.check(args)
+    problems = apply_config_file(args) if getattr(args, "config", None) else []
+    problems = problems or args.check(args)
     if problems:
         for problem in problems:
             print(f"ic {args.command}: {problem}", file=sys.stderr)

@@ -307,6 +307,103 @@ def train_config(preset: str, **fields) -> TrainConfig:
     return TrainConfig.from_dict({**PRESET_TRAIN_DEFAULTS[preset], **given})
 
 
+class ConfigFileError(ValueError):
+    """A training config file with problems; ``problems`` holds one line for each."""
+
+    def __init__(self, path: str | os.PathLike, problems: list[str]):
+        self.problems = [f"{path}: {p}" for p in problems]
+        super().__init__("\n".join(self.problems))
+
+
+def field_problems(data, cls, where: str) -> list[str]:
+    """What is wrong with ``data`` as fields of the dataclass ``cls``: unknown keys and values of
+    the wrong type (ints are accepted for floats, lists for tuples), one line each."""
+    if not isinstance(data, dict):
+        return [f"{where}: must be a mapping of {cls.__name__} fields, got {type(data).__name__}"]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    default = cls()
+    problems = []
+    for key, value in data.items():
+        if key not in fields:
+            problems.append(f"{where}: {key!r} is not a {cls.__name__} field")
+            continue
+        expected = getattr(default, key)
+        if isinstance(expected, bool):
+            ok = isinstance(value, bool)
+        elif isinstance(expected, int):
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif isinstance(expected, float):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        elif isinstance(expected, str):
+            ok = isinstance(value, str)
+        elif isinstance(expected, tuple):
+            ok = isinstance(value, (list, tuple))
+        else:
+            ok = True
+        if not ok:
+            problems.append(f"{where}: {key!r} must be {type(expected).__name__}, got {json.dumps(value, default=str)}")
+    return problems
+
+
+# The sections of a training config file (``ic train STAGE --config FILE``).
+CONFIG_FILE_KEYS = ("preset", "run", "shards", "num_processes", "model", "weights", "train", "stages")
+
+
+def read_config_file(path: str | os.PathLike, stage: str) -> dict:
+    """A training config file (YAML or JSON) for ``stage``: ``preset``, ``run``, ``shards``,
+    ``num_processes``, ``model`` (ModelConfig fields of a new run), ``weights`` (sd15 paths),
+    ``train`` (TrainConfig fields for every stage) and ``stages.STAGE`` (TrainConfig fields for
+    one stage, over ``train``). Returns them with ``train`` merged for ``stage``; every problem
+    (unknown key, wrong type, unreadable file) is one line of a :class:`ConfigFileError`."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as err:
+        raise ConfigFileError(path, [f"cannot read it ({err.strerror or err})"]) from None
+    except yaml.YAMLError as err:
+        raise ConfigFileError(path, [f"not valid YAML ({str(err).splitlines()[0]})"]) from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise ConfigFileError(path, [f"must be a mapping of {', '.join(CONFIG_FILE_KEYS)}"])
+    problems = [f"unknown key {k!r} (known: {', '.join(CONFIG_FILE_KEYS)})" for k in data if k not in CONFIG_FILE_KEYS]
+    if "preset" in data and data["preset"] not in PRESETS:
+        problems.append(f"preset: {data['preset']!r} is not one of {sorted(PRESETS)}")
+    for key, kind in (("run", str), ("shards", (str, list)), ("num_processes", int)):
+        if key in data and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
+            problems.append(f"{key}: wrong type, got {json.dumps(data[key], default=str)}")
+    model = data.get("model") or {}
+    problems += field_problems(model, ModelConfig, "model")
+    if isinstance(model, dict):
+        problems += [f"model: {k!r} belongs under weights" for k in model if k in WEIGHT_ENV]
+    weights = data.get("weights") or {}
+    if not isinstance(weights, dict):
+        problems.append("weights: must be a mapping of " + ", ".join(WEIGHT_ENV))
+        weights = {}
+    problems += [f"weights: {k!r} is not one of {', '.join(WEIGHT_ENV)}" for k in weights if k not in WEIGHT_ENV]
+    problems += [f"weights: {k!r} must be a path, got {json.dumps(v, default=str)}"
+                 for k, v in weights.items() if k in WEIGHT_ENV and not isinstance(v, str)]
+    train = data.get("train") or {}
+    problems += field_problems(train, TrainConfig, "train")
+    stages = data.get("stages") or {}
+    if not isinstance(stages, dict):
+        problems.append("stages: must be a mapping of stage names to TrainConfig fields")
+        stages = {}
+    for name, fields in stages.items():
+        if name not in STAGES:
+            problems.append(f"stages: {name!r} is not a stage ({', '.join(STAGES)})")
+        else:
+            problems += field_problems(fields or {}, TrainConfig, f"stages.{name}")
+    for where, fields in [("train", train), *((f"stages.{n}", f) for n, f in stages.items())]:
+        if isinstance(fields, dict) and "stage" in fields:
+            problems.append(f"{where}: 'stage' is given on the command line, not in the file")
+    if problems:
+        raise ConfigFileError(path, problems)
+    merged = {**(train if isinstance(train, dict) else {}), **(stages.get(stage) or {})}
+    return {**{k: data[k] for k in ("preset", "run", "shards", "num_processes") if k in data},
+            "model": model, "weights": weights, "train": merged}
+
+
 def save_json(path: str | os.PathLike, data: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -320,6 +417,7 @@ def load_json(path: str | os.PathLike) -> dict:
 
 
 __all__ = [
+    "ConfigFileError",
     "DEFAULT_LORA_TARGETS",
     "LORA_STAGES",
     "PAPER_STAGES",
@@ -330,7 +428,9 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "load_json",
+    "field_problems",
     "preset_config",
+    "read_config_file",
     "save_json",
     "sd15_config",
     "tiny_config",

@@ -149,7 +149,7 @@ def test_train_checks_shards_json_options_and_the_stage_order(capsys, tmp_path, 
         "ic train: --lr must be > 0.0, got -1.0",
         "ic train: --options: 'foo' is not a TrainConfig field",
         "ic train: --options: 'log_every' must be int, got \"x\"",
-        "ic train: --model: must be a JSON object of ModelConfig fields, got list",
+        "ic train: --model: must be a mapping of ModelConfig fields, got list",
         "ic train: --options: set 'steps' with its own flag",
         f"ic train: stage 'dense' needs the finished 'base' stage first ({tmp_path / 'new' / 'base' / 'done.json'} "
         f"is missing): run `ic train base --run {tmp_path / 'new'} …`",

@@ -59,3 +59,22 @@ def test_ic_train_model_option_starts_a_space_to_depth_run(prefect_api, training
     assert "has codec='space_to_depth', not 'vae'" in capsys.readouterr().err
     assert ic_main(["train", "dense", *args, "--model", '{"codecs": "vae"}']) == 2
     assert "--model: 'codecs' is not a ModelConfig field" in capsys.readouterr().err
+
+
+def test_ic_train_config_file_round_trip(prefect_api, training_shards, tmp_path):
+    """file → TrainConfig/ModelConfig → the stage's saved configs → the same values."""
+    run = tmp_path / "run"
+    path = tmp_path / "run.yaml"
+    path.write_text(f"run: {run}\nshards: {training_shards}\n"
+                    "model: {codec: space_to_depth, latent_scaling_factor: 4.0, num_frames: 8, flow_gain: 20.0}\n"
+                    "train: {batch_size: 1, log_every: 1, frame_stride: 4, motion_loss_weight: 2.0}\n"
+                    "stages: {base: {steps: 2, learning_rate: 5.0e-4}}\n")
+    assert ic_main(["train", "base", "--config", str(path)]) == 0
+    model = json.loads((run / "base" / "config.json").read_text())
+    assert (model["codec"], model["latent_scaling_factor"], model["num_frames"], model["flow_gain"]) == (
+        "space_to_depth", 4.0, 8, 20.0)
+    train = json.loads((run / "base" / "train_config.json").read_text())
+    assert {k: train[k] for k in ("steps", "learning_rate", "batch_size", "log_every", "frame_stride",
+                                  "motion_loss_weight")} == {
+        "steps": 2, "learning_rate": 5e-4, "batch_size": 1, "log_every": 1, "frame_stride": 4, "motion_loss_weight": 2.0}
+    assert len((run / "base" / "metrics.jsonl").read_text().splitlines()) == 2
