@@ -41,7 +41,7 @@ class EvalCase:
 def load_eval_set(name: str) -> list[EvalCase]:
     if name not in SETS:
         raise ValueError(f"unknown evaluation set {name!r}; choose one of {SETS}")
-    data = json.loads((resources.files("ic_model") / "eval_sets" / f"{name}.json").read_text())
+    data = json.loads((resources.files("ic_model.evaluation") / "eval_sets" / f"{name}.json").read_text())
     width, height = data["frame_size"]
     cases = []
     for i, case in enumerate(data["cases"]):
