@@ -148,11 +148,21 @@ def check_train(args) -> list[str]:
     _positive(problems, "--batch-size", args.batch_size)
     _positive(problems, "--grad-accum", args.grad_accum)
     _positive(problems, "--num-processes", args.num_processes)
+    _positive(problems, "--validate-every", args.validate_every, 0)
     _finite(problems, "--lr", args.lr, 0.0, strict=True)
+    if args.report_to not in (None, "tensorboard", "wandb", "none"):
+        problems.append(f"report_to must be tensorboard, wandb or none, got {args.report_to!r}")
+    if args.mixed_precision not in (None, "no", "fp16", "bf16"):
+        problems.append(f"mixed_precision must be no, fp16 or bf16, got {args.mixed_precision!r}")
+    if args.report_to == "wandb":
+        import importlib.util
+
+        if importlib.util.find_spec("wandb") is None:
+            problems.append("--report-to wandb: the wandb package is not installed (pip install wandb)")
     options = _json_object(problems, "--options", args.options, TrainConfig)
     model = _json_object(problems, "--model", args.model, ModelConfig)
     for key in ("stage", "steps", "batch_size", "learning_rate", "grad_accum_steps", "seed",
-                "mixed_precision", "gradient_checkpointing"):
+                "mixed_precision", "gradient_checkpointing", "report_to", "validate_every"):
         if key in options:
             problems.append(f"--options: set {key!r} with its own flag")
     for key, flag in WEIGHT_FLAGS.items():

@@ -64,6 +64,8 @@ def _train(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         gradient_checkpointing=args.gradient_checkpointing,
         seed=args.seed,
+        report_to=args.report_to,
+        validate_every=args.validate_every,
         options=options,
         weights=weights or None,
         model=model,
@@ -167,6 +169,12 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--gradient-checkpointing", action=argparse.BooleanOptionalAction, default=None,
                     help="default: on for sd15, off for tiny")
     tr.add_argument("--seed", type=int, default=None, help="default 0")
+    tr.add_argument("--validate-every", type=int, default=None,
+                    help="generate and score one held-out case at step 0 and every N steps (default 0: never)")
+    tr.add_argument("--report-to", choices=["tensorboard", "wandb", "none"], default=None,
+                    help="training curves: TensorBoard event files in RUN/STAGE/logs/ (the default; "
+                         "`tensorboard --logdir RUN`), Weights & Biases (WANDB_MODE=offline works without "
+                         "a network), or none")
     tr.add_argument("--options", default=None, help='JSON of other TrainConfig fields, e.g. \'{"ortho_weight": 0.1}\'')
     tr.add_argument("--model", default=None,
                     help='JSON of ModelConfig fields for a new run (an existing run must match), e.g. '
@@ -226,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # Flags of `ic train` that set a TrainConfig field (the others go through --options).
 TRAIN_FLAGS = {"steps": "steps", "batch_size": "batch_size", "learning_rate": "lr", "grad_accum_steps": "grad_accum",
-               "mixed_precision": "mixed_precision", "gradient_checkpointing": "gradient_checkpointing", "seed": "seed"}
+               "mixed_precision": "mixed_precision", "gradient_checkpointing": "gradient_checkpointing", "seed": "seed",
+               "report_to": "report_to", "validate_every": "validate_every"}
 
 
 def apply_config_file(args: argparse.Namespace) -> list[str]:

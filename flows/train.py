@@ -23,14 +23,16 @@ def train_stage_flow(
     shards: str | list[str],
     run: str,
     preset: Literal["tiny", "sd15"] | None = None,
-    steps: int = 1000,
+    steps: int | None = None,
     batch_size: int | None = None,
-    learning_rate: float = 1e-4,
-    grad_accum_steps: int = 1,
+    learning_rate: float | None = None,
+    grad_accum_steps: int | None = None,
     num_processes: int = 1,
     mixed_precision: Literal["no", "fp16", "bf16"] | None = None,
     gradient_checkpointing: bool | None = None,
-    seed: int = 0,
+    seed: int | None = None,
+    report_to: Literal["tensorboard", "wandb", "none"] | None = None,
+    validate_every: int | None = None,
     options: dict | None = None,
     weights: dict | None = None,
     model: dict | None = None,
@@ -38,6 +40,8 @@ def train_stage_flow(
     """Train STAGE on SHARDS into RUN/STAGE/ (resuming if a checkpoint is there).
 
     ``preset``: a new run's (default tiny); an existing run keeps its own, and another is an error.
+    A training setting left None takes the preset's default (TrainConfig's otherwise: 1000 steps,
+    lr 1e-4, no accumulation, seed 0, TensorBoard).
     ``options`` sets any other TrainConfig field (e.g. ortho_weight, save_every); ``weights``
     sets the sd15 paths (sd15_path, motion_adapter_path, sparsectrl_rgb_path); ``model`` sets
     ModelConfig fields of a new run (e.g. codec="space_to_depth"), which an existing run must match.
@@ -49,7 +53,8 @@ def train_stage_flow(
         model_cfg.preset, **(options or {}),
         stage=stage, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
         grad_accum_steps=grad_accum_steps, mixed_precision=mixed_precision,
-        gradient_checkpointing=gradient_checkpointing, seed=seed,
+        gradient_checkpointing=gradient_checkpointing, seed=seed, report_to=report_to,
+        validate_every=validate_every,
     )
     summary = run_stage(stage, shards, run, train_cfg, model_cfg, num_processes)
     publish_training(stage, run, summary)

@@ -275,7 +275,13 @@ class TrainConfig:
     kl_weight: float = 1e-6
     # Overfit one fixed batch (same clips, noise and timesteps every step): a debugging mode.
     overfit_one_batch: bool = False
-    # Bookkeeping.
+    # Bookkeeping. report_to: "tensorboard" (event files in RUN/STAGE/logs/), "wandb" (offline
+    # without a network: WANDB_MODE=offline) or "none"; metrics.jsonl is written in every case.
+    report_to: str = "tensorboard"
+    # Every N steps (and at step 0) generate and score one held-out case (training/validation.py);
+    # 0 = never. CFG 1.0 by default: the tiny preset's text encoder is random and frozen.
+    validate_every: int = 0
+    validation_guidance_scale: float = 1.0
     log_every: int = 10
     save_every: int = 200
     keep_checkpoints: int = 2

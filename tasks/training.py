@@ -88,12 +88,33 @@ def run_stage(
             record["samples_per_s"], record["peak_memory_mb"],
         )
 
+    def on_validation(records: list[dict]) -> None:
+        for r in records:
+            log.info("%s validation at step %d: %s %.2f px (%s, λ_trajs %g)", stage, r["step"], r["metric"], r["value"],
+                     r["case"], r["trajs_scale"])
+        publish_validation(stage, records)
+
     if num_processes > 1:
         summary = _launch(stage, shards, run, train_cfg, model_cfg, num_processes, on_log)
     else:
-        summary = train_stage(stage, shards, run, train_cfg, model_cfg, on_log=on_log)
+        summary = train_stage(stage, shards, run, train_cfg, model_cfg, on_log=on_log, progress=False,
+                              on_validation=on_validation)
     update_progress_artifact(progress, 100.0)
     return summary
+
+
+def publish_validation(stage: str, records: list[dict]) -> None:
+    """The validation sample of one step as an artifact: its metric and the GIF (requested and
+    tracked paths drawn), so the UI shows whether control is emerging while the stage trains."""
+    import base64
+
+    parts = [f"# `{stage}` at step {records[0]['step']}\n"]
+    for r in records:
+        gif = base64.b64encode(Path(r["gif"]).read_bytes()).decode()
+        parts.append(f"**{r['metric']} {r['value']:.2f} px** ({r['set']} set, case `{r['case']}`, mode `{r['mode']}`, "
+                     f"λ_trajs {r['trajs_scale']:g})\n\n![{r['case']}](data:image/gif;base64,{gif})\n")
+    create_markdown_artifact("\n".join(parts), key=f"train-{stage}-validation",
+                             description=f"{stage}: validation sample at step {records[0]['step']}")
 
 
 @task(name="publish-training", cache_policy=NO_CACHE)

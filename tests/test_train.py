@@ -250,3 +250,58 @@ def test_motion_weighting_spares_the_base_stage():
         with torch.no_grad():
             losses = module(pixels, flow, ids, noise, t)
         assert bool(losses["loss"] != losses["mse"]) is weighted, stage
+
+
+def test_training_curves_reach_tensorboard_and_a_progress_bar(training_shards, tmp_path, capsys):
+    """--report-to tensorboard (the default): the scalars in the event files are the logged ones."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    cfg = run_model_config(run, "tiny", num_frames=TEST_FRAMES)
+    tc = TrainConfig(stage="vae", steps=4, batch_size=1, log_every=2, save_every=1000, vae_frames_per_clip=1)
+    assert tc.report_to == "tensorboard"
+    train_stage("vae", str(training_shards), run, tc, cfg, progress=True)
+    assert "train vae: 100%" in capsys.readouterr().err
+    records = [json.loads(x) for x in (run / "vae" / "metrics.jsonl").read_text().splitlines()]
+    events = list((run / "vae" / "logs").rglob("events.out.tfevents.*"))
+    assert events, "no TensorBoard event file"
+    acc = EventAccumulator(str(events[0].parent))
+    acc.Reload()
+    for key in ("loss", "mse", "kl", "lr", "grad_norm", "samples_per_s", "peak_memory_mb"):
+        scalars = acc.Scalars(f"train/{key}")
+        assert [s.step for s in scalars] == [r["step"] for r in records] == [2, 4], key
+        assert [s.value for s in scalars] == pytest.approx([r[key] for r in records], rel=1e-6), key
+    with pytest.raises(ValueError, match="report_to"):
+        train_stage("base", str(training_shards), run, TrainConfig(stage="base", steps=1, report_to="mlflow"), cfg)
+
+
+def test_validation_samples_start_at_step_0_and_score_as_the_evaluate_flow(training_shards, tmp_path):
+    """--validate-every N: the stage's held-out case at steps 0, N, 2N… from the weights being
+    trained; the last one's ObjMC is what evaluating the finished run gives for that case and seed."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from ic_model.evaluation.evaluate import evaluate_set
+    from ic_model.pipelines.image_conductor import ImageConductorPipeline
+    from ic_model.training.validation import validation_settings
+
+    run = tmp_path / "run"
+    cfg = run_model_config(run, "tiny", num_frames=TEST_FRAMES, codec="space_to_depth", latent_scaling_factor=4.0)
+    train_stage("base", str(training_shards), run, _cfg("base", steps=2, report_to="none"), cfg)
+    seen = []
+    tc = _cfg("dense", steps=4, validate_every=2)
+    train_stage("dense", str(training_shards), run, tc, cfg, on_validation=seen.append)
+    records = [json.loads(x) for x in (run / "dense" / "validation.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [0, 2, 4] and [b[0]["step"] for b in seen] == [0, 2, 4]
+    assert {(r["set"], r["mode"], r["metric"]) for r in records} == {("object", "none", "ObjMC")}
+    for r in records:
+        assert Path(r["video"]).exists() and Path(r["gif"]).exists() and r["value"] >= 0
+    acc = EventAccumulator(str(next((run / "dense" / "logs").rglob("events.out.tfevents.*")).parent))
+    acc.Reload()
+    scalars = acc.Scalars("validation/ObjMC")
+    assert [s.step for s in scalars] == [0, 2, 4]
+    assert [s.value for s in scalars] == pytest.approx([r["value"] for r in records])
+    assert len(acc.Images("validation_video/ObjMC")) == 3
+
+    pipe = ImageConductorPipeline.from_run(run)
+    metrics = evaluate_set(pipe, "object", tmp_path / "eval", validation_settings(tc, "none", 1.0))
+    assert metrics["ObjMC"] == records[-1]["value"]

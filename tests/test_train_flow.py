@@ -78,3 +78,18 @@ def test_ic_train_config_file_round_trip(prefect_api, training_shards, tmp_path)
                                   "motion_loss_weight")} == {
         "steps": 2, "learning_rate": 5e-4, "batch_size": 1, "log_every": 1, "frame_stride": 4, "motion_loss_weight": 2.0}
     assert len((run / "base" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_validation_samples_reach_the_ui_while_the_stage_trains(prefect_api, training_shards, tmp_path):
+    run = tmp_path / "run"
+    state = train_stage_flow(
+        stage="base", shards=str(training_shards), run=str(run), steps=2, batch_size=1, validate_every=2,
+        options={"log_every": 1, "frame_stride": 4}, report_to="none",
+        model={"codec": "space_to_depth", "latent_scaling_factor": 4.0, "num_frames": 8}, return_state=True,
+    )
+    assert state.is_completed(), state.message
+    artifact = latest_artifact("train-base-validation")
+    assert artifact is not None and "at step 2" in artifact.data and "ObjMC" in artifact.data
+    assert "data:image/gif;base64," in artifact.data
+    steps = [json.loads(x)["step"] for x in (run / "base" / "validation.jsonl").read_text().splitlines()]
+    assert steps == [0, 2]

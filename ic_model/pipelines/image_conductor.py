@@ -106,19 +106,23 @@ class ImageConductorPipeline:
     ``dtype`` is what the networks run in; the DDIM latents and the guidance arithmetic stay in
     float32, and under fp16 the VAE stays float32 (SD's VAE overflows in fp16).
     ``decode_chunk_size`` frames are decoded at a time, so the decode does not set the peak memory.
+    ``cast=False`` leaves the modules' device, dtype and mode alone (sampling from weights that
+    are being trained: the caller sets eval mode and autocast).
     """
 
     def __init__(self, comps: Components, device: str | torch.device = "cpu", dtype=torch.float32,
-                 decode_chunk_size: int = 4):
+                 decode_chunk_size: int = 4, cast: bool = True):
         self.comps = comps
         self.cfg = comps.cfg
         self.device = torch.device(device)
         self.dtype = DTYPES.get(dtype, dtype)
         self.decode_chunk_size = decode_chunk_size
         self.progress_bar_config: dict = {}
-        self.denoiser = comps.denoiser().to(self.device, self.dtype).eval()
-        comps.vae.to(self.device, torch.float32 if self.dtype == torch.float16 else self.dtype).eval()
-        comps.text_encoder.to(self.device, self.dtype).eval()
+        self.denoiser = comps.denoiser()
+        if cast:  # else the modules stay where and what they are (validation during training)
+            self.denoiser.to(self.device, self.dtype).eval()
+            comps.vae.to(self.device, torch.float32 if self.dtype == torch.float16 else self.dtype).eval()
+            comps.text_encoder.to(self.device, self.dtype).eval()
         self.scheduler = DDIMScheduler(
             num_train_timesteps=self.cfg.num_train_timesteps,
             beta_start=self.cfg.beta_start,

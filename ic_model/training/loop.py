@@ -32,6 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ic_model.config import LORA_STAGES, ModelConfig, TrainConfig, load_json, save_json
 from ic_model.models import lora
@@ -44,6 +45,7 @@ from ic_model.training.checkpoint import (
     save_checkpoint,
 )
 from ic_model.training.data import make_loader
+from ic_model.training.validation import filmstrip, validate
 from ic_model.training.run import (
     LORA_FILES,
     STAGE_WEIGHTS,
@@ -86,6 +88,7 @@ class StageModule(nn.Module):
         self.scheduler = comps.scheduler
         self.vae = comps.vae
         self.text_encoder = comps.text_encoder
+        self.tokenizer = comps.tokenizer
         self.denoiser = comps.denoiser()
         self.requires_grad_(False)
         mc = comps.motion_controlnet
@@ -278,11 +281,15 @@ def train_stage(
     train_cfg: TrainConfig,
     model_cfg: ModelConfig | None = None,
     on_log: Callable[[dict], None] | None = None,
+    progress: bool | None = None,
+    on_validation: Callable[[list[dict]], None] | None = None,
 ) -> dict:
     """Train one stage into RUN/STAGE/ and return its summary (also written to done.json).
 
     Resumes from the stage's latest checkpoint; a stage already done for at least ``steps``
-    returns its summary without training.
+    returns its summary without training. ``progress``: a tqdm bar over the steps (None: only
+    on a terminal; the Prefect task passes False and logs a line per interval instead).
+    ``on_validation``: called with each validation's records (``train_cfg.validate_every``).
     """
     from accelerate import Accelerator
 
@@ -300,7 +307,14 @@ def train_stage(
         (out_dir / "done.json").unlink()
 
     _fresh_accelerator_state()
-    accelerator = Accelerator(mixed_precision=train_cfg.mixed_precision)
+    if train_cfg.report_to not in REPORT_TO:
+        raise ValueError(f"report_to must be one of {REPORT_TO}, got {train_cfg.report_to!r}")
+    tracking = train_cfg.report_to != "none"
+    accelerator = Accelerator(
+        mixed_precision=train_cfg.mixed_precision,
+        log_with=train_cfg.report_to if tracking else None,
+        project_dir=str(out_dir / "logs"),
+    )
     device, rank, world = accelerator.device, accelerator.process_index, accelerator.num_processes
     torch.manual_seed(train_cfg.seed + rank)
 
@@ -330,6 +344,9 @@ def train_stage(
         save_json(out_dir / "config.json", cfg.to_dict())
         save_json(out_dir / "train_config.json", train_cfg.to_dict())
         _append_metrics(out_dir / "metrics.jsonl", {}, resume_step=start)
+        _append_metrics(out_dir / "validation.jsonl", {}, resume_step=start if start else -1)
+    if tracking:
+        accelerator.init_trackers(stage, config=_hparams(train_cfg, cfg))
 
     track_mode, camera_only = STAGE_DATA[stage]
     accum = train_cfg.grad_accum_steps
@@ -349,6 +366,27 @@ def train_stage(
 
     samples_per_step = train_cfg.batch_size * accum * world
     history, t_last, steps_timed = [], time.perf_counter(), 0
+    bar = tqdm(total=train_cfg.steps, initial=start, desc=f"train {stage}", unit="step",
+               disable=(not progress and progress is not None) or not accelerator.is_main_process)
+
+    def run_validation(at_step: int) -> None:
+        if accelerator.is_main_process:
+            records = validate(accelerator.unwrap_model(wrapped), out_dir, at_step, device,
+                               frozen_dtype(accelerator.mixed_precision) if accelerator.mixed_precision != "no" else None)
+            for record in records:
+                _append_metrics(out_dir / "validation.jsonl", record)
+                if tracking:
+                    tag = f"validation/{record['metric']}" + (f"_trajs{record['trajs_scale']:g}"
+                                                            if stage == "object" else "")
+                    accelerator.log({tag: record["value"]}, step=at_step)
+                if train_cfg.report_to == "tensorboard":
+                    _log_filmstrip(accelerator, tag, record["video"], at_step)
+            if records and on_validation is not None:
+                on_validation(records)
+        accelerator.wait_for_everyone()
+
+    if train_cfg.validate_every > 0 and start == 0:
+        run_validation(0)  # the untrained model: where the curve starts
     for step in range(start, train_cfg.steps):
         gen = step_generator(train_cfg.seed, rank, 0 if fixed_batch is not None else step)
         totals: dict[str, torch.Tensor] = {}
@@ -364,12 +402,14 @@ def train_stage(
                 accelerator.backward(losses["loss"] / accum)
             for k, v in losses.items():  # on the device: read back only when logged
                 totals[k] = totals.get(k, 0.0) + v.detach().float() / accum
-        if train_cfg.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(params, train_cfg.max_grad_norm)
+        # The norm before clipping (inf when clipping is off: only computed, never applied).
+        grad_norm = accelerator.clip_grad_norm_(params, train_cfg.max_grad_norm if train_cfg.max_grad_norm > 0
+                                                else float("inf"))
         optimizer.step()
         lr_scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         steps_timed += 1
+        bar.update(1)
 
         done_steps = step + 1
         if done_steps % train_cfg.log_every == 0 or done_steps == train_cfg.steps:
@@ -380,9 +420,13 @@ def train_stage(
                 "lr": lr_scheduler.get_last_lr()[0],
                 "samples_per_s": round(samples_per_step * steps_timed / elapsed, 3),
                 "peak_memory_mb": round(peak_memory_mb(device), 1),
+                "grad_norm": round(float(grad_norm), 6),
             }
             t_last, steps_timed = time.perf_counter(), 0
+            bar.set_postfix(loss=record["loss"], refresh=False)
             history.append(record)
+            if tracking:
+                accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=done_steps)
             if accelerator.is_main_process:
                 _append_metrics(out_dir / "metrics.jsonl", record)
                 if on_log is not None:
@@ -400,6 +444,10 @@ def train_stage(
                     scaler=_scaler(accelerator),
                 )
 
+        if train_cfg.validate_every > 0 and (done_steps % train_cfg.validate_every == 0 or done_steps == train_cfg.steps):
+            run_validation(done_steps)
+
+    bar.close()
     extra = {}
     if stage == "vae":
         sample = [fixed_batch] if fixed_batch is not None else [next(batches) for _ in range(8)]
@@ -449,6 +497,21 @@ def replica_checksums(accelerator, module: nn.Module) -> list[str]:
     words = torch.tensor(np.frombuffer(digest.digest(), dtype=np.int32).copy(), device=accelerator.device)
     gathered = accelerator.gather(words).reshape(-1, words.numel()).cpu().numpy()
     return [row.astype(np.int32).tobytes().hex()[:16] for row in gathered]
+
+
+REPORT_TO = ("tensorboard", "wandb", "none")
+
+
+def _log_filmstrip(accelerator, tag: str, video: str, step: int) -> None:
+    """The validation video as a strip of frames in TensorBoard (scalars go to every tracker)."""
+    writer = accelerator.get_tracker("tensorboard", unwrap=True)
+    writer.add_image(tag.replace("validation/", "validation_video/"), filmstrip(Path(video)), step, dataformats="HWC")
+
+
+def _hparams(train_cfg: TrainConfig, cfg: ModelConfig) -> dict:
+    """The run's settings as the trackers' hyperparameters (scalars and strings only)."""
+    flat = {**{f"model/{k}": v for k, v in cfg.to_dict().items()}, **train_cfg.to_dict()}
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in flat.items()}
 
 
 def frozen_dtype(mixed_precision: str) -> torch.dtype:
