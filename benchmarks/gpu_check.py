@@ -1,7 +1,12 @@
 """The real-size path on a GPU, measured in one command: training, generation, a bf16 check, RAFT.
 
     python benchmarks/gpu_check.py                      on a CUDA GPU (≈ 6 min on an H200)
-    python benchmarks/gpu_check.py --dry-run            the same code on CPU at a mini size (≈ 2 min)
+    python benchmarks/gpu_check.py --dry-run            the same code on CPU at a mini size
+
+On the lent GPU machine (no network, no diffusers/PyAV/webdataset): `bash benchmarks/gpu_wheels.sh`
+here first, then carry `.whl` and run there
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl &&
+    PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 python3 benchmarks/gpu_check.py --out $OUT/gpu_check.json
 
 Random weights at the sd15 preset's real sizes (SD 1.5 UNet + AnimateDiff v3 motion module,
 SparseCtrl RGB, SD VAE, CLIP text encoder, the motion ControlNet and rank-64 LoRAs): the same
