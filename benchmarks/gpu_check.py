@@ -36,7 +36,7 @@ import sys
 import tempfile
 import time
 import traceback
-from contextlib import contextmanager
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -52,35 +52,6 @@ from ic_model.training.loop import StageModule, _cast_frozen  # noqa: E402
 
 # bf16 dense matmul peak of the cards we report on (TFLOP/s); others: pass --peak-tflops.
 PEAK_BF16_TFLOPS = {"H200": 790.0, "H100": 790.0, "A100": 312.0}
-
-# The dry run's mini networks: SD 1.5's block types at minimal widths (VAE 8× like SD's).
-MINI = dict(
-    SD15_UNET_CONFIG=dict(
-        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=4,
-    ),
-    SD15_VAE_CONFIG=dict(
-        block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, latent_channels=4,
-        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-        sample_size=64, scaling_factor=0.18215,
-    ),
-    SD15_TEXT_CONFIG=dict(
-        vocab_size=49408, hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=1,
-        num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
-    ),
-    ANIMATEDIFF_V3_CONFIG=dict(
-        block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
-        motion_num_attention_heads=2, motion_max_seq_length=32, use_motion_mid_block=False,
-    ),
-    SPARSECTRL_RGB_CONFIG=dict(
-        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
-        layers_per_block=1, norm_num_groups=8, cross_attention_dim=32, attention_head_dim=4,
-        motion_num_attention_heads=2, conditioning_channels=4, concat_conditioning_mask=True,
-        use_simplified_condition_embedding=True,
-    ),
-)
-
 
 class Budget:
     def __init__(self, seconds: float):
@@ -116,23 +87,7 @@ class Device:
 
 
 def model_config(dry: bool):
-    if dry:  # the preset's schedule and conditioning at a CPU size
-        return sd15_config(width=64, height=64, num_frames=4, flow_kernel_size=25, flow_sigma=2.5,
-                           cross_attention_dim=32, lora_rank=4, lora_alpha=4)
-    return sd15_config()
-
-
-@contextmanager
-def mini_networks(dry: bool):
-    saved = {k: getattr(sd15, k) for k in MINI}
-    if dry:
-        for k, v in MINI.items():
-            setattr(sd15, k, v)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            setattr(sd15, k, v)
+    return sd15.mini_config() if dry else sd15_config()
 
 
 def components(cfg, dev: Device, adapters: tuple[str, ...] = ()) -> Components:
@@ -456,7 +411,8 @@ def main() -> int:
     report = {"device": dev.name, "torch": torch.__version__, "dry_run": args.dry_run,
               "size": f"{cfg.num_frames}x{cfg.height}x{cfg.width}", "errors": {}}
     t_all = time.perf_counter()
-    with mini_networks(args.dry_run), tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
+    mini = sd15.mini_architecture() if args.dry_run else nullcontext()
+    with mini, tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         for section in args.sections.split(","):
             t0 = time.perf_counter()
             try:

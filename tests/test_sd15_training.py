@@ -8,59 +8,31 @@ import json
 
 import pytest
 import torch
-from diffusers import AutoencoderKL, DDPMScheduler, MotionAdapter, SparseControlNetModel, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel
+from diffusers import DDPMScheduler
 
-from ic_model.config import TrainConfig, sd15_config
+from ic_model.config import TrainConfig
+from ic_model.models import sd15
 from ic_model.models.tokenizer import clip_tokenizer
 from ic_model.training.loop import StageModule, train_stage
-
-# SD 1.5's block types at minimal widths; the VAE has SD's four blocks (8× downsampling), which
-# the preset assumes.
-MINI_UNET = dict(
-    sample_size=8, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32, attention_head_dim=4,
-)
-MINI_VAE = dict(
-    block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, latent_channels=4,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
-    sample_size=64, scaling_factor=0.18215,
-)
-MINI_TEXT = dict(
-    vocab_size=49408, hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=1,
-    num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
-)
-MINI_ADAPTER = dict(
-    block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
-    motion_num_attention_heads=2, motion_max_seq_length=32, use_motion_mid_block=False,
-)
-MINI_SPARSECTRL = dict(
-    block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
-    layers_per_block=1, norm_num_groups=8, cross_attention_dim=32, attention_head_dim=4,
-    motion_num_attention_heads=2, conditioning_channels=4, concat_conditioning_mask=True,
-    use_simplified_condition_embedding=True,
-)
 
 
 @pytest.fixture(scope="module")
 def mini_weights(tmp_path_factory):
     root = tmp_path_factory.mktemp("sd15_mini")
     torch.manual_seed(0)
-    UNet2DConditionModel(**MINI_UNET).save_pretrained(root / "sd15" / "unet")
-    AutoencoderKL(**MINI_VAE).save_pretrained(root / "sd15" / "vae")
-    CLIPTextModel(CLIPTextConfig(**MINI_TEXT)).save_pretrained(root / "sd15" / "text_encoder")
+    with sd15.mini_architecture():  # SD 1.5's layout at minimal widths, saved as diffusers folders
+        sd15.sd15_unet_2d().save_pretrained(root / "sd15" / "unet")
+        sd15.sd15_vae().save_pretrained(root / "sd15" / "vae")
+        sd15.sd15_text_encoder().save_pretrained(root / "sd15" / "text_encoder")
+        sd15.animatediff_v3_adapter().save_pretrained(root / "adapter")
+        sd15.sparsectrl_rgb().save_pretrained(root / "sparsectrl")
     clip_tokenizer().save_pretrained(root / "sd15" / "tokenizer")
-    MotionAdapter(**MINI_ADAPTER).save_pretrained(root / "adapter")
-    SparseControlNetModel(**MINI_SPARSECTRL).save_pretrained(root / "sparsectrl")
     return {"sd15_path": str(root / "sd15"), "motion_adapter_path": str(root / "adapter"),
             "sparsectrl_rgb_path": str(root / "sparsectrl")}
 
 
 def _cfg(weights):
-    # 4 frames at 64×64: the preset's architecture and schedule, a CPU-sized clip.
-    return sd15_config(width=64, height=64, num_frames=4, flow_kernel_size=25, flow_sigma=2.5,
-                       cross_attention_dim=32, lora_rank=4, lora_alpha=4, **weights)
+    return sd15.mini_config(**weights)
 
 
 def _train_cfg(**kw):

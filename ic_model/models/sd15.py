@@ -31,7 +31,9 @@ gives exact parameter counts and lets shapes be checked without any weights or m
 """
 from __future__ import annotations
 
+import contextlib
 import re
+import sys
 from pathlib import Path
 
 import torch
@@ -54,7 +56,7 @@ from torch import nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from ic_data.errors import MissingWeightsError
-from ic_model.config import WEIGHT_ENV, ModelConfig
+from ic_model.config import WEIGHT_ENV, ModelConfig, sd15_config
 from ic_model.models.components import make_scheduler, parameter_count
 from ic_model.models.motion_controlnet import build_motion_controlnet
 from ic_model.models.tokenizer import clip_tokenizer
@@ -161,6 +163,59 @@ SPARSECTRL_RGB_CONFIG = dict(
     motion_max_seq_length=32,
     motion_num_attention_heads=8,
 )
+
+# SD 1.5's block types at minimal widths (the VAE downsamples 8× like SD's): the sd15 code paths,
+# training and sampling included, on a CPU in seconds (benchmarks/gpu_check.py --dry-run, the
+# sd15 training tests). Swapped in for the configs above by :func:`mini_architecture`.
+MINI_CONFIGS = dict(
+    SD15_UNET_CONFIG=dict(
+        sample_size=8, block_out_channels=(32, 64), layers_per_block=1, norm_num_groups=8,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=32, attention_head_dim=4,
+    ),
+    SD15_VAE_CONFIG=dict(
+        block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        sample_size=64, scaling_factor=0.18215,
+    ),
+    SD15_TEXT_CONFIG=dict(
+        vocab_size=49408, hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=1,
+        num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
+    ),
+    ANIMATEDIFF_V3_CONFIG=dict(
+        block_out_channels=(32, 64), motion_layers_per_block=1, motion_norm_num_groups=8,
+        motion_num_attention_heads=2, motion_max_seq_length=32, use_motion_mid_block=False,
+    ),
+    SPARSECTRL_RGB_CONFIG=dict(
+        block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
+        layers_per_block=1, norm_num_groups=8, cross_attention_dim=32, attention_head_dim=4,
+        motion_num_attention_heads=2, conditioning_channels=4, concat_conditioning_mask=True,
+        use_simplified_condition_embedding=True,
+    ),
+)
+
+
+def mini_config(**overrides) -> ModelConfig:
+    """The sd15 preset's schedule and conditioning for the mini networks: 4 frames at 64×64."""
+    base = dict(width=64, height=64, num_frames=4, flow_kernel_size=25, flow_sigma=2.5, cross_attention_dim=32,
+                lora_rank=4, lora_alpha=4)
+    return sd15_config(**{**base, **overrides})
+
+
+@contextlib.contextmanager
+def mini_architecture():
+    """Within the block, every sd15 builder (and so the loaders and ``build_sd15_on_meta``)
+    makes the mini networks of ``MINI_CONFIGS`` instead of SD 1.5's."""
+    module = sys.modules[__name__]
+    saved = {name: getattr(module, name) for name in MINI_CONFIGS}
+    for name, config in MINI_CONFIGS.items():
+        setattr(module, name, config)
+    try:
+        yield
+    finally:
+        for name, config in saved.items():
+            setattr(module, name, config)
+
 
 CHECKPOINT_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth", ".bin")
 SD15_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer")
@@ -446,6 +501,9 @@ def load_sd15_components(cfg: ModelConfig, torch_dtype: torch.dtype = torch.floa
 
 
 __all__ = [
+    "MINI_CONFIGS",
+    "mini_architecture",
+    "mini_config",
     "COMPUTED_BUFFERS",
     "from_folder",
     "ANIMATEDIFF_V3_CONFIG",
