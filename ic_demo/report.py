@@ -13,6 +13,7 @@ Prefect here: the flow turns the same content into artifacts.
 """
 from __future__ import annotations
 
+import functools
 import html
 import io
 import json
@@ -75,10 +76,22 @@ def summarize(evaluations: dict[str, dict]) -> dict:
 # --------------------------------------------------------------------------- pictures
 
 
+@functools.cache
+def _label_font(size: int = 11):
+    """DejaVu Sans (shipped with matplotlib): OpenCV's Hershey fonts are ASCII only and drew
+    "λ_trajs" as "?_trajs"."""
+    from matplotlib import font_manager
+    from PIL import ImageFont
+
+    return ImageFont.truetype(font_manager.findfont("DejaVu Sans"), size)
+
+
 def _label(img: np.ndarray, text: str) -> np.ndarray:
-    bar = np.full((16, img.shape[1], 3), 24, np.uint8)
-    cv2.putText(bar, text, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (240, 240, 240), 1, cv2.LINE_AA)
-    return np.concatenate([bar, img], axis=0)
+    from PIL import Image, ImageDraw
+
+    bar = Image.new("RGB", (img.shape[1], 16), (24, 24, 24))
+    ImageDraw.Draw(bar).text((3, 1), text, font=_label_font(), fill=(240, 240, 240))
+    return np.concatenate([np.asarray(bar), img], axis=0)
 
 
 def side_by_side_gif(

@@ -144,3 +144,13 @@ def test_finished_evaluation_is_reused_only_when_current(tmp_path):
     assert finished_evaluation(str(out), str(run), settings) is None  # a stage retrained since
     metrics.write_text('{"settings": {"steps": 2')  # cut short by a kill
     assert finished_evaluation(str(out), str(run), settings) is None
+
+
+def test_gif_labels_render_greek_letters():
+    """λ_trajs in the GIF titles is drawn as λ (OpenCV's fonts drew '?')."""
+    from ic_demo.report import _label
+
+    img = np.zeros((8, 80, 3), np.uint8)
+    lam, question, blank = _label(img, "λ"), _label(img, "?"), _label(img, "")
+    assert lam.shape == (24, 80, 3)
+    assert not np.array_equal(lam, blank) and not np.array_equal(lam, question)
