@@ -33,8 +33,10 @@ demo: setup
 
 # The same flow at the scale the targets are judged on (≤ 90 min on 2 cores); its work goes to
 # demo_out/proof/, the report to demo_out/ as for `make demo` (whichever ran last).
+# With a CUDA GPU the scale is proof-gpu (a wider model, batch 32, bf16; ic_demo/scales.py).
 proof: setup
-	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m flows.demo --scale proof --out demo_out
+	PREFECT_SERVER_ANALYTICS_ENABLED=false $(PY) -m flows.demo --out demo_out --scale \
+	  $$($(PY) -c "import torch; print('proof-gpu' if torch.cuda.is_available() else 'proof')")
 
 bench: bench-curation bench-train
 

@@ -22,6 +22,7 @@ from prefect import flow
 from flows.curate import curate
 from flows.evaluate import evaluate
 from flows.train import train_stage_flow
+from ic_demo.chain import evaluation_settings
 from tasks.demo import (
     SCALES,
     demo_model_config,
@@ -35,7 +36,7 @@ from tasks.demo import (
 
 
 @flow(name="demo", log_prints=True)
-def demo(out: str = "demo_out", scale: Literal["test", "demo", "proof"] = "demo", seed: int = 0) -> dict:
+def demo(out: str = "demo_out", scale: Literal["test", "demo", "proof", "proof-gpu"] = "demo", seed: int = 0) -> dict:
     s = SCALES[scale]
     root, seconds, t0 = Path(out) / scale, {}, time.time()  # each scale's work apart; reports in both
     videos = make_toy_world(str(root / "videos"), s, seed)
@@ -66,18 +67,18 @@ def demo(out: str = "demo_out", scale: Literal["test", "demo", "proof"] = "demo"
     for set_name, mode in (("object", "object"), *s.variants):
         key = f"{set_name}/{mode}"
         eval_dirs[key] = str(root / "eval" / f"{set_name}-{mode}")
-        # CFG 1: the tiny text encoder is random and frozen, so captions carry no information.
-        settings = dict(steps=s.eval_steps, guidance_scale=1.0, ablation=key == "object/object", mode=mode,
-                        max_cases=s.eval_cases, seed=seed, max_reference=s.reference_clips, reference=heldout)
+        settings = evaluation_settings(s, key, mode, heldout, seed)
         evaluations[key] = finished_evaluation(eval_dirs[key], run, settings)
         if evaluations[key] is not None:
             print(f"{key}: already evaluated with these settings ({eval_dirs[key]}/metrics.json)")
         else:
-            evaluations[key] = evaluate(set_name=set_name, run=run, out=eval_dirs[key], **settings)
+            evaluations[key] = evaluate(set_name=set_name, run=run, out=eval_dirs[key], device=s.eval_device,
+                                        dtype=s.eval_dtype, **settings)
     response = probe_response(run, heldout, s, seed)
     seconds["evaluation"] = round(time.time() - t0 - seconds["world_and_curation"] - seconds["training"], 1)
     seconds["total"] = round(time.time() - t0, 1)
-    command = {"demo": "make demo", "proof": "make proof"}.get(scale, f"python -m flows.demo --scale {scale}")
+    command = {"demo": "make demo", "proof": "make proof", "proof-gpu": "make proof"}.get(
+        scale, f"python -m flows.demo --scale {scale}")
     result = publish_report([str(root), out], run, scale, seed, command, evaluations, eval_dirs, curation, training,
                             seconds, response)
     print(json.dumps(result, indent=1))

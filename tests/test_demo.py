@@ -54,6 +54,12 @@ def test_every_stage_trained_in_order(demo_run):
         records = [json.loads(x) for x in (run / stage / "metrics.jsonl").read_text().splitlines()]
         assert [r["step"] for r in records] == list(range(1, SCALES["test"].steps[stage] + 1))
         assert all(np.isfinite(r["loss"]) for r in records)
+    # The chain without Prefect (ic_demo.chain) asks for exactly these training settings.
+    from ic_demo.chain import stage_train_config
+
+    for stage in STAGES:
+        saved = json.loads((run / stage / "train_config.json").read_text())
+        assert saved == json.loads(json.dumps(stage_train_config(SCALES["test"], "tiny", stage, 0).to_dict())), stage
     assert (run / "camera" / "camera_lora.safetensors").exists()
     assert (run / "object" / "object_lora.safetensors").exists()
 

@@ -366,8 +366,10 @@ def train_stage(
 
     samples_per_step = train_cfg.batch_size * accum * world
     history, t_last, steps_timed = [], time.perf_counter(), 0
+    # tqdm's disable=None: a bar only on a terminal (no bar lines in CI or Prefect logs).
+    show = None if progress is None else bool(progress)
     bar = tqdm(total=train_cfg.steps, initial=start, desc=f"train {stage}", unit="step",
-               disable=(not progress and progress is not None) or not accelerator.is_main_process)
+               disable=True if (show is False or not accelerator.is_main_process) else (None if show is None else False))
 
     def run_validation(at_step: int) -> None:
         if accelerator.is_main_process:
