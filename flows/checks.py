@@ -8,6 +8,7 @@ diverging loss) stays the flows' business.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -183,7 +184,10 @@ def check_train(args) -> list[str]:
         if args.preset and args.preset != cfg.preset:
             problems.append(f"--preset {args.preset}: the run was created with preset {cfg.preset!r} "
                             "(leave --preset out to use the run's)")
+        known = {f.name for f in dataclasses.fields(ModelConfig)}
         for key, value in model.items():
+            if key not in known:  # reported above as not a field
+                continue
             have = getattr(cfg, key)
             if have != (tuple(value) if isinstance(value, list) else value):
                 problems.append(f"--model: the run has {key}={have!r}, not {value!r}")

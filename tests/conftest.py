@@ -47,11 +47,13 @@ def latest_artifact(key: str):
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
 
     async def read():
         async with get_client() as client:
-            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
-        return found[-1] if found else None
+            found = await client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                                sort=ArtifactSort.CREATED_DESC, limit=1)
+        return found[0] if found else None
 
     return asyncio.run(read())
 
