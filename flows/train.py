@@ -17,6 +17,12 @@ from tasks.training import publish_training, run_stage
 Stage = Literal["vae", "base", "dense", "sparse", "camera", "object"]
 
 
+def flow_train_config(preset: str, options: dict | None, **explicit):
+    """The flow's TrainConfig: the preset's defaults, then ``options``, then each explicit
+    parameter that is not None (a setting given both ways: the parameter wins)."""
+    return train_config(preset, **{**(options or {}), **{k: v for k, v in explicit.items() if v is not None}})
+
+
 @flow(name="train-stage", log_prints=True)
 def train_stage_flow(
     stage: Stage,
@@ -49,12 +55,10 @@ def train_stage_flow(
     model_cfg = run_model_config(run, preset, **(model or {}), **(weights or {}))
     check_prerequisite(run, model_cfg, stage)  # fail in seconds, before any GPU is taken
     # None: the preset's default (sd15: batch 1, bf16, gradient checkpointing; tiny: batch 4, fp32).
-    train_cfg = train_config(
-        model_cfg.preset, **(options or {}),
-        stage=stage, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+    train_cfg = flow_train_config(
+        model_cfg.preset, options, stage=stage, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
         grad_accum_steps=grad_accum_steps, mixed_precision=mixed_precision,
-        gradient_checkpointing=gradient_checkpointing, seed=seed, report_to=report_to,
-        validate_every=validate_every,
+        gradient_checkpointing=gradient_checkpointing, seed=seed, report_to=report_to, validate_every=validate_every,
     )
     summary = run_stage(stage, shards, run, train_cfg, model_cfg, num_processes)
     publish_training(stage, run, summary)

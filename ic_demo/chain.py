@@ -39,9 +39,9 @@ def probe_response(run: str, heldout: str, scale: DemoScale, seed: int) -> dict:
 
 def stage_train_config(scale: DemoScale, preset: str, stage: str, seed: int):
     """The TrainConfig the demo flow asks the train-stage flow for."""
-    return train_config(preset, **{**scale.train_options, "frame_stride": scale.frame_stride}, stage=stage,
-                        steps=scale.steps[stage], batch_size=scale.batch_size,
-                        learning_rate=scale.learning_rate[stage], seed=seed)
+    return train_config(preset, **{**scale.train_options, "frame_stride": scale.frame_stride, "stage": stage,
+                                   "steps": scale.steps[stage], "batch_size": scale.batch_size,
+                                   "learning_rate": scale.learning_rate[stage], "seed": seed})
 
 
 def evaluation_settings(scale: DemoScale, key: str, mode: str, heldout: str, seed: int) -> dict:

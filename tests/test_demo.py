@@ -160,3 +160,22 @@ def test_gif_labels_render_greek_letters():
     lam, question, blank = _label(img, "λ"), _label(img, "?"), _label(img, "")
     assert lam.shape == (24, 80, 3)
     assert not np.array_equal(lam, blank) and not np.array_equal(lam, question)
+
+
+
+def test_every_scale_gives_the_flow_and_the_chain_one_train_config():
+    """The demo flow hands the train-stage flow a scale's train_options beside explicit settings
+    (proof-gpu's include mixed_precision); both paths must build the same TrainConfig."""
+    from flows.train import flow_train_config
+    from ic_demo.chain import stage_train_config
+
+    for name, scale in SCALES.items():
+        for stage in STAGES:
+            expected = stage_train_config(scale, "tiny", stage, 0)
+            assert expected.mixed_precision == scale.train_options.get("mixed_precision", "no"), name
+            got = flow_train_config("tiny", {**scale.train_options, "frame_stride": scale.frame_stride}, stage=stage,
+                                    steps=scale.steps[stage], batch_size=scale.batch_size,
+                                    learning_rate=scale.learning_rate[stage], seed=0, mixed_precision=None,
+                                    gradient_checkpointing=None, grad_accum_steps=None, report_to=None,
+                                    validate_every=None)
+            assert got == expected, (name, stage)
