@@ -29,6 +29,7 @@ CHOICES = {
     "image_condition": ("first_frame", "every_frame"),
     "spatial_attention": ("self", "first_frame"),
     "first_frame_latent": ("noisy", "clean"),
+    "motion_norm": ("joint", "per_frame"),
 }
 
 # Environment variables that may fill the sd15 weight paths (the flow/CLI settings win).
@@ -102,6 +103,10 @@ class ModelConfig:
     # denoised beside an exact frame 0 they can copy from, and frame 0 of the output is the
     # input). "clean" needs prediction_type "sample"; sd15 keeps "noisy".
     first_frame_latent: str = "noisy"
+    # The motion modules' temporal GroupNorm: "joint" (statistics over all frames, as diffusers'
+    # AnimateDiffTransformer3D computes them) or "per_frame" (each frame alone, as AnimateDiff's and
+    # Image Conductor's own code do: the released Image Conductor weights were trained that way).
+    motion_norm: str = "joint"
     # Tiny VAE: four blocks, so latents are 1/8 of the pixels as in SD.
     vae_block_out_channels: tuple[int, ...] = (16, 32, 64, 64)
     vae_layers_per_block: int = 1
@@ -219,6 +224,7 @@ def sd15_config(**overrides) -> ModelConfig:
         prediction_type="epsilon",
         latent_scaling_factor=0.18215,
         cross_attention_dim=768,
+        motion_norm="per_frame",  # as AnimateDiff's and Image Conductor's code (and weights) have it
     )
     base.update(overrides)
     cfg = ModelConfig(**base)

@@ -10,12 +10,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from diffusers import (
     AutoencoderKL,
     DDPMScheduler,
     SparseControlNetModel,
     UNetMotionModel,
 )
+from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from torch import nn
 from transformers import CLIPTextModel
 
@@ -168,6 +170,37 @@ def frame_change(latents: torch.Tensor) -> torch.Tensor:
     return (latents[:, :, 1:] - latents[:, :, :-1]).abs().mean(dim=1, keepdim=True)
 
 
+class PerFrameGroupNorm(nn.GroupNorm):
+    """GroupNorm of a (B, C, F, H, W) tensor with statistics per frame, as AnimateDiff's own
+    motion modules compute it (``b c f h w -> (b f) c h w`` before the norm). diffusers'
+    ``AnimateDiffTransformer3D`` normalises over all frames at once. Same parameters and keys as
+    ``nn.GroupNorm``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5:
+            return super().forward(x)
+        b, c, f, h, w = x.shape
+        frames = x.transpose(1, 2).reshape(b * f, c, h, w)
+        y = F.group_norm(frames, self.num_groups, self.weight, self.bias, self.eps)
+        return y.reshape(b, f, c, h, w).transpose(1, 2)
+
+
+def set_motion_norm(modules, mode: str) -> int:
+    """Make every motion module's temporal GroupNorm in ``modules`` normalise ``"per_frame"``
+    (AnimateDiff's and Image Conductor's own code) or ``"joint"`` (diffusers). Weights and keys are
+    untouched. Returns the number of norms set."""
+    if mode not in ("joint", "per_frame"):
+        raise ValueError(f"unknown motion_norm {mode!r}; choose 'joint' or 'per_frame'")
+    cls = PerFrameGroupNorm if mode == "per_frame" else nn.GroupNorm
+    count = 0
+    for module in modules:
+        for sub in module.modules():
+            if isinstance(sub, AnimateDiffTransformer3D) and isinstance(sub.norm, nn.GroupNorm):
+                sub.norm.__class__ = cls
+                count += 1
+    return count
+
+
 def parameter_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -175,9 +208,11 @@ def parameter_count(module: nn.Module) -> int:
 __all__ = [
     "Components",
     "Denoiser",
+    "PerFrameGroupNorm",
     "encode_text",
     "first_frame_condition",
     "frame_change",
     "make_scheduler",
     "parameter_count",
+    "set_motion_norm",
 ]
