@@ -313,10 +313,10 @@ def _path_problem(name: str, value: str) -> str | None:
     return None
 
 
-def resolve_weight_paths(cfg: ModelConfig) -> dict[str, Path]:
-    """The three weight paths, each a folder or a checkpoint file, all checked before anything is
-    loaded so that one error lists every setting to fix."""
-    values = {name: cfg.weight_path(name) for name in WEIGHT_ENV}
+def resolve_weight_paths(cfg: ModelConfig, names=tuple(WEIGHT_ENV)) -> dict[str, Path]:
+    """The weight paths ``names`` (default: all three), each a folder or a checkpoint file, all
+    checked before anything is loaded so that one error lists every setting to fix."""
+    values = {name: cfg.weight_path(name) for name in names}
     problems = [p for p in (_path_problem(n, v) for n, v in values.items()) if p]
     if problems:
         raise MissingWeightsError(
@@ -406,17 +406,13 @@ def from_folder(
     return model.eval()
 
 
-def load_sd15(path: Path, torch_dtype: torch.dtype = torch.float32) -> dict:
+def load_sd15(path: Path, torch_dtype: torch.dtype = torch.float32, unet: bool = True) -> dict:
     """SD 1.5's ``unet_2d``, ``vae``, ``text_encoder`` and ``tokenizer`` from a diffusers folder or
     an original single-file checkpoint. Where a checkpoint holds both, the EMA UNet weights are
-    used (those of the published diffusers release)."""
+    used (those of the published diffusers release). ``unet=False``: all but the UNet."""
     source = _source("sd15_path", path)
     if path.is_dir():
-        return dict(
-            unet_2d=from_folder(
-                UNet2DConditionModel, path, subfolder="unet", what="SD 1.5 UNet", source=source,
-                dtype=torch_dtype,
-            ),
+        parts = dict(
             vae=from_folder(
                 AutoencoderKL, path, subfolder="vae", what="SD 1.5 VAE", source=source, dtype=torch_dtype
             ),
@@ -426,16 +422,25 @@ def load_sd15(path: Path, torch_dtype: torch.dtype = torch.float32) -> dict:
             ),
             tokenizer=CLIPTokenizer.from_pretrained(str(path), subfolder="tokenizer", local_files_only=True),
         )
+        if unet:
+            parts["unet_2d"] = from_folder(
+                UNet2DConditionModel, path, subfolder="unet", what="SD 1.5 UNet", source=source,
+                dtype=torch_dtype,
+            )
+        return parts
     checkpoint = read_checkpoint(path)
     with init_empty_weights():
-        unet, vae, text_encoder = sd15_unet_2d(), sd15_vae(), sd15_text_encoder()
-    unet_sd = convert_ldm_unet_checkpoint(checkpoint, dict(unet.config), extract_ema=True)
+        unet_2d, vae, text_encoder = sd15_unet_2d(), sd15_vae(), sd15_text_encoder()
+    parts = {}
+    if unet:
+        unet_sd = convert_ldm_unet_checkpoint(checkpoint, dict(unet_2d.config), extract_ema=True)
+        parts["unet_2d"] = load_converted(unet_2d, unet_sd, what="SD 1.5 UNet", source=source, dtype=torch_dtype)
     vae_sd = convert_ldm_vae_checkpoint(checkpoint, dict(vae.config))
     text_sd = convert_ldm_clip_checkpoint(checkpoint)
     if not hasattr(text_encoder, "text_model"):  # transformers >= 5.6 flattened CLIPTextModel
         text_sd = {k.removeprefix("text_model."): v for k, v in text_sd.items()}
     return dict(
-        unet_2d=load_converted(unet, unet_sd, what="SD 1.5 UNet", source=source, dtype=torch_dtype),
+        parts,
         vae=load_converted(vae, vae_sd, what="SD 1.5 VAE", source=source, dtype=torch_dtype),
         text_encoder=load_converted(
             text_encoder, text_sd, what="CLIP text encoder", source=source, dtype=torch_dtype
@@ -472,7 +477,7 @@ def load_sparsectrl_rgb(path: Path, torch_dtype: torch.dtype = torch.float32) ->
     )
 
 
-def load_sd15_components(cfg: ModelConfig, torch_dtype: torch.dtype = torch.float32) -> dict:
+def load_sd15_components(cfg: ModelConfig, torch_dtype: torch.dtype = torch.float32, base_dir=None) -> dict:
     """The sd15 preset's components from the configured local weights.
 
     Returns ``vae``, ``text_encoder``, ``tokenizer``, ``unet`` (SD 1.5 + AnimateDiff v3 as a
@@ -480,24 +485,52 @@ def load_sd15_components(cfg: ModelConfig, torch_dtype: torch.dtype = torch.floa
     training schedule from ``cfg``) and ``motion_controlnet`` (fresh, encoder copied from
     ``unet``; float32 whatever ``torch_dtype``, since it is the module being trained). Under
     fp16 the VAE is float32: SD's VAE overflows in fp16.
-    All three paths are checked first: one :class:`MissingWeightsError` names every setting to fix.
+    All paths are checked first: one :class:`MissingWeightsError` names every setting to fix.
+
+    ``base_dir``: a folder holding ``unet.safetensors`` and ``image_controlnet.safetensors`` in
+    our names (``ic convert-official`` writes one): the video UNet and image ControlNet come from
+    there, and only ``sd15_path`` (VAE, text encoder, tokenizer) is needed.
     """
-    paths = resolve_weight_paths(cfg)
-    sd15 = load_sd15(paths["sd15_path"], torch_dtype)
+    if base_dir is not None:
+        paths = resolve_weight_paths(cfg, ("sd15_path",))
+        sd15 = load_sd15(paths["sd15_path"], torch_dtype, unet=False)
+        unet, image_controlnet = load_video_base(Path(base_dir), torch_dtype)
+    else:
+        paths = resolve_weight_paths(cfg)
+        sd15 = load_sd15(paths["sd15_path"], torch_dtype)
+        adapter = load_motion_adapter(paths["motion_adapter_path"], torch_dtype)
+        unet = UNetMotionModel.from_unet2d(sd15.pop("unet_2d"), adapter).to(torch_dtype).eval()
+        del adapter  # its weights now live in ``unet``: free them before the ControlNet is read
+        image_controlnet = load_sparsectrl_rgb(paths["sparsectrl_rgb_path"], torch_dtype)
     if torch_dtype == torch.float16:
         sd15["vae"].float()  # SD's VAE overflows in fp16
-    adapter = load_motion_adapter(paths["motion_adapter_path"], torch_dtype)
-    unet = UNetMotionModel.from_unet2d(sd15.pop("unet_2d"), adapter).to(torch_dtype).eval()
-    del adapter  # its weights now live in ``unet``: free them before the ControlNet is read
     return dict(
         vae=sd15["vae"],
         text_encoder=sd15["text_encoder"],
         tokenizer=sd15["tokenizer"],
         unet=unet,
-        image_controlnet=load_sparsectrl_rgb(paths["sparsectrl_rgb_path"], torch_dtype),
+        image_controlnet=image_controlnet,
         scheduler=make_scheduler(cfg),
         motion_controlnet=build_motion_controlnet(unet, vae_scale_factor(sd15["vae"])),
     )
+
+
+def load_video_base(base_dir: Path, torch_dtype: torch.dtype = torch.float32):
+    """The video UNet (``UNetMotionModel``) and image ControlNet from ``base_dir``'s
+    ``unet.safetensors`` and ``image_controlnet.safetensors``, built empty from the preset's
+    configs and filled strictly."""
+    from safetensors.torch import load_file
+
+    with init_empty_weights():
+        unet = UNetMotionModel.from_unet2d(sd15_unet_2d(), animatediff_v3_adapter(), load_weights=False)
+        image_controlnet = sparsectrl_rgb()
+    loaded = []
+    for model, name, what in ((unet, "unet", "video UNet"), (image_controlnet, "image_controlnet", "image ControlNet")):
+        path = base_dir / f"{name}.safetensors"
+        if not path.is_file():
+            raise MissingWeightsError(f"{base_dir} lacks {path.name}: the run's base stage is incomplete")
+        loaded.append(load_converted(model, load_file(str(path)), what=what, source=str(path), dtype=torch_dtype))
+    return loaded
 
 
 __all__ = [
@@ -517,6 +550,7 @@ __all__ = [
     "load_motion_adapter",
     "load_sd15",
     "load_sd15_components",
+    "load_video_base",
     "load_sparsectrl_rgb",
     "parameter_counts",
     "read_checkpoint",

@@ -9,6 +9,7 @@ RUN/STAGE/metrics.jsonl         one line per logged step
 RUN/STAGE/done.json             written last: the stage finished (its summary)
 RUN/vae/vae.safetensors                         (tiny preset)
 RUN/base/{unet,image_controlnet,text_encoder}.safetensors   (tiny preset)
+RUN/base/{unet,image_controlnet}.safetensors    (sd15, converted release: replaces AnimateDiff/SparseCtrl)
 RUN/{dense,sparse}/motion_controlnet.safetensors
 RUN/camera/camera_lora.safetensors
 RUN/object/object_lora.safetensors (+ the camera_lora.safetensors it was trained against)
@@ -27,6 +28,7 @@ from ic_model.config import ModelConfig, load_json, preset_config, save_json
 from ic_model.models.components import Components
 from ic_model.models.motion_controlnet import copy_unet_encoder
 from ic_model.models.presets import build_components
+from ic_model.models.sd15 import COMPUTED_BUFFERS
 
 # Weights each full-model stage publishes, by component name.
 STAGE_WEIGHTS = {
@@ -102,8 +104,11 @@ def save_module(module: torch.nn.Module, path: str | os.PathLike) -> None:
 
 
 def load_module(module: torch.nn.Module, path: str | os.PathLike) -> None:
+    """Strict, except for buffers the module computes itself (the motion modules' position
+    tables: a converted release does not carry them)."""
     state = load_file(str(path))
     missing, unexpected = module.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not COMPUTED_BUFFERS.search(k)]
     if missing or unexpected:
         raise ValueError(
             f"{path} does not match the model: {len(missing)} missing (e.g. {missing[:2]}), "
@@ -132,7 +137,9 @@ def load_run_components(
     stages = cfg.stages
     upto = stages.index(before_stage) if before_stage is not None else len(stages)
     earlier = stages[:upto]
-    comps = build_components(cfg, torch_dtype)
+    # An sd15 run may carry its own frozen video model (``ic convert-official`` writes RUN/base/).
+    base_dir = stage_dir(run, "base") if cfg.preset == "sd15" and is_done(run, "base") else None
+    comps = build_components(cfg, torch_dtype, base_dir=base_dir)
     modules = comps.modules()
     for stage in ("vae", "base"):
         if stage in earlier and is_done(run, stage):
