@@ -224,6 +224,9 @@ def check_generate(args) -> list[str]:
     problems: list[str] = []
     size = _check_image(problems, "--image", args.image)
     traj = _existing(problems, "--trajectories", args.trajectories, "file")
+    if getattr(args, "trajectory_space", "image") == "model":  # the model frame's pixels, not the image's
+        cfg = _read_run([], args.run)[1] if args.run else None
+        size = (cfg.width, cfg.height) if cfg is not None else None
     if traj is not None and size is not None:
         try:
             load_trajectory_file(traj, *size)
@@ -283,4 +286,31 @@ def check_studio(args) -> list[str]:
         problems.append(f"--port must be in 1–65535, got {args.port}")
     if args.out:
         _writable_target(problems, "--out", args.out, want_dir=True)
+    return problems
+
+
+def check_convert_official(args) -> list[str]:
+    from ic_model.models.official import OFFICIAL_FILES
+
+    problems: list[str] = []
+    folder = _existing(problems, "official_dir", args.official_dir, "dir")
+    if folder is not None:
+        missing = [name for name in OFFICIAL_FILES.values() if not (folder / name).is_file()]
+        if missing:
+            problems.append(f"{args.official_dir} lacks {', '.join(missing)} (the TencentARC/ImageConductor release)")
+    out = Path(args.out).expanduser()
+    if (out / "config.json").exists():
+        problems.append(f"--out {args.out}: already holds a run (config.json); choose a new folder")
+    else:
+        _writable_target(problems, "--out", args.out, want_dir=True)
+    if args.sd15_path:
+        _existing(problems, "--sd15-path", args.sd15_path)
+    overrides = _json_object(problems, "--model", args.model, ModelConfig)
+    if overrides.get("preset", "sd15") != "sd15":
+        problems.append("--model: the released weights are the sd15 preset's architecture; 'preset' cannot change")
+    elif overrides:
+        try:
+            preset_config("sd15", **overrides)
+        except (ValueError, TypeError) as err:
+            problems.append(f"--model: {err}")
     return problems

@@ -83,7 +83,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     request = dict(image=args.image, prompt=args.prompt, trajectories=args.trajectories, out=args.out,
                    mode=args.mode, trajs_scale=args.trajs_scale, guidance_scale=args.cfg, steps=args.steps,
-                   seed=args.seed)
+                   seed=args.seed, trajectory_space=args.trajectory_space)
     state = generate(run=args.run, requests=[request], device=args.device, base_model=args.base_model,
                      base_loras=args.base_lora or None, dtype=args.dtype, return_state=True)
     if not state.is_completed():
@@ -117,6 +117,49 @@ def _studio(args: argparse.Namespace) -> int:
         print(f"ic studio: cannot serve on 127.0.0.1:{args.port}: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def _convert_official(args: argparse.Namespace) -> int:
+    from ic_model.config import sd15_config
+    from ic_model.models.official import convert_official
+
+    cfg = sd15_config(**(json.loads(args.model) if args.model else {}))
+    summary = convert_official(args.official_dir, args.out, sd15_path=args.sd15_path or "", cfg=cfg,
+                               progress=lambda message: print(f"ic convert-official: {message}", file=sys.stderr))
+    print(json.dumps({"run": args.out, **summary}, indent=1))
+    return 0
+
+
+def resolve_official(args: argparse.Namespace) -> list[str]:
+    """``--official DIR``: the run converted from the released weights (converted once, cached),
+    put in ``args.run``; or the problems that prevent it. ``--run`` and ``--official`` exclude
+    each other and one is required."""
+    official = getattr(args, "official", None)
+    if official is None:
+        if getattr(args, "run", None) is None:
+            return ["one of --run RUN or --official DIR is required"]
+        return []
+    if args.run is not None:
+        return ["give --run or --official, not both"]
+    from ic_model.models.official import OfficialWeightsError, official_run
+
+    try:
+        args.run = str(official_run(
+            official, sd15_path=args.sd15_path or "",
+            progress=lambda message: print(f"ic {args.command}: converting {official}: {message}", file=sys.stderr),
+        ))
+    except OfficialWeightsError as err:
+        return [f"--official {err}"]
+    return []
+
+
+def _official_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--official", default=None, metavar="DIR",
+                        help="the released Image Conductor weights (unet.ckpt, image_controlnet.ckpt, flow_controlnet.ckpt) "
+                             "instead of --run; converted once into a cached run folder")
+    parser.add_argument("--sd15-path", default=None,
+                        help="with --official: SD 1.5 folder or .safetensors for the VAE, text encoder and tokenizer "
+                             "(default: $IC_SD15_PATH)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -187,8 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     ge = sub.add_parser("generate", help="image + prompt + trajectories → video (camera-free guidance)")
     ge.add_argument("--image", required=True)
     ge.add_argument("--prompt", default="")
-    ge.add_argument("--trajectories", required=True, help="JSON list of tracks of [x, y] in the image's pixels")
-    ge.add_argument("--run", required=True, help="a trained run folder")
+    ge.add_argument("--trajectories", required=True, help="JSON list of tracks of [x, y] (pixels: see --trajectory-space)")
+    ge.add_argument("--trajectory-space", choices=["image", "model"], default="image",
+                    help="image: the input image's pixels; model: the model frame's (384×256 for sd15), "
+                         "as in the official example files")
+    ge.add_argument("--run", default=None, help="a trained run folder")
     ge.add_argument("--mode", choices=["camera", "object", "none", "base"], default="object",
                     help="none: motion ControlNet without LoRA; base: motion ControlNet off")
     ge.add_argument("--trajs-scale", type=float, default=1.0, help="λ_trajs of camera-free guidance (1.0 = off)")
@@ -200,11 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     ge.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="bf16/fp16: on a GPU")
     ge.add_argument("--base-model", default=None, help="SD 1.5-compatible folder or single .safetensors")
     ge.add_argument("--base-lora", action="append", default=[], help="UNet LoRA FILE[:SCALE] (repeatable)")
+    _official_flags(ge)
     ge.set_defaults(func=_generate, check=checks.check_generate)
 
     ev = sub.add_parser("evaluate", help="FID, FVD, CamMC/ObjMC on the paper's evaluation sets")
     ev.add_argument("set_name", choices=["camera", "object"])
-    ev.add_argument("--run", required=True)
+    ev.add_argument("--run", default=None, help="a trained run folder")
     ev.add_argument("--out", default=None, help="default: RUN/eval/SET")
     ev.add_argument("--reference", default=None, help="shards of reference clips for FID/FVD")
     ev.add_argument("--images", default=None, help="folder of first frames (default: synthetic)")
@@ -220,15 +267,25 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--mode", choices=["camera", "object", "none", "base"], default=None,
                     help="default: the set's own adapter; base/none are the baselines")
     ev.add_argument("--max-cases", type=int, default=None, help="only the first N cases")
+    _official_flags(ev)
     ev.set_defaults(func=_evaluate, check=checks.check_evaluate)
 
     st = sub.add_parser("studio", help="local web page: draw trajectories on an image, generate, watch the result")
-    st.add_argument("--run", required=True, help="a trained run folder")
+    st.add_argument("--run", default=None, help="a trained run folder")
     st.add_argument("--port", type=int, default=7860, help="served on 127.0.0.1:PORT")
     st.add_argument("--out", default=None, help="where each generation's files go (default: RUN/studio)")
     st.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
     st.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="bf16/fp16: on a GPU")
+    _official_flags(st)
     st.set_defaults(func=_studio, check=checks.check_studio)
+
+    co = sub.add_parser("convert-official", help="the released Image Conductor weights → a run folder")
+    co.add_argument("official_dir", help="folder with unet.ckpt, image_controlnet.ckpt, flow_controlnet.ckpt")
+    co.add_argument("--out", required=True, help="the new run folder")
+    co.add_argument("--sd15-path", default=None, help="SD 1.5 folder or .safetensors (VAE, text encoder, tokenizer); "
+                                                      "default: $IC_SD15_PATH when the run is used")
+    co.add_argument("--model", default=None, help="JSON of ModelConfig fields over the sd15 preset's")
+    co.set_defaults(func=_convert_official, check=checks.check_convert_official)
     return ap
 
 
@@ -269,6 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Every problem with the arguments, before any flow (and its Prefect server) starts.
     problems = apply_config_file(args) if getattr(args, "config", None) else []
+    if not problems and args.command in ("generate", "evaluate", "studio"):
+        problems = resolve_official(args)
     problems = problems or args.check(args)
     if problems:
         for problem in problems:

@@ -4,7 +4,8 @@ Where things live:
 
 - ``ic_model.config``: ``ModelConfig`` / ``TrainConfig`` and the ``tiny`` and ``sd15`` presets.
 - ``ic_model.models``: the networks: codec, denoiser assembly, motion ControlNet, LoRA adapters,
-  first-frame attention, the presets' builders and weight loaders, the CLIP tokenizer.
+  first-frame attention, the presets' builders and weight loaders, the converter of the released
+  Image Conductor weights (``official``), the CLIP tokenizer.
 - ``ic_model.training``: shard data, the stage training loop, checkpoints, the run folder.
 - ``ic_model.pipelines``: the sampling pipeline with camera-free guidance, one-request
   generation, personalised bases.
@@ -26,6 +27,8 @@ _EXPORTS = {
     "sd15_config": "ic_model.config",
     "Components": "ic_model.models.components",
     "build_components": "ic_model.models.presets",
+    "convert_official": "ic_model.models.official",
+    "official_run": "ic_model.models.official",
     "train_stage": "ic_model.training.loop",
     "run_model_config": "ic_model.training.run",
     "load_run_components": "ic_model.training.run",

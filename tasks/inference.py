@@ -17,7 +17,7 @@ from ic_model.evaluation.evaluate import EvalSettings, evaluate_set
 from ic_model.pipelines.generate import generate_to_files
 from ic_model.pipelines.image_conductor import ImageConductorPipeline
 
-REQUEST_DEFAULTS = dict(mode="object", trajs_scale=1.0, guidance_scale=8.5, steps=25, seed=0)
+REQUEST_DEFAULTS = dict(mode="object", trajs_scale=1.0, guidance_scale=8.5, steps=25, seed=0, trajectory_space="image")
 
 
 def _pipeline(run: str, device: str, base_model: str | None, base_loras: list[str] | None,

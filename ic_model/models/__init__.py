@@ -1,4 +1,5 @@
 """The networks: codec (``codec``), denoiser assembly (``components``), the motion ControlNet
 (``motion_controlnet``), camera/object LoRA (``lora``), first-frame attention
-(``frame_attention``), the presets' builders (``tiny``, ``sd15`` and ``presets.build_components``)
-and the CLIP tokenizer (``tokenizer``)."""
+(``frame_attention``), the presets' builders (``tiny``, ``sd15`` and ``presets.build_components``),
+the released Image Conductor weights' converter (``official``) and the CLIP tokenizer
+(``tokenizer``)."""

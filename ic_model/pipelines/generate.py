@@ -40,16 +40,20 @@ def generate_to_files(
     guidance_scale: float = 8.5,
     steps: int = 25,
     seed: int = 0,
+    trajectory_space: str = "image",
 ) -> dict:
     """Generate one video into ``out`` (.mp4, 8 fps) plus ``out`` with ``.gif`` (trajectories
-    drawn over the video); return a small record of what was done."""
+    drawn over the video); return a small record of what was done. ``trajectory_space``: the
+    trajectories' pixels are the image's ("image") or the model frame's ("model", e.g. the
+    official example files, 384×256)."""
     rgb = read_image(image)
-    h, w = rgb.shape[:2]
+    h, w = rgb.shape[:2] if trajectory_space == "image" else (pipe.cfg.height, pipe.cfg.width)
     if isinstance(trajectories, (str, os.PathLike)):
         tracks = load_trajectory_file(trajectories, w, h)
     else:
         tracks = validate_trajectories(trajectories, w, h)
-    prepared = prepare_image_and_tracks(rgb, [t.tolist() for t in tracks], pipe.cfg)
+    prepared = prepare_image_and_tracks(rgb, [t.tolist() for t in tracks], pipe.cfg,
+                                        trajectory_space=trajectory_space)
     t0 = time.perf_counter()
     frames = pipe(
         prepared.image, prompt, prepared.tracks, mode=mode, num_inference_steps=steps,
@@ -65,6 +69,7 @@ def generate_to_files(
         "guidance_scale": guidance_scale, "steps": steps, "seed": seed, "prompt": prompt,
         "num_frames": int(frames.shape[0]), "size": [int(frames.shape[2]), int(frames.shape[1])],
         "num_tracks": int(prepared.tracks.shape[1]), "seconds": round(seconds, 3),
+        "trajectory_space": trajectory_space,
     }
     out.with_suffix(".json").write_text(json.dumps(record, indent=1))
     return record

@@ -62,20 +62,31 @@ class PreparedInput:
     geometry: ClipGeometry  # source image pixels → 384×256 clip pixels
 
 
+TRAJECTORY_SPACES = ("image", "model")
+
+
 def prepare_image_and_tracks(
-    image: np.ndarray, trajectories, cfg: ModelConfig, max_tracks: int | None = 8
+    image: np.ndarray, trajectories, cfg: ModelConfig, max_tracks: int | None = 8,
+    trajectory_space: str = "image",
 ) -> PreparedInput:
     """Resize/crop the image as curation does (cover 384×256, centre crop), then to the model
     size, and map the user's trajectories (image pixels) through the same transform.
 
-    ``trajectories``: parsed JSON (list of tracks of [x, y]) in the image's pixel space; each
-    track of any length ≥ 1 is resampled (PCHIP) to the frame count. Every problem raises one
-    TrajectoryError naming the track and point.
+    ``trajectories``: parsed JSON (list of tracks of [x, y]); each track of any length ≥ 1 is
+    resampled (PCHIP) to the frame count. ``trajectory_space``: "image" (the input image's
+    pixels) or "model" (pixels of the cropped frame at the model size, cfg.width × cfg.height:
+    the official demo's and example files' convention, 384×256 for sd15). Every problem raises
+    one TrajectoryError naming the track and point.
     """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"image must be uint8 (H, W, 3), got {image.dtype} {image.shape}")
+    if trajectory_space not in TRAJECTORY_SPACES:
+        raise ValueError(f"trajectory_space must be one of {TRAJECTORY_SPACES}, got {trajectory_space!r}")
     h, w = image.shape[:2]
-    tracks = validate_trajectories(trajectories, w, h, max_tracks=max_tracks)
+    if trajectory_space == "model":
+        tracks = validate_trajectories(trajectories, cfg.width, cfg.height, max_tracks=max_tracks)
+    else:
+        tracks = validate_trajectories(trajectories, w, h, max_tracks=max_tracks)
     rw, rh = resized_size(w, h, max_upscale=16.0)
     box = center_crop_box(rw, rh)
     geometry = ClipGeometry(scale=(rw / w, rh / h), crop=box)
@@ -83,7 +94,10 @@ def prepare_image_and_tracks(
     clip = cv2.resize(image, (rw, rh), interpolation=interp)[box[1] : box[1] + box[3], box[0] : box[0] + box[2]]
     model_image = cv2.resize(clip, (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)
     to_model = np.array([cfg.width / CLIP_WIDTH, cfg.height / CLIP_HEIGHT])
-    mapped = [((geometry.source_to_clip(t) + 0.5) * to_model - 0.5) for t in tracks]
+    if trajectory_space == "model":
+        mapped = tracks
+    else:
+        mapped = [((geometry.source_to_clip(t) + 0.5) * to_model - 0.5) for t in tracks]
     return PreparedInput(
         image=np.ascontiguousarray(model_image),
         tracks=user_tracks_to_array(mapped, cfg.num_frames),
