@@ -15,8 +15,8 @@ compute and memory as the released weights. Writes one JSON (``--out``) and prin
 1. **train**: the step of the `dense`, `camera` and `object` stages exactly as ``train_stage``
    builds it (StageModule, the frozen weights cast by the loop's own ``_cast_frozen``, Adam, bf16
    autocast), at 16×256×384: samples/s and peak memory per batch size, gradient checkpointing on
-   and off; the share of the step the frozen VAE's encode takes (what cached latents would
-   save); the step's FLOPs (``torch.utils.flop_counter``) and the MFU against the card's bf16
+   and off; the share of the step the frozen VAE's encode takes and the step from cached latents
+   (``latents=``, what ``ic cache-latents`` gives); the step's FLOPs (``torch.utils.flop_counter``) and the MFU against the card's bf16
    peak; the top kernels (``torch.profiler``) and the data loader's rate beside the step's.
 2. **generate**: seconds per 16-frame video (25 DDIM steps, CFG 7.5) in `camera`, `object`, and
    `object` with camera-free guidance (λ_trajs 1.3), the guidance's cost ÷ plain CFG, peak memory.
@@ -246,6 +246,19 @@ def section_train(cfg, dev: Device, args, budget: Budget, workdir: Path) -> dict
                         row.update(tflop_per_step=round(flops / 1e12, 3),
                                    mfu=round(flops / step_s / (peak * 1e12), 4) if peak else None,
                                    vae_encode_share=round(encode / step_s, 3))
+                        # The same step from cached latents (ic cache-latents): no VAE encode.
+                        from ic_model.models.codec import encode_video
+
+                        with torch.no_grad():
+                            cached = {**inputs, "pixels": None, "latents": encode_video(module.vae, inputs["pixels"])}
+                        dev.sync()
+                        t0 = time.perf_counter()
+                        for _ in range(steps):
+                            train_step(module, opt, cached, dev)
+                        dev.sync()
+                        cached_s = (time.perf_counter() - t0) / steps
+                        row.update(step_s_cached_latents=round(cached_s, 4),
+                                   samples_per_s_cached_latents=round(batch / cached_s, 3))
                 except dev.oom():
                     row.update(step_s=None, samples_per_s=None, peak_gib="OOM")
                     out["rows"].append(row)

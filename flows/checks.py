@@ -314,3 +314,21 @@ def check_convert_official(args) -> list[str]:
         except (ValueError, TypeError) as err:
             problems.append(f"--model: {err}")
     return problems
+
+
+def check_cache_latents(args) -> list[str]:
+    from ic_data.shards import shard_paths
+
+    problems: list[str] = []
+    try:
+        shard_paths(args.shards)
+    except FileNotFoundError as err:
+        problems.append(f"--shards {args.shards}: {err}")
+    run, cfg, usable = _read_run(problems, args.run)
+    if usable and cfg is None:
+        problems.append(f"--run {args.run}: not a run folder (no config.json)")
+    elif cfg is not None and cfg.preset != "sd15" and cfg.codec == "vae" and not _done(run, "vae"):
+        problems.append(f"--run {args.run}: its VAE is not trained yet (no finished vae stage)")
+    if args.out:
+        _writable_target(problems, "--out", args.out, want_dir=True)
+    return problems

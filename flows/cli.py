@@ -119,6 +119,18 @@ def _studio(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cache_latents(args: argparse.Namespace) -> int:
+    from flows.cache import cache_latents
+
+    state = cache_latents(shards=args.shards, run=args.run, out=args.out, device=args.device, dtype=args.dtype,
+                          return_state=True)
+    if not state.is_completed():
+        print(f"ic cache-latents: {state.message}", file=sys.stderr)
+        return 1
+    print(json.dumps(state.result(), indent=1))
+    return 0
+
+
 def _convert_official(args: argparse.Namespace) -> int:
     from ic_model.config import sd15_config
     from ic_model.models.official import convert_official
@@ -278,6 +290,15 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32", help="bf16/fp16: on a GPU")
     _official_flags(st)
     st.set_defaults(func=_studio, check=checks.check_studio)
+
+    ca = sub.add_parser("cache-latents", help="encode curated shards once with a run's VAE (training reads them)")
+    ca.add_argument("--shards", required=True, help="shard folder, glob or file")
+    ca.add_argument("--run", required=True, help="the run whose VAE encodes (sd15: its sd15_path)")
+    ca.add_argument("--out", default=None, help="default: RUN/latents/<VAE fingerprint>-<W>x<H>")
+    ca.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, …")
+    ca.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32",
+                    help="the VAE's dtype (train with the same mixed precision for latents identical to uncached)")
+    ca.set_defaults(func=_cache_latents, check=checks.check_cache_latents)
 
     co = sub.add_parser("convert-official", help="the released Image Conductor weights → a run folder")
     co.add_argument("official_dir", help="folder with unet.ckpt, image_controlnet.ckpt, flow_controlnet.ckpt")

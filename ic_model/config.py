@@ -264,6 +264,9 @@ class TrainConfig:
     shuffle_buffer: int = 64
     num_workers: int = 0
     pin_memory: bool = False  # page-locked batches for faster host→GPU copies (CUDA only)
+    # A folder of cached VAE latents of the shards (`ic cache-latents`): no mp4 decode and no VAE
+    # encode per step. "" = encode every step. Not for the `vae` stage, which trains the VAE.
+    latent_cache: str = ""
     caption_dropout: float = 0.1
     vae_frames_per_clip: int = 4
     # Timesteps: with this probability draw t from [high_noise_min_t, T) (MotionCtrl's trick).

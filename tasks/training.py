@@ -132,3 +132,22 @@ def publish_training(stage: str, run: str, summary: dict, max_rows: int = 40) ->
         key=f"train-{stage}-summary",
         description=f"Training summary for {stage}",
     )
+
+
+@task(name="cache-latents", cache_policy=NO_CACHE, tags=[GPU_TAG])
+def cache_latents_task(shards: str, run: str, out: str | None, device: str, dtype: str) -> dict:
+    """Encode the shards' frames once with the run's VAE; progress per shard in the UI."""
+    from ic_model.pipelines.image_conductor import DTYPES
+    from ic_model.training.latent_cache import cache_run_latents
+
+    log = get_run_logger()
+    artifact = create_progress_artifact(0.0, key="cache-latents-progress", description="Shards encoded")
+
+    def progress(shard: str, done: int, total: int) -> None:
+        update_progress_artifact(artifact, 100.0 * done / total)
+        log.info("%d/%d %s", done, total, shard)
+
+    stats = cache_run_latents(shards, run, out, device=device, dtype=DTYPES[dtype], progress=progress)
+    create_table_artifact([{k: str(v) for k, v in stats.items()}], key="cache-latents",
+                          description=f"Latent cache for {run}")
+    return stats

@@ -41,6 +41,7 @@ from ic_data.mp4 import decode_mp4
 from ic_data.shards import MEMBER_SUFFIXES, shard_paths
 from ic_data.trajectories import sample_sparse_tracks, tracks_to_flow_maps
 from ic_model.config import ModelConfig, TrainConfig
+from ic_model.training.latent_cache import LatentCacheReader, model_frames
 
 __all__ = [
     "TRACK_MODES",
@@ -73,7 +74,7 @@ def _bad(url: str, key: str, problem: str) -> ShardSampleError:
 class TrainBatch:
     """One collated batch. B clips of T frames at the model's H×W."""
 
-    pixels: torch.Tensor  # float32 (B, 3, T, H, W) in [-1, 1]
+    pixels: torch.Tensor | None  # float32 (B, 3, T, H, W) in [-1, 1]; None with a latent cache
     flow: torch.Tensor  # float32 (B, 2, T, H, W): trajectory maps (dx, dy) at the model size
     captions: list[str]  # "" where dropped for classifier-free guidance
     keys: list[str]
@@ -81,6 +82,7 @@ class TrainBatch:
     num_tracks: torch.Tensor  # int64 (B,): tracks drawn into ``flow``
     frame_indices: torch.Tensor  # int64 (B, T): the clip frames used
     track_indices: list[torch.Tensor | None]  # int64 indices per clip; None = all (dense)
+    latents: torch.Tensor | None = None  # (B, C, T, h, w) cached VAE latents of the frames, if cached
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -184,6 +186,8 @@ class ClipStream(IterableDataset):
         seed, rank, world_size: the stream of rank r is seeded by (seed, r); shards are
             resampled, so ranks need no shard split.
         skip_batches: global batches already consumed (checkpointed step × grad accumulation).
+        latent_cache: a folder written by ``ic cache-latents``: batches then carry the drawn
+            frames' cached VAE latents (``latents``) instead of decoded pixels (``pixels`` None).
     """
 
     def __init__(
@@ -203,6 +207,7 @@ class ClipStream(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         skip_batches: int = 0,
+        latent_cache: str | os.PathLike | None = None,
     ):
         super().__init__()
         if track_mode not in TRACK_MODES:
@@ -232,6 +237,7 @@ class ClipStream(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.skip_batches = skip_batches
+        self.latent_cache = LatentCacheReader(latent_cache) if latent_cache else None
 
     def __iter__(self) -> Iterator[TrainBatch]:
         info = get_worker_info()
@@ -306,22 +312,23 @@ class ClipStream(IterableDataset):
         if rng.random() < self.caption_dropout:
             caption = ""
 
-        try:
-            frames = decode_mp4(_member(sample, "mp4"))
-        except Exception as error:  # PyAV raises many types for corrupt data
-            raise _bad(url, key, f"undecodable mp4: {error}") from error
-        if frames.shape[0] != clip_len:
-            raise _bad(
-                url, key, f"the mp4 has {frames.shape[0]} frames but the tracks have {clip_len}"
-            )
-        clip_h, clip_w = frames.shape[1:3]
-        pixels = np.stack(
-            [
-                cv2.resize(frames[i], (cfg.width, cfg.height), interpolation=cv2.INTER_AREA)
-                for i in frame_indices
-            ]
-        )
-        pixels = pixels.astype(np.float32) / 127.5 - 1.0
+        pixels = latents = None
+        if self.latent_cache is not None:  # the frames' VAE latents, encoded once (no mp4 decode)
+            cached, (clip_h, clip_w) = self.latent_cache.clip(url, key)
+            if cached.shape[0] != clip_len:
+                raise _bad(url, key, f"the latent cache has {cached.shape[0]} frames but the tracks have {clip_len}")
+            latents = cached[torch.from_numpy(frame_indices)].permute(1, 0, 2, 3)
+        else:
+            try:
+                frames = decode_mp4(_member(sample, "mp4"))
+            except Exception as error:  # PyAV raises many types for corrupt data
+                raise _bad(url, key, f"undecodable mp4: {error}") from error
+            if frames.shape[0] != clip_len:
+                raise _bad(
+                    url, key, f"the mp4 has {frames.shape[0]} frames but the tracks have {clip_len}"
+                )
+            clip_h, clip_w = frames.shape[1:3]
+            pixels = model_frames(frames[frame_indices], cfg)
         # Tracks are in clip pixels; the maps are drawn at the model size.
         scaled = clip_tracks.astype(np.float64) * np.array([cfg.width / clip_w, cfg.height / clip_h])
         flow = tracks_to_flow_maps(
@@ -329,7 +336,8 @@ class ClipStream(IterableDataset):
             kernel_size=cfg.flow_kernel_size, sigma=cfg.flow_sigma,
         )
         return dict(
-            pixels=torch.from_numpy(pixels).permute(3, 0, 1, 2),
+            pixels=pixels,
+            latents=latents,
             flow=torch.from_numpy(flow),
             caption=caption,
             key=key,
@@ -342,7 +350,8 @@ class ClipStream(IterableDataset):
 
 def _collate(items: list[dict]) -> TrainBatch:
     return TrainBatch(
-        pixels=torch.stack([item["pixels"] for item in items]),
+        pixels=None if items[0]["pixels"] is None else torch.stack([item["pixels"] for item in items]),
+        latents=None if items[0]["latents"] is None else torch.stack([item["latents"] for item in items]),
         flow=torch.stack([item["flow"] for item in items]),
         captions=[item["caption"] for item in items],
         keys=[item["key"] for item in items],
@@ -383,6 +392,7 @@ def make_loader(
         rank=rank,
         world_size=world_size,
         skip_batches=skip_batches,
+        latent_cache=train_cfg.latent_cache or None,
     )
     return DataLoader(
         stream, batch_size=None, num_workers=train_cfg.num_workers, persistent_workers=False,

@@ -45,6 +45,7 @@ from ic_model.training.checkpoint import (
     save_checkpoint,
 )
 from ic_model.training.data import make_loader
+from ic_model.training.latent_cache import LatentCacheError, check_cache
 from ic_model.training.validation import filmstrip, validate
 from ic_model.training.run import (
     LORA_FILES,
@@ -123,13 +124,14 @@ class StageModule(nn.Module):
     def motion_controlnet(self):
         return self.denoiser.motion_controlnet
 
-    def forward(self, pixels, flow, input_ids, noise, timesteps):
+    def forward(self, pixels, flow, input_ids, noise, timesteps, latents=None):
+        """``latents``: the frames' cached VAE latents, instead of encoding ``pixels``."""
         if self.stage == "vae":
             return self._vae_losses(pixels, noise)
         with torch.no_grad():
             # The noise schedule in fp32 whatever the frozen VAE's dtype (as diffusers' training
             # scripts do): √ᾱ and √(1−ᾱ) in bf16 carry 3 significant digits.
-            latents = encode_video(self.vae, pixels).float()
+            latents = (encode_video(self.vae, pixels) if latents is None else latents).float()
             text = self.text_encoder(input_ids)[0]
         noise = noise.float()
         noisy = self.scheduler.add_noise(latents, noise, timesteps)
@@ -231,11 +233,12 @@ def vae_frames(pixels: torch.Tensor, per_clip: int, gen) -> torch.Tensor:
 
 @dataclass
 class StepInputs:
-    pixels: torch.Tensor
+    pixels: torch.Tensor | None
     flow: torch.Tensor
     input_ids: torch.Tensor
     noise: torch.Tensor
     timesteps: torch.Tensor
+    latents: torch.Tensor | None = None
 
 
 def make_step_inputs(batch, comps_tokenizer, cfg: ModelConfig, train_cfg: TrainConfig, gen, device):
@@ -249,12 +252,14 @@ def make_step_inputs(batch, comps_tokenizer, cfg: ModelConfig, train_cfg: TrainC
         noise = torch.randn(pixels.shape[0], cfg.latent_channels, h, w, generator=gen)
         timesteps = torch.zeros(pixels.shape[0], dtype=torch.long)
     else:
-        b, _, t = pixels.shape[:3]
+        b, t = batch.flow.shape[0], batch.flow.shape[2]
         h, w = cfg.latent_size
         noise = torch.randn(b, cfg.latent_channels, t, h, w, generator=gen)
         timesteps = sample_timesteps(b, cfg, train_cfg, gen)
+    latents = getattr(batch, "latents", None)
     return StepInputs(
-        pixels.to(device), batch.flow.to(device), ids.to(device), noise.to(device), timesteps.to(device)
+        None if pixels is None else pixels.to(device), batch.flow.to(device), ids.to(device), noise.to(device),
+        timesteps.to(device), None if latents is None else latents.to(device),
     )
 
 
@@ -348,6 +353,10 @@ def train_stage(
     if tracking:
         accelerator.init_trackers(stage, config=_hparams(train_cfg, cfg))
 
+    if train_cfg.latent_cache:
+        if stage == "vae":
+            raise LatentCacheError("the vae stage trains the VAE: it cannot read cached latents (latent_cache)")
+        check_cache(train_cfg.latent_cache, module.vae, cfg)  # built by this VAE at this size
     track_mode, camera_only = STAGE_DATA[stage]
     accum = train_cfg.grad_accum_steps
     loader = make_loader(
@@ -399,7 +408,8 @@ def train_stage(
             with sync:
                 with accelerator.autocast():
                     losses = wrapped(
-                        inputs.pixels, inputs.flow, inputs.input_ids, inputs.noise, inputs.timesteps
+                        inputs.pixels, inputs.flow, inputs.input_ids, inputs.noise, inputs.timesteps,
+                        inputs.latents,
                     )
                 accelerator.backward(losses["loss"] / accum)
             for k, v in losses.items():  # on the device: read back only when logged

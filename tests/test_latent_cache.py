@@ -1,0 +1,114 @@
+"""Cached VAE latents: the same batches as encoding every step (same frames, tracks, noise), the
+same training losses, and one clear error for a cache of another VAE or a changed shard."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ic_model.config import TrainConfig, save_json
+from ic_model.models import sd15
+from ic_model.models.codec import encode_video
+from ic_model.models.tokenizer import clip_tokenizer
+from ic_model.training.data import ClipStream
+from ic_model.training.latent_cache import (
+    LatentCacheError,
+    cache_run_latents,
+    check_cache,
+    load_run_vae,
+)
+from ic_model.training.loop import train_stage
+
+
+@pytest.fixture(scope="module")
+def sd15_run(tmp_path_factory):
+    """An sd15 run of the mini networks (SD 1.5's block layout at minimal widths)."""
+    root = tmp_path_factory.mktemp("sd15_cache")
+    torch.manual_seed(0)
+    with sd15.mini_architecture():
+        sd15.sd15_unet_2d().save_pretrained(root / "sd15" / "unet")
+        sd15.sd15_vae().save_pretrained(root / "sd15" / "vae")
+        sd15.sd15_text_encoder().save_pretrained(root / "sd15" / "text_encoder")
+        sd15.animatediff_v3_adapter().save_pretrained(root / "adapter")
+        sd15.sparsectrl_rgb().save_pretrained(root / "sparsectrl")
+    clip_tokenizer().save_pretrained(root / "sd15" / "tokenizer")
+    cfg = sd15.mini_config(sd15_path=str(root / "sd15"), motion_adapter_path=str(root / "adapter"),
+                           sparsectrl_rgb_path=str(root / "sparsectrl"))
+    run = root / "run"
+    save_json(run / "config.json", cfg.to_dict())
+    return run, cfg
+
+
+@pytest.fixture(scope="module")
+def cache(sd15_run, training_shards):
+    run, _ = sd15_run
+    with sd15.mini_architecture():
+        stats = cache_run_latents(str(training_shards), run)
+    return stats
+
+
+def _stream(cfg, shards, **kw):
+    return ClipStream(str(shards), cfg, batch_size=2, track_mode="sparse", frame_stride=4, seed=3, **kw)
+
+
+def test_cached_batches_are_the_encoded_frames(sd15_run, training_shards, cache):
+    run, cfg = sd15_run
+    assert cache["clips"] > 0 and cache["cached"] == cache["shards"]
+    assert json.loads((Path(cache["cache"]) / "cache.json").read_text())["width"] == cfg.width
+    with sd15.mini_architecture():
+        vae, _ = load_run_vae(run)
+    plain, cached = iter(_stream(cfg, training_shards)), iter(_stream(cfg, training_shards, latent_cache=cache["cache"]))
+    for _ in range(3):
+        a, b = next(plain), next(cached)
+        assert b.pixels is None and a.keys == b.keys
+        assert torch.equal(a.frame_indices, b.frame_indices) and torch.equal(a.flow, b.flow)
+        with torch.no_grad():
+            encoded = encode_video(vae, a.pixels)
+        # Each frame is encoded alone: only the convolution kernels' batch size differs.
+        torch.testing.assert_close(b.latents, encoded, rtol=1e-5, atol=1e-5)
+
+
+def test_a_stage_trains_the_same_from_the_cache(sd15_run, training_shards, cache, tmp_path):
+    run, cfg = sd15_run
+    losses = {}
+    for name, option in (("encoded", ""), ("cached", cache["cache"])):
+        target = tmp_path / name
+        shutil.copytree(run, target)
+        train_cfg = TrainConfig(steps=2, batch_size=1, log_every=1, save_every=1000, frame_stride=4, seed=1,
+                                gradient_checkpointing=False, num_workers=0, report_to="none", latent_cache=option)
+        with sd15.mini_architecture():
+            losses[name] = train_stage("dense", str(training_shards), target, train_cfg)["final_loss"]
+    assert np.isclose(losses["cached"], losses["encoded"], rtol=1e-4), losses
+
+
+def test_a_cache_of_another_vae_or_a_changed_shard_is_one_clear_error(sd15_run, training_shards, cache, tmp_path):
+    run, cfg = sd15_run
+    with sd15.mini_architecture():
+        vae, _ = load_run_vae(run)
+        check_cache(cache["cache"], vae, cfg)  # its own VAE passes
+        with torch.no_grad():
+            next(vae.parameters()).add_(0.1)
+        with pytest.raises(LatentCacheError, match="another VAE"):
+            check_cache(cache["cache"], vae, cfg)
+    shards = tmp_path / "shards"
+    shutil.copytree(training_shards, shards)  # new files: the cache knows none of them
+    with pytest.raises(LatentCacheError, match="rerun `ic cache-latents`"):
+        next(iter(_stream(cfg, shards, latent_cache=cache["cache"])))
+
+
+def test_ic_cache_latents_is_resumable_and_checks_its_input(prefect_api, sd15_run, training_shards, cache, capsys,
+                                                            tmp_path):
+    from flows import cli
+
+    run, _ = sd15_run
+    with sd15.mini_architecture():
+        assert cli.main(["cache-latents", "--shards", str(training_shards), "--run", str(run)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["cache"] == cache["cache"] and result["skipped"] == result["shards"] and result["cached"] == 0
+    assert cli.main(["cache-latents", "--shards", str(tmp_path / "none"), "--run", str(tmp_path / "norun")]) == 2
+    err = capsys.readouterr().err
+    assert "--shards" in err and "--run" in err and "Traceback" not in err
