@@ -6,11 +6,13 @@ its default codec; the lossless space-to-depth codec has nothing to train).
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
+from pydantic import Field
 
-from ic_model.config import train_config
+from flows.params import ModelOptions, TrainOptions, WeightPaths, as_dict
+from ic_model.config import read_config_file, train_config
 from ic_model.training.run import check_prerequisite, run_model_config
 from tasks.training import publish_training, run_stage
 
@@ -26,22 +28,23 @@ def flow_train_config(preset: str, options: dict | None, **explicit):
 @flow(name="train-stage", log_prints=True)
 def train_stage_flow(
     stage: Stage,
-    shards: str | list[str],
-    run: str,
+    shards: str | list[str] | None = None,
+    run: str | None = None,
     preset: Literal["tiny", "sd15"] | None = None,
-    steps: int | None = None,
-    batch_size: int | None = None,
-    learning_rate: float | None = None,
-    grad_accum_steps: int | None = None,
-    num_processes: int = 1,
+    steps: Annotated[int | None, Field(ge=1)] = None,
+    batch_size: Annotated[int | None, Field(ge=1)] = None,
+    learning_rate: Annotated[float | None, Field(gt=0)] = None,
+    grad_accum_steps: Annotated[int | None, Field(ge=1)] = None,
+    num_processes: Annotated[int | None, Field(ge=1)] = None,
     mixed_precision: Literal["no", "fp16", "bf16"] | None = None,
     gradient_checkpointing: bool | None = None,
     seed: int | None = None,
     report_to: Literal["tensorboard", "wandb", "none"] | None = None,
-    validate_every: int | None = None,
-    options: dict | None = None,
-    weights: dict | None = None,
-    model: dict | None = None,
+    validate_every: Annotated[int | None, Field(ge=0)] = None,
+    options: TrainOptions | None = None,
+    weights: WeightPaths | None = None,
+    model: ModelOptions | None = None,
+    config: str | None = None,
 ) -> dict:
     """Train STAGE on SHARDS into RUN/STAGE/ (resuming if a checkpoint is there).
 
@@ -51,8 +54,21 @@ def train_stage_flow(
     ``options`` sets any other TrainConfig field (e.g. ortho_weight, save_every); ``weights``
     sets the sd15 paths (sd15_path, motion_adapter_path, sparsectrl_rgb_path); ``model`` sets
     ModelConfig fields of a new run (e.g. codec="space_to_depth"), which an existing run must match.
+    ``config``: a training config file (YAML, as ``ic train --config``) filling what the other
+    parameters leave unset: a parameter wins over the file, ``options``/``model`` key by key.
     """
-    model_cfg = run_model_config(run, preset, **(model or {}), **(weights or {}))
+    options, weights, model = as_dict(options), as_dict(weights), as_dict(model)
+    if config:
+        spec = read_config_file(config, stage)
+        shards = shards if shards is not None else spec.get("shards")
+        run = run if run is not None else spec.get("run")
+        preset = preset or spec.get("preset")
+        num_processes = num_processes or spec.get("num_processes")
+        options, weights, model = {**spec["train"], **options}, {**spec["weights"], **weights}, {**spec["model"], **model}
+    missing = [name for name, value in (("shards", shards), ("run", run)) if value is None]
+    if missing:
+        raise ValueError(f"train-stage needs {' and '.join(missing)} (as parameters or in the config file)")
+    model_cfg = run_model_config(run, preset, **model, **weights)
     check_prerequisite(run, model_cfg, stage)  # fail in seconds, before any GPU is taken
     # None: the preset's default (sd15: batch 1, bf16, gradient checkpointing; tiny: batch 4, fp32).
     train_cfg = flow_train_config(
@@ -60,7 +76,7 @@ def train_stage_flow(
         grad_accum_steps=grad_accum_steps, mixed_precision=mixed_precision,
         gradient_checkpointing=gradient_checkpointing, seed=seed, report_to=report_to, validate_every=validate_every,
     )
-    summary = run_stage(stage, shards, run, train_cfg, model_cfg, num_processes)
+    summary = run_stage(stage, shards, run, train_cfg, model_cfg, num_processes or 1)
     publish_training(stage, run, summary)
     get_run_logger().info("%s done: loss %s → %s", stage, summary.get("first_loss"), summary.get("final_loss"))
     return summary

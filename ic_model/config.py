@@ -32,6 +32,35 @@ CHOICES = {
     "motion_norm": ("joint", "per_frame"),
 }
 
+# The TrainConfig fields that take one of a few names (the first is the default).
+TRAIN_CHOICES = {
+    "mixed_precision": ("no", "fp16", "bf16"),
+    "ortho_mode": ("paper", "cross"),
+    "report_to": ("tensorboard", "wandb", "none"),
+}
+
+# Bounds of numeric fields (inclusive "ge"/"le", exclusive "gt"), for typed forms and checks.
+TRAIN_BOUNDS = {
+    "steps": {"ge": 1}, "batch_size": {"ge": 1}, "grad_accum_steps": {"ge": 1}, "learning_rate": {"gt": 0},
+    "adam_weight_decay": {"ge": 0}, "warmup_steps": {"ge": 0}, "max_grad_norm": {"ge": 0},
+    "frame_stride": {"ge": 1}, "min_tracks": {"ge": 1}, "max_tracks": {"ge": 1}, "shuffle_buffer": {"ge": 1},
+    "num_workers": {"ge": 0}, "caption_dropout": {"ge": 0, "le": 1}, "vae_frames_per_clip": {"ge": 1},
+    "high_noise_prob": {"ge": 0, "le": 1}, "high_noise_min_t": {"ge": 0}, "motion_loss_weight": {"ge": 0},
+    "ortho_weight": {"ge": 0}, "kl_weight": {"ge": 0}, "validate_every": {"ge": 0},
+    "validation_guidance_scale": {"ge": 0}, "log_every": {"ge": 1}, "save_every": {"ge": 1},
+    "keep_checkpoints": {"ge": 1},
+}
+MODEL_BOUNDS = {
+    "width": {"ge": 8}, "height": {"ge": 8}, "num_frames": {"ge": 2}, "flow_kernel_size": {"ge": 1},
+    "flow_sigma": {"gt": 0}, "flow_gain": {"gt": 0}, "num_train_timesteps": {"ge": 1}, "beta_start": {"gt": 0},
+    "beta_end": {"gt": 0}, "layers_per_block": {"ge": 1}, "norm_num_groups": {"ge": 1},
+    "attention_head_dim": {"ge": 1}, "motion_num_attention_heads": {"ge": 1}, "cross_attention_dim": {"ge": 1},
+    "space_to_depth_factor": {"ge": 1}, "vae_layers_per_block": {"ge": 1}, "vae_norm_num_groups": {"ge": 1},
+    "latent_channels": {"ge": 1}, "latent_scaling_factor": {"gt": 0}, "text_hidden_size": {"ge": 1},
+    "text_layers": {"ge": 1}, "text_heads": {"ge": 1}, "text_intermediate_size": {"ge": 1},
+    "max_text_tokens": {"ge": 1}, "lora_rank": {"ge": 1}, "lora_alpha": {"gt": 0},
+}
+
 # Environment variables that may fill the sd15 weight paths (the flow/CLI settings win).
 WEIGHT_ENV = {
     "sd15_path": "IC_SD15_PATH",
@@ -432,6 +461,9 @@ def load_json(path: str | os.PathLike) -> dict:
 
 
 __all__ = [
+    "MODEL_BOUNDS",
+    "TRAIN_BOUNDS",
+    "TRAIN_CHOICES",
     "ConfigFileError",
     "DEFAULT_LORA_TARGETS",
     "LORA_STAGES",

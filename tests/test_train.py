@@ -275,6 +275,54 @@ def test_training_curves_reach_tensorboard_and_a_progress_bar(training_shards, t
         train_stage("base", str(training_shards), run, TrainConfig(stage="base", steps=1, report_to="mlflow"), cfg)
 
 
+def test_wandb_offline_writes_its_run_folder_with_the_logged_losses(training_shards, tmp_path, monkeypatch):
+    """--report-to wandb without a network (WANDB_MODE=offline): a local run folder whose history
+    holds the logged losses. Runs where wandb is installed (it is not a dependency)."""
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb"))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    (tmp_path / "wandb").mkdir()
+    run = tmp_path / "run"
+    cfg = run_model_config(run, "tiny", num_frames=TEST_FRAMES)
+    tc = TrainConfig(stage="vae", steps=2, batch_size=1, log_every=1, save_every=1000, vae_frames_per_clip=1,
+                     report_to="wandb")
+    train_stage("vae", str(training_shards), run, tc, cfg)
+    runs = list((tmp_path / "wandb").rglob("offline-run-*"))
+    assert len(runs) == 1, runs
+    records = [json.loads(x) for x in (run / "vae" / "metrics.jsonl").read_text().splitlines()]
+    history = [h for h in _wandb_history(next(runs[0].glob("*.wandb"))) if "train/loss" in h]
+    assert [h["_step"] for h in history] == [r["step"] for r in records] == [1, 2]
+    for key in ("loss", "mse", "kl", "lr", "grad_norm"):
+        assert [h[f"train/{key}"] for h in history] == pytest.approx([r[key] for r in records], rel=1e-6), key
+
+
+def _wandb_history(path) -> list[dict]:
+    """The history rows of an offline ``.wandb`` file: a 7-byte header (":W&B", magic, version),
+    then LevelDB-log records (crc32, length, type; 32 KiB blocks) of wandb's protobuf ``Record``."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    rows, pos, pending = [], 7, b""
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        if left < 7:  # block trailer padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        chunk, pos = data[pos + 7:pos + 7 + length], pos + 7 + length
+        pending = chunk if kind in (1, 2) else pending + chunk  # FULL/FIRST start, MIDDLE/LAST continue
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            if record.WhichOneof("record_type") == "history":
+                rows.append({i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in record.history.item})
+    return rows
+
+
 def test_validation_samples_start_at_step_0_and_score_as_the_evaluate_flow(training_shards, tmp_path):
     """--validate-every N: the stage's held-out case at steps 0, N, 2N… from the weights being
     trained; the last one's ObjMC is what evaluating the finished run gives for that case and seed."""

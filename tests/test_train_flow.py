@@ -93,3 +93,41 @@ def test_validation_samples_reach_the_ui_while_the_stage_trains(prefect_api, tra
     assert "data:image/gif;base64," in artifact.data
     steps = [json.loads(x)["step"] for x in (run / "base" / "validation.jsonl").read_text().splitlines()]
     assert steps == [0, 2]
+
+
+def test_the_train_stage_deployment_form_has_typed_validated_fields(prefect_api, training_shards, tmp_path):
+    """What the UI's Run form is built from: the deployment's parameter schema, read back from
+    the Prefect API, names every TrainConfig/ModelConfig field with its choices and bounds."""
+    from prefect.client.orchestration import get_client
+
+    train_stage_flow.to_deployment(name="dense", parameters={"stage": "dense"}).apply()
+    with get_client(sync_client=True) as client:
+        schema = client.read_deployment_by_name("train-stage/dense").parameter_openapi_schema
+    defs = schema.get("definitions") or schema.get("$defs")
+    train = defs["TrainOptions"]["properties"]
+    assert {"ortho_weight", "latent_cache", "frame_stride", "motion_loss_weight"} <= set(train)
+    assert {"enum": ["no", "fp16", "bf16"], "type": "string"} in train["mixed_precision"]["anyOf"]
+    assert {"minimum": 1, "type": "integer"} in train["batch_size"]["anyOf"]
+    model = defs["ModelOptions"]["properties"]
+    assert {"enum": ["joint", "per_frame"], "type": "string"} in model["motion_norm"]["anyOf"]
+    assert "sd15_path" in defs["WeightPaths"]["properties"] and "sd15_path" not in model
+    assert {"minimum": 1, "type": "integer"} in schema["properties"]["steps"]["anyOf"]
+
+    # The form's validation is the flow's: an unknown option or a value out of bounds is refused.
+    for bad in ({"options": {"ortho_wieght": 1.0}}, {"options": {"caption_dropout": 2.0}}, {"steps": 0}):
+        state = train_stage_flow(stage="dense", shards=str(training_shards), run=str(tmp_path / "r"),
+                                 return_state=True, **bad)
+        assert state.is_failed()
+        assert not (tmp_path / "r").exists()
+
+
+def test_the_flow_takes_the_same_config_file_as_ic_train(prefect_api, training_shards, tmp_path):
+    run = tmp_path / "run"
+    config = tmp_path / "train.yaml"
+    config.write_text(f"preset: tiny\nrun: {run}\nshards: {training_shards}\nmodel:\n  num_frames: 8\n"
+                      "train:\n  batch_size: 1\n  log_every: 1\n  vae_frames_per_clip: 1\nstages:\n  vae:\n    steps: 2\n")
+    state = train_stage_flow(stage="vae", config=str(config), options={"seed": 3}, return_state=True)
+    assert state.is_completed(), state.message
+    saved = json.loads((run / "vae" / "train_config.json").read_text())
+    assert saved["steps"] == 2 and saved["batch_size"] == 1 and saved["seed"] == 3
+    assert json.loads((run / "config.json").read_text())["num_frames"] == 8
