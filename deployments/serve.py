@@ -3,7 +3,7 @@
     PREFECT_API_URL=http://127.0.0.1:4200/api python deployments/serve.py
 
 Deployments: curate/webvid, curate/realestate10k, train-stage/{vae,base,dense,sparse,camera,
-object}, evaluate/camera, evaluate/object, generate/batch, and demo/demo (the whole chain at toy
+object}, cache-latents/shards, evaluate/camera, evaluate/object, generate/batch, and demo/demo (the whole chain at toy
 scale; `-p scale=proof` for the proof run). Set IC_DASK_ADDRESS=tcp://host:8786 to run curation chunk tasks on a Dask cluster.
 Training tasks carry the `gpu` tag; IC_GPU_SLOTS (default 1) sets its concurrency limit so two
 stages never share a GPU.
@@ -16,6 +16,7 @@ from prefect import serve
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
+from flows.cache import cache_latents
 from flows.curate import curate
 from flows.demo import demo
 from flows.evaluate import evaluate
@@ -58,6 +59,8 @@ def deployments():
                 description=f"FID, FVD and {'CamMC' if set_name == 'camera' else 'ObjMC'} on the paper's {set_name} set.",
             )
         )
+    found.append(cache_latents.to_deployment(name="shards", tags=["training"],
+                                             description="Encode curated shards once with a run's VAE (latent_cache)."))
     found.append(generate.to_deployment(name="batch", tags=["inference"],
                                         description="A batch of image + prompt + trajectories requests."))
     found.append(demo.to_deployment(name="demo", tags=["demo"],
