@@ -136,6 +136,15 @@ def train_step(module, opt, inputs: dict, dev: Device, autocast: bool = True) ->
     return losses["loss"].detach()
 
 
+def seconds_per_step(module, opt, inputs: dict, dev: Device, steps: int) -> float:
+    dev.sync()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        train_step(module, opt, inputs, dev)
+    dev.sync()
+    return (time.perf_counter() - t0) / steps
+
+
 def set_checkpointing(module: StageModule, on: bool) -> None:
     for m in (module.denoiser.unet, module.denoiser.image_controlnet, module.motion_controlnet):
         if not getattr(m, "_supports_gradient_checkpointing", False):
@@ -233,12 +242,7 @@ def section_train(cfg, dev: Device, args, budget: Budget, workdir: Path) -> dict
                     dev.reset_peak()
                     inputs = step_inputs(cfg, batch, dev)
                     train_step(module, opt, inputs, dev)  # kernel selection, allocator warm-up
-                    dev.sync()
-                    t0 = time.perf_counter()
-                    for _ in range(steps):
-                        train_step(module, opt, inputs, dev)
-                    dev.sync()
-                    step_s = (time.perf_counter() - t0) / steps
+                    step_s = seconds_per_step(module, opt, inputs, dev, steps)
                     row.update(step_s=round(step_s, 4), samples_per_s=round(batch / step_s, 3), peak_gib=dev.peak_gib())
                     if checkpointing and batch in (1, max(stage_batches)):
                         flops = step_flops(module, opt, inputs, dev)
@@ -251,12 +255,7 @@ def section_train(cfg, dev: Device, args, budget: Budget, workdir: Path) -> dict
 
                         with torch.no_grad():
                             cached = {**inputs, "pixels": None, "latents": encode_video(module.vae, inputs["pixels"])}
-                        dev.sync()
-                        t0 = time.perf_counter()
-                        for _ in range(steps):
-                            train_step(module, opt, cached, dev)
-                        dev.sync()
-                        cached_s = (time.perf_counter() - t0) / steps
+                        cached_s = seconds_per_step(module, opt, cached, dev, steps)
                         row.update(step_s_cached_latents=round(cached_s, 4),
                                    samples_per_s_cached_latents=round(batch / cached_s, 3))
                 except dev.oom():

@@ -166,3 +166,25 @@ def tiny_run(tmp_path_factory, training_shards):
     for stage in cfg.stages:
         summaries[stage] = train_stage(stage, str(training_shards), run, overfit_config(stage), cfg)
     return run, summaries
+
+
+@pytest.fixture(scope="session")
+def mini_sd15_weights(tmp_path_factory):
+    """The sd15 preset's weight folders at minimal widths (SD 1.5's block layout, random weights,
+    saved as diffusers folders): {sd15_path, motion_adapter_path, sparsectrl_rgb_path}."""
+    import torch
+
+    from ic_model.models import sd15
+    from ic_model.models.tokenizer import clip_tokenizer
+
+    root = tmp_path_factory.mktemp("sd15_mini")
+    torch.manual_seed(0)
+    with sd15.mini_architecture():
+        sd15.sd15_unet_2d().save_pretrained(root / "sd15" / "unet")
+        sd15.sd15_vae().save_pretrained(root / "sd15" / "vae")
+        sd15.sd15_text_encoder().save_pretrained(root / "sd15" / "text_encoder")
+        sd15.animatediff_v3_adapter().save_pretrained(root / "adapter")
+        sd15.sparsectrl_rgb().save_pretrained(root / "sparsectrl")
+    clip_tokenizer().save_pretrained(root / "sd15" / "tokenizer")
+    return {"sd15_path": str(root / "sd15"), "motion_adapter_path": str(root / "adapter"),
+            "sparsectrl_rgb_path": str(root / "sparsectrl")}

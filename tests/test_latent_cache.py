@@ -13,7 +13,6 @@ import torch
 from ic_model.config import TrainConfig, save_json
 from ic_model.models import sd15
 from ic_model.models.codec import encode_video
-from ic_model.models.tokenizer import clip_tokenizer
 from ic_model.training.data import ClipStream
 from ic_model.training.latent_cache import (
     LatentCacheError,
@@ -25,20 +24,10 @@ from ic_model.training.loop import train_stage
 
 
 @pytest.fixture(scope="module")
-def sd15_run(tmp_path_factory):
+def sd15_run(tmp_path_factory, mini_sd15_weights):
     """An sd15 run of the mini networks (SD 1.5's block layout at minimal widths)."""
-    root = tmp_path_factory.mktemp("sd15_cache")
-    torch.manual_seed(0)
-    with sd15.mini_architecture():
-        sd15.sd15_unet_2d().save_pretrained(root / "sd15" / "unet")
-        sd15.sd15_vae().save_pretrained(root / "sd15" / "vae")
-        sd15.sd15_text_encoder().save_pretrained(root / "sd15" / "text_encoder")
-        sd15.animatediff_v3_adapter().save_pretrained(root / "adapter")
-        sd15.sparsectrl_rgb().save_pretrained(root / "sparsectrl")
-    clip_tokenizer().save_pretrained(root / "sd15" / "tokenizer")
-    cfg = sd15.mini_config(sd15_path=str(root / "sd15"), motion_adapter_path=str(root / "adapter"),
-                           sparsectrl_rgb_path=str(root / "sparsectrl"))
-    run = root / "run"
+    cfg = sd15.mini_config(**mini_sd15_weights)
+    run = tmp_path_factory.mktemp("sd15_cache") / "run"
     save_json(run / "config.json", cfg.to_dict())
     return run, cfg
 

@@ -12,23 +12,12 @@ from diffusers import DDPMScheduler
 
 from ic_model.config import TrainConfig
 from ic_model.models import sd15
-from ic_model.models.tokenizer import clip_tokenizer
 from ic_model.training.loop import StageModule, train_stage
 
 
 @pytest.fixture(scope="module")
-def mini_weights(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sd15_mini")
-    torch.manual_seed(0)
-    with sd15.mini_architecture():  # SD 1.5's layout at minimal widths, saved as diffusers folders
-        sd15.sd15_unet_2d().save_pretrained(root / "sd15" / "unet")
-        sd15.sd15_vae().save_pretrained(root / "sd15" / "vae")
-        sd15.sd15_text_encoder().save_pretrained(root / "sd15" / "text_encoder")
-        sd15.animatediff_v3_adapter().save_pretrained(root / "adapter")
-        sd15.sparsectrl_rgb().save_pretrained(root / "sparsectrl")
-    clip_tokenizer().save_pretrained(root / "sd15" / "tokenizer")
-    return {"sd15_path": str(root / "sd15"), "motion_adapter_path": str(root / "adapter"),
-            "sparsectrl_rgb_path": str(root / "sparsectrl")}
+def mini_weights(mini_sd15_weights):
+    return mini_sd15_weights
 
 
 def _cfg(weights):
