@@ -276,7 +276,7 @@ def test_corrupt_truncated_and_foreign_files_are_one_clear_error(tmp_path, mini_
     torch.save({"weights": Payload()}, pickled)
     strings = tmp_path / "strings.ckpt"
     torch.save({"conv_in.weight": torch.zeros(1), "note": [1, 2]}, strings)
-    for path, words in ((empty, "empty"), (garbage, "unreadable"), (truncated, "unreadable"),
+    for path, words in ((empty, "empty"), (garbage, "not a PyTorch checkpoint"), (truncated, "truncated"),
                         (pickled, "not a plain tensor checkpoint"), (strings, "neither tensors")):
         with pytest.raises(OfficialWeightsError, match=words) as info:
             read_official_checkpoint(path)

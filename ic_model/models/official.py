@@ -93,6 +93,8 @@ def read_official_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]
     if not is_zip:
         with open(path, "rb") as f:
             head = f.read(2)
+        if head == b"PK":
+            raise OfficialWeightsError(f"{path}: unreadable: a truncated or damaged zip archive (no central directory)")
         if head[:1] != b"\x80":  # torch's legacy format is a pickle (protocol ≥ 2) from its first byte
             raise OfficialWeightsError(f"{path}: unreadable: not a PyTorch checkpoint (neither a zip archive nor a pickle)")
     obj = None
