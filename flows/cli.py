@@ -150,6 +150,8 @@ def resolve_official(args: argparse.Namespace) -> list[str]:
     if official is None:
         if getattr(args, "run", None) is None:
             return ["one of --run RUN or --official DIR is required"]
+        if getattr(args, "sd15_path", None):
+            return ["--sd15-path goes with --official (a run keeps its own weight paths in RUN/config.json)"]
         return []
     if args.run is not None:
         return ["give --run or --official, not both"]
@@ -162,6 +164,10 @@ def resolve_official(args: argparse.Namespace) -> list[str]:
         ))
     except OfficialWeightsError as err:
         return [f"--official {err}"]
+    except Exception as err:  # e.g. a full disk while writing the converted run
+        if args.debug:
+            raise
+        return [f"--official {official}: the conversion failed ({type(err).__name__}: {err})"]
     return []
 
 

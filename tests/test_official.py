@@ -379,6 +379,8 @@ def test_ic_generate_and_studio_take_the_released_weights(prefect_api, capsys, m
     assert launched["run"] == str(runs[0])
     assert cli.main(["studio", "--official", str(mini_release["dir"]), "--run", str(runs[0])]) == 2
     assert "not both" in capsys.readouterr().err
+    assert cli.main(["studio", "--run", str(runs[0]), "--sd15-path", mini_release["sd15_path"]]) == 2
+    assert "--sd15-path goes with --official" in capsys.readouterr().err
     assert cli.main(["generate", "--image", str(image), "--trajectories", str(traj), "--out", "x.mp4"]) == 2
     assert "one of --run RUN or --official DIR is required" in capsys.readouterr().err
 
