@@ -58,9 +58,9 @@ class WeightPaths(BaseModel):
     """Local paths of the sd15 preset's pretrained weights (folders or original checkpoints)."""
 
     model_config = ConfigDict(extra="forbid")
-    sd15_path: Optional[str] = Field(default=None, description="SD 1.5 folder or .ckpt/.safetensors")
-    motion_adapter_path: Optional[str] = Field(default=None, description="AnimateDiff v3 MotionAdapter folder or v3_sd15_mm.ckpt")
-    sparsectrl_rgb_path: Optional[str] = Field(default=None, description="SparseCtrl RGB folder or .ckpt")
+    sd15_path: str | None = Field(default=None, description="SD 1.5 folder or .ckpt/.safetensors")
+    motion_adapter_path: str | None = Field(default=None, description="AnimateDiff v3 MotionAdapter folder or v3_sd15_mm.ckpt")
+    sparsectrl_rgb_path: str | None = Field(default=None, description="SparseCtrl RGB folder or .ckpt")
 
 
 def as_dict(value) -> dict:

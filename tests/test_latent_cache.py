@@ -62,7 +62,7 @@ def test_cached_batches_are_the_encoded_frames(sd15_run, training_shards, cache)
 
 
 def test_a_stage_trains_the_same_from_the_cache(sd15_run, training_shards, cache, tmp_path):
-    run, cfg = sd15_run
+    run, _ = sd15_run
     losses = {}
     for name, option in (("encoded", ""), ("cached", cache["cache"])):
         target = tmp_path / name

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import Iterator, Sequence
 
-import cv2
 import numpy as np
 import torch
 import webdataset as wds
