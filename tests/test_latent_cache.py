@@ -3,6 +3,7 @@ same training losses, and one clear error for a cache of another VAE or a change
 from __future__ import annotations
 
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -59,6 +60,11 @@ def test_cached_batches_are_the_encoded_frames(sd15_run, training_shards, cache)
             encoded = encode_video(vae, a.pixels)
         # Each frame is encoded alone: only the convolution kernels' batch size differs.
         torch.testing.assert_close(b.latents, encoded, rtol=1e-5, atol=1e-5)
+    # A stream that has opened cache files still goes to DataLoader workers (they reopen them).
+    stream = _stream(cfg, training_shards, latent_cache=cache["cache"])
+    first = next(iter(stream))
+    again = next(iter(pickle.loads(pickle.dumps(stream))))
+    assert torch.equal(first.latents, again.latents)
 
 
 def test_a_stage_trains_the_same_from_the_cache(sd15_run, training_shards, cache, tmp_path):

@@ -197,6 +197,9 @@ class LatentCacheReader:
         self.cache_dir = Path(cache_dir)
         self._files: dict[str, object] = {}
 
+    def __getstate__(self) -> dict:  # DataLoader workers reopen the files they need
+        return {"cache_dir": self.cache_dir, "_files": {}}
+
     def clip(self, shard_url: str, key: str) -> tuple[torch.Tensor, tuple[int, int]]:
         """(clip frames, C, h, w) latents of sample ``key`` of the shard at ``shard_url``, and the
         clip's (H, W) in pixels."""
