@@ -15,6 +15,13 @@ from ic_data.synthetic import CameraMotion, MovingObject, concat_shots, linear_p
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# Loading Prefect's API (prefect.main, on the first `from prefect import flow`) configures its
+# logging, binding its console handler to sys.stderr as it is at that moment. Loaded first inside
+# a test that uses capsys, that is the test's capture stream, closed when the test ends: every
+# later flow's log line then fails (a RecursionError in rich). Load it here, on the session's.
+with contextlib.suppress(ImportError):
+    import prefect.main  # noqa: F401
+
 
 @contextlib.contextmanager
 def prefect_harness():

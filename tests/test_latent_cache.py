@@ -95,6 +95,29 @@ def test_a_cache_of_another_vae_or_a_changed_shard_is_one_clear_error(sd15_run, 
         next(iter(_stream(cfg, shards, latent_cache=cache["cache"])))
 
 
+def test_a_corrupt_clip_stops_the_cache_naming_it_and_keeps_the_shards_before_it(sd15_run, training_shards, tmp_path):
+    import io
+    import tarfile
+
+    from ic_data.shards import shard_paths
+    from ic_model.training.latent_cache import build_latent_cache, shard_cache_file
+
+    run, cfg = sd15_run
+    bad = tmp_path / "zz-bad.tar"
+    with tarfile.open(bad, "w") as tar:
+        payload = b"not an mp4 at all"
+        info = tarfile.TarInfo("clip7.mp4")
+        info.size = len(payload)
+        tar.addfile(info, io.BytesIO(payload))
+    good = shard_paths(str(training_shards))[0]
+    with sd15.mini_architecture():
+        vae, _ = load_run_vae(run)
+        with pytest.raises(LatentCacheError, match="sample 'clip7': undecodable mp4"):
+            build_latent_cache([good, str(bad)], vae, cfg, tmp_path / "cache")
+    assert shard_cache_file(tmp_path / "cache", good).is_file()
+    assert not shard_cache_file(tmp_path / "cache", bad).exists()
+
+
 def test_ic_cache_latents_is_resumable_and_checks_its_input(prefect_api, sd15_run, training_shards, cache, capsys,
                                                             tmp_path):
     from flows import cli

@@ -163,7 +163,7 @@ def converted(mini_release, tmp_path_factory):
     return run, summary
 
 
-def test_conversion_writes_a_run_every_command_can_use(converted, mini_release):
+def test_conversion_writes_the_run_folder_with_the_release_tensors(converted, mini_release):
     from safetensors.torch import load_file
 
     run, summary = converted

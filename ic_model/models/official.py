@@ -51,8 +51,6 @@ OFFICIAL_FILES = {
 OFFICIAL_ADAPTERS = {"cmcm_weights": "camera", "omcm_weights": "object"}
 # Non-tensor entries the official loaders drop or only print.
 BOOKKEEPING_KEYS = frozenset({"animatediff_config", "global_step", "epoch"})
-# The trajectory/camera adapters were built with ``lora_alpha = lora_rank``.
-OFFICIAL_LORA_ALPHA_IS_RANK = True
 
 _PEFT_KEY = re.compile(
     r"^(?P<module>.+)\.(?:base_layer\.(?P<param>weight|bias)"

@@ -139,7 +139,13 @@ def build_latent_cache(
         for sample in _samples(shard):
             if "mp4" not in sample:
                 raise LatentCacheError(f"shard {shard}, sample {sample['__key__']!r}: no mp4 member")
-            frames = decode_mp4(sample["mp4"])
+            try:
+                frames = decode_mp4(sample["mp4"])
+            except Exception as error:  # PyAV raises many types for corrupt data
+                raise LatentCacheError(
+                    f"shard {shard}, sample {sample['__key__']!r}: undecodable mp4 ({error}); the shards "
+                    f"cached before it are kept, rerun after fixing this one"
+                ) from error
             sizes[sample["__key__"]] = list(frames.shape[1:3])  # the clip's (H, W): tracks are in its pixels
             pixels = model_frames(frames, cfg)  # (3, T, h, w)
             parts = [encode_video(vae, chunk[None].to(device))[0].permute(1, 0, 2, 3).cpu()
