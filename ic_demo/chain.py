@@ -20,8 +20,13 @@ from pathlib import Path
 
 from ic_demo.report import loss_summary, summarize, training_curves_png, write_report
 from ic_demo.response import trajectory_response
-from ic_demo.scales import SCALES, DemoScale, demo_model_config, stage_shards
-from ic_demo.world import finished_evaluation, make_heldout, make_toy_world, side_by_side_gifs
+from ic_demo.scales import SCALES, STAGES, DemoScale, demo_model_config, stage_shards
+from ic_demo.world import (
+    finished_evaluation,
+    make_heldout,
+    make_toy_world,
+    side_by_side_gifs,
+)
 from ic_model.config import train_config
 from ic_model.training.run import run_model_config, stage_dir
 
@@ -44,19 +49,28 @@ def stage_train_config(scale: DemoScale, preset: str, stage: str, seed: int):
                                    "learning_rate": scale.learning_rate[stage], "seed": seed})
 
 
-def evaluation_settings(scale: DemoScale, key: str, mode: str, heldout: str, seed: int) -> dict:
+def evaluation_settings(scale: DemoScale, key: str, mode: str, heldout: str, seed: int,
+                        reference_metrics: bool = True) -> dict:
     """The evaluate flow's parameters for one variant (CFG 1: the tiny text encoder is random and
-    frozen, so captions carry no information)."""
-    return dict(steps=scale.eval_steps, guidance_scale=1.0, ablation=key == "object/object", mode=mode,
-                max_cases=scale.eval_cases, seed=seed, max_reference=scale.reference_clips, reference=heldout)
+    frozen, so captions carry no information). ``reference_metrics`` False: no FID/FVD now (the
+    lent GPU box has no room for their networks' weights); ``python -m ic_demo.finish`` adds them."""
+    settings = dict(steps=scale.eval_steps, guidance_scale=1.0, ablation=key == "object/object", mode=mode,
+                    max_cases=scale.eval_cases, seed=seed, max_reference=scale.reference_clips, reference=heldout)
+    if not reference_metrics:
+        settings.update(reference=None, keep_frames=True)
+    return settings
 
 
 def write_demo_report(outs: list[str], run: str, scale_name: str, seed: int, command: str,
                       evaluations: dict[str, dict], eval_dirs: dict[str, str], curation: dict[str, dict],
-                      training: dict[str, dict], seconds: dict[str, float], response: dict | None = None) -> dict:
+                      training: dict[str, dict], seconds: dict[str, float], response: dict | None = None,
+                      settings: DemoScale | None = None, reference_metrics: str = "now") -> dict:
     """report.md / report.html / metrics.json / training_curves.png / gifs/ in ``outs[0]``, copied
-    to the other folders. Returns the summary, the written paths and the GIFs."""
+    to the other folders. ``settings``: the scale as run, where it differs from ``SCALES[scale_name]``
+    (``--steps``). ``reference_metrics``: "now", or "later" (FID/FVD left to ``ic_demo.finish``).
+    Returns the summary, the written paths and the GIFs."""
     out_dir = Path(outs[0])
+    settings = settings or SCALES[scale_name]
     cfg = run_model_config(run)
     summary = summarize(evaluations)
     curves = {}
@@ -69,10 +83,10 @@ def write_demo_report(outs: list[str], run: str, scale_name: str, seed: int, com
                       "samples/s": t.get("samples_per_s"), "seconds (this run)": t.get("seconds")}
                      for s, t in training.items()]
     curation_rows = [{"source": s, **c.get("counts", {}), "threshold": c.get("threshold")} for s, c in curation.items()]
-    context = {"scale": scale_name, "scale_settings": asdict(SCALES[scale_name]), "seed": seed, "command": command,
-               "reference_clips": SCALES[scale_name].reference_clips, "seconds": seconds,
+    context = {"scale": scale_name, "scale_settings": asdict(settings), "seed": seed, "command": command,
+               "reference_clips": settings.reference_clips, "seconds": seconds,
                "training_rows": training_rows, "curation_rows": curation_rows, "model": cfg.to_dict(),
-               "trajectory_response": response}
+               "trajectory_response": response, "reference_metrics": reference_metrics}
     gifs = side_by_side_gifs(out_dir, eval_dirs, cfg, num=3)
     paths = write_report(out_dir, summary, context, gifs, curves_png.name)
     for extra in outs[1:]:  # the latest report also at the top of the output folder
@@ -83,16 +97,18 @@ def write_demo_report(outs: list[str], run: str, scale_name: str, seed: int, com
 
 
 def run_chain(out: str = "demo_out", scale: str = "demo", seed: int = 0, device: str = "cpu",
-              dtype: str = "fp32") -> dict:
+              dtype: str = "fp32", settings: DemoScale | None = None, reference_metrics: bool = True) -> dict:
     """The demo flow's chain in this process; resumable like the flow (finished curation chunks,
-    stages and evaluations are reused)."""
+    stages and evaluations are reused). ``settings`` replaces ``SCALES[scale]`` (its work still goes
+    to OUT/SCALE): the calibration's short rehearsal, or other step counts (``--steps``).
+    ``reference_metrics`` False: FID/FVD are left to ``python -m ic_demo.finish OUT/SCALE``."""
     from ic_data import CurationConfig, curate
     from ic_data.workers import default_processes
     from ic_model.evaluation.evaluate import EvalSettings, evaluate_set
     from ic_model.pipelines.image_conductor import ImageConductorPipeline
     from ic_model.training.loop import train_stage
 
-    s = SCALES[scale]
+    s = settings or SCALES[scale]
     root, seconds, t0 = Path(out) / scale, {}, time.time()
     videos = make_toy_world(str(root / "videos"), s, seed)
     curated, curation = {}, {}
@@ -122,7 +138,7 @@ def run_chain(out: str = "demo_out", scale: str = "demo", seed: int = 0, device:
     for set_name, mode in (("object", "object"), *s.variants):
         key = f"{set_name}/{mode}"
         eval_dirs[key] = str(root / "eval" / f"{set_name}-{mode}")
-        settings = evaluation_settings(s, key, mode, heldout, seed)
+        settings = evaluation_settings(s, key, mode, heldout, seed, reference_metrics)
         evaluations[key] = finished_evaluation(eval_dirs[key], run, settings)
         if evaluations[key] is None:
             if pipe is None:
@@ -136,11 +152,33 @@ def run_chain(out: str = "demo_out", scale: str = "demo", seed: int = 0, device:
     seconds["evaluation"] = round(time.time() - t0 - seconds["world_and_curation"] - seconds["training"], 1)
     seconds["total"] = round(time.time() - t0, 1)
     command = f"python -m ic_demo.chain --scale {scale} --out {out} --device {device} --dtype {dtype}"
+    if s.steps != SCALES[scale].steps:
+        command += " --steps " + ",".join(f"{k}={v}" for k, v in s.steps.items())
+    if not reference_metrics:
+        command += f" --reference-metrics later && python -m ic_demo.finish {root}"
     report = write_demo_report([str(root), out], run, scale, seed, command, evaluations, eval_dirs, curation,
-                               training, seconds, response)
+                               training, seconds, response, settings=s,
+                               reference_metrics="now" if reference_metrics else "later")
     summary = report["summary"]
     return {"report": str(report["paths"]["md"]), "objmc_ratio": summary["objmc_ratio"],
-            "background_ratio": summary["background_ratio"], "targets": summary["targets"], "seconds": seconds}
+            "background_ratio": summary["background_ratio"], "targets": summary["targets"], "seconds": seconds,
+            "training": training, "evaluations": evaluations}
+
+
+def parse_steps(text: str, stages=tuple(STAGES)) -> dict[str, int]:
+    """``base=3000,dense=2500`` → {"base": 3000, "dense": 2500}; stages not named keep the scale's."""
+    steps = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        name, sep, value = item.partition("=")
+        if not sep or name not in stages:
+            raise ValueError(f"--steps wants STAGE=N pairs (stages: {', '.join(stages)}); got {item!r}")
+        try:
+            steps[name] = int(value)
+        except ValueError:
+            steps[name] = -1
+        if steps[name] < 1:
+            raise ValueError(f"--steps {name}: {value!r} is not a positive whole number")
+    return steps
 
 
 def main() -> None:
@@ -150,12 +188,23 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--device", default="cpu", help="where evaluation samples (training: accelerate's choice)")
     ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    ap.add_argument("--steps", default="", help="other step counts, e.g. base=3000,dense=2500 (the rest: the scale's)")
+    ap.add_argument("--reference-metrics", choices=["now", "later"], default="now",
+                    help="later: no FID/FVD here (their networks' weights are not on this machine); "
+                         "`python -m ic_demo.finish OUT/SCALE` adds them where the weights are")
     args = ap.parse_args()
-    print(json.dumps(run_chain(args.out, args.scale, args.seed, args.device, args.dtype), indent=1))
+    try:
+        steps = parse_steps(args.steps)
+    except ValueError as error:
+        ap.error(str(error))
+    settings = dataclasses.replace(SCALES[args.scale], steps={**SCALES[args.scale].steps, **steps})
+    print(json.dumps(run_chain(args.out, args.scale, args.seed, args.device, args.dtype, settings,
+                               reference_metrics=args.reference_metrics == "now"), indent=1))
 
 
 if __name__ == "__main__":
     main()
 
 
-__all__ = ["evaluation_settings", "probe_response", "run_chain", "stage_train_config", "write_demo_report"]
+__all__ = ["evaluation_settings", "parse_steps", "probe_response", "run_chain", "stage_train_config",
+           "write_demo_report"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import html
 import io
+import itertools
 import json
 import os
 from pathlib import Path
@@ -80,7 +81,7 @@ def summarize(evaluations: dict[str, dict]) -> dict:
     out["guidance_objmc_ratio"] = _ratio(hi.get("ObjMC"), lo.get("ObjMC"))
     falls = None
     if len(bg) > 1 and all(b is not None and np.isfinite(b) for b in bg):
-        falls = all(b < a for a, b in zip(bg, bg[1:]))
+        falls = all(b < a for a, b in itertools.pairwise(bg))
 
     def at_most(value, limit):
         return None if value is None else value <= limit
@@ -270,10 +271,13 @@ def report_sections(summary: dict, context: dict) -> list[tuple[str, str, list[d
         {"figure": "ObjMC(λ_trajs 1.5) / ObjMC(λ_trajs 1.0)", "value": summary.get("guidance_objmc_ratio"),
          "target": f"≤ {GUIDANCE_OBJMC_TARGET}", "met": t.get("ObjMC at λ_trajs 1.5 <= 1.1 × at 1.0")},
     ]
+    deferred = context.get("reference_metrics", "now")
+    when = {"now": "", "later": " (not computed yet: this run left them to `python -m ic_demo.finish`)"}.get(
+        deferred, f" ({deferred})")
     intro = (
         f"Scale `{context.get('scale')}`, seed {context.get('seed')}, command `{context.get('command')}`. "
         f"Held-out toy cases: the paper's 10 camera and 10 object trajectories on synthetic first frames the "
-        f"training never saw; FID/FVD against {context.get('reference_clips', '?')} held-out toy clips. "
+        f"training never saw; FID/FVD against {context.get('reference_clips', '?')} held-out toy clips{when}. "
         "Distances are pixels of a 384×256 frame; background motion is the mean displacement from frame 0 "
         "of grid points away from the requested tracks."
     )
@@ -338,10 +342,10 @@ __all__ = [
     "GUIDANCE_OBJMC_TARGET",
     "OBJMC_RATIO_TARGET",
     "loss_summary",
-    "running_mean",
     "metric_rows",
     "report_sections",
     "response_rows",
+    "running_mean",
     "side_by_side_gif",
     "summarize",
     "sweep_rows",

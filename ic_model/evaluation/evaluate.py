@@ -45,6 +45,9 @@ class EvalSettings:
     # adapter on the object set shows what the object adapter must not do (Figure 6).
     mode: str | None = None
     max_cases: int | None = None  # the first N cases only (quick runs); None = all
+    # Also write the frames FID/FVD score (λ_trajs's first value) losslessly to frames.npz, so they
+    # can be computed later where the metric networks' weights are (ic_demo.finish).
+    keep_frames: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -144,6 +147,9 @@ def evaluate_set(
     }
     if settings.reference:
         metrics.update(reference_metrics(videos[scales[0]], settings.reference, pipe.cfg, settings.max_reference))
+    if settings.keep_frames:
+        np.savez_compressed(out / "frames.npz", **{r["case"]: v for r, v in zip(
+            [r for r in rows if r["trajs_scale"] == scales[0]], videos[scales[0]])})
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
 
