@@ -33,11 +33,12 @@ from ic_model.training.run import run_model_config, stage_dir
 SOURCES = {"webvid": False, "realestate10k": True}  # source → camera_only, as the curate flow
 
 
-def probe_response(run: str, heldout: str, scale: DemoScale, seed: int) -> dict:
+def probe_response(run: str, heldout: str, scale: DemoScale, seed: int, device: str | None = None) -> dict:
     """x0 error of the motion ControlNet with and without the clips' own trajectories
-    (ic_demo.response): does it use them, apart from whether sampling draws them well."""
+    (ic_demo.response): does it use them, apart from whether sampling draws them well. On
+    ``device`` (default: where the scale evaluates)."""
     result = trajectory_response(run, heldout, num_samples=scale.response_samples, batch_size=max(2, scale.batch_size),
-                                 frame_stride=scale.frame_stride, seed=seed)
+                                 frame_stride=scale.frame_stride, seed=seed, device=device or scale.eval_device)
     print("trajectory response (moving-region x0 error, own dense vs off, 1 − ratio):", result["moving_gain"])
     return result
 
@@ -96,8 +97,8 @@ def write_demo_report(outs: list[str], run: str, scale_name: str, seed: int, com
     return {"summary": summary, "paths": paths, "gifs": gifs, "curves_png": str(curves_png)}
 
 
-def run_chain(out: str = "demo_out", scale: str = "demo", seed: int = 0, device: str = "cpu",
-              dtype: str = "fp32", settings: DemoScale | None = None, reference_metrics: bool = True) -> dict:
+def run_chain(out: str = "demo_out", scale: str = "demo", seed: int = 0, device: str | None = None,
+              dtype: str | None = None, settings: DemoScale | None = None, reference_metrics: bool = True) -> dict:
     """The demo flow's chain in this process; resumable like the flow (finished curation chunks,
     stages and evaluations are reused). ``settings`` replaces ``SCALES[scale]`` (its work still goes
     to OUT/SCALE): the calibration's short rehearsal, or other step counts (``--steps``).
@@ -109,6 +110,7 @@ def run_chain(out: str = "demo_out", scale: str = "demo", seed: int = 0, device:
     from ic_model.training.loop import train_stage
 
     s = settings or SCALES[scale]
+    device, dtype = device or s.eval_device, dtype or s.eval_dtype  # as the demo flow evaluates
     root, seconds, t0 = Path(out) / scale, {}, time.time()
     videos = make_toy_world(str(root / "videos"), s, seed)
     curated, curation = {}, {}
@@ -148,7 +150,7 @@ def run_chain(out: str = "demo_out", scale: str = "demo", seed: int = 0, device:
             evaluations[key] = {k: v for k, v in metrics.items() if k != "cases"}
         name = "CamMC" if set_name == "camera" else "ObjMC"
         print(f"{key}: {name} {evaluations[key][name]} px")
-    response = probe_response(run, heldout, s, seed)
+    response = probe_response(run, heldout, s, seed, device)
     seconds["evaluation"] = round(time.time() - t0 - seconds["world_and_curation"] - seconds["training"], 1)
     seconds["total"] = round(time.time() - t0, 1)
     command = f"python -m ic_demo.chain --scale {scale} --out {out} --device {device} --dtype {dtype}"
@@ -186,8 +188,9 @@ def main() -> None:
     ap.add_argument("--out", default="demo_out")
     ap.add_argument("--scale", choices=sorted(SCALES), default="demo")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--device", default="cpu", help="where evaluation samples (training: accelerate's choice)")
-    ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default="fp32")
+    ap.add_argument("--device", default=None,
+                    help="where evaluation samples (default: the scale's, as `make proof`; training: accelerate's choice)")
+    ap.add_argument("--dtype", choices=["fp32", "bf16", "fp16"], default=None, help="evaluation's (default: the scale's)")
     ap.add_argument("--steps", default="", help="other step counts, e.g. base=3000,dense=2500 (the rest: the scale's)")
     ap.add_argument("--reference-metrics", choices=["now", "later"], default="now",
                     help="later: no FID/FVD here (their networks' weights are not on this machine); "

@@ -77,12 +77,14 @@ def trajectory_response(
     batch_size: int = 4,
     frame_stride: int = 4,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """x0 error of ``run``'s motion ControlNet (its latest dense/sparse weights, no LoRA) under the
     five :data:`CONDITIONS` on ``num_samples`` clips with moving objects from ``shards``.
 
     Returns ``{"rows": [{"t", "condition", "whole", "moving"}...], "num_samples", "stage",
-    "moving_gain": {t: 1 − moving(own dense) / moving(off)}}``."""
+    "moving_gain": {t: 1 − moving(own dense) / moving(off)}}``. The networks run on ``device`` in fp32;
+    the noise is drawn on the CPU, so a device changes the figures only by its arithmetic."""
     cfg = run_model_config(run)
     stage = next((s for s in ("sparse", "dense") if is_done(run, s)), None)
     if stage is None:
@@ -90,6 +92,9 @@ def trajectory_response(
     if batch_size < 2:
         raise ValueError("batch_size must be >= 2: 'other clip' pairs each clip with another one")
     comps = load_run_components(run, cfg)
+    for module in comps.modules().values():
+        if module is not None:
+            module.to(device)
     den = comps.denoiser().eval()
     scheduler = comps.scheduler
     dense_stream, sparse_stream = _streams(shards, cfg, batch_size, frame_stride, seed)
@@ -101,14 +106,16 @@ def trajectory_response(
             break
         if dense.keys != sparse.keys or not torch.equal(dense.frame_indices, sparse.frame_indices):
             raise RuntimeError("dense and sparse streams drew different clips")  # ClipStream contract
-        latents = encode_video(comps.vae, dense.pixels)
-        text = comps.text_encoder(caption_ids(comps.tokenizer, dense.captions, cfg.max_text_tokens))[0]
+        latents = encode_video(comps.vae, dense.pixels.to(device))
+        ids = caption_ids(comps.tokenizer, dense.captions, cfg.max_text_tokens).to(device)
+        text = comps.text_encoder(ids)[0]
         mask = moving_mask(latents)
-        flows = {"own dense": dense.flow, "own sparse": sparse.flow, "zero maps": torch.zeros_like(dense.flow),
-                 "off": None, "other clip": dense.flow.roll(1, dims=0)}
+        own, own_sparse = dense.flow.to(device), sparse.flow.to(device)
+        flows = {"own dense": own, "own sparse": own_sparse, "zero maps": torch.zeros_like(own),
+                 "off": None, "other clip": own.roll(1, dims=0)}
         for t in timesteps:
-            ts = torch.full((latents.shape[0],), int(t), dtype=torch.long)
-            noise = torch.randn(latents.shape, generator=gen)
+            ts = torch.full((latents.shape[0],), int(t), dtype=torch.long, device=device)
+            noise = torch.randn(latents.shape, generator=gen).to(device)
             noisy = scheduler.add_noise(latents, noise, ts)
             for c in CONDITIONS:
                 pred = den(noisy, ts, text, latents[:, :, 0], flow=flows[c])
