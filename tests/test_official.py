@@ -383,6 +383,11 @@ def test_ic_generate_and_studio_take_the_released_weights(prefect_api, capsys, m
     assert "--sd15-path goes with --official" in capsys.readouterr().err
     assert cli.main(["generate", "--image", str(image), "--trajectories", str(traj), "--out", "x.mp4"]) == 2
     assert "one of --run RUN or --official DIR is required" in capsys.readouterr().err
+    from ic_model.models import official
+
+    assert runs[0].name == f"official-{official.official_cache_key(mini_release['dir'])}"
+    monkeypatch.setattr(official, "CONVERSION_VERSION", official.CONVERSION_VERSION + 1)
+    assert runs[0].name != f"official-{official.official_cache_key(mini_release['dir'])}"  # a newer converter
 
 
 def test_model_space_trajectories_are_the_model_frames_pixels():

@@ -353,16 +353,30 @@ def convert_official(
     return summary
 
 
+# Part of the cache key of ``official_run``: raise it when the conversion's output changes (key
+# rules, file layout, the ModelConfig it writes), so cached runs are converted again.
+CONVERSION_VERSION = 1
+
+
+def official_cache_key(official_dir: str | os.PathLike) -> str:
+    """The folder, its three files' sizes and modification times, and ``CONVERSION_VERSION``."""
+    import hashlib
+
+    official_dir = Path(official_dir).expanduser()
+    stats = [(f, (official_dir / f).stat()) for f in OFFICIAL_FILES.values()]
+    ident = (CONVERSION_VERSION, str(official_dir.resolve()), [(f, st.st_size, st.st_mtime_ns) for f, st in stats])
+    return hashlib.sha256(repr(ident).encode()).hexdigest()[:16]
+
+
 def official_run(
     official_dir: str | os.PathLike, *, sd15_path: str = "", cache_dir: str | os.PathLike | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Path:
     """The run folder converted from ``official_dir`` (``--official DIR``): converted once into
     ``cache_dir`` (default ``$IC_CACHE_DIR`` or ``~/.cache/image-conductor``)/``official-<key>``,
-    keyed to the folder and its files' sizes and modification times, and reused after that.
+    keyed to the folder, its files' sizes and modification times and the converter's version, and
+    reused after that.
     ``sd15_path``, when given, is written into the run's config (a machine-specific setting)."""
-    import hashlib
-
     from ic_model.config import load_json, save_json
 
     official_dir = Path(official_dir).expanduser()
@@ -372,9 +386,7 @@ def official_run(
             f"{official_dir}: expected a folder holding {', '.join(OFFICIAL_FILES.values())}"
             + (f" (missing: {', '.join(missing)})" if official_dir.is_dir() else "")
         )
-    stats = [(f, (official_dir / f).stat()) for f in OFFICIAL_FILES.values()]
-    key = hashlib.sha256(repr((str(official_dir.resolve()),
-                               [(f, st.st_size, st.st_mtime_ns) for f, st in stats])).encode()).hexdigest()[:16]
+    key = official_cache_key(official_dir)
     root = Path(cache_dir or os.environ.get("IC_CACHE_DIR") or Path.home() / ".cache" / "image-conductor")
     run = root / f"official-{key}"
     if not (run / "config.json").is_file():
@@ -392,12 +404,14 @@ def official_run(
 
 __all__ = [
     "BOOKKEEPING_KEYS",
+    "CONVERSION_VERSION",
     "OFFICIAL_ADAPTERS",
     "OFFICIAL_FILES",
     "OfficialWeightsError",
     "check_against",
     "convert_official",
     "convert_part",
+    "official_cache_key",
     "official_key",
     "official_run",
     "official_targets",
