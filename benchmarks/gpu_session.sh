@@ -7,7 +7,8 @@
 #   calibrate        the proof-gpu scale timed by a short rehearsal of its chain, and the step counts that
 #                    fit 8 minutes → $OUT/calibration.json (≈ 2 min; ARGS go to ic_demo.calibrate)
 #   proof            the proof chain at proof-gpu (ARGS go to ic_demo.chain, e.g. --steps base=2000,...)
-#   calibrate-proof  both in one call: the proof runs with the fitted steps
+#   calibrate-proof  both in one call (a call runs ≤ 10 min): the proof, fitted to what the rehearsal
+#                    leaves of 9.3 min (≈ 6.5), runs at once
 #
 # The proof's FID/FVD are left for later (their networks' weights cannot travel: 84 + 49 MB); its folder
 # comes back as $OUT/proof.tgz.NN (parts of ≤ 15 MB, without weights or the toy world). Here:
@@ -27,12 +28,14 @@ if [ -n "${DRY:-}" ]; then
   PY=(.venv/bin/python benchmarks/gpu_like.py)
   SCALE=test DEVICE=cpu DTYPE=fp32 WORK=${WORK:-/tmp/gpu-session}
   CHECK=(--dry-run) REHEARSAL=(--videos 2 --rehearsal-steps 5 --widths 16,32,32 --budget-min 2)
+  ONE_CALL=(--deadline-min 4)
 else
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
   PY=(python3)
   SCALE=proof-gpu DEVICE=cuda DTYPE=bf16 WORK=${WORK:-/tmp/gpu-session}
   CHECK=() REHEARSAL=(--widths 192,256,320 256,384,512)
+  ONE_CALL=(--deadline-min 9.3)  # a command may run 10 min: the proof is fitted to what the rehearsal leaves
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 fi
 rm -rf "$WORK"
@@ -62,7 +65,8 @@ case "$what" in
     ;;
   calibrate-proof)
     "${PY[@]}" -m ic_demo.calibrate --scale "$SCALE" --device "$DEVICE" --dtype "$DTYPE" --reference-metrics later \
-      --work "$WORK/rehearsal" --json "$OUT/calibration.json" --then-run "$WORK/proof" "${REHEARSAL[@]}" "$@" \
+      --work "$WORK/rehearsal" --json "$OUT/calibration.json" --then-run "$WORK/proof" "${REHEARSAL[@]}" \
+      "${ONE_CALL[@]}" "$@" \
       2>&1 | tee "$OUT/proof.log"
     pack_proof
     ;;

@@ -220,11 +220,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="run the chain into OUT with the fitted steps at the scale's width")
     ap.add_argument("--reference-metrics", choices=["now", "later"], default="now",
                     help="as ic_demo.chain's (later: FID/FVD left to ic_demo.finish), rehearsal and run alike")
+    ap.add_argument("--deadline-min", type=float, default=None,
+                    help="with --then-run: minutes for calibration and run together; the run is fitted to what "
+                         "the calibration leaves (at most --budget-min), less a 30 s margin")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     now = args.reference_metrics == "now"
     if args.budget_min <= 0 or args.videos < 1 or args.rehearsal_steps < 5:
         ap.error("--budget-min must be > 0, --videos ≥ 1 and --rehearsal-steps ≥ 5")
+    if args.deadline_min is not None and (args.deadline_min <= 0 or not args.then_run):
+        ap.error("--deadline-min wants --then-run and a positive number of minutes")
+    started = time.time()
     with tempfile.TemporaryDirectory(prefix="ic-calibrate-") as tmp:
         work = Path(args.work or tmp)
         report = calibrate(args.scale, args.budget_min * 60, args.device, args.dtype, args.widths, args.videos,
@@ -233,7 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=1))
     if args.then_run:
-        fitted = next(iter(report["widths"].values()))["fitted_steps"]
+        own = next(iter(report["widths"].values()))
+        fitted = own["fitted_steps"]
+        if args.deadline_min is not None:
+            left = args.deadline_min * 60 - (time.time() - started) - 30
+            budget = min(args.budget_min * 60, left)
+            scale = SCALES[args.scale]
+            rehearsal = rehearsal_scale(scale, args.videos, args.rehearsal_steps)
+            fitted = fit_steps(scale, own["measured"], budget, rehearsal) if budget > 0 else None
+            print(f"the run's budget: {budget:.0f} s of the {args.deadline_min:g} min deadline → steps {fitted}")
         if fitted is None:
             print("the scale does not fit the budget at any step count: not run", file=sys.stderr)
             return 1
