@@ -162,8 +162,13 @@ def calibrate(scale_name: str, budget_s: float, device: str | None, dtype: str |
               "widths": {}}
     curated = {src: str(work / scale_name / "curated" / src / "shards") for src in ("realestate10k", "webvid")}
     for width in [own, *[w for w in widths if w != own]]:
-        m = measured if width == own else {
-            **measured, "stages": train_width(width, rehearsal, curated, work, seed)}
+        try:
+            m = measured if width == own else {
+                **measured, "stages": train_width(width, rehearsal, curated, work, seed)}
+        except Exception as error:  # one width failing (out of memory, say) keeps the others' figures
+            print(f"  width {width}: {type(error).__name__}: {error}", file=sys.stderr)
+            report["widths"]["x".join(map(str, width))] = {"error": f"{type(error).__name__}: {error}"}
+            continue
         if width != own:
             m["sampling_factor"] = m["stages"]["dense"]["s_per_step"] / measured["stages"]["dense"]["s_per_step"]
         full = scale if width == own else dataclasses.replace(scale, model={**scale.model, "block_out_channels": width})
@@ -195,6 +200,9 @@ def _affinity():
 def print_table(report: dict) -> None:
     print(f"\n{report['scale']} on {report['machine'].get('gpu', 'CPU')}: budget {report['budget_s']:.0f} s")
     for name, w in report["widths"].items():
+        if "error" in w:
+            print(f"width {name}: failed ({w['error']})")
+            continue
         est = w["estimate_as_written"]
         rates = ", ".join(f"{s} {t['samples_per_s']:.0f}/s" for s, t in w["measured"]["stages"].items())
         print(f"width {name}: as written {est['total_s']:.0f} s (curation {est['curation_s']:.0f}, training "
@@ -230,6 +238,11 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--budget-min must be > 0, --videos ≥ 1 and --rehearsal-steps ≥ 5")
     if args.deadline_min is not None and (args.deadline_min <= 0 or not args.then_run):
         ap.error("--deadline-min wants --then-run and a positive number of minutes")
+    groups = tiny_config(**SCALES[args.scale].model).norm_num_groups
+    for width in args.widths:
+        if any(c % groups for c in width):
+            ap.error(f"--widths {','.join(map(str, width))}: every width must divide by the scale's "
+                     f"{groups} norm groups")
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="ic-calibrate-") as tmp:
         work = Path(args.work or tmp)

@@ -140,13 +140,13 @@ def run_chain(out: str = "demo_out", scale: str = "demo", seed: int = 0, device:
     for set_name, mode in (("object", "object"), *s.variants):
         key = f"{set_name}/{mode}"
         eval_dirs[key] = str(root / "eval" / f"{set_name}-{mode}")
-        settings = evaluation_settings(s, key, mode, heldout, seed, reference_metrics)
-        evaluations[key] = finished_evaluation(eval_dirs[key], run, settings)
+        eval_settings = evaluation_settings(s, key, mode, heldout, seed, reference_metrics)
+        evaluations[key] = finished_evaluation(eval_dirs[key], run, eval_settings)
         if evaluations[key] is None:
             if pipe is None:
                 pipe = ImageConductorPipeline.from_run(run, device=device, dtype=dtype)
                 pipe.set_progress_bar_config(disable=True)
-            metrics = evaluate_set(pipe, set_name, eval_dirs[key], EvalSettings(**settings))
+            metrics = evaluate_set(pipe, set_name, eval_dirs[key], EvalSettings(**eval_settings))
             evaluations[key] = {k: v for k, v in metrics.items() if k != "cases"}
         name = "CamMC" if set_name == "camera" else "ObjMC"
         print(f"{key}: {name} {evaluations[key][name]} px")
