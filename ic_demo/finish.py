@@ -20,6 +20,7 @@ import json
 import platform
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -45,11 +46,14 @@ def scored_videos(eval_dir: Path, metrics: dict) -> list[np.ndarray]:
     path = eval_dir / "frames.npz"
     if not path.exists():
         raise FinishError(f"{path} is missing: run the chain with --reference-metrics later, which writes it")
-    with np.load(path, allow_pickle=False) as saved:
-        missing = [c for c in cases if c not in saved]
-        if missing:
-            raise FinishError(f"{path} lacks the cases {missing}")
-        return [saved[c] for c in cases]
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            missing = [c for c in cases if c not in saved]
+            if missing:
+                raise FinishError(f"{path} lacks the cases {missing}")
+            return [saved[c] for c in cases]
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise FinishError(f"{path} is unreadable: {error}") from error
 
 
 def finish(root: str | Path, copy_to: str | None = None) -> dict:
@@ -58,10 +62,15 @@ def finish(root: str | Path, copy_to: str | None = None) -> dict:
     report_json = root / "metrics.json"
     if not report_json.exists():
         raise FinishError(f"{report_json} is missing: is {root} a demo chain's OUT/SCALE folder?")
-    context = json.loads(report_json.read_text())["context"]
+    try:
+        context = json.loads(report_json.read_text())["context"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise FinishError(f"{report_json} is not a chain's report (no context: {error!r})") from error
     heldout = root / "heldout"
     if not list(heldout.glob("*.tar")):
         raise FinishError(f"no held-out shards in {heldout}")
+    if not (root / "run" / "config.json").is_file():
+        raise FinishError(f"{root / 'run' / 'config.json'} is missing: the run's model config must come back too")
     cfg = run_model_config(root / "run")
     evaluations, eval_dirs = {}, {}
     paths = sorted((root / "eval").glob("*/metrics.json"))

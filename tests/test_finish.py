@@ -81,9 +81,15 @@ def test_finish_refuses_what_it_cannot_finish(chain_folder, tmp_path, capsys):
     assert finish_main([str(copy)]) == 2
     err = capsys.readouterr().err
     assert "lacks the cases ['case1']" in err and "Traceback" not in err
+    (copy / "eval" / "camera-camera" / "frames.npz").write_bytes(b"PK\x03\x04 truncated")
+    assert finish_main([str(copy)]) == 2
+    assert "frames.npz is unreadable" in capsys.readouterr().err
     (copy / "eval" / "camera-camera" / "frames.npz").unlink()
     assert finish_main([str(copy)]) == 2
     assert "frames.npz is missing" in capsys.readouterr().err
+    (copy / "metrics.json").write_text("{}")
+    assert finish_main([str(copy)]) == 2
+    assert "not a chain's report" in capsys.readouterr().err
 
 
 def test_the_deferred_chain_keeps_frames_instead_of_scoring():
