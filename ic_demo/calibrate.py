@@ -112,21 +112,11 @@ def fit_steps(scale: DemoScale, measured: dict, budget_s: float, rehearsal: Demo
 
 def train_width(width: tuple[int, ...], rehearsal: DemoScale, curated: dict[str, str], work: Path, seed: int) -> dict:
     """Every stage trained ``rehearsal.steps`` steps at another width on the rehearsal's shards."""
-    from ic_demo.chain import stage_train_config
-    from ic_demo.scales import demo_model_config, stage_shards
-    from ic_model.training.loop import train_stage
+    from ic_demo.chain import train_stages
 
     s = dataclasses.replace(rehearsal, model={**rehearsal.model, "block_out_channels": width})
-    run = str(work / f"run-{'x'.join(map(str, width))}")
-    cfg = demo_model_config(run, s)
-    out = {}
-    for stage in cfg.stages:
-        t0 = time.time()
-        summary = train_stage(stage, stage_shards(stage, curated), run, stage_train_config(s, cfg.preset, stage, seed),
-                              cfg)
-        out[stage] = stage_timing(summary, time.time() - t0)
-        print(f"  width {width} {stage}: {out[stage]['samples_per_s']} samples/s, fixed {out[stage]['fixed_s']} s")
-    return out
+    training = train_stages(str(work / f"run-{'x'.join(map(str, width))}"), s, curated, seed)
+    return {stage: stage_timing(t, t["seconds"]) for stage, t in training.items()}
 
 
 def parse_width(text: str) -> tuple[int, ...]:

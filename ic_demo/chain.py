@@ -50,6 +50,23 @@ def stage_train_config(scale: DemoScale, preset: str, stage: str, seed: int):
                                    "learning_rate": scale.learning_rate[stage], "seed": seed})
 
 
+def train_stages(run: str, scale: DemoScale, curated: dict[str, str], seed: int) -> dict[str, dict]:
+    """Every stage of the scale's model in order on the curated shards, as the demo flow asks the
+    train-stage flow: each stage's summary with its wall ``seconds``."""
+    from ic_model.training.loop import train_stage
+
+    cfg = demo_model_config(run, scale)
+    training = {}
+    for stage in cfg.stages:
+        t1 = time.time()
+        summary = train_stage(stage, stage_shards(stage, curated), run,
+                              stage_train_config(scale, cfg.preset, stage, seed), cfg)
+        training[stage] = {**summary, "seconds": round(time.time() - t1, 1)}
+        print(f"{stage}: {scale.steps[stage]} steps in {training[stage]['seconds']:.0f} s, loss "
+              f"{summary.get('first_loss')} → {summary.get('final_loss')}")
+    return training
+
+
 def evaluation_settings(scale: DemoScale, key: str, mode: str, heldout: str, seed: int,
                         reference_metrics: bool = True) -> dict:
     """The evaluate flow's parameters for one variant (CFG 1: the tiny text encoder is random and
@@ -107,7 +124,6 @@ def run_chain(out: str = "demo_out", scale: str = "demo", seed: int = 0, device:
     from ic_data.workers import default_processes
     from ic_model.evaluation.evaluate import EvalSettings, evaluate_set
     from ic_model.pipelines.image_conductor import ImageConductorPipeline
-    from ic_model.training.loop import train_stage
 
     s = settings or SCALES[scale]
     device, dtype = device or s.eval_device, dtype or s.eval_dtype  # as the demo flow evaluates
@@ -125,15 +141,7 @@ def run_chain(out: str = "demo_out", scale: str = "demo", seed: int = 0, device:
     seconds["world_and_curation"] = round(time.time() - t0, 1)
 
     run = str(root / "run")
-    cfg = demo_model_config(run, s)
-    training = {}
-    for stage in cfg.stages:
-        t1 = time.time()
-        summary = train_stage(stage, stage_shards(stage, curated), run, stage_train_config(s, cfg.preset, stage, seed),
-                              cfg)
-        training[stage] = {**summary, "seconds": round(time.time() - t1, 1)}
-        print(f"{stage}: {s.steps[stage]} steps in {time.time() - t1:.0f} s, loss "
-              f"{summary.get('first_loss')} → {summary.get('final_loss')}")
+    training = train_stages(run, s, curated, seed)
     seconds["training"] = round(time.time() - t0 - seconds["world_and_curation"], 1)
 
     evaluations, eval_dirs, pipe = {}, {}, None
@@ -210,4 +218,4 @@ if __name__ == "__main__":
 
 
 __all__ = ["evaluation_settings", "parse_steps", "probe_response", "run_chain", "stage_train_config",
-           "write_demo_report"]
+           "train_stages", "write_demo_report"]
