@@ -76,13 +76,13 @@ def test_report_holds_every_number(demo_run):
         assert np.isfinite(v["FID"]) and np.isfinite(v["FVD"]), key
         assert v["FVD_note"] == "8 frames resampled (nearest) to 16 for I3D"  # I3D wants 16 frames
         if v["set"] == "object":
-            assert np.isfinite(v["background_motion_px"])
+            assert np.isfinite(v["background_motion_px"]) and np.isfinite(v["background_motion_median_px"])
     assert variants["object/object"]["videos"] == 4 * n  # the λ_trajs sweep: 1.0, 1.1, 1.3, 1.5
     assert set(metrics["trajs_scale_sweep"]) == {"1", "1.1", "1.3", "1.5"}
     obj, off, cam = variants["object/object"], variants["object/base"], variants["object/camera"]
     assert metrics["objmc_ratio"] == pytest.approx(obj["ObjMC"] / off["ObjMC"], rel=1e-3)
     assert metrics["background_ratio"] == pytest.approx(
-        obj["background_motion_px"] / cam["background_motion_px"], rel=1e-3)
+        obj["background_motion_median_px"] / cam["background_motion_median_px"], rel=1e-3)
     # The videos behind the numbers: one per case and variant.
     cases = [c.id for c in load_eval_set("object")[:n]]
     for c in cases:
