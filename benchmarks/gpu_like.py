@@ -10,6 +10,9 @@ this runner finds it here first: a module whose distribution is neither in the b
 ModuleNotFoundError and optional imports take their fallbacks. What the box's own packages import is
 let through (here they are other versions, with other dependencies). Versions are not checked
 (the box's torch is 2.11, its transformers 5.x): only whether a package is there at all.
+
+Processes the script starts (curation's spawned workers, ``--num-processes`` children) are held to
+the same list: a ``sitecustomize`` on their PYTHONPATH installs the finder before their first import.
 """
 from __future__ import annotations
 
@@ -116,12 +119,47 @@ class NotOnTheBox:
         return top in self.through_box or (bool(owners) and owners <= self.box and not (owners & self.ours))
 
 
+def install() -> NotOnTheBox:
+    """Put the finder in place of Python's path finder in this process."""
+    finder = NotOnTheBox(allowed())
+    sys.meta_path[:] = [finder if f is PathFinder else f for f in sys.meta_path]
+    return finder
+
+
+# Run by every Python process started with the folder below on its PYTHONPATH (site imports
+# ``sitecustomize`` at start-up): the same finder, and its refusals said when the process ends.
+_CHILD_HOOK = """\
+import atexit, importlib.util, os, sys
+_spec = importlib.util.spec_from_file_location("_gpu_like", {path!r})
+_gpu_like = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_gpu_like)
+_finder = _gpu_like.install()
+atexit.register(lambda: _finder.refused and print(
+    f"gpu_like: refused in process {{os.getpid()}} (absent on the box): " + "; ".join(sorted(_finder.refused)),
+    file=sys.stderr))
+"""
+
+
+def hold_children() -> str:
+    """A folder with the ``sitecustomize`` above, put first on PYTHONPATH for every child process."""
+    import os
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="gpu_like-")
+    with open(os.path.join(folder, "sitecustomize.py"), "w") as f:
+        f.write(_CHILD_HOOK.format(path=os.path.abspath(__file__)))
+    os.environ["PYTHONPATH"] = os.pathsep.join([folder, *filter(None, [os.environ.get("PYTHONPATH")])])
+    return folder
+
+
 def main() -> int:
     if len(sys.argv) < 2:
         print(__doc__)
         return 2
-    finder = NotOnTheBox(allowed())
-    sys.meta_path[:] = [finder if f is PathFinder else f for f in sys.meta_path]
+    import shutil
+
+    finder = install()
+    children = hold_children()
     args = sys.argv[1:]
     code = 0
     try:
@@ -134,6 +172,7 @@ def main() -> int:
     except SystemExit as error:
         code = error.code if isinstance(error.code, int) else (0 if error.code is None else 1)
     finally:
+        shutil.rmtree(children, ignore_errors=True)
         if finder.refused:
             print("gpu_like: refused (absent on the box): " + "; ".join(sorted(finder.refused)), file=sys.stderr)
     return code
