@@ -136,31 +136,15 @@ def test_missing_weights_names_the_bad_path(no_weight_env, monkeypatch, tmp_path
 
 # --------------------------------------------------------------------------- tiny round trips
 
-TINY_UNET = dict(
-    sample_size=8, block_out_channels=(32, 64), layers_per_block=2, norm_num_groups=8,
-    down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
-    up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-    cross_attention_dim=32, attention_head_dim=4,
-)
-TINY_VAE = dict(
-    block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4, latent_channels=4,
-    down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
-    sample_size=32, scaling_factor=0.18215,
-)
-TINY_TEXT = dict(
-    vocab_size=49408, hidden_size=32, intermediate_size=64, projection_dim=32, num_hidden_layers=2,
-    num_attention_heads=2, max_position_embeddings=77, hidden_act="quick_gelu",
-)
-TINY_ADAPTER = dict(
-    block_out_channels=(32, 64), motion_layers_per_block=2, motion_norm_num_groups=8,
-    motion_num_attention_heads=2, motion_max_seq_length=32, use_motion_mid_block=False,
-)
-TINY_SPARSECTRL = dict(
-    block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlockMotion", "DownBlockMotion"),
-    layers_per_block=2, norm_num_groups=8, cross_attention_dim=32, attention_head_dim=4,
-    motion_num_attention_heads=2, conditioning_channels=4, concat_conditioning_mask=True,
-    use_simplified_condition_embedding=True,
-)
+# The mini networks of sd15.MINI_CONFIGS with two layers per block (and a 2-level VAE, a 2-layer
+# text encoder), so that the checkpoint key conversions are exercised past each block's first layer.
+_MINI = sd15.MINI_CONFIGS
+TINY_UNET = {**_MINI["SD15_UNET_CONFIG"], "layers_per_block": 2}
+TINY_VAE = {**_MINI["SD15_VAE_CONFIG"], "block_out_channels": (8, 16), "sample_size": 32,
+            "down_block_types": ("DownEncoderBlock2D",) * 2, "up_block_types": ("UpDecoderBlock2D",) * 2}
+TINY_TEXT = {**_MINI["SD15_TEXT_CONFIG"], "num_hidden_layers": 2}
+TINY_ADAPTER = {**_MINI["ANIMATEDIFF_V3_CONFIG"], "motion_layers_per_block": 2}
+TINY_SPARSECTRL = {**_MINI["SPARSECTRL_RGB_CONFIG"], "layers_per_block": 2}
 
 
 @pytest.fixture(scope="module")
