@@ -134,9 +134,8 @@ _spec = importlib.util.spec_from_file_location("_gpu_like", {path!r})
 _gpu_like = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_gpu_like)
 _finder = _gpu_like.install()
-atexit.register(lambda: _finder.refused and print(
-    f"gpu_like: refused in process {{os.getpid()}} (absent on the box): " + "; ".join(sorted(_finder.refused)),
-    file=sys.stderr))
+atexit.register(lambda: _finder.refused and sys.stderr.write(  # one write: workers end together
+    f"gpu_like: refused in process {{os.getpid()}} (absent on the box): " + "; ".join(sorted(_finder.refused)) + "\\n"))
 """
 
 
