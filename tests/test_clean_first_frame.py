@@ -89,3 +89,47 @@ def test_config_accepts_clean_only_for_x0_prediction_on_the_tiny_preset():
         tiny_config(first_frame_latent="clean", prediction_type="epsilon")
     with pytest.raises(ValueError, match="tiny preset"):
         preset_config("sd15", first_frame_latent="clean")
+
+
+@pytest.mark.parametrize("first_frame_latent", ["noisy", "clean"])
+@torch.no_grad()
+def test_camera_free_guidance_batch_equals_three_separate_predictions(first_frame_latent):
+    """Denoiser.camera_free_guidance shares the image ControlNet and batches the UNet; its three
+    predictions are those of three forward calls (∅ and c without LoRA, c with the object adapter)."""
+    import contextlib
+
+    from ic_model.models import lora
+
+    cfg = tiny_config(**S2D, first_frame_latent=first_frame_latent, prediction_type="sample")
+    torch.manual_seed(0)
+    comps = build_tiny_components(cfg)
+    mc = comps.motion_controlnet
+    for net in (comps.image_controlnet, mc):  # zero-initialised outputs would hide a mixed-up row
+        for name, p in net.named_parameters():
+            if name.startswith(("controlnet_down_blocks", "controlnet_mid_block")):
+                p.data.normal_(0, 0.05)
+    lora.add_lora_adapter(mc, "object", rank=4, alpha=4)
+    for p in lora.lora_parameters(mc, "object").values():  # B starts at zero: make the adapter matter
+        p.data.normal_(0, 0.2)
+    den = comps.denoiser().eval()
+    noisy, _, text, first = _inputs(cfg)
+    noisy, first = noisy[:1], first[:1]
+    h, w = cfg.height, cfg.width
+    flow = torch.randn(1, 2, FRAMES, h, w, generator=torch.Generator().manual_seed(1)) * 3
+    t = torch.tensor(600)
+
+    def adapter(name):
+        if name == "none":
+            return lora.adapters_disabled(mc)
+        lora.set_active_adapters(mc, [name])
+        return contextlib.nullcontext()
+
+    got = den.camera_free_guidance(noisy, t, text, first, flow, adapter)
+    with lora.adapters_disabled(mc):
+        e_u = den(noisy, t[None], text[:1], first, flow=flow)
+        e_c = den(noisy, t[None], text[1:], first, flow=flow)
+    lora.set_active_adapters(mc, ["object"])
+    e_obj = den(noisy, t[None], text[1:], first, flow=flow)
+    assert not torch.allclose(e_obj, e_c, atol=1e-3)  # the adapter changes the prediction
+    for a, b in zip(got, (e_u, e_c, e_obj)):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

@@ -6,6 +6,8 @@ trajectories. Both ControlNets' residuals are summed and added to the UNet's ski
 """
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,6 +119,28 @@ class Denoiser(nn.Module):
             noisy, timesteps, encoder_states, cond, conditioning_scale=scale, return_dict=False
         )
 
+    def image_residuals(self, noisy, timesteps, encoder_states, first_latent, scale: float = 1.0):
+        cond, mask = first_frame_condition(first_latent.to(noisy.dtype), noisy.shape[2], self.image_every_frame)
+        return self.image_controlnet(
+            noisy, timesteps, encoder_states, cond, conditioning_mask=mask, conditioning_scale=scale,
+            return_dict=False,
+        )
+
+    def _inputs(self, noisy, text_embeddings, first_latent):
+        """The UNet's input (frame 0 made clean where the preset asks) and per-frame text states."""
+        if self.clean_first_frame:
+            noisy = torch.cat([first_latent.to(noisy.dtype)[:, :, None], noisy[:, :, 1:]], dim=2)
+        return noisy, text_embeddings.repeat_interleave(noisy.shape[2], dim=0)
+
+    def _predict(self, noisy, timesteps, encoder_states, first_latent, down, mid):
+        pred = self.unet(
+            noisy, timesteps, encoder_states,
+            down_block_additional_residuals=down, mid_block_additional_residual=mid,
+        ).sample
+        if self.clean_first_frame:
+            pred = torch.cat([first_latent.to(pred.dtype)[:, :, None], pred[:, :, 1:]], dim=2)
+        return pred
+
     def forward(
         self,
         noisy: torch.Tensor,
@@ -127,37 +151,50 @@ class Denoiser(nn.Module):
         motion_scale: float = 1.0,
         image_scale: float = 1.0,
     ) -> torch.Tensor:
-        num_frames = noisy.shape[2]
-        if self.clean_first_frame:
-            clean = first_latent.to(noisy.dtype)[:, :, None]
-            noisy = torch.cat([clean, noisy[:, :, 1:]], dim=2)
-        encoder_states = text_embeddings.repeat_interleave(num_frames, dim=0)
-        cond, mask = first_frame_condition(first_latent.to(noisy.dtype), num_frames, self.image_every_frame)
-        down, mid = self.image_controlnet(
-            noisy,
-            timesteps,
-            encoder_states,
-            cond,
-            conditioning_mask=mask,
-            conditioning_scale=image_scale,
-            return_dict=False,
-        )
+        noisy, encoder_states = self._inputs(noisy, text_embeddings, first_latent)
+        down, mid = self.image_residuals(noisy, timesteps, encoder_states, first_latent, image_scale)
         if flow is not None:
-            motion_down, motion_mid = self.motion_residuals(
-                noisy, timesteps, encoder_states, flow, motion_scale
-            )
+            motion_down, motion_mid = self.motion_residuals(noisy, timesteps, encoder_states, flow, motion_scale)
             down = [a + b for a, b in zip(down, motion_down)]
             mid = mid + motion_mid
-        pred = self.unet(
-            noisy,
-            timesteps,
-            encoder_states,
-            down_block_additional_residuals=down,
-            mid_block_additional_residual=mid,
-        ).sample
-        if self.clean_first_frame:
-            pred = torch.cat([clean.to(pred.dtype), pred[:, :, 1:]], dim=2)
-        return pred
+        return self._predict(noisy, timesteps, encoder_states, first_latent, down, mid)
+
+    def camera_free_guidance(
+        self,
+        noisy: torch.Tensor,
+        timestep: torch.Tensor,
+        text_embeddings: torch.Tensor,
+        first_latent: torch.Tensor,
+        flow: torch.Tensor,
+        adapter: Callable[[str], contextlib.AbstractContextManager],
+        motion_scale: float = 1.0,
+        image_scale: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The three predictions of camera-free guidance (paper eq. 5) for one video: ε_θ0(∅),
+        ε_θ0(c) and ε_θobj(c), the same as three ``forward`` calls, at less cost.
+
+        ``noisy`` (1, C, T, h, w), ``text_embeddings`` (2, L, D) for ∅ and c; ``adapter(name)`` is a
+        context in which the motion ControlNet runs as θ_name ("none": no LoRA, "object"). Only the
+        motion ControlNet differs between θ0 and θobj, so it runs twice (a batch of 2 without LoRA, 1
+        with the object adapter); the image ControlNet runs once for (∅, c), and its c residuals
+        serve both c rows; the UNet takes the three rows as one batch.
+        """
+        f = noisy.shape[2]
+        noisy, states = self._inputs(noisy, text_embeddings, first_latent)
+        pair, t_pair = noisy.expand(2, -1, -1, -1, -1), timestep.reshape(1).expand(2)
+        with adapter("none"):
+            motion_down, motion_mid = self.motion_residuals(pair, t_pair, states, flow.expand(2, -1, -1, -1, -1),
+                                                            motion_scale)
+        with adapter("object"):
+            obj_down, obj_mid = self.motion_residuals(noisy, t_pair[:1], states[f:], flow, motion_scale)
+        image_down, image_mid = self.image_residuals(pair, t_pair, states, first_latent.expand(2, -1, -1, -1),
+                                                     image_scale)
+        # Residuals are per frame, (B·T, C, h, w): rows f:2f are the c video's.
+        down = [torch.cat([i + m, i[f:] + o]) for i, m, o in zip(image_down, motion_down, obj_down)]
+        mid = torch.cat([image_mid + motion_mid, image_mid[f:] + obj_mid])
+        pred = self._predict(noisy.expand(3, -1, -1, -1, -1), timestep.reshape(1).expand(3),
+                             torch.cat([states, states[f:]]), first_latent.expand(3, -1, -1, -1), down, mid)
+        return pred.chunk(3)
 
 
 def encode_text(components: Components, captions: list[str], device) -> torch.Tensor:

@@ -240,20 +240,17 @@ class ImageConductorPipeline:
         # 3. The sampling loop (latents and guidance in float32, the networks in ``dt``).
         bar = tqdm(self.scheduler.timesteps, desc=f"sampling ({mode})", **{"disable": None, **self.progress_bar_config})
         for t in bar:
-            t_batch = t.expand(2)
             x = latents.to(dt)
-            with self._use_adapter("none" if guided else mode):
-                out_uncond, out_cond = self.denoiser(
-                    x.expand(2, -1, -1, -1, -1), t_batch, text, first_pair,
-                    flow=flow_pair, motion_scale=motion_scale,
-                ).float().chunk(2)
             if guided:
-                with self._use_adapter("object"):
-                    out_obj = self.denoiser(
-                        x, t[None], text[1:], first_latent, flow=flow, motion_scale=motion_scale
-                    ).float()
+                out_uncond, out_cond, out_obj = (o.float() for o in self.denoiser.camera_free_guidance(
+                    x, t, text, first_latent, flow, self._use_adapter, motion_scale=motion_scale))
                 out = out_uncond + guidance_scale * (out_cond - out_uncond) + trajs_scale * (out_obj - out_cond)
             else:
+                with self._use_adapter(mode):
+                    out_uncond, out_cond = self.denoiser(
+                        x.expand(2, -1, -1, -1, -1), t.expand(2), text, first_pair,
+                        flow=flow_pair, motion_scale=motion_scale,
+                    ).float().chunk(2)
                 out = out_uncond + guidance_scale * (out_cond - out_uncond)
             latents = self.scheduler.step(out, t, latents).prev_sample
         if cfg.first_frame_latent == "clean":  # the last step leaves frame 0 a trace of noise away
