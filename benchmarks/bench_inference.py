@@ -7,6 +7,14 @@ weights do not change the cost). Prints seconds per generated video (16 frames, 
 for plain CFG (two UNet evaluations per step, batched) and for camera-free guidance (three), and
 their ratio (target ≤ 1.55). With a CUDA GPU and --preset sd15 the same for the real sizes,
 random-initialised.
+
+    python benchmarks/bench_inference.py --flops
+
+counts instead the FLOPs of one denoising step at the sd15 preset's real size (SD 1.5 + AnimateDiff
+v3 + SparseCtrl RGB + the motion ControlNet with rank-64 LoRAs, 16×256×384) on the ``meta`` device
+(no weights, any machine), through the two calls the sampling loop makes: the batched (∅, c) pass of
+plain CFG and ``Denoiser.camera_free_guidance``; and their ratio, the guidance's cost where a GPU is
+compute-bound.
 """
 from __future__ import annotations
 
@@ -53,6 +61,52 @@ def sd15_pipeline(device: str) -> ImageConductorPipeline:
     return ImageConductorPipeline(comps, device=device, dtype=torch.float16)
 
 
+def sd15_step_flops() -> dict:
+    """FLOPs of one DDIM step at the sd15 preset's real size, plain CFG and camera-free guidance."""
+    import contextlib
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ic_model.config import sd15_config
+    from ic_model.models import lora
+    from ic_model.models.components import Components
+    from ic_model.models.sd15 import build_sd15_on_meta
+
+    cfg = sd15_config()
+    parts = build_sd15_on_meta(cfg)
+    comps = Components(cfg=cfg, tokenizer=None, **{k: parts[k] for k in (
+        "vae", "text_encoder", "unet", "image_controlnet", "motion_controlnet", "scheduler")})
+    mc = comps.motion_controlnet
+    for name in ("camera", "object"):
+        lora.add_lora_adapter(mc, name, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
+    den = comps.denoiser()
+    h, w = cfg.latent_size
+    with torch.device("meta"):
+        x = torch.zeros(1, cfg.latent_channels, cfg.num_frames, h, w)
+        text = torch.zeros(2, cfg.max_text_tokens, cfg.cross_attention_dim)
+        first = torch.zeros(1, cfg.latent_channels, h, w)
+        flow = torch.zeros(1, 2, cfg.num_frames, cfg.height, cfg.width)
+        t = torch.tensor(500)
+
+    def adapter(name):  # as ImageConductorPipeline._use_adapter
+        if name == "none":
+            return lora.adapters_disabled(mc)
+        lora.set_active_adapters(mc, [name])
+        return contextlib.nullcontext()
+
+    def count(fn) -> int:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            fn()
+        return counter.get_total_flops()
+
+    lora.set_active_adapters(mc, ["object"])
+    plain = count(lambda: den(x.expand(2, -1, -1, -1, -1), t.reshape(1).expand(2), text,
+                              first.expand(2, -1, -1, -1), flow=flow.expand(2, -1, -1, -1, -1)))
+    guided = count(lambda: den.camera_free_guidance(x, t, text, first, flow, adapter))
+    return {"size": f"{cfg.num_frames}x{cfg.height}x{cfg.width}", "plain_tflop": plain / 1e12,
+            "guided_tflop": guided / 1e12, "ratio": guided / plain}
+
+
 def time_video(pipe, prepared, steps: int, trajs_scale: float, repeats: int) -> float:
     times = []
     for r in range(repeats + 1):
@@ -74,7 +128,15 @@ def main() -> None:
     ap.add_argument("--preset", choices=["tiny", "sd15"], default="tiny")
     ap.add_argument("--steps", type=int, default=25)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--flops", action="store_true", help="count one step's FLOPs at the sd15 size instead")
     args = ap.parse_args()
+    if args.flops:
+        f = sd15_step_flops()
+        print(f"sd15: one DDIM step at {f['size']} (frames x height x width), FLOPs counted on the meta device")
+        print(f"plain CFG            {f['plain_tflop']:.2f} TFLOP/step")
+        print(f"camera-free guidance {f['guided_tflop']:.2f} TFLOP/step")
+        print(f"ratio                {f['ratio']:.3f}  (target <= 1.55)")
+        return
     with tempfile.TemporaryDirectory(prefix="ic-bench-inf-") as tmp:
         if args.preset == "sd15":
             if not torch.cuda.is_available():
