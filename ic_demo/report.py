@@ -262,8 +262,8 @@ def report_sections(summary: dict, context: dict) -> list[tuple[str, str, list[d
     headline = [
         {"figure": "objmc_ratio = ObjMC(object) / ObjMC(ControlNet off)", "value": summary["objmc_ratio"],
          "target": f"≤ {OBJMC_RATIO_TARGET}", "met": t["objmc_ratio <= 0.5"]},
-        {"figure": "background_ratio = median background(object) / median background(camera)", "value": summary["background_ratio"],
-         "target": f"≤ {BACKGROUND_RATIO_TARGET}", "met": t["background_ratio <= 0.3"]},
+        {"figure": "background_ratio = median background(object) / median background(camera)",
+         "value": summary["background_ratio"], "target": f"≤ {BACKGROUND_RATIO_TARGET}", "met": t["background_ratio <= 0.3"]},
         {"figure": "cammc_ratio = CamMC(camera adapter) / CamMC(ControlNet off), camera set",
          "value": summary.get("cammc_ratio"), "target": f"≤ {CAMMC_RATIO_TARGET}", "met": t.get("cammc_ratio <= 0.7")},
         {"figure": "background motion over λ_trajs 1.0 → 1.1 → 1.3 → 1.5", "value": None,
