@@ -34,6 +34,29 @@ def _finite(problems: list[str], flag: str, value: float, low: float | None = No
         problems.append(f"{flag} must be {'>' if strict else '≥'} {low}, got {value}")
 
 
+def _device(problems: list[str], flag: str, value: str | None) -> None:
+    """A torch device string naming a device this machine has (``cuda`` without a GPU would
+    otherwise fail inside the flow, after the server and the weights are up)."""
+    if not value or value == "cpu":
+        return
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        problems.append(f"{flag} {value}: not a device (cpu, cuda, cuda:1, mps, …)")
+        return
+    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if device.type == "meta" or available is None:
+        problems.append(f"{flag} {value}: the models cannot run on a {device.type!r} device")
+    elif not available():
+        problems.append(f"{flag} {value}: this machine has no {device.type} device available to torch")
+    elif device.index is not None and device.type == "cuda" and device.index >= torch.cuda.device_count():
+        problems.append(f"{flag} {value}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                        f"(cuda:0 … cuda:{torch.cuda.device_count() - 1})")
+
+
 def _existing(problems: list[str], flag: str, value: str | None, kind: str = "any") -> Path | None:
     if not value:
         return None
@@ -238,6 +261,7 @@ def check_generate(args) -> list[str]:
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             problems.append(f"--trajectories {args.trajectories}: malformed JSON ({err})")
     _run_problems(problems, args.run, args.mode)
+    _device(problems, "--device", args.device)
     _positive(problems, "--steps", args.steps)
     _finite(problems, "--cfg", args.cfg, 0.0)
     _finite(problems, "--trajs-scale", args.trajs_scale, 0.0)
@@ -273,6 +297,7 @@ def check_evaluate(args) -> list[str]:
         _writable_target(problems, "--out", args.out, want_dir=True)
     _positive(problems, "--steps", args.steps)
     _positive(problems, "--max-reference", args.max_reference, 2)
+    _device(problems, "--device", args.device)
     _positive(problems, "--max-cases", args.max_cases)
     _finite(problems, "--cfg", args.cfg, 0.0)
     _finite(problems, "--trajs-scale", args.trajs_scale, 0.0)
@@ -282,6 +307,7 @@ def check_evaluate(args) -> list[str]:
 def check_studio(args) -> list[str]:
     problems: list[str] = []
     _run_problems(problems, args.run, None)
+    _device(problems, "--device", args.device)
     if not 1 <= args.port <= 65535:
         problems.append(f"--port must be in 1–65535, got {args.port}")
     if args.out:
@@ -331,4 +357,5 @@ def check_cache_latents(args) -> list[str]:
         problems.append(f"--run {args.run}: its VAE is not trained yet (no finished vae stage)")
     if args.out:
         _writable_target(problems, "--out", args.out, want_dir=True)
+    _device(problems, "--device", args.device)
     return problems

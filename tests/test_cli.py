@@ -184,6 +184,29 @@ def test_evaluate_and_studio_check_the_run_and_their_flags(capsys, tmp_path, tra
     ]
 
 
+def test_devices_the_machine_lacks_are_refused_before_anything_starts(capsys, monkeypatch, tmp_path,
+                                                                     trained_like_run):
+    import torch
+
+    run = ["--run", str(trained_like_run)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _problems(capsys, ["studio", *run, "--device", "cuda"]) == [
+        "ic studio: --device cuda: this machine has no cuda device available to torch"]
+    assert _problems(capsys, ["evaluate", "camera", *run, "--mode", "none", "--device", "tpu"]) == [
+        "ic evaluate: --device tpu: not a device (cpu, cuda, cuda:1, mps, …)"]
+    assert _problems(capsys, ["cache-latents", "--shards", str(tmp_path / "none"), *run, "--device", "meta"])[-1] == (
+        "ic cache-latents: --device meta: the models cannot run on a 'meta' device")
+    # A GPU machine with one card: cuda:0 passes the check, cuda:3 does not.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert _problems(capsys, ["studio", *run, "--device", "cuda:3", "--port", "0"]) == [
+        "ic studio: --device cuda:3: this machine has 1 CUDA device(s) (cuda:0 … cuda:0)",
+        "ic studio: --port must be in 1–65535, got 0",
+    ]
+    assert _problems(capsys, ["studio", *run, "--device", "cuda:0", "--port", "0"]) == [
+        "ic studio: --port must be in 1–65535, got 0"]
+
+
 def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(capsys, monkeypatch):
     import flows.cli as cli
 
