@@ -13,7 +13,7 @@ import json
 import math
 from pathlib import Path
 
-from ic_model.config import LORA_STAGES, ModelConfig, TrainConfig, field_problems, preset_config
+from ic_model.config import LORA_STAGES, ModelConfig, TrainConfig, device_problem, field_problems, preset_config
 
 # Weight paths are machine settings of a run, passed apart from its architecture.
 WEIGHT_FLAGS = {"sd15_path": "--sd15-path", "motion_adapter_path": "--motion-adapter-path",
@@ -35,26 +35,9 @@ def _finite(problems: list[str], flag: str, value: float, low: float | None = No
 
 
 def _device(problems: list[str], flag: str, value: str | None) -> None:
-    """A torch device string naming a device this machine has (``cuda`` without a GPU would
-    otherwise fail inside the flow, after the server and the weights are up)."""
-    if not value or value == "cpu":
-        return
-    import torch
-
-    try:
-        device = torch.device(value)
-    except (RuntimeError, ValueError):
-        problems.append(f"{flag} {value}: not a device (cpu, cuda, cuda:1, mps, …)")
-        return
-    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
-    available = getattr(backend, "is_available", None)
-    if device.type == "meta" or available is None:
-        problems.append(f"{flag} {value}: the models cannot run on a {device.type!r} device")
-    elif not available():
-        problems.append(f"{flag} {value}: this machine has no {device.type} device available to torch")
-    elif device.index is not None and device.type == "cuda" and device.index >= torch.cuda.device_count():
-        problems.append(f"{flag} {value}: this machine has {torch.cuda.device_count()} CUDA device(s) "
-                        f"(cuda:0 … cuda:{torch.cuda.device_count() - 1})")
+    problem = device_problem(value)
+    if problem:
+        problems.append(f"{flag} {value}: {problem}")
 
 
 def _existing(problems: list[str], flag: str, value: str | None, kind: str = "any") -> Path | None:

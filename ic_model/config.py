@@ -359,6 +359,29 @@ class ConfigFileError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
+def device_problem(value: str | None) -> str | None:
+    """Why the torch device ``value`` cannot run the models on this machine, or None: "cuda" without
+    a GPU would otherwise fail deep inside a run, after its data and weights are up."""
+    if not value or value == "cpu":
+        return None
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        return "not a device (cpu, cuda, cuda:1, mps, …)"
+    backend = torch.backends.mps if device.type == "mps" else getattr(torch, device.type, None)
+    available = getattr(backend, "is_available", None)
+    if device.type == "meta" or available is None:
+        return f"the models cannot run on a {device.type!r} device"
+    if not available():
+        return f"this machine has no {device.type} device available to torch"
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        return f"this machine has {n} CUDA device(s) (cuda:0 … cuda:{n - 1})"
+    return None
+
+
 def field_problems(data, cls, where: str) -> list[str]:
     """What is wrong with ``data`` as fields of the dataclass ``cls``: unknown keys and values of
     the wrong type (ints are accepted for floats, lists for tuples), one line each."""
@@ -475,6 +498,7 @@ __all__ = [
     "ModelConfig",
     "TrainConfig",
     "load_json",
+    "device_problem",
     "field_problems",
     "preset_config",
     "read_config_file",

@@ -88,3 +88,36 @@ def test_small_scales_fit_to_single_steps():
         s: {"samples_per_s": 2.0, "s_per_step": 1.0, "fixed_s": 1.0} for s in small.steps}}
     steps = fit_steps(small, m, 10.0 * world_videos(small) / world_videos(rehearsal) + 20.0 + 5.0 + 33.0, rehearsal)
     assert steps == dict.fromkeys(small.steps, 6)  # 33 s of steps over five stages: 6 each (30 s)
+
+
+def test_a_device_the_machine_lacks_is_refused_before_any_work(monkeypatch, capsys, tmp_path):
+    """The proof-gpu scale samples on cuda: on a machine without one, chain and calibrate stop at
+    once with one line (they used to build the world, curate and train first, then fail)."""
+    import sys
+
+    import torch
+
+    from ic_demo import calibrate, chain
+    from ic_model.config import device_problem
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_problem("cpu") is None and device_problem(None) is None
+    assert device_problem("cuda") == "this machine has no cuda device available to torch"
+    assert device_problem("gpu0").startswith("not a device")
+    assert device_problem("meta") == "the models cannot run on a 'meta' device"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert device_problem("cuda:1") is None
+    assert device_problem("cuda:2") == "this machine has 2 CUDA device(s) (cuda:0 … cuda:1)"
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    work = tmp_path / "work"
+    with pytest.raises(SystemExit) as exit_:
+        calibrate.main(["--scale", "proof-gpu", "--work", str(work)])
+    assert exit_.value.code == 2 and not work.exists()
+    assert "the proof-gpu scale's device cuda: this machine has no cuda device" in capsys.readouterr().err
+    monkeypatch.setattr(sys, "argv", ["chain", "--scale", "test", "--out", str(work), "--device", "cuda:0"])
+    with pytest.raises(SystemExit) as exit_:
+        chain.main()
+    assert exit_.value.code == 2 and not work.exists()
+    assert "--device cuda:0: this machine has no cuda device" in capsys.readouterr().err
