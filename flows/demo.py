@@ -23,7 +23,7 @@ from flows.curate import curate
 from flows.evaluate import evaluate
 from flows.train import train_stage_flow
 from ic_demo.chain import evaluation_settings
-from ic_model.config import device_problem
+from ic_demo.scales import sampling_device_problem
 from tasks.demo import (
     SCALES,
     demo_model_config,
@@ -92,8 +92,8 @@ def main() -> None:
     ap.add_argument("--scale", choices=sorted(SCALES), default="demo")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    if problem := device_problem(SCALES[args.scale].eval_device):
-        ap.error(f"--scale {args.scale} samples on {SCALES[args.scale].eval_device}: {problem}")
+    if problem := sampling_device_problem(args.scale):
+        ap.error(problem)
     demo(out=args.out, scale=args.scale, seed=args.seed)
 
 

@@ -33,8 +33,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from ic_demo.scales import SCALES, DemoScale
-from ic_model.config import device_problem, tiny_config
+from ic_demo.scales import SCALES, DemoScale, sampling_device_problem
+from ic_model.config import tiny_config
 from ic_model.evaluation.evalsets import load_eval_set
 
 ROUND_STEPS = 25
@@ -228,10 +228,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--budget-min must be > 0, --videos ≥ 1 and --rehearsal-steps ≥ 5")
     if args.deadline_min is not None and (args.deadline_min <= 0 or not args.then_run):
         ap.error("--deadline-min wants --then-run and a positive number of minutes")
-    device = args.device or SCALES[args.scale].eval_device
-    if problem := device_problem(device):
-        given = "--device" if args.device else f"the {args.scale} scale's device"
-        ap.error(f"{given} {device}: {problem}")
+    if problem := sampling_device_problem(args.scale, args.device):
+        ap.error(problem)
     groups = tiny_config(**SCALES[args.scale].model).norm_num_groups
     for width in args.widths:
         if any(c % groups for c in width):

@@ -20,14 +20,21 @@ from pathlib import Path
 
 from ic_demo.report import loss_summary, summarize, training_curves_png, write_report
 from ic_demo.response import trajectory_response
-from ic_demo.scales import SCALES, STAGES, DemoScale, demo_model_config, stage_shards
+from ic_demo.scales import (
+    SCALES,
+    STAGES,
+    DemoScale,
+    demo_model_config,
+    sampling_device_problem,
+    stage_shards,
+)
 from ic_demo.world import (
     finished_evaluation,
     make_heldout,
     make_toy_world,
     side_by_side_gifs,
 )
-from ic_model.config import device_problem, train_config
+from ic_model.config import train_config
 from ic_model.training.run import run_model_config, stage_dir
 
 SOURCES = {"webvid": False, "realestate10k": True}  # source → camera_only, as the curate flow
@@ -208,10 +215,8 @@ def main() -> None:
         steps = parse_steps(args.steps)
     except ValueError as error:
         ap.error(str(error))
-    device = args.device or SCALES[args.scale].eval_device
-    if problem := device_problem(device):
-        given = "--device" if args.device else f"the {args.scale} scale's device"
-        ap.error(f"{given} {device}: {problem}")
+    if problem := sampling_device_problem(args.scale, args.device):
+        ap.error(problem)
     settings = dataclasses.replace(SCALES[args.scale], steps={**SCALES[args.scale].steps, **steps})
     print(json.dumps(run_chain(args.out, args.scale, args.seed, args.device, args.dtype, settings,
                                reference_metrics=args.reference_metrics == "now"), indent=1))

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ic_model.config import WEIGHT_ENV, ModelConfig, load_json, tiny_config
+from ic_model.config import WEIGHT_ENV, ModelConfig, device_problem, load_json, tiny_config
 from ic_model.training.run import run_model_config
 
 
@@ -117,6 +117,14 @@ def demo_model_config(run: str, scale: DemoScale):
     return run_model_config(run, "tiny", **wanted)
 
 
+def sampling_device_problem(scale: str, device: str | None = None) -> str | None:
+    """Why the evaluation cannot sample on ``device`` (default: the scale's own) on this machine,
+    as one line naming where the device came from; None when it can."""
+    given = f"--device {device}" if device else f"the {scale} scale's device {SCALES[scale].eval_device}"
+    problem = device_problem(device or SCALES[scale].eval_device)
+    return problem and f"{given}: {problem}"
+
+
 def stage_shards(stage: str, curated: dict[str, str]) -> list[str]:
     """Which curated source trains which stage (paper §2.4 and appendix C.1)."""
     if stage in ("vae", "base"):  # the tiny base model learns from everything
@@ -126,4 +134,4 @@ def stage_shards(stage: str, curated: dict[str, str]) -> list[str]:
     return [curated["webvid"]]  # motion ControlNet and object LoRA: mixed data
 
 
-__all__ = ["SCALES", "STAGES", "DemoScale", "demo_model_config", "stage_shards"]
+__all__ = ["SCALES", "STAGES", "DemoScale", "demo_model_config", "sampling_device_problem", "stage_shards"]
