@@ -62,49 +62,34 @@ def sd15_pipeline(device: str) -> ImageConductorPipeline:
 
 
 def sd15_step_flops() -> dict:
-    """FLOPs of one DDIM step at the sd15 preset's real size, plain CFG and camera-free guidance."""
-    import contextlib
-
+    """FLOPs of one DDIM step at the sd15 preset's real size, plain CFG and camera-free guidance:
+    the two calls the sampling loop makes, on the ``meta`` device (shapes only)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from ic_model.config import sd15_config
-    from ic_model.models import lora
-    from ic_model.models.components import Components
-    from ic_model.models.sd15 import build_sd15_on_meta
-
-    cfg = sd15_config()
-    parts = build_sd15_on_meta(cfg)
-    comps = Components(cfg=cfg, tokenizer=None, **{k: parts[k] for k in (
-        "vae", "text_encoder", "unet", "image_controlnet", "motion_controlnet", "scheduler")})
-    mc = comps.motion_controlnet
-    for name in ("camera", "object"):
-        lora.add_lora_adapter(mc, name, cfg.lora_rank, cfg.lora_alpha, cfg.lora_targets)
-    den = comps.denoiser()
+    pipe = sd15_pipeline("meta")
+    cfg, den, dt = pipe.cfg, pipe.denoiser, pipe.dtype
     h, w = cfg.latent_size
     with torch.device("meta"):
-        x = torch.zeros(1, cfg.latent_channels, cfg.num_frames, h, w)
-        text = torch.zeros(2, cfg.max_text_tokens, cfg.cross_attention_dim)
-        first = torch.zeros(1, cfg.latent_channels, h, w)
-        flow = torch.zeros(1, 2, cfg.num_frames, cfg.height, cfg.width)
+        x = torch.zeros(1, cfg.latent_channels, cfg.num_frames, h, w, dtype=dt)
+        text = torch.zeros(2, cfg.max_text_tokens, cfg.cross_attention_dim, dtype=dt)
+        first = torch.zeros(1, cfg.latent_channels, h, w, dtype=dt)
+        flow = torch.zeros(1, 2, cfg.num_frames, cfg.height, cfg.width, dtype=dt)
         t = torch.tensor(500)
-
-    def adapter(name):  # as ImageConductorPipeline._use_adapter
-        if name == "none":
-            return lora.adapters_disabled(mc)
-        lora.set_active_adapters(mc, [name])
-        return contextlib.nullcontext()
 
     def count(fn) -> int:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             fn()
         return counter.get_total_flops()
 
-    lora.set_active_adapters(mc, ["object"])
-    plain = count(lambda: den(x.expand(2, -1, -1, -1, -1), t.reshape(1).expand(2), text,
-                              first.expand(2, -1, -1, -1), flow=flow.expand(2, -1, -1, -1, -1)))
-    guided = count(lambda: den.camera_free_guidance(x, t, text, first, flow, adapter))
-    return {"size": f"{cfg.num_frames}x{cfg.height}x{cfg.width}", "plain_tflop": plain / 1e12,
-            "guided_tflop": guided / 1e12, "ratio": guided / plain}
+    def plain():
+        with pipe._use_adapter("object"):
+            den(x.expand(2, -1, -1, -1, -1), t.reshape(1).expand(2), text, first.expand(2, -1, -1, -1),
+                flow=flow.expand(2, -1, -1, -1, -1))
+
+    plain_flops = count(plain)
+    guided = count(lambda: den.camera_free_guidance(x, t, text, first, flow, pipe._use_adapter))
+    return {"size": f"{cfg.num_frames}x{cfg.height}x{cfg.width}", "plain_tflop": plain_flops / 1e12,
+            "guided_tflop": guided / 1e12, "ratio": guided / plain_flops}
 
 
 def time_video(pipe, prepared, steps: int, trajs_scale: float, repeats: int) -> float:

@@ -96,9 +96,8 @@ def test_config_accepts_clean_only_for_x0_prediction_on_the_tiny_preset():
 def test_camera_free_guidance_batch_equals_three_separate_predictions(first_frame_latent):
     """Denoiser.camera_free_guidance shares the image ControlNet and batches the UNet; its three
     predictions are those of three forward calls (∅ and c without LoRA, c with the object adapter)."""
-    import contextlib
-
     from ic_model.models import lora
+    from ic_model.pipelines.image_conductor import ImageConductorPipeline
 
     cfg = tiny_config(**S2D, first_frame_latent=first_frame_latent, prediction_type="sample")
     torch.manual_seed(0)
@@ -118,12 +117,7 @@ def test_camera_free_guidance_batch_equals_three_separate_predictions(first_fram
     flow = torch.randn(1, 2, FRAMES, h, w, generator=torch.Generator().manual_seed(1)) * 3
     t = torch.tensor(600)
 
-    def adapter(name):
-        if name == "none":
-            return lora.adapters_disabled(mc)
-        lora.set_active_adapters(mc, [name])
-        return contextlib.nullcontext()
-
+    adapter = ImageConductorPipeline(comps, cast=False)._use_adapter  # the switch the sampling loop uses
     got = den.camera_free_guidance(noisy, t, text, first, flow, adapter)
     with lora.adapters_disabled(mc):
         e_u = den(noisy, t[None], text[:1], first, flow=flow)
