@@ -176,6 +176,24 @@ def test_resume_continues_exactly(trained_run, training_shards, tmp_path):
     assert len(losses) == 4
 
 
+def test_overfitting_encodes_the_fixed_batch_once(trained_run, training_shards, tmp_path, monkeypatch):
+    """One fixed batch: the frozen VAE encodes it at the first step only, later steps reuse those
+    latents; without it every step encodes its own clips."""
+    import ic_model.training.loop as loop
+
+    encoded = []
+    real = loop.encode_video
+    monkeypatch.setattr(loop, "encode_video", lambda vae, pixels: encoded.append(pixels.shape) or real(vae, pixels))
+    run, _ = trained_run
+    summary = train_stage("dense", str(training_shards), _prepared_run(run, tmp_path / "fixed", "dense"),
+                          _cfg("dense", steps=3))
+    assert summary["steps"] == 3 and len(encoded) == 1
+    encoded.clear()
+    train_stage("dense", str(training_shards), _prepared_run(run, tmp_path / "plain", "dense"),
+                _cfg("dense", steps=2, overfit_one_batch=False))
+    assert len(encoded) == 2
+
+
 def test_finished_stage_is_not_retrained(trained_run, training_shards):
     run, summaries = trained_run
     again = train_stage("camera", str(training_shards), run, _cfg("camera"))

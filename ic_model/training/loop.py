@@ -24,7 +24,7 @@ import shutil
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -372,6 +372,7 @@ def train_stage(
     wrapped, optimizer = accelerator.prepare(module, optimizer)
     batches = iter(loader)
     fixed_batch = next(batches) if train_cfg.overfit_one_batch else None
+    fixed_latents = None  # the fixed batch's VAE latents: the frozen VAE encodes it once
 
     samples_per_step = train_cfg.batch_size * accum * world
     history, t_last, steps_timed = [], time.perf_counter(), 0
@@ -404,6 +405,11 @@ def train_stage(
         for micro in range(accum):
             batch = fixed_batch if fixed_batch is not None else next(batches)
             inputs = make_step_inputs(batch, comps.tokenizer, cfg, train_cfg, gen, device)
+            if fixed_batch is not None and stage != "vae" and inputs.latents is None:
+                if fixed_latents is None:  # as the stage's forward encodes them, bit for bit
+                    with torch.no_grad(), accelerator.autocast():
+                        fixed_latents = encode_video(module.vae, inputs.pixels)
+                inputs = replace(inputs, latents=fixed_latents)
             sync = nullcontext() if micro == accum - 1 else accelerator.no_sync(wrapped)
             with sync:
                 with accelerator.autocast():
