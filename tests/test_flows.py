@@ -8,19 +8,20 @@ from ic_data.manifest import read_manifest
 from ic_data.pipeline import CurationConfig, curate as curate_library
 
 pytest.importorskip("prefect")
-from conftest import latest_artifact  # noqa: E402
+from conftest import latest_artifact, server_now  # noqa: E402
 from flows.curate import curate, make_task_runner  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def flow_run(prefect_api, input_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("flow_out")
+    started = server_now()
     state = curate(videos=str(input_dir), out=str(out), seed=3, chunk_size=5, return_state=True)
-    return out, state
+    return out, state, started
 
 
 def test_flow_completes_with_corrupt_inputs_and_reports_them(flow_run):
-    out, state = flow_run
+    out, state, _ = flow_run
     assert state.is_completed()
     summary = state.result()
     assert summary["num_videos"] == 14
@@ -31,7 +32,7 @@ def test_flow_completes_with_corrupt_inputs_and_reports_them(flow_run):
 
 
 def test_flow_output_equals_the_library_output(flow_run, input_dir, tmp_path):
-    out, _ = flow_run
+    out, _, _ = flow_run
     lib = tmp_path / "lib"
     curate_library(input_dir, lib, CurationConfig(seed=3), chunk_size=5)
     assert (out / "manifest.parquet").read_bytes() == (lib / "manifest.parquet").read_bytes()
@@ -40,9 +41,10 @@ def test_flow_output_equals_the_library_output(flow_run, input_dir, tmp_path):
 
 
 def test_artifacts_show_progress_summary_and_previews(flow_run):
-    progress = latest_artifact("curate-webvid-progress")
-    table = latest_artifact("curate-webvid-summary")
-    previews = latest_artifact("curate-webvid-previews")
+    started = flow_run[2]
+    progress = latest_artifact("curate-webvid-progress", after=started)
+    table = latest_artifact("curate-webvid-summary", after=started)
+    previews = latest_artifact("curate-webvid-previews", after=started)
     assert progress is not None and float(progress.data) == 100.0
     assert table is not None and "motion threshold" in str(table.data) and "videos failed" in str(table.data)
     assert previews is not None and previews.data.count("data:image/gif;base64,") == 3
@@ -50,7 +52,7 @@ def test_artifacts_show_progress_summary_and_previews(flow_run):
 
 def test_dask_cluster_gives_the_same_manifest(flow_run, input_dir, tmp_path):
     distributed = pytest.importorskip("distributed")
-    out, _ = flow_run
+    out, _, _ = flow_run
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
         runner = make_task_runner(dask_address=cluster.scheduler_address)
         state = curate.with_options(task_runner=runner)(
@@ -62,7 +64,7 @@ def test_dask_cluster_gives_the_same_manifest(flow_run, input_dir, tmp_path):
 
 
 def test_rerun_skips_finished_chunks(flow_run, input_dir):
-    out, _ = flow_run
+    out, _, _ = flow_run
     before = {p: p.stat().st_mtime_ns for p in (out / "work").rglob("*.json")}
     state = curate(videos=str(input_dir), out=str(out), seed=3, chunk_size=5, return_state=True)
     assert state.is_completed()

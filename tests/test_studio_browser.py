@@ -16,7 +16,6 @@ import cv2
 import numpy as np
 import pytest
 
-from conftest import prefect_harness
 from ic_model.config import load_json
 from tests.test_server import ARTIFACTS, ROOT, _free_port, _http_ok, _stop, _wait
 
@@ -29,22 +28,14 @@ GENERATE_TIMEOUT_MS = 600_000
 
 
 @pytest.fixture(scope="module")
-def prefect_api_url():
-    from prefect.settings import PREFECT_API_URL
-
-    with prefect_harness():
-        yield PREFECT_API_URL.value()
-
-
-@pytest.fixture(scope="module")
-def studio(tiny_run, prefect_api_url, tmp_path_factory):
+def studio(tiny_run, prefect_api, tmp_path_factory):
     """`python -m ic_studio` in its own process group, on the test's Prefect server."""
     run, _ = tiny_run
     home = tmp_path_factory.mktemp("studio")
     port = _free_port()
     env = {
         **os.environ,
-        "PREFECT_API_URL": prefect_api_url,
+        "PREFECT_API_URL": prefect_api,
         "PREFECT_HOME": str(home / "prefect"),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "GRADIO_ANALYTICS_ENABLED": "False",
@@ -86,7 +77,7 @@ def _message(page, text: str) -> None:
     page.locator("#studio-message").get_by_text(text).wait_for(timeout=TIMEOUT_MS)
 
 
-def test_studio_draw_generate_and_replay(studio, prefect_api_url, tmp_path):
+def test_studio_draw_generate_and_replay(studio, prefect_api, tmp_path):
     from playwright.sync_api import sync_playwright
 
     from flows.cli import main as ic_main

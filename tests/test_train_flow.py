@@ -6,13 +6,14 @@ import json
 import pytest
 
 pytest.importorskip("prefect")
-from conftest import latest_artifact  # noqa: E402
+from conftest import latest_artifact, server_now  # noqa: E402
 from flows.cli import main as ic_main  # noqa: E402
 from flows.train import train_stage_flow  # noqa: E402
 
 
 def test_flow_trains_a_stage_and_publishes_its_metrics(prefect_api, training_shards, tmp_path):
     run = tmp_path / "run"
+    started = server_now()
     state = train_stage_flow(
         stage="vae", shards=str(training_shards), run=str(run), steps=3, batch_size=1,
         options={"log_every": 1, "vae_frames_per_clip": 1}, return_state=True,
@@ -22,13 +23,15 @@ def test_flow_trains_a_stage_and_publishes_its_metrics(prefect_api, training_sha
     assert summary["steps"] == 3 and summary["outputs"] == ["vae.safetensors"]
     assert (run / "vae" / "done.json").exists()
 
-    table = latest_artifact("train-vae-metrics")
+    table = latest_artifact("train-vae-metrics", after=started)
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert [r["step"] for r in rows] == [1, 2, 3]
     assert {"loss", "lr", "samples_per_s", "peak_memory_mb"} <= set(rows[0])
-    progress = latest_artifact("train-vae-progress")
+    progress = latest_artifact("train-vae-progress", after=started)
     assert float(progress.data) == 100.0
-    assert "final_loss" in latest_artifact("train-vae-summary").data
+    assert "final_loss" in latest_artifact("train-vae-summary", after=started).data
+    # The server is the session's: an artifact older than the run under test does not count.
+    assert latest_artifact("train-vae-summary", after=server_now()) is None
 
     # `ic train` runs the same flow: the finished stage is kept, not retrained.
     assert ic_main(["train", "vae", "--shards", str(training_shards), "--run", str(run), "--steps", "3"]) == 0
@@ -82,13 +85,14 @@ def test_ic_train_config_file_round_trip(prefect_api, training_shards, tmp_path)
 
 def test_validation_samples_reach_the_ui_while_the_stage_trains(prefect_api, training_shards, tmp_path):
     run = tmp_path / "run"
+    started = server_now()
     state = train_stage_flow(
         stage="base", shards=str(training_shards), run=str(run), steps=2, batch_size=1, validate_every=2,
         options={"log_every": 1, "frame_stride": 4}, report_to="none",
         model={"codec": "space_to_depth", "latent_scaling_factor": 4.0, "num_frames": 8}, return_state=True,
     )
     assert state.is_completed(), state.message
-    artifact = latest_artifact("train-base-validation")
+    artifact = latest_artifact("train-base-validation", after=started)
     assert artifact is not None and "at step 2" in artifact.data and "ObjMC" in artifact.data
     assert "data:image/gif;base64," in artifact.data
     steps = [json.loads(x)["step"] for x in (run / "base" / "validation.jsonl").read_text().splitlines()]
