@@ -153,6 +153,16 @@ def input_dir(tmp_path_factory, bad_inputs):
 
 
 @pytest.fixture(scope="session")
+def curated_inputs(input_dir, tmp_path_factory):
+    """``input_dir`` curated by the library (seed 3, 5 videos per chunk): (out, summary). Shared:
+    tests may rerun it (a no-op) but must write their own output elsewhere."""
+    from ic_data.pipeline import CurationConfig, curate
+
+    out = tmp_path_factory.mktemp("curated")
+    return out, curate(input_dir, out, CurationConfig(seed=3), chunk_size=5)
+
+
+@pytest.fixture(scope="session")
 def training_shards(tmp_path_factory):
     from ic_data.synthetic import write_synthetic_shards
 

@@ -5,7 +5,6 @@ import json
 import pytest
 
 from ic_data.manifest import read_manifest
-from ic_data.pipeline import CurationConfig, curate as curate_library
 
 pytest.importorskip("prefect")
 from conftest import latest_artifact, server_now  # noqa: E402
@@ -31,10 +30,9 @@ def test_flow_completes_with_corrupt_inputs_and_reports_them(flow_run):
     assert json.loads((out / "summary.json").read_text()) == summary
 
 
-def test_flow_output_equals_the_library_output(flow_run, input_dir, tmp_path):
+def test_flow_output_equals_the_library_output(flow_run, curated_inputs):
     out, _, _ = flow_run
-    lib = tmp_path / "lib"
-    curate_library(input_dir, lib, CurationConfig(seed=3), chunk_size=5)
+    lib, _ = curated_inputs  # the library's curate, same seed and chunking
     assert (out / "manifest.parquet").read_bytes() == (lib / "manifest.parquet").read_bytes()
     flow_shards = {p.name: p.read_bytes() for p in (out / "shards").glob("*.tar")}
     assert flow_shards == {p.name: p.read_bytes() for p in (lib / "shards").glob("*.tar")}
