@@ -31,6 +31,7 @@ def _env(tmp_path: Path) -> dict:
     return env
 
 
+@pytest.mark.e2e
 def test_ic_curate_killed_then_rerun_matches_an_uninterrupted_run(input_dir, tmp_path):
     out = tmp_path / "out"
     args = [*_ic(), "curate", "realestate10k", "--videos", str(input_dir), "--out", str(out),

@@ -1,5 +1,6 @@
-"""The `demo` flow end to end at the `test` scale (a few steps per stage): every stage hands valid
-artifacts to the next and the report is written. No quality assertions at this scale."""
+"""The `demo` flow end to end at the `test` scale (a few steps per stage, `make test-e2e`): every
+stage hands valid artifacts to the next and the report is written. No quality assertions at this
+scale. Its helpers' tests below run in `make test`."""
 from __future__ import annotations
 
 import json
@@ -28,6 +29,7 @@ def demo_run(prefect_api, tmp_path_factory):
     return out, state, artifacts  # work in out/test/, the report in both
 
 
+@pytest.mark.e2e  # the demo flow, whole
 def test_curation_hands_shards_to_training(demo_run):
     out, state, _ = demo_run
     assert state.is_completed(), state.message
@@ -43,6 +45,7 @@ def test_curation_hands_shards_to_training(demo_run):
         assert sample.meta["camera_only"] is (source == "realestate10k")
 
 
+@pytest.mark.e2e  # the demo flow, whole
 def test_every_stage_trained_in_order(demo_run):
     out, _, _ = demo_run
     run = out / "test" / "run"
@@ -64,6 +67,7 @@ def test_every_stage_trained_in_order(demo_run):
     assert (run / "object" / "object_lora.safetensors").exists()
 
 
+@pytest.mark.e2e  # the demo flow, whole
 def test_report_holds_every_number(demo_run):
     out, _, artifacts = demo_run
     metrics = json.loads((out / "metrics.json").read_text())

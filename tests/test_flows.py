@@ -48,6 +48,7 @@ def test_artifacts_show_progress_summary_and_previews(flow_run):
     assert previews is not None and previews.data.count("data:image/gif;base64,") == 3
 
 
+@pytest.mark.e2e
 def test_dask_cluster_gives_the_same_manifest(flow_run, input_dir, tmp_path):
     distributed = pytest.importorskip("distributed")
     out, _, _ = flow_run

@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test_artifacts"
 PREFECT = [sys.executable, "-m", "prefect"]
 
+pytestmark = pytest.mark.e2e
+
 
 def _free_port() -> int:
     with socket.socket() as s:

@@ -21,7 +21,8 @@ from tests.test_server import ARTIFACTS, ROOT, _free_port, _http_ok, _stop, _wai
 
 pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (.ci/run installs it)")]
 
 TIMEOUT_MS = 180_000  # a page action on a loaded 2-core machine
 GENERATE_TIMEOUT_MS = 600_000

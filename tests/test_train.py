@@ -210,6 +210,7 @@ def test_camera_stage_needs_camera_only_clips(trained_run, tmp_path, training_sh
         train_stage("camera", str(mixed_only), prepared, _cfg("camera"))
 
 
+@pytest.mark.e2e
 def test_accelerate_launch_two_processes_keeps_replicas_identical(trained_run, training_shards, tmp_path):
     run, _ = trained_run
     prepared = _prepared_run(run, tmp_path / "ddp", "dense")
