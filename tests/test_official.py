@@ -350,6 +350,7 @@ def _official_request(tmp_path) -> tuple[Path, Path]:
     return image, traj
 
 
+@pytest.mark.e2e  # `ic generate` ×2 and `ic evaluate` through their flows at the release's geometry
 def test_ic_generate_and_studio_take_the_released_weights(prefect_api, capsys, mini_release, tmp_path, monkeypatch):
     from flows import cli
 
