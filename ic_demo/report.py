@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import html
-import io
 import itertools
 import json
 import os
@@ -25,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ic_data.preview import draw_tracks
+from ic_data.preview import draw_tracks, write_gif
 
 # The targets of `make proof` (issue text; paper Figures 6–7).
 OBJMC_RATIO_TARGET = 0.5
@@ -128,8 +127,6 @@ def side_by_side_gif(
 
     first_frame (H, W, 3); tracks (T, N, 2) in its pixels; panels: (title, frames (T, H, W, 3)).
     """
-    from PIL import Image
-
     def up(img):
         return cv2.resize(img, None, fx=scale, fy=scale, interpolation=cv2.INTER_NEAREST)
 
@@ -140,13 +137,8 @@ def side_by_side_gif(
     for t in range(length):
         row = [still] + [_label(up(f[min(t, len(f) - 1)]), title) for title, f in panels]
         sep = np.full((still.shape[0], 4, 3), 255, np.uint8)
-        images.append(Image.fromarray(np.concatenate([x for im in row for x in (im, sep)][:-1], axis=1)))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    images[0].save(buf, format="GIF", save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
-    path.write_bytes(buf.getvalue())
-    return path
+        images.append(np.concatenate([x for im in row for x in (im, sep)][:-1], axis=1))
+    return write_gif(images, path, fps)
 
 
 def running_mean(values: np.ndarray, window: int = 9) -> np.ndarray:
