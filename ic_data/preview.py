@@ -50,9 +50,11 @@ def write_gif(frames, path: str | Path, fps: float = 8.0) -> Path:
     about 70 ms at 192×128 (docs/benchmarks.md)."""
     from PIL import Image
 
-    frames = [np.ascontiguousarray(f, dtype=np.uint8) for f in frames]
+    frames = [np.ascontiguousarray(f) for f in frames]
     if not frames:
         raise ValueError("write_gif: no frames")
+    if any(f.dtype != np.uint8 or f.shape != frames[0].shape or f.ndim != 3 or f.shape[2] != 3 for f in frames):
+        raise ValueError("write_gif: frames must be uint8 RGB arrays (H, W, 3) of one size")
     picked = np.unique(np.linspace(0, len(frames) - 1, min(len(frames), 16)).round().astype(int))
     sample = Image.fromarray(np.concatenate([frames[i] for i in picked], axis=0))
     palette = sample.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.NONE)

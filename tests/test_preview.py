@@ -60,7 +60,11 @@ def test_preview_gif_draws_the_tracks_at_the_preview_scale(tmp_path):
         assert np.abs(got[-1, y, x].astype(int) - colour).max() <= 24, (j, got[-1, y, x], colour)
 
 
-def test_gif_of_no_frames_is_an_error(tmp_path):
+def test_gif_of_no_frames_or_frames_it_cannot_show_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="no frames"):
         write_gif([], tmp_path / "none.gif")
+    frame = np.zeros((8, 8, 3), np.uint8)
+    for bad in ([frame.astype(np.float32)], [frame, frame[:4]], [frame[..., 0]]):
+        with pytest.raises(ValueError, match="uint8 RGB"):
+            write_gif(bad, tmp_path / "none.gif")
     assert not (tmp_path / "none.gif").exists()
