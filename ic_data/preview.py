@@ -47,7 +47,7 @@ def write_gif(frames, path: str | Path, fps: float = 8.0) -> Path:
     it (the last included, where drawn trajectories are longest), each frame mapped to it without
     dithering. Colours that do not change between frames stay the same in the GIF (no palette
     flicker), and it costs a few ms a frame where Pillow's default, a median cut per frame, took
-    about 70 ms at 192×128 (docs/benchmarks.md)."""
+    about 60 ms at 192×128 (docs/benchmarks.md)."""
     from PIL import Image
 
     frames = [np.ascontiguousarray(f) for f in frames]
