@@ -8,6 +8,7 @@ diverging loss) stays the flows' business.
 """
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import math
@@ -129,9 +130,22 @@ def _run_problems(problems: list[str], run_arg: str, mode: str | None) -> ModelC
 
 def check_curate(args) -> list[str]:
     problems: list[str] = []
-    _existing(problems, "--videos", args.videos, "dir")
+    from ic_data.captions import webvid_csv_header
+    from ic_data.pipeline import VIDEO_EXTENSIONS
+
+    videos = _existing(problems, "--videos", args.videos, "dir")
+    if videos and not any(p.suffix.lower() in VIDEO_EXTENSIONS for p in videos.rglob("*")):
+        problems.append(f"--videos {args.videos}: no video files in it (looked for {', '.join(VIDEO_EXTENSIONS)})")
     _writable_target(problems, "--out", args.out, want_dir=True)
-    _existing(problems, "--captions", args.captions, "file")
+    if _existing(problems, "--captions", args.captions, "file"):
+        try:
+            webvid_csv_header(Path(args.captions).expanduser())
+        except UnicodeDecodeError as err:
+            problems.append(f"--captions {args.captions}: not UTF-8 text ({err.reason} at byte {err.start})")
+        except ValueError as err:  # names the file
+            problems.append(f"--captions: {err}")
+        except (csv.Error, OSError) as err:
+            problems.append(f"--captions {args.captions}: not a readable CSV ({err})")
     _positive(problems, "--chunk-size", args.chunk_size)
     _positive(problems, "--workers", args.workers)
     _positive(problems, "--processes", args.processes, 0)

@@ -13,7 +13,7 @@ import numpy as np
 
 from ic_data.errors import MissingWeightsError
 
-__all__ = ["BLIP2_PATH_ENV", "Blip2Captioner", "caption_for", "load_webvid_captions"]
+__all__ = ["BLIP2_PATH_ENV", "Blip2Captioner", "caption_for", "load_webvid_captions", "webvid_csv_header"]
 
 BLIP2_PATH_ENV = "IC_BLIP2_PATH"
 
@@ -28,17 +28,28 @@ def load_webvid_captions(csv_path: str | os.PathLike) -> dict[str, str]:
     """
     with open(csv_path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
-        header = [column.strip() for column in (reader.fieldnames or [])]
-        missing = [column for column in _WEBVID_COLUMNS if column not in header]
-        if missing:
-            raise ValueError(f"{csv_path}: WebVid CSV lacks columns {missing} (found {header})")
-        reader.fieldnames = header
+        reader.fieldnames = _checked_header(reader, csv_path)
         captions: dict[str, str] = {}
         for record in reader:
             video_id = (record.get("videoid") or "").strip()
             if video_id:
                 captions[video_id] = (record.get("name") or "").strip()
     return captions
+
+
+def webvid_csv_header(csv_path: str | os.PathLike) -> list[str]:
+    """The header of a WebVid CSV, read without the rows (the 10M file is gigabytes); raises
+    ``ValueError`` as ``load_webvid_captions`` does when ``videoid`` or ``name`` is missing."""
+    with open(csv_path, newline="", encoding="utf-8") as handle:
+        return _checked_header(csv.DictReader(handle), csv_path)
+
+
+def _checked_header(reader: csv.DictReader, csv_path: str | os.PathLike) -> list[str]:
+    header = [column.strip() for column in (reader.fieldnames or [])]
+    missing = [column for column in _WEBVID_COLUMNS if column not in header]
+    if missing:
+        raise ValueError(f"{csv_path}: WebVid CSV lacks columns {missing} (found {header})")
+    return header
 
 
 def caption_for(video_path: str | os.PathLike, captions: dict[str, str]) -> str | None:

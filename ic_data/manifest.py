@@ -118,6 +118,7 @@ def write_manifest(path: str | os.PathLike, rows: list[ManifestRow]) -> None:
         schema=MANIFEST_SCHEMA,
     )
     path = os.fspath(path)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     tmp_path = path + ".tmp"
     try:
         pq.write_table(table, tmp_path)

@@ -103,6 +103,35 @@ def trained_like_run(tmp_path):
     return run
 
 
+def test_curate_refuses_a_folder_without_videos_and_an_unreadable_captions_csv(capsys, tmp_path):
+    (tmp_path / "videos" / "notes").mkdir(parents=True)
+    (tmp_path / "videos" / "notes" / "readme.txt").write_text("no videos here")
+    no_columns = tmp_path / "captions.csv"
+    no_columns.write_text("id,title\n1,a cat\n", encoding="utf-8")
+    binary = tmp_path / "binary.csv"
+    binary.write_bytes(b"videoid,name\n\xff\xfe\x00 not text")
+    videos = tmp_path / "videos"
+    lines = _problems(capsys, ["curate", "webvid", "--videos", str(videos), "--out", str(tmp_path / "o"),
+                               "--captions", str(no_columns)])
+    assert lines[0].startswith(f"ic curate: --videos {videos}: no video files in it (looked for .mp4, .avi")
+    assert lines[1] == (f"ic curate: --captions: {no_columns}: WebVid CSV lacks columns ['videoid', 'name'] "
+                        "(found ['id', 'title'])")
+    assert len(lines) == 2
+    (videos / "notes" / "clip.MP4").write_bytes(b"a video by its name; decoding is the flow's business")
+    lines = _problems(capsys, ["curate", "webvid", "--videos", str(videos), "--out", str(tmp_path / "o"),
+                               "--captions", str(binary)])
+    assert lines == [f"ic curate: --captions {binary}: not UTF-8 text (invalid start byte at byte 13)"]
+    assert not (tmp_path / "o").exists()
+
+
+def test_curating_an_empty_folder_writes_an_empty_manifest(tmp_path):
+    (tmp_path / "empty").mkdir()
+    summary = curate(tmp_path / "empty", tmp_path / "out" / "nested")
+    assert summary.num_videos == 0 and summary.counts == {"ok": 0, "filtered": 0, "failed": 0}
+    assert len(read_manifest(tmp_path / "out" / "nested" / "manifest.parquet")) == 0
+    assert json.loads((tmp_path / "out" / "nested" / "summary.json").read_text())["num_videos"] == 0
+
+
 def test_generate_names_every_problem_before_anything_starts(capsys, tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text("[[1, 2], [3")
