@@ -109,10 +109,12 @@ def decode_mp4(data: bytes) -> np.ndarray:
 
 
 def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int = 18) -> None:
-    """Encode ``frames`` and write them to ``path`` atomically (temp file + ``os.replace``)."""
+    """Encode ``frames`` and write them to ``path`` atomically (temp file + ``os.replace``),
+    creating its folder if needed."""
     data = encode_mp4(frames, fps, crf=crf)
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".mp4", dir=directory)
     try:
         with os.fdopen(fd, "wb") as handle:

@@ -113,6 +113,12 @@ def test_write_mp4_is_atomic_and_decodable(tmp_path):
     assert decode_mp4(target.read_bytes()).shape == frames.shape
 
 
+def test_write_mp4_creates_its_folder(tmp_path):
+    target = tmp_path / "new" / "nested" / "clip.mp4"
+    write_mp4(target, smooth_video(4, 32, 48), fps=8.0)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["clip.mp4"]
+
+
 # ---------------------------------------------------------------- shard round trip
 
 
