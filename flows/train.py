@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed
 from pydantic import Field
 
 from flows.params import ModelOptions, TrainOptions, WeightPaths, as_dict
@@ -76,7 +77,10 @@ def train_stage_flow(
         grad_accum_steps=grad_accum_steps, mixed_precision=mixed_precision,
         gradient_checkpointing=gradient_checkpointing, seed=seed, report_to=report_to, validate_every=validate_every,
     )
-    summary = run_stage(stage, shards, run, train_cfg, model_cfg, num_processes or 1)
+    state = run_stage(stage, shards, run, train_cfg, model_cfg, num_processes or 1, return_state=True)
+    if not state.is_completed():  # e.g. an unreadable shard: the task logged it
+        return Failed(message=state.message)
+    summary = state.result()
     publish_training(stage, run, summary)
     get_run_logger().info("%s done: loss %s → %s", stage, summary.get("first_loss"), summary.get("final_loss"))
     return summary

@@ -21,8 +21,10 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
 
 from ic_model.config import ModelConfig, TrainConfig
+from ic_model.training.data import ShardError
 from ic_model.training.run import stage_dir
 from ic_model.training.loop import launch_command, train_stage
 
@@ -94,11 +96,14 @@ def run_stage(
                      r["case"], r["trajs_scale"])
         publish_validation(stage, records)
 
-    if num_processes > 1:
-        summary = _launch(stage, shards, run, train_cfg, model_cfg, num_processes, on_log)
-    else:
-        summary = train_stage(stage, shards, run, train_cfg, model_cfg, on_log=on_log, progress=False,
-                              on_validation=on_validation)
+    try:
+        if num_processes > 1:
+            summary = _launch(stage, shards, run, train_cfg, model_cfg, num_processes, on_log)
+        else:
+            summary = train_stage(stage, shards, run, train_cfg, model_cfg, on_log=on_log, progress=False,
+                                  on_validation=on_validation)
+    except ShardError as err:  # the data's fault, named in one line: no traceback to read
+        return Failed(message=str(err))
     update_progress_artifact(progress, 100.0)
     return summary
 

@@ -20,6 +20,7 @@ from ic_data.trajectories import tracks_to_flow_maps
 from ic_model.config import TrainConfig, tiny_config
 from ic_model.training.data import (
     ClipStream,
+    ShardError,
     ShardSampleError,
     TrainBatch,
     make_loader,
@@ -370,8 +371,25 @@ def test_malformed_sample_error_crosses_worker_processes(shards, tmp_path):
     path = tmp_path / "bad.tar"
     write_tar(path, [(n, b"junk" if n.endswith(".mp4") else p) for n, p in members])
     loader = DataLoader(stream(path, batch_size=1), batch_size=None, num_workers=1)
-    with pytest.raises(ShardSampleError, match="bad.tar.*undecodable mp4"):
+    with pytest.raises(ShardSampleError, match="^shard .*bad.tar, sample .*: undecodable mp4") as caught:
         take(loader, 1)
+    assert "\n" not in str(caught.value)  # the worker's traceback is not part of the message
+
+
+@pytest.mark.parametrize("damage", ["truncated", "not-a-tar"])
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_an_unreadable_shard_is_one_error_naming_it(shards, tmp_path, damage, num_workers):
+    root, _ = shards
+    data = (root / "data" / "shard-000.tar").read_bytes()
+    bad = tmp_path / "bad.tar"
+    # Cut inside the last member's data: tar only finds it when it reaches the end.
+    bad.write_bytes(data[: len(data) * 3 // 4] if damage == "truncated" else np.random.default_rng(0).bytes(40_000))
+    # Scanned first for a camera_only filter; found while streaming without one.
+    for camera_only in (None, True):
+        with pytest.raises(ShardError, match=r"^shard .*bad\.tar: not a readable tar file \(ReadError: ") as caught:
+            take(DataLoader(stream(bad, batch_size=1, shuffle_buffer=1, camera_only=camera_only), batch_size=None,
+                            num_workers=num_workers), 100)
+        assert "\n" not in str(caught.value) and " @ <" not in str(caught.value)
 
 
 def test_clip_shorter_than_span_is_an_error(tmp_path):

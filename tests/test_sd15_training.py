@@ -122,15 +122,6 @@ def test_ic_train_on_an_sd15_run_takes_the_runs_preset_and_its_defaults(mini_wei
     (run / "dense" / "done.json").write_text("{}")
     seen = {}
 
-    def fake_run_stage(stage, shards, run, train_cfg, model_cfg, num_processes=1):
-        seen.update(stage=stage, train=train_cfg, model=model_cfg)
-        return {"steps": train_cfg.steps}
-
-    monkeypatch.setattr(train_flow, "run_stage", fake_run_stage)
-    monkeypatch.setattr(train_flow, "publish_training", lambda *a, **k: None)
-    monkeypatch.setattr(train_flow, "get_run_logger", lambda: __import__("logging").getLogger("test"))
-    body = train_flow.train_stage_flow.fn  # the flow's body, run here without a Prefect server
-
     class Completed:
         def __init__(self, result):
             self._result = result
@@ -140,6 +131,15 @@ def test_ic_train_on_an_sd15_run_takes_the_runs_preset_and_its_defaults(mini_wei
 
         def result(self):
             return self._result
+
+    def fake_run_stage(stage, shards, run, train_cfg, model_cfg, num_processes=1, return_state=False):
+        seen.update(stage=stage, train=train_cfg, model=model_cfg)
+        return Completed({"steps": train_cfg.steps})
+
+    monkeypatch.setattr(train_flow, "run_stage", fake_run_stage)
+    monkeypatch.setattr(train_flow, "publish_training", lambda *a, **k: None)
+    monkeypatch.setattr(train_flow, "get_run_logger", lambda: __import__("logging").getLogger("test"))
+    body = train_flow.train_stage_flow.fn  # the flow's body, run here without a Prefect server
 
     monkeypatch.setattr(train_flow, "train_stage_flow",
                         lambda return_state=False, **kwargs: Completed(body(**kwargs)))

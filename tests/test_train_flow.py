@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -46,6 +47,23 @@ def test_stage_without_prerequisite_fails_with_a_clear_message(prefect_api, trai
     # `ic train` finds it before the flow starts: one line, exit 2.
     assert ic_main(["train", "camera", "--shards", str(training_shards), "--run", str(tmp_path / "r")]) == 2
     assert "needs the finished 'sparse' stage" in capsys.readouterr().err
+
+
+def test_an_unreadable_shard_ends_the_flow_with_one_line_naming_it(prefect_api, training_shards, tmp_path, capsys):
+    bad = tmp_path / "shards"
+    bad.mkdir()
+    for shard in sorted(training_shards.glob("*.tar")):
+        data = shard.read_bytes()
+        (bad / shard.name).write_bytes(data[: len(data) // 2])  # cut off: tar finds out at the cut
+    args = dict(stage="vae", shards=str(bad), run=str(tmp_path / "run"), steps=2, batch_size=1)
+    state = train_stage_flow(**args, options={"vae_frames_per_clip": 1}, return_state=True)
+    assert state.is_failed()
+    assert re.fullmatch(r"shard .*/shards/\S+\.tar: not a readable tar file \(ReadError: unexpected end of data\)",
+                        state.message), state.message
+    assert ic_main(["train", "vae", "--shards", str(bad), "--run", str(tmp_path / "run"), "--steps", "2"]) == 1
+    err = capsys.readouterr().err
+    assert f"ic train: the flow run ended Failed: {state.message}" in err
+    assert "Traceback" not in err
 
 
 def test_ic_train_model_option_starts_a_space_to_depth_run(prefect_api, training_shards, tmp_path, capsys):

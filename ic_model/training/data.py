@@ -26,6 +26,7 @@ import io
 import json
 import os
 import random
+import re
 import tarfile
 from dataclasses import dataclass
 from itertools import islice
@@ -45,6 +46,7 @@ from ic_model.training.latent_cache import LatentCacheReader, model_frames
 __all__ = [
     "TRACK_MODES",
     "ClipStream",
+    "ShardError",
     "ShardSampleError",
     "TrainBatch",
     "make_loader",
@@ -57,12 +59,52 @@ TRACK_MODES = ("dense", "sparse")
 _SHARD_RNG, _SHUFFLE_RNG = 0, 1
 
 
-class ShardSampleError(ValueError):
-    """A shard sample breaks the data contract. Curated data should never do so: fail loudly.
+class ShardError(ValueError):
+    """The training shards break the data contract: a shard that is not a readable tar, or no
+    sample a stage can use. Curated data should never do so: fail loudly, in one line.
 
-    The message is one string (``shard …, sample …: problem``) so that a DataLoader worker can
-    re-raise it in the main process with its type intact.
+    The message is one string so that a DataLoader worker can re-raise it in the main process
+    with its type intact. The DataLoader prepends the worker's traceback to it; that is dropped
+    again here, so the error the user reads is the same line with any number of workers.
     """
+
+    def __init__(self, message: str):
+        name = f"\n{type(self).__module__}.{type(self).__qualname__}: "
+        if message.startswith("Caught ") and name in message:  # torch's ExceptionWrapper.reraise
+            message = message[message.rindex(name) + len(name):].strip()
+        super().__init__(message)
+
+
+class ShardSampleError(ShardError):
+    """One shard sample breaks the data contract (``shard …, sample …: problem``)."""
+
+
+class _ShardReadPending(Exception):
+    """A tar error raised below the level of webdataset's reader that knows the shard's url."""
+
+
+def _unreadable_shard(error: BaseException) -> bool:
+    """webdataset's handler for a shard it cannot open or expand: one ``ShardError`` naming it.
+
+    webdataset calls it at several levels; the outer ones append the shard's url to the error's
+    args, so an error from an inner level goes up once more to be named.
+    """
+    url = error.args[-1] if len(error.args) > 1 and isinstance(error.args[-1], str) else None
+    if url is None:
+        raise _ShardReadPending() from error
+    original = error.__cause__ if isinstance(error, _ShardReadPending) else error
+    raise _unreadable(url, original) from original
+
+
+def _unreadable(url: str, error: BaseException) -> ShardError:
+    """``shard URL: not a readable tar file (ReadError: …)``, on one line."""
+    if isinstance(error, OSError) and error.strerror:
+        problem = error.strerror
+    else:  # webdataset appends " @ <file object>" to the message
+        problem = " ".join(str(error.args[0] if error.args else error).split(" @ <")[0].split())
+        tried = re.search(r"method tar: \w+\('([^']*)'\)", problem)  # tarfile lists each compression it tried
+        problem = tried.group(1) if tried else problem
+    return ShardError(f"shard {url}: not a readable tar file ({type(error).__name__}: {problem})")
 
 
 def _bad(url: str, key: str, problem: str) -> ShardSampleError:
@@ -150,18 +192,20 @@ def _scan_shards(paths: list[str], camera_only: bool | None) -> list[str]:
                     if meta.get("camera_only") is camera_only:
                         kept.append(path)
                         break
-        except (tarfile.TarError, OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise ValueError(f"cannot scan shard {path}: {error}") from error
+        except (tarfile.TarError, OSError) as error:
+            raise _unreadable(path, error) from error
+        except (UnicodeDecodeError, json.JSONDecodeError) as error:
+            raise ShardError(f"shard {path}: a json member is not UTF-8 JSON ({error})") from error
     if kept:
         return kept
     where = f"{len(paths)} shard(s) ({paths[0]}{', …' if len(paths) > 1 else ''})"
     if camera_only is None:
-        raise ValueError(f"no samples in {where}: every shard is empty")
+        raise ShardError(f"no samples in {where}: every shard is empty")
     if camera_only:
-        raise ValueError(
+        raise ShardError(
             f"no camera_only clips in {where}: the camera stage needs RealEstate10K-style shards"
         )
-    raise ValueError(f"no clips with camera_only=false in {where}")
+    raise ShardError(f"no clips with camera_only=false in {where}")
 
 
 class ClipStream(IterableDataset):
@@ -265,7 +309,7 @@ class ClipStream(IterableDataset):
         shard_seed = _seed_int(self.seed, self.rank, role, _SHARD_RNG)
         stages = [
             wds.ResampledShards(self.shards, worker_seed=lambda: shard_seed, deterministic=True),
-            wds.tarfile_to_samples(),
+            wds.tarfile_to_samples(handler=_unreadable_shard),
         ]
         if self.camera_only is not None:
             stages.append(wds.select(lambda s: _load_json(s)["camera_only"] is self.camera_only))
