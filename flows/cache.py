@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect import flow
+from prefect.states import Failed
 
 from tasks.training import cache_latents_task
 
@@ -15,4 +16,7 @@ def cache_latents(
 ) -> dict:
     """Cache SHARDS' VAE latents for RUN (default folder RUN/latents/<VAE>-<W>x<H>); a stage then
     reads them with the TrainConfig option ``latent_cache`` instead of decoding and encoding."""
-    return cache_latents_task(shards, run, out, device, dtype)
+    state = cache_latents_task(shards, run, out, device, dtype, return_state=True)
+    if not state.is_completed():  # e.g. a damaged shard, named in the message
+        return Failed(message=state.message)
+    return state.result()

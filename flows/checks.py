@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 
 from ic_model.config import LORA_STAGES, ModelConfig, TrainConfig, device_problem, field_problems, preset_config
+from ic_model.evaluation import FIRST_FRAME_SUFFIXES
 
 # Weight paths are machine settings of a run, passed apart from its architecture.
 WEIGHT_FLAGS = {"sd15_path": "--sd15-path", "motion_adapter_path": "--motion-adapter-path",
@@ -289,7 +290,9 @@ def check_evaluate(args) -> list[str]:
             shard_paths(args.reference)
         except FileNotFoundError as err:
             problems.append(f"--reference {args.reference}: {err}")
-    _existing(problems, "--images", args.images, "dir")
+    images = _existing(problems, "--images", args.images, "dir")
+    if images and not any(p.suffix.lower() in FIRST_FRAME_SUFFIXES for p in images.iterdir()):
+        problems.append(f"--images {args.images}: no images ({'/'.join(FIRST_FRAME_SUFFIXES)}) in it")
     if args.out:
         _writable_target(problems, "--out", args.out, want_dir=True)
     _positive(problems, "--steps", args.steps)

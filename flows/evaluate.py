@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Literal
 
 from prefect import flow, get_run_logger
+from prefect.states import Failed
 
 from ic_model.evaluation.evaluate import EvalSettings
 from tasks.inference import evaluate_task, publish_evaluation
@@ -38,7 +39,10 @@ def evaluate(
     settings = EvalSettings(steps=steps, guidance_scale=guidance_scale, trajs_scale=trajs_scale, seed=seed,
                             tracker=tracker, images=images, reference=reference, max_reference=max_reference,
                             ablation=ablation, mode=mode, max_cases=max_cases)
-    metrics = evaluate_task(run, set_name, out, settings, device, dtype=dtype)
+    state = evaluate_task(run, set_name, out, settings, device, dtype=dtype, return_state=True)
+    if not state.is_completed():  # e.g. an unreadable image or reference shard, named in the message
+        return Failed(message=state.message)
+    metrics = state.result()
     publish_evaluation(metrics, out)
     name = "CamMC" if set_name == "camera" else "ObjMC"
     get_run_logger().info("%s: %s = %s px, FID %s, FVD %s → %s/metrics.json", set_name, name, metrics[name],

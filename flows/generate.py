@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Literal
 
 from prefect import flow
+from prefect.states import Failed
 
 from tasks.inference import generate_videos
 
@@ -20,4 +21,7 @@ def generate(
     """Each request: {image, prompt, trajectories (JSON file or list), out (.mp4), mode
     (camera|object|none|base), trajs_scale, guidance_scale, steps, seed}. ``dtype``: what the
     networks run in (bf16/fp16 on a GPU)."""
-    return generate_videos(run, requests, device, base_model, base_loras, dtype)
+    state = generate_videos(run, requests, device, base_model, base_loras, dtype, return_state=True)
+    if not state.is_completed():  # a request failed: the task's table says which, its message how
+        return Failed(message=state.message)
+    return state.result()

@@ -1,7 +1,8 @@
-"""Typed curation errors.
+"""Typed errors.
 
-Every error carries a short machine-readable ``reason`` that lands in the manifest's ``reason``
+Curation errors carry a short machine-readable ``reason`` that lands in the manifest's ``reason``
 column, so a failed or rejected video is a row with an explanation, never a crash of the batch.
+``BadInputError`` is the rest of the input's faults: a flow ends Failed with its one line.
 """
 from __future__ import annotations
 
@@ -62,5 +63,29 @@ class MissingWeightsError(RuntimeError):
     """
 
 
-class TrajectoryError(ValueError):
+
+
+class BadInputError(ValueError):
+    """Input the user gave cannot be used (a damaged shard, an unreadable image, an empty set).
+    The message names the input and the problem in one line, so the flow that meets it ends
+    Failed with that line alone: there is no bug to trace back.
+
+    The message is one string so that a DataLoader worker can re-raise it in the main process
+    with its type intact. The DataLoader prepends the worker's traceback to it; that is dropped
+    again here, so the error reads the same with any number of workers.
+    """
+
+    def __init__(self, message: str):
+        name = f"\n{type(self).__module__}.{type(self).__qualname__}: "
+        if message.startswith("Caught ") and name in message:  # torch's ExceptionWrapper.reraise
+            message = message[message.rindex(name) + len(name):].strip()
+        super().__init__(message)
+
+
+class ShardError(BadInputError):
+    """A WebDataset shard breaks the data contract: not a readable tar, a sample lacking members,
+    or no sample a stage can use. Curated data never does: it fails loudly."""
+
+
+class TrajectoryError(BadInputError):
     """A user trajectory (or a tracks array) is malformed: wrong type, shape, NaN, out of bounds."""

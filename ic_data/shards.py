@@ -27,6 +27,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import av
 import numpy as np
 
+from ic_data.errors import ShardError
 from ic_data.mp4 import decode_mp4, encode_mp4
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "clip_meta",
     "iter_shards",
     "read_shard",
+    "unreadable_shard",
+    "webdataset_shard_handler",
     "webdataset_pipeline",
     "write_shard",
 ]
@@ -332,46 +335,81 @@ def write_shard(
     return keys
 
 
-def _split_member_name(name: str) -> tuple[str, str]:
+def unreadable_shard(path: str, error: BaseException) -> ShardError:
+    """``shard PATH: not a readable tar file (ReadError: …)``, on one line."""
+    if isinstance(error, OSError) and error.strerror:
+        problem = error.strerror
+    else:  # webdataset appends " @ <file object>" to the message
+        problem = " ".join(str(error.args[0] if error.args else error).split(" @ <")[0].split())
+        tried = re.search(r"method tar: \w+\('([^']*)'\)", problem)  # tarfile lists each compression it tried
+        problem = tried.group(1) if tried else problem
+    return ShardError(f"shard {path}: not a readable tar file ({type(error).__name__}: {problem})")
+
+
+class _ShardReadPending(Exception):
+    """A tar error raised below the level of webdataset's reader that knows the shard's url."""
+
+
+def webdataset_shard_handler(error: BaseException) -> bool:
+    """webdataset's handler for a shard it cannot open or expand: one ``ShardError`` naming it.
+
+    webdataset calls it at several levels; the outer ones append the shard's url to the error's
+    args, so an error from an inner level goes up once more to be named.
+    """
+    url = error.args[-1] if len(error.args) > 1 and isinstance(error.args[-1], str) else None
+    if url is None:
+        raise _ShardReadPending() from error
+    original = error.__cause__ if isinstance(error, _ShardReadPending) else error
+    raise unreadable_shard(url, original) from original
+
+
+def _split_member_name(name: str, path: str) -> tuple[str, str]:
     base = os.path.basename(name)
     key, dot, suffix = base.partition(".")
     if not dot:
-        raise ValueError(f"tar member {name!r} has no extension")
+        raise ShardError(f"shard {path}: tar member {name!r} has no extension")
     return key, suffix
 
 
 def _sample_from_members(key: str, members: dict[str, bytes], path: str) -> ClipSample:
     missing = [suffix for suffix in MEMBER_SUFFIXES if suffix not in members]
     if missing:
-        raise ValueError(f"sample {key!r} in {path} lacks members {missing}")
-    return ClipSample(
-        key=key,
-        tracks=_npy_load(members["tracks.npy"]),
-        visibility=_npy_load(members["visibility.npy"]),
-        sparse=_npy_load(members["sparse.npy"]),
-        caption=members["txt"].decode("utf-8"),
-        meta=json.loads(members["json"].decode("utf-8")),
-        mp4=members["mp4"],
-    )
+        raise ShardError(f"shard {path}, sample {key!r}: lacks members {missing}")
+    try:
+        return ClipSample(
+            key=key,
+            tracks=_npy_load(members["tracks.npy"]),
+            visibility=_npy_load(members["visibility.npy"]),
+            sparse=_npy_load(members["sparse.npy"]),
+            caption=members["txt"].decode("utf-8"),
+            meta=json.loads(members["json"].decode("utf-8")),
+            mp4=members["mp4"],
+        )
+    except ValueError as error:  # a bad .npy, a caption or json that is not UTF-8 (JSON)
+        raise ShardError(f"shard {path}, sample {key!r}: malformed ({type(error).__name__}: {error})") from error
 
 
 def read_shard(path: str | os.PathLike) -> Iterator[ClipSample]:
-    """Yield the samples of one shard in order, with ``mp4`` kept as bytes (see ``decode_frames``)."""
+    """Yield the samples of one shard in order, with ``mp4`` kept as bytes (see ``decode_frames``).
+    A damaged shard raises ``ShardError`` naming it."""
     path = os.fspath(path)
     current_key: str | None = None
     members: dict[str, bytes] = {}
-    with tarfile.open(path, mode="r") as tar:
-        for info in tar:
-            if not info.isfile():
-                continue
-            key, suffix = _split_member_name(info.name)
-            if key != current_key:
-                if current_key is not None:
-                    yield _sample_from_members(current_key, members, path)
-                current_key, members = key, {}
-            members[suffix] = tar.extractfile(info).read()
-        if current_key is not None:
-            yield _sample_from_members(current_key, members, path)
+    try:
+        with tarfile.open(path, mode="r") as tar:
+            for info in tar:
+                if not info.isfile():
+                    continue
+                key, suffix = _split_member_name(info.name, path)
+                if key != current_key:
+                    if current_key is not None:
+                        yield _sample_from_members(current_key, members, path)
+                    current_key, members = key, {}
+                members[suffix] = tar.extractfile(info).read()
+    except (tarfile.TarError, OSError) as error:
+        raise unreadable_shard(path, error) from error
+    if current_key is not None:
+        yield _sample_from_members(current_key, members, path)
 
 
 def iter_shards(paths: Iterable[str | os.PathLike]) -> Iterator[ClipSample]:

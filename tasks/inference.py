@@ -12,10 +12,13 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Failed
 
+from ic_data.errors import BadInputError
 from ic_model.evaluation.evaluate import EvalSettings, evaluate_set
 from ic_model.pipelines.generate import generate_to_files
 from ic_model.pipelines.image_conductor import ImageConductorPipeline
+from tasks.failures import bad_input_fails
 
 REQUEST_DEFAULTS = dict(mode="object", trajs_scale=1.0, guidance_scale=8.5, steps=25, seed=0, trajectory_space="image")
 
@@ -51,6 +54,8 @@ def generate_videos(
         except Exception as exc:  # one bad request is reported; the others still run
             record = {"request": request, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}
             problems.append(record["error"])
+            if not isinstance(exc, BadInputError):  # a bug, not the request's fault: keep its traceback
+                log.exception("request %d of %d failed", i, len(requests))
         else:
             record["status"] = "ok"
             log.info("%s: %s in %.1f s", record["video"], record["mode"], record["seconds"])
@@ -64,12 +69,13 @@ def generate_videos(
             "# Generated videos\n\n" + "\n".join(_gif_markdown(Path(r["preview"]), Path(r["video"]).name) for r in ok),
             key="generate-previews", description="Generated videos with their trajectories",
         )
-    if problems:
-        raise RuntimeError(f"{len(problems)} of {len(requests)} requests failed:\n" + "\n".join(problems))
+    if problems:  # recorded in the table above; the flow run ends Failed with them
+        return Failed(message=f"{len(problems)} of {len(requests)} requests failed: " + "; ".join(problems))
     return records
 
 
 @task(name="evaluate-set", task_run_name="evaluate {set_name}", cache_policy=NO_CACHE, tags=["gpu"])
+@bad_input_fails
 def evaluate_task(run: str, set_name: str, out: str, settings: EvalSettings, device: str = "cpu",
                   base_model: str | None = None, base_loras: list[str] | None = None, dtype: str = "fp32") -> dict:
     pipe = _pipeline(run, device, base_model, base_loras, dtype)

@@ -21,12 +21,11 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.cache_policies import NO_CACHE
-from prefect.states import Failed
 
 from ic_model.config import ModelConfig, TrainConfig
-from ic_model.training.data import ShardError
 from ic_model.training.run import stage_dir
 from ic_model.training.loop import launch_command, train_stage
+from tasks.failures import bad_input_fails
 
 # Tag-based concurrency limit: `prefect concurrency-limit create gpu N` (N GPUs on the worker)
 # keeps two stages from sharing a GPU. deployments/serve.py creates it when missing.
@@ -76,6 +75,7 @@ def _launch(stage: str, shards: str, run: str, train_cfg: TrainConfig, model_cfg
 
 
 @task(name="train", task_run_name="train {stage}", tags=[GPU_TAG], cache_policy=NO_CACHE)
+@bad_input_fails
 def run_stage(
     stage: str, shards: str, run: str, train_cfg: TrainConfig, model_cfg: ModelConfig, num_processes: int = 1
 ) -> dict:
@@ -96,14 +96,11 @@ def run_stage(
                      r["case"], r["trajs_scale"])
         publish_validation(stage, records)
 
-    try:
-        if num_processes > 1:
-            summary = _launch(stage, shards, run, train_cfg, model_cfg, num_processes, on_log)
-        else:
-            summary = train_stage(stage, shards, run, train_cfg, model_cfg, on_log=on_log, progress=False,
-                                  on_validation=on_validation)
-    except ShardError as err:  # the data's fault, named in one line: no traceback to read
-        return Failed(message=str(err))
+    if num_processes > 1:
+        summary = _launch(stage, shards, run, train_cfg, model_cfg, num_processes, on_log)
+    else:
+        summary = train_stage(stage, shards, run, train_cfg, model_cfg, on_log=on_log, progress=False,
+                              on_validation=on_validation)
     update_progress_artifact(progress, 100.0)
     return summary
 
@@ -140,6 +137,7 @@ def publish_training(stage: str, run: str, summary: dict, max_rows: int = 40) ->
 
 
 @task(name="cache-latents", cache_policy=NO_CACHE, tags=[GPU_TAG])
+@bad_input_fails
 def cache_latents_task(shards: str, run: str, out: str | None, device: str, dtype: str) -> dict:
     """Encode the shards' frames once with the run's VAE; progress per shard in the UI."""
     from ic_model.pipelines.image_conductor import DTYPES

@@ -156,6 +156,43 @@ def test_ic_evaluate_camera_set_writes_metrics(prefect_api, tiny_run, tmp_path):
     assert len(list((out / "videos").glob("*.mp4"))) == 10
 
 
+def test_bad_input_ends_generate_and_evaluate_in_one_line_naming_it(prefect_api, tiny_run, training_shards,
+                                                                     tmp_path):
+    """A request, image or reference shard that cannot be used fails its flow run with one line
+    naming it, not a traceback; the good requests of the same batch are still written."""
+    import cv2
+
+    from flows.evaluate import evaluate
+    from flows.generate import generate
+
+    run, _ = tiny_run
+    good, bad = tmp_path / "frame.png", tmp_path / "broken.png"
+    cv2.imwrite(str(good), np.random.default_rng(1).integers(0, 256, (64, 96, 3), dtype=np.uint8))
+    bad.write_bytes(b"\x89PNG not really")
+    request = dict(prompt="", trajectories=[[[10, 10], [40, 30]]], steps=1)
+    state = generate(run=str(run), requests=[dict(request, image=str(good), out=str(tmp_path / "ok.mp4")),
+                                             dict(request, image=str(bad), out=str(tmp_path / "no.mp4"))],
+                     return_state=True)
+    assert state.is_failed()
+    assert state.message == f"1 of 2 requests failed: BadInputError: cannot decode image {bad} (not an image file?)"
+    assert (tmp_path / "ok.mp4").is_file() and not (tmp_path / "no.mp4").exists()
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "a.png").write_bytes(bad.read_bytes())
+    settings = dict(set_name="object", run=str(run), steps=1, max_cases=1, return_state=True)
+    state = evaluate(out=str(tmp_path / "eval-images"), images=str(images), **settings)
+    assert state.is_failed() and state.message == f"cannot read image {images / 'a.png'}"
+
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    shard = sorted(training_shards.glob("*.tar"))[0]
+    (reference / shard.name).write_bytes(shard.read_bytes()[:5000])  # cut inside the first sample
+    state = evaluate(out=str(tmp_path / "eval-reference"), reference=str(reference), **settings)
+    assert state.is_failed()
+    assert state.message == f"shard {reference / shard.name}: not a readable tar file (ReadError: unexpected end of data)"
+
+
 def test_the_vae_decode_in_chunks_equals_one_decode(pipe):
     from ic_model.models.codec import decode_latents
 

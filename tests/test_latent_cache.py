@@ -118,6 +118,22 @@ def test_a_corrupt_clip_stops_the_cache_naming_it_and_keeps_the_shards_before_it
     assert not shard_cache_file(tmp_path / "cache", bad).exists()
 
 
+def test_a_damaged_shard_stops_the_cache_in_one_line_naming_it(sd15_run, training_shards, tmp_path):
+    from ic_data.errors import ShardError
+    from ic_data.shards import shard_paths
+    from ic_model.training.latent_cache import build_latent_cache
+
+    run, cfg = sd15_run
+    data = Path(shard_paths(str(training_shards))[0]).read_bytes()
+    bad = tmp_path / "cut.tar"
+    bad.write_bytes(data[: len(data) // 2])
+    with sd15.mini_architecture():
+        vae, _ = load_run_vae(run)
+        with pytest.raises(ShardError) as caught:
+            build_latent_cache([str(bad)], vae, cfg, tmp_path / "cache")
+    assert str(caught.value) == f"shard {bad}: not a readable tar file (ReadError: unexpected end of data)"
+
+
 def test_ic_cache_latents_is_resumable_and_checks_its_input(prefect_api, sd15_run, training_shards, cache, capsys,
                                                             tmp_path):
     from flows import cli

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import tarfile
 
 import numpy as np
 import pytest
@@ -287,6 +289,34 @@ def test_meta_must_be_json_and_match_frame_count():
         make_sample(meta={**good.meta, "extra": object()})
     with pytest.raises(ValueError, match="JSON"):
         make_sample(meta={**good.meta, "motion_score": float("nan")})
+
+
+def test_a_damaged_shard_is_one_error_naming_it(tmp_path):
+    from ic_data.errors import ShardError
+
+    samples = [make_sample(f"clip{i}") for i in range(2)]
+    whole = tmp_path / "whole.tar"
+    write_shard(whole, samples)
+    data = whole.read_bytes()
+    cases = {
+        "cut.tar": (data[: len(data) // 2], "not a readable tar file (ReadError: unexpected end of data)"),
+        "noise.tar": (np.random.default_rng(0).bytes(20_000), "not a readable tar file (ReadError: invalid header)"),
+    }
+    for name, (payload, problem) in cases.items():
+        (tmp_path / name).write_bytes(payload)
+        with pytest.raises(ShardError) as caught:
+            list(read_shard(tmp_path / name))
+        assert str(caught.value) == f"shard {tmp_path / name}: {problem}"
+    # A sample without all its members.
+    with tarfile.open(whole) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar if not m.name.endswith(".tracks.npy")]
+    with tarfile.open(tmp_path / "partial.tar", "w") as tar:
+        for name, payload in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    with pytest.raises(ShardError, match=rf"^shard {tmp_path / 'partial.tar'}, sample 'clip0': lacks members \['tracks.npy'\]$"):
+        list(read_shard(tmp_path / "partial.tar"))
 
 
 def test_frames_or_mp4_exactly_one():

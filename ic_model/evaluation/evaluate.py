@@ -17,8 +17,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ic_data.errors import BadInputError
 from ic_data.mp4 import write_mp4
 from ic_data.preview import preview_gif
+from ic_model.evaluation import FIRST_FRAME_SUFFIXES
 from ic_model.evaluation.evalsets import EvalCase, load_eval_set, synthetic_first_frame
 from ic_model.evaluation.metrics.motion_control import motion_control_error
 from ic_model.pipelines.image_conductor import (
@@ -54,14 +56,14 @@ class EvalSettings:
 def _first_frames(cases: list[EvalCase], images: str | None, seed: int) -> list[np.ndarray]:
     if images is None:
         return [synthetic_first_frame(c, seed=seed) for c in cases]
-    paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg", ".webp"))
+    paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in FIRST_FRAME_SUFFIXES)
     if not paths:
-        raise FileNotFoundError(f"no images (.png/.jpg/.jpeg/.webp) in {images}")
+        raise BadInputError(f"no images ({'/'.join(FIRST_FRAME_SUFFIXES)}) in {images}")
     frames = []
     for i, case in enumerate(cases):
         img = cv2.imread(str(paths[i % len(paths)]), cv2.IMREAD_COLOR)
         if img is None:
-            raise ValueError(f"cannot read image {paths[i % len(paths)]}")
+            raise BadInputError(f"cannot read image {paths[i % len(paths)]}")
         # The set's trajectories are in 384×256 pixels: bring the image to that frame first.
         frames.append(cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (384, 256), interpolation=cv2.INTER_AREA))
     return frames
@@ -171,7 +173,7 @@ def reference_clips(shards: str, cfg, limit: int) -> list[np.ndarray]:
         if len(clips) >= limit:
             break
     if not clips:
-        raise ValueError(f"no reference clips in {shards}")
+        raise BadInputError(f"no reference clips in {shards}")
     return clips
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ic_data.errors import BadInputError
 from ic_data.mp4 import write_mp4
 from ic_data.preview import preview_gif
 from ic_data.trajectories import load_trajectory_file, validate_trajectories
@@ -22,10 +23,10 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     """uint8 RGB (H, W, 3); one clear error for a missing or unreadable file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
+        raise BadInputError(f"image not found: {path}")
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
-        raise ValueError(f"cannot decode image {path} (not an image file?)")
+        raise BadInputError(f"cannot decode image {path} (not an image file?)")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

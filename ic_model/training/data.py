@@ -26,7 +26,6 @@ import io
 import json
 import os
 import random
-import re
 import tarfile
 from dataclasses import dataclass
 from itertools import islice
@@ -38,7 +37,8 @@ import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ic_data.mp4 import decode_mp4
-from ic_data.shards import MEMBER_SUFFIXES, shard_paths
+from ic_data.errors import ShardError
+from ic_data.shards import MEMBER_SUFFIXES, shard_paths, unreadable_shard, webdataset_shard_handler
 from ic_data.trajectories import sample_sparse_tracks, tracks_to_flow_maps
 from ic_model.config import ModelConfig, TrainConfig
 from ic_model.training.latent_cache import LatentCacheReader, model_frames
@@ -59,52 +59,8 @@ TRACK_MODES = ("dense", "sparse")
 _SHARD_RNG, _SHUFFLE_RNG = 0, 1
 
 
-class ShardError(ValueError):
-    """The training shards break the data contract: a shard that is not a readable tar, or no
-    sample a stage can use. Curated data should never do so: fail loudly, in one line.
-
-    The message is one string so that a DataLoader worker can re-raise it in the main process
-    with its type intact. The DataLoader prepends the worker's traceback to it; that is dropped
-    again here, so the error the user reads is the same line with any number of workers.
-    """
-
-    def __init__(self, message: str):
-        name = f"\n{type(self).__module__}.{type(self).__qualname__}: "
-        if message.startswith("Caught ") and name in message:  # torch's ExceptionWrapper.reraise
-            message = message[message.rindex(name) + len(name):].strip()
-        super().__init__(message)
-
-
 class ShardSampleError(ShardError):
     """One shard sample breaks the data contract (``shard …, sample …: problem``)."""
-
-
-class _ShardReadPending(Exception):
-    """A tar error raised below the level of webdataset's reader that knows the shard's url."""
-
-
-def _unreadable_shard(error: BaseException) -> bool:
-    """webdataset's handler for a shard it cannot open or expand: one ``ShardError`` naming it.
-
-    webdataset calls it at several levels; the outer ones append the shard's url to the error's
-    args, so an error from an inner level goes up once more to be named.
-    """
-    url = error.args[-1] if len(error.args) > 1 and isinstance(error.args[-1], str) else None
-    if url is None:
-        raise _ShardReadPending() from error
-    original = error.__cause__ if isinstance(error, _ShardReadPending) else error
-    raise _unreadable(url, original) from original
-
-
-def _unreadable(url: str, error: BaseException) -> ShardError:
-    """``shard URL: not a readable tar file (ReadError: …)``, on one line."""
-    if isinstance(error, OSError) and error.strerror:
-        problem = error.strerror
-    else:  # webdataset appends " @ <file object>" to the message
-        problem = " ".join(str(error.args[0] if error.args else error).split(" @ <")[0].split())
-        tried = re.search(r"method tar: \w+\('([^']*)'\)", problem)  # tarfile lists each compression it tried
-        problem = tried.group(1) if tried else problem
-    return ShardError(f"shard {url}: not a readable tar file ({type(error).__name__}: {problem})")
 
 
 def _bad(url: str, key: str, problem: str) -> ShardSampleError:
@@ -193,7 +149,7 @@ def _scan_shards(paths: list[str], camera_only: bool | None) -> list[str]:
                         kept.append(path)
                         break
         except (tarfile.TarError, OSError) as error:
-            raise _unreadable(path, error) from error
+            raise unreadable_shard(path, error) from error
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise ShardError(f"shard {path}: a json member is not UTF-8 JSON ({error})") from error
     if kept:
@@ -309,7 +265,7 @@ class ClipStream(IterableDataset):
         shard_seed = _seed_int(self.seed, self.rank, role, _SHARD_RNG)
         stages = [
             wds.ResampledShards(self.shards, worker_seed=lambda: shard_seed, deterministic=True),
-            wds.tarfile_to_samples(handler=_unreadable_shard),
+            wds.tarfile_to_samples(handler=webdataset_shard_handler),
         ]
         if self.camera_only is not None:
             stages.append(wds.select(lambda s: _load_json(s)["camera_only"] is self.camera_only))

@@ -34,12 +34,13 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ic_data.errors import BadInputError
 from ic_model.config import ModelConfig
 
 CACHE_INFO = "cache.json"
 
 
-class LatentCacheError(ValueError):
+class LatentCacheError(BadInputError):
     """The cache is missing a shard or clip, or was built for another VAE or geometry."""
 
 
@@ -95,7 +96,9 @@ def check_cache(cache_dir: str | os.PathLike, vae, cfg: ModelConfig) -> dict:
 def _samples(shard: str):
     import webdataset as wds
 
-    return wds.DataPipeline(wds.SimpleShardList([str(shard)]), wds.tarfile_to_samples())
+    from ic_data.shards import webdataset_shard_handler
+
+    return wds.DataPipeline(wds.SimpleShardList([str(shard)]), wds.tarfile_to_samples(handler=webdataset_shard_handler))
 
 
 def model_frames(frames: np.ndarray, cfg: ModelConfig) -> torch.Tensor:
