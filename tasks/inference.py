@@ -40,6 +40,7 @@ def _gif_markdown(path: Path, title: str) -> str:
 
 
 @task(name="generate-videos", cache_policy=NO_CACHE)
+@bad_input_fails
 def generate_videos(
     run: str, requests: list[dict], device: str = "cpu", base_model: str | None = None,
     base_loras: list[str] | None = None, dtype: str = "fp32",

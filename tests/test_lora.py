@@ -249,6 +249,22 @@ def test_load_is_strict(tmp_path):
     with pytest.raises(ValueError, match="metadata"):
         load_adapter(tiny_controlnet(), "camera", tmp_path / "plain.safetensors")
 
+    # A damaged or missing file: one error naming it (a bad input, not a bug: flows end in its line).
+    from ic_model.models.files import WeightsFileError
+
+    data = (tmp_path / "camera.safetensors").read_bytes()
+    for name, payload, problem in (
+        ("cut.safetensors", data[: len(data) // 2], "incomplete metadata, file not fully covered"),
+        ("noise.safetensors", b"\xff" * 64, "header too large"),
+    ):
+        (tmp_path / name).write_bytes(payload)
+        with pytest.raises(WeightsFileError) as caught:
+            load_adapter(tiny_controlnet(), "camera", tmp_path / name)
+        assert str(caught.value).startswith(f"{tmp_path / name}: not a readable safetensors file (")
+        assert problem in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(WeightsFileError, match=f"^{tmp_path / 'gone.safetensors'}: no such weights file$"):
+        load_adapter(tiny_controlnet(), "camera", tmp_path / "gone.safetensors")
+
 
 def two_layer_model(rank):
     """A Linear and a Conv2d, both carrying a camera and an object adapter of rank ``rank``."""

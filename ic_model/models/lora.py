@@ -52,11 +52,11 @@ from pathlib import Path
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
 from ic_model.config import DEFAULT_LORA_TARGETS
+from ic_model.models.files import read_safetensors
 
 LORA_TARGETS = DEFAULT_LORA_TARGETS
 
@@ -254,9 +254,7 @@ def load_adapter(model: nn.Module, name: str, path: str | os.PathLike) -> None:
     adapter's tensors with the same shapes, and an adapter already present must have the file's
     rank and alpha (alpha/rank scales the LoRA update, so a mismatch would change outputs silently).
     """
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    tensors, metadata = read_safetensors(path)
     if METADATA_KEY not in metadata:
         raise ValueError(f"{path} is not a LoRA adapter file (no {METADATA_KEY!r} metadata)")
     saved = json.loads(metadata[METADATA_KEY])

@@ -519,7 +519,7 @@ def load_video_base(base_dir: Path, torch_dtype: torch.dtype = torch.float32):
     """The video UNet (``UNetMotionModel``) and image ControlNet from ``base_dir``'s
     ``unet.safetensors`` and ``image_controlnet.safetensors``, built empty from the preset's
     configs and filled strictly."""
-    from safetensors.torch import load_file
+    from ic_model.models.files import load_safetensors
 
     with init_empty_weights():
         unet = UNetMotionModel.from_unet2d(sd15_unet_2d(), animatediff_v3_adapter(), load_weights=False)
@@ -529,7 +529,7 @@ def load_video_base(base_dir: Path, torch_dtype: torch.dtype = torch.float32):
         path = base_dir / f"{name}.safetensors"
         if not path.is_file():
             raise MissingWeightsError(f"{base_dir} lacks {path.name}: the run's base stage is incomplete")
-        loaded.append(load_converted(model, load_file(str(path)), what=what, source=str(path), dtype=torch_dtype))
+        loaded.append(load_converted(model, load_safetensors(path), what=what, source=str(path), dtype=torch_dtype))
     return loaded
 
 

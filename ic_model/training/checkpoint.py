@@ -22,7 +22,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from ic_model.models.files import load_safetensors
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -144,7 +146,7 @@ def load_checkpoint(
 ) -> int:
     """Restore a checkpoint into the (unwrapped) module and optimizer; return its step."""
     path = Path(path)
-    weights = load_file(str(path / "trainable.safetensors"))
+    weights = load_safetensors(path / "trainable.safetensors")
     expected = {n for n, p in module.named_parameters() if p.requires_grad}
     if set(weights) != expected:
         raise ValueError(

@@ -22,10 +22,11 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ic_model.config import ModelConfig, load_json, preset_config, save_json
 from ic_model.models.components import Components
+from ic_model.models.files import load_safetensors
 from ic_model.models.motion_controlnet import copy_unet_encoder
 from ic_model.models.presets import build_components
 from ic_model.models.sd15 import COMPUTED_BUFFERS
@@ -106,7 +107,7 @@ def save_module(module: torch.nn.Module, path: str | os.PathLike) -> None:
 def load_module(module: torch.nn.Module, path: str | os.PathLike) -> None:
     """Strict, except for buffers the module computes itself (the motion modules' position
     tables: a converted release does not carry them)."""
-    state = load_file(str(path))
+    state = load_safetensors(path)
     missing, unexpected = module.load_state_dict(state, strict=False)
     missing = [k for k in missing if not COMPUTED_BUFFERS.search(k)]
     if missing or unexpected:
