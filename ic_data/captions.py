@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +21,13 @@ BLIP2_PATH_ENV = "IC_BLIP2_PATH"
 _WEBVID_COLUMNS = ("videoid", "name")
 
 
-def load_webvid_captions(csv_path: str | os.PathLike) -> dict[str, str]:
+def load_webvid_captions(csv_path: str | os.PathLike, only: Collection[str] | None = None) -> dict[str, str]:
     """Map WebVid ``videoid`` → caption (``name`` column) from a WebVid results CSV.
 
-    Other columns (``contentUrl``, ``duration``, ``page_dir``, …) are ignored. Raises
-    ``ValueError`` naming the missing columns if ``videoid`` or ``name`` is absent.
+    ``only``: keep just these video ids. The CSV is read row by row, so memory follows the
+    selection, not WebVid's 10M rows (gigabytes as a dict). Other columns (``contentUrl``,
+    ``duration``, ``page_dir``, …) are ignored. Raises ``ValueError`` naming the missing columns
+    if ``videoid`` or ``name`` is absent.
     """
     with open(csv_path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
@@ -32,7 +35,7 @@ def load_webvid_captions(csv_path: str | os.PathLike) -> dict[str, str]:
         captions: dict[str, str] = {}
         for record in reader:
             video_id = (record.get("videoid") or "").strip()
-            if video_id:
+            if video_id and (only is None or video_id in only):
                 captions[video_id] = (record.get("name") or "").strip()
     return captions
 

@@ -83,6 +83,7 @@ class Chunk:
 
     key: str
     videos: tuple[tuple[str, str], ...]  # (video_id, path)
+    captions: tuple[tuple[str, str], ...] = ()  # (video_id, WebVid caption) of the videos the CSV names
 
 
 @dataclass
@@ -139,15 +140,25 @@ def discover_videos(root: str | os.PathLike, extensions: Sequence[str] = VIDEO_E
 
 
 def plan_chunks(videos: Sequence[tuple[str, str]], config: CurationConfig, chunk_size: int = 32) -> list[Chunk]:
-    """Split the sorted inputs into chunks; a chunk's key hashes its video ids and the config."""
+    """Split the sorted inputs into chunks; a chunk's key hashes its video ids and the config.
+
+    With ``captions_csv`` the CSV is read here, once, keeping only the captions of these videos:
+    each chunk carries its own, so no worker holds WebVid's millions of rows.
+    """
+    from ic_data.captions import caption_for, load_webvid_captions
+
     if chunk_size < 1:
         raise ValueError("chunk_size must be ≥ 1")
+    captions = {}
+    if config.captions_csv:
+        captions = load_webvid_captions(config.captions_csv, only={Path(p).stem for _, p in videos})
     fp = config.fingerprint()
     chunks = []
     for i in range(0, len(videos), chunk_size):
         part = tuple(sorted(videos[i : i + chunk_size]))
         digest = hashlib.sha1((fp + "\n" + "\n".join(v for v, _ in part)).encode()).hexdigest()[:10]
-        chunks.append(Chunk(key=f"chunk-{i // chunk_size:05d}-{digest}", videos=part))
+        named = tuple((v, c) for v, c in ((v, caption_for(p, captions)) for v, p in part) if c is not None)
+        chunks.append(Chunk(key=f"chunk-{i // chunk_size:05d}-{digest}", videos=part, captions=named))
     return chunks
 
 
@@ -217,11 +228,6 @@ class Stage1:
         self.config = config
         self.out_dir = Path(out_dir)
         self.flow = make_flow_backend(config.flow, **config.flow_options)
-        self.captions = None
-        if config.captions_csv:
-            from ic_data.captions import load_webvid_captions
-
-            self.captions = load_webvid_captions(config.captions_csv)
 
     def analyse(self, video_id: str, path: str) -> Candidate:
         from ic_data.cuts import ANALYSIS_WIDTH, detect_cuts, longest_scene
@@ -264,10 +270,6 @@ class Stage1:
             stride = int(idx[1] - idx[0]) if len(idx) > 1 else 1
             c.clip_fps = float(info.fps / stride) if info.fps > 0 else 8.0
             clip = clipmod.crop_frames(frames, box)
-            if self.captions is not None:
-                from ic_data.captions import caption_for
-
-                c.caption = caption_for(path, self.captions)
         except Exception as exc:  # a property of this video: recorded, the chunk goes on
             _failure(c, exc)
         else:
@@ -294,13 +296,16 @@ def run_stage1_chunk(chunk: Chunk, config: CurationConfig, out_dir: str | os.Pat
     if config.processes > 0 and stage is None:
         jobs = [(_analyse_in_worker, (config, str(out_dir), vid, path)) for vid, path in chunk.videos]
         done = run_in_workers(jobs, config.processes)
-        cands = [
-            dataclasses.asdict(c if not isinstance(c, BaseException) else _failure(Candidate(vid, path), c))
-            for (vid, path), c in zip(chunk.videos, done)
-        ]
+        found = [c if not isinstance(c, BaseException) else _failure(Candidate(vid, path), c)
+                 for (vid, path), c in zip(chunk.videos, done)]
     else:
         stage = stage or Stage1(config, out_dir)
-        cands = [dataclasses.asdict(stage.analyse(vid, path)) for vid, path in chunk.videos]
+        found = [stage.analyse(vid, path) for vid, path in chunk.videos]
+    captions = dict(chunk.captions)
+    for c in found:
+        if c.status == "scored":
+            c.caption = captions.get(c.video_id)
+    cands = [dataclasses.asdict(c) for c in found]
     _atomic_write_text(result, json.dumps({"chunk": chunk.key, "candidates": cands}, indent=1, sort_keys=True))
     return result
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,42 @@ def test_webvid_captions_match_by_file_stem(tmp_path):
     )
     assert caption_for("21179416.webm", captions) == "Woman smiling at camera"
     assert caption_for("/data/999.mp4", captions) is None
+
+
+def test_only_the_selected_captions_are_kept(tmp_path):
+    csv_path = tmp_path / "results_2M_val.csv"
+    csv_path.write_text(WEBVID_CSV, encoding="utf-8")
+    assert load_webvid_captions(csv_path, only={"21179416", "404"}) == {"21179416": "Woman smiling at camera"}
+    assert load_webvid_captions(csv_path, only=set()) == {}
+
+
+def test_curated_shards_carry_the_csv_caption_of_their_video(two_shot_video, tmp_path):
+    """Curation reads the CSV once, for the videos it curates, and each clip's shard sample and
+    manifest row carry its video's caption (none for a video the CSV does not name)."""
+    import shutil
+
+    from ic_data.manifest import read_manifest
+    from ic_data.pipeline import CurationConfig, curate, discover_videos, plan_chunks
+    from ic_data.shards import iter_shards, shard_paths
+
+    videos = tmp_path / "videos"
+    (videos / "011201_011250").mkdir(parents=True)
+    shutil.copy(two_shot_video[0], videos / "011201_011250" / "1066678825.mp4")
+    shutil.copy(two_shot_video[0], videos / "999.mp4")
+    csv_path = tmp_path / "captions.csv"
+    csv_path.write_text(WEBVID_CSV, encoding="utf-8")
+    config = CurationConfig(captions_csv=str(csv_path), drop_fraction=0.0)
+    # Each chunk task carries the captions of its own videos, so no worker reads the CSV.
+    chunks = plan_chunks(discover_videos(videos), config, chunk_size=1)
+    assert [[(Path(p).stem, dict(c.captions).get(v)) for v, p in c.videos] for c in chunks] == [
+        [("1066678825", "Aerial shot of a winding road, autumn forest")], [("999", None)]]
+    curate(videos, tmp_path / "out", config, chunk_size=1)
+    rows = {Path(r.path).stem: r for r in read_manifest(tmp_path / "out" / "manifest.parquet")}
+    assert {k: (r.status, r.caption) for k, r in rows.items()} == {
+        "1066678825": ("ok", "Aerial shot of a winding road, autumn forest"), "999": ("ok", "")}
+    samples = {s.meta["source_path"].rsplit("/", 1)[-1]: s.caption
+               for s in iter_shards(shard_paths(str(tmp_path / "out" / "shards")))}
+    assert samples == {"1066678825.mp4": "Aerial shot of a winding road, autumn forest", "999.mp4": ""}
 
 
 def test_webvid_csv_missing_columns_are_named(tmp_path):
