@@ -63,8 +63,6 @@ class MissingWeightsError(RuntimeError):
     """
 
 
-
-
 class BadInputError(ValueError):
     """Input the user gave cannot be used (a damaged shard, an unreadable image, an empty set).
     The message names the input and the problem in one line, so the flow that meets it ends

@@ -353,12 +353,13 @@ class _ShardReadPending(Exception):
 def webdataset_shard_handler(error: BaseException) -> bool:
     """webdataset's handler for a shard it cannot open or expand: one ``ShardError`` naming it.
 
-    webdataset calls it at several levels; the outer ones append the shard's url to the error's
-    args, so an error from an inner level goes up once more to be named.
+    webdataset calls it at several levels. The innermost (reading members) marks the message
+    with " @ <file object>" and knows no url: its error goes up once more, to the level that
+    appends the shard's url to the error's args.
     """
-    url = error.args[-1] if len(error.args) > 1 and isinstance(error.args[-1], str) else None
-    if url is None:
+    if error.args and " @ <" in str(error.args[0]):
         raise _ShardReadPending() from error
+    url = error.args[-1] if len(error.args) > 1 and isinstance(error.args[-1], str) else "(unknown)"
     original = error.__cause__ if isinstance(error, _ShardReadPending) else error
     raise unreadable_shard(url, original) from original
 
