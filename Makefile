@@ -5,7 +5,7 @@ PY      = $(VENV)/bin/python
 # The CPU/CUDA build of torch is the user's choice; this pair is what we test with.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 STAMP   = $(VENV)/.installed
-# `make test` stays within 15 min on 2 cores (measured: docs/benchmarks.md); the end-to-end
+# `make test` takes 12–14 min on 2 cores, 18 on a slow day (docs/benchmarks.md); the end-to-end
 # runs (a real Prefect server with deployments, killed CLI runs, the browser, the demo flow, the
 # release's weights through `ic`) are `make test-e2e`, which CI runs after it.
 PYTEST_ARGS ?= -m "not slow and not e2e"
