@@ -134,6 +134,19 @@ def test_a_damaged_shard_stops_the_cache_in_one_line_naming_it(sd15_run, trainin
     assert str(caught.value) == f"shard {bad}: not a readable tar file (ReadError: unexpected end of data)"
 
 
+def test_a_damaged_cache_file_is_one_error_naming_it(training_shards, cache, tmp_path):
+    from ic_data.shards import shard_paths
+    from ic_model.training.latent_cache import LatentCacheReader, shard_cache_file
+
+    copy = tmp_path / "cache"
+    shutil.copytree(cache["cache"], copy)
+    shard = shard_paths(str(training_shards))[0]
+    damaged = shard_cache_file(copy, shard)
+    damaged.write_bytes(damaged.read_bytes()[:100])
+    with pytest.raises(LatentCacheError, match=f"^{damaged}: not a readable safetensors file .*rerun `ic cache-latents`"):
+        LatentCacheReader(copy).clip(shard, "any")
+
+
 def test_ic_cache_latents_is_resumable_and_checks_its_input(prefect_api, sd15_run, training_shards, cache, capsys,
                                                             tmp_path):
     from flows import cli

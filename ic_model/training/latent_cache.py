@@ -31,7 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ic_data.errors import BadInputError
@@ -220,7 +220,11 @@ class LatentCacheReader:
                     f"the latent cache {self.cache_dir} has no file for shard {shard_url} (new or changed "
                     "since it was built): rerun `ic cache-latents` for these shards"
                 )
-            handle = safe_open(str(path), framework="pt")
+            try:
+                handle = safe_open(str(path), framework="pt")
+            except SafetensorError as err:
+                raise LatentCacheError(f"{path}: not a readable safetensors file ({err}): rerun `ic cache-latents` "
+                                       "after deleting it") from err
             sizes = json.loads((handle.metadata() or {}).get("clip_sizes", "{}"))
             self._files[shard_url] = handle = (handle, sizes)
         handle, sizes = handle
