@@ -130,10 +130,10 @@ def _run_problems(problems: list[str], run_arg: str, mode: str | None) -> ModelC
 
 
 def check_curate(args) -> list[str]:
-    problems: list[str] = []
     from ic_data.captions import webvid_csv_header
     from ic_data.pipeline import VIDEO_EXTENSIONS
 
+    problems: list[str] = []
     videos = _existing(problems, "--videos", args.videos, "dir")
     if videos and not any(p.suffix.lower() in VIDEO_EXTENSIONS for p in videos.rglob("*")):
         problems.append(f"--videos {args.videos}: no video files in it (looked for {', '.join(VIDEO_EXTENSIONS)})")

@@ -49,7 +49,8 @@ def test_stage_without_prerequisite_fails_with_a_clear_message(prefect_api, trai
     assert "needs the finished 'sparse' stage" in capsys.readouterr().err
 
 
-def test_an_unreadable_shard_ends_the_flow_with_one_line_naming_it(prefect_api, training_shards, tmp_path, capsys):
+def test_an_unreadable_shard_ends_the_flow_with_one_line_naming_it(prefect_api, training_shards, tmp_path, capsys,
+                                                                   caplog):
     bad = tmp_path / "shards"
     bad.mkdir()
     for shard in sorted(training_shards.glob("*.tar")):
@@ -61,9 +62,11 @@ def test_an_unreadable_shard_ends_the_flow_with_one_line_naming_it(prefect_api, 
     assert re.fullmatch(r"shard .*/shards/\S+\.tar: not a readable tar file \(ReadError: unexpected end of data\)",
                         state.message), state.message
     assert ic_main(["train", "vae", "--shards", str(bad), "--run", str(tmp_path / "run"), "--steps", "2"]) == 1
-    err = capsys.readouterr().err
-    assert f"ic train: the flow run ended Failed: {state.message}" in err
-    assert "Traceback" not in err
+    assert f"ic train: the flow run ended Failed: {state.message}" in capsys.readouterr().err
+    # Prefect's log of the runs (pytest captures it; the console handler bypasses capsys) names the
+    # shard and carries no traceback.
+    assert any(state.message in r.getMessage() for r in caplog.records)
+    assert not [r.getMessage() for r in caplog.records if r.exc_info and r.exc_info[0] is not None]
 
 
 def test_ic_train_model_option_starts_a_space_to_depth_run(prefect_api, training_shards, tmp_path, capsys):
