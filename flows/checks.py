@@ -22,6 +22,12 @@ WEIGHT_FLAGS = {"sd15_path": "--sd15-path", "motion_adapter_path": "--motion-ada
                 "sparsectrl_rgb_path": "--sparsectrl-rgb-path"}
 
 
+def _named(args, flag: str) -> str:
+    """``flag``, or the ``--config`` file's key its value came from (``FILE: stages.dense.steps``)."""
+    source = getattr(args, "config_sources", {}).get(flag[2:].replace("-", "_"))
+    return f"--config {args.config}: {source}" if source else flag
+
+
 def _positive(problems: list[str], flag: str, value, minimum=1) -> None:
     if value is not None and not value >= minimum:
         problems.append(f"{flag} must be at least {minimum}, got {value}")
@@ -165,17 +171,17 @@ def check_train(args) -> list[str]:
     try:
         shard_paths(args.shards)
     except FileNotFoundError as err:
-        problems.append(f"--shards {args.shards}: {err}")
-    _positive(problems, "--steps", args.steps)
-    _positive(problems, "--batch-size", args.batch_size)
-    _positive(problems, "--grad-accum", args.grad_accum)
-    _positive(problems, "--num-processes", args.num_processes)
-    _positive(problems, "--validate-every", args.validate_every, 0)
-    _finite(problems, "--lr", args.lr, 0.0, strict=True)
+        problems.append(f"{_named(args, '--shards')} {args.shards}: {err}")
+    _positive(problems, _named(args, "--steps"), args.steps)
+    _positive(problems, _named(args, "--batch-size"), args.batch_size)
+    _positive(problems, _named(args, "--grad-accum"), args.grad_accum)
+    _positive(problems, _named(args, "--num-processes"), args.num_processes)
+    _positive(problems, _named(args, "--validate-every"), args.validate_every, 0)
+    _finite(problems, _named(args, "--lr"), args.lr, 0.0, strict=True)
     if args.report_to not in (None, "tensorboard", "wandb", "none"):
-        problems.append(f"report_to must be tensorboard, wandb or none, got {args.report_to!r}")
+        problems.append(f"{_named(args, '--report-to')} must be tensorboard, wandb or none, got {args.report_to!r}")
     if args.mixed_precision not in (None, "no", "fp16", "bf16"):
-        problems.append(f"mixed_precision must be no, fp16 or bf16, got {args.mixed_precision!r}")
+        problems.append(f"{_named(args, '--mixed-precision')} must be no, fp16 or bf16, got {args.mixed_precision!r}")
     if args.report_to == "wandb":
         import importlib.util
 

@@ -331,9 +331,11 @@ def apply_config_file(args: argparse.Namespace) -> list[str]:
         spec = read_config_file(args.config, args.stage)
     except ConfigFileError as err:
         return [f"--config {p}" for p in err.problems]
+    args.config_sources = {}  # dest → the file's key it was filled from (checks name it)
     for key in ("run", "shards", "preset", "num_processes"):
         if getattr(args, key) is None and key in spec:
             setattr(args, key, spec[key])
+            args.config_sources[key] = spec["sources"][key]
     for key, value in spec["weights"].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -342,6 +344,8 @@ def apply_config_file(args: argparse.Namespace) -> list[str]:
         value = train.pop(field, None)
         if getattr(args, dest) is None:
             setattr(args, dest, value)
+            if value is not None:
+                args.config_sources[dest] = spec["sources"][field]
     for flag, from_file in (("options", train), ("model", spec["model"])):
         given = json.loads(getattr(args, flag)) if getattr(args, flag) else {}
         if from_file and isinstance(given, dict):

@@ -420,7 +420,8 @@ def read_config_file(path: str | os.PathLike, stage: str) -> dict:
     """A training config file (YAML or JSON) for ``stage``: ``preset``, ``run``, ``shards``,
     ``num_processes``, ``model`` (ModelConfig fields of a new run), ``weights`` (sd15 paths),
     ``train`` (TrainConfig fields for every stage) and ``stages.STAGE`` (TrainConfig fields for
-    one stage, over ``train``). Returns them with ``train`` merged for ``stage``; every problem
+    one stage, over ``train``). Returns them with ``train`` merged for ``stage``, and ``sources``:
+each of its keys → where in the file it was set (``stages.dense.steps``); every problem
     (unknown key, wrong type, unreadable file) is one line of a :class:`ConfigFileError`."""
     import yaml
 
@@ -467,8 +468,11 @@ def read_config_file(path: str | os.PathLike, stage: str) -> dict:
     if problems:
         raise ConfigFileError(path, problems)
     merged = {**(train if isinstance(train, dict) else {}), **(stages.get(stage) or {})}
-    return {**{k: data[k] for k in ("preset", "run", "shards", "num_processes") if k in data},
-            "model": model, "weights": weights, "train": merged}
+    top = {k: data[k] for k in ("preset", "run", "shards", "num_processes") if k in data}
+    # Where each value came from, so that a problem with it names the file's key, not a flag.
+    sources = {**{k: k for k in top}, **{k: f"train.{k}" for k in train},
+               **{k: f"stages.{stage}.{k}" for k in stages.get(stage) or {}}}
+    return {**top, "model": model, "weights": weights, "train": merged, "sources": sources}
 
 
 def save_json(path: str | os.PathLike, data: dict) -> None:

@@ -81,3 +81,13 @@ def test_ic_train_merges_the_file_under_the_flags(tmp_path, training_shards, mon
                      "--run", str(tmp_path / "r2")]) == 2
     assert capsys.readouterr().err.strip() == (
         f"ic train: --config {path}: train: 'batch_sizes' is not a TrainConfig field")
+    # A value of the right type but out of range names where it was set: the file's key or the flag.
+    path.write_text(f"run: {tmp_path / 'r3'}\nshards: {training_shards}\ntrain: {{batch_size: 0, steps: 5}}\n"
+                    "stages: {vae: {steps: -3}}\n")
+    assert cli.main(["train", "vae", "--config", str(path), "--lr", "-1", "--grad-accum", "0"]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"ic train: --config {path}: stages.vae.steps must be at least 1, got -3",
+        f"ic train: --config {path}: train.batch_size must be at least 1, got 0",
+        "ic train: --grad-accum must be at least 1, got 0",
+        "ic train: --lr must be > 0.0, got -1.0",
+    ]
