@@ -3,8 +3,8 @@
     PREFECT_API_URL=http://127.0.0.1:4200/api python deployments/serve.py
 
 Deployments: curate/webvid, curate/realestate10k, train-stage/{vae,base,dense,sparse,camera,
-object}, cache-latents/shards, evaluate/camera, evaluate/object, generate/batch, and demo/demo (the whole chain at toy
-scale; `-p scale=proof` for the proof run). Set IC_DASK_ADDRESS=tcp://host:8786 to run curation chunk tasks on a Dask cluster.
+object}, cache-latents/shards, evaluate/{camera,object,set} (set: a set file of your own), generate/batch,
+and demo/demo (the whole chain at toy scale; `-p scale=proof` for the proof run). Set IC_DASK_ADDRESS=tcp://host:8786 to run curation chunk tasks on a Dask cluster.
 Training tasks carry the `gpu` tag; IC_GPU_SLOTS (default 1) sets its concurrency limit so two
 stages never share a GPU.
 """
@@ -59,6 +59,8 @@ def deployments():
                 description=f"FID, FVD and {'CamMC' if set_name == 'camera' else 'ObjMC'} on the paper's {set_name} set.",
             )
         )
+    found.append(evaluate.to_deployment(name="set", tags=["evaluation"],
+                                        description="FID, FVD and CamMC/ObjMC on a set file of your own (-p set_name=FILE)."))
     found.append(cache_latents.to_deployment(name="shards", tags=["training"],
                                              description="Encode curated shards once with a run's VAE (latent_cache)."))
     found.append(generate.to_deployment(name="batch", tags=["inference"],

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ic_model.config import LORA_STAGES, ModelConfig, TrainConfig, device_problem, field_problems, preset_config
 from ic_model.evaluation import FIRST_FRAME_SUFFIXES
+from ic_model.evaluation.evalsets import EvalSetError, read_eval_set
 
 # Weight paths are machine settings of a run, passed apart from its architecture.
 WEIGHT_FLAGS = {"sd15_path": "--sd15-path", "motion_adapter_path": "--motion-adapter-path",
@@ -288,7 +289,12 @@ def check_generate(args) -> list[str]:
 
 def check_evaluate(args) -> list[str]:
     problems: list[str] = []
-    _run_problems(problems, args.run, args.mode or args.set_name)
+    try:
+        kind = read_eval_set(args.set_name).kind
+    except EvalSetError as err:
+        problems.append(str(err))
+        kind = None
+    _run_problems(problems, args.run, args.mode or kind)
     if args.reference:
         from ic_data.shards import shard_paths
 

@@ -267,8 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
     _official_flags(ge)
     ge.set_defaults(func=_generate, check=checks.check_generate)
 
-    ev = sub.add_parser("evaluate", help="FID, FVD, CamMC/ObjMC on the paper's evaluation sets")
-    ev.add_argument("set_name", choices=["camera", "object"])
+    ev = sub.add_parser("evaluate", help="FID, FVD, CamMC/ObjMC on the paper's evaluation sets or your own")
+    ev.add_argument("set_name", metavar="SET",
+                    help="camera or object (the paper's sets), or a set file (JSON: kind, frame_size, cases)")
     ev.add_argument("--run", default=None, help="a trained run folder")
     ev.add_argument("--out", default=None, help="default: RUN/eval/SET")
     ev.add_argument("--reference", default=None, help="shards of reference clips for FID/FVD")

@@ -7,13 +7,14 @@ from typing import Literal
 from prefect import flow, get_run_logger
 from prefect.states import Failed
 
+from ic_model.evaluation.evalsets import eval_set_name
 from ic_model.evaluation.evaluate import EvalSettings
 from tasks.inference import evaluate_task, publish_evaluation
 
 
 @flow(name="evaluate", log_prints=True)
 def evaluate(
-    set_name: Literal["camera", "object"],
+    set_name: str,
     run: str,
     out: str | None = None,
     reference: str | None = None,
@@ -30,12 +31,15 @@ def evaluate(
     max_cases: int | None = None,
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32",
 ) -> dict:
-    """Generate the set's 10 cases (fixed seeds) and compute CamMC/ObjMC, plus FID and FVD
-    against ``reference`` shards when given; ``ablation`` sweeps λ_trajs on the object set.
+    """Generate the set's cases (fixed seeds) and compute CamMC/ObjMC, plus FID and FVD against
+    ``reference`` shards when given; ``ablation`` sweeps λ_trajs on an object set. ``set_name``:
+    ``camera`` or ``object`` (the paper's 10 cases each) or the path of a set file of your own
+    (its format: ``ic_model.evaluation.evalsets``).
 
     ``mode`` overrides the set's own adapter: ``base`` (motion ControlNet off) and ``none`` (no
     LoRA) are the baselines, ``camera`` on the object set is Figure 6's comparison."""
-    out = out or str(Path(run) / "eval" / (set_name if mode in (None, set_name) else f"{set_name}-{mode}"))
+    name = eval_set_name(set_name)
+    out = out or str(Path(run) / "eval" / (name if mode in (None, name) else f"{name}-{mode}"))
     settings = EvalSettings(steps=steps, guidance_scale=guidance_scale, trajs_scale=trajs_scale, seed=seed,
                             tracker=tracker, images=images, reference=reference, max_reference=max_reference,
                             ablation=ablation, mode=mode, max_cases=max_cases)
@@ -44,7 +48,7 @@ def evaluate(
         return Failed(message=state.message)
     metrics = state.result()
     publish_evaluation(metrics, out)
-    name = "CamMC" if set_name == "camera" else "ObjMC"
-    get_run_logger().info("%s: %s = %s px, FID %s, FVD %s → %s/metrics.json", set_name, name, metrics[name],
+    metric = "CamMC" if metrics["kind"] == "camera" else "ObjMC"
+    get_run_logger().info("%s: %s = %s px, FID %s, FVD %s → %s/metrics.json", name, metric, metrics[metric],
                           metrics.get("FID"), metrics.get("FVD"), out)
     return {k: v for k, v in metrics.items() if k != "cases"}

@@ -38,6 +38,7 @@ _EXPORTS = {
     "EvalSettings": "ic_model.evaluation.evaluate",
     "evaluate_set": "ic_model.evaluation.evaluate",
     "load_eval_set": "ic_model.evaluation.evalsets",
+    "read_eval_set": "ic_model.evaluation.evalsets",
 }
 
 __all__ = sorted(_EXPORTS)

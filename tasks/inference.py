@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import re
 from pathlib import Path
 
 from prefect import get_run_logger, task
@@ -15,10 +16,16 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
 from ic_data.errors import BadInputError
+from ic_model.evaluation.evalsets import read_eval_set
 from ic_model.evaluation.evaluate import EvalSettings, evaluate_set
 from ic_model.pipelines.generate import generate_to_files
 from ic_model.pipelines.image_conductor import ImageConductorPipeline
 from tasks.failures import bad_input_fails
+
+def _artifact_key(text: str) -> str:
+    """Artifact keys take lowercase letters, digits and dashes only; a set file's name may hold more."""
+    return re.sub(r"[^a-z0-9-]+", "-", text.lower())
+
 
 REQUEST_DEFAULTS = dict(mode="object", trajs_scale=1.0, guidance_scale=8.5, steps=25, seed=0, trajectory_space="image")
 
@@ -79,22 +86,25 @@ def generate_videos(
 @bad_input_fails
 def evaluate_task(run: str, set_name: str, out: str, settings: EvalSettings, device: str = "cpu",
                   base_model: str | None = None, base_loras: list[str] | None = None, dtype: str = "fp32") -> dict:
+    evalset = read_eval_set(set_name)  # a bad set file fails here, before the weights load
     pipe = _pipeline(run, device, base_model, base_loras, dtype)
-    progress = create_progress_artifact(0.0, key=f"evaluate-{set_name}-progress",
-                                        description=f"Evaluating {run} ({settings.mode or set_name} mode)")
+    progress = create_progress_artifact(0.0, key=_artifact_key(f"evaluate-{evalset.name}-progress"),
+                                        description=f"Evaluating {run} on {evalset.name} ({settings.mode or evalset.kind} mode)")
 
     def on_case(done: int, total: int, row: dict) -> None:
         update_progress_artifact(progress, 100.0 * done / total)
         get_run_logger().info("%d/%d %s λ_trajs=%s: %.2f px", done, total, row["case"], row["trajs_scale"], row["mc_px"])
 
-    return evaluate_set(pipe, set_name, out, settings, on_case=on_case)
+    return evaluate_set(pipe, evalset, out, settings, on_case=on_case)
 
 
 @task(name="publish-evaluation", cache_policy=NO_CACHE)
 def publish_evaluation(metrics: dict, out: str, previews: int = 3) -> None:
     """Table 1's columns, Figure 7's sweep when run, and sample GIFs (requested + tracked)."""
-    name = "CamMC" if metrics["set"] == "camera" else "ObjMC"
-    key = f"evaluate-{metrics['set']}" + ("" if metrics["mode"] == metrics["set"] else f"-{metrics['mode']}")
+    kind = metrics.get("kind", metrics["set"])
+    name = "CamMC" if kind == "camera" else "ObjMC"
+    key = _artifact_key(f"evaluate-{metrics['set']}")
+    key += "" if metrics["mode"] == metrics["set"] else f"-{metrics['mode']}"
     row = {"run set": metrics["set"], "mode": metrics["mode"], "FID": metrics.get("FID"), "FVD": metrics.get("FVD"),
            name: metrics[name], "videos": metrics["num_videos"], "s/video": metrics["seconds_per_video"], "tracker": metrics["tracker"]}
     create_table_artifact([row], key=f"{key}-metrics", description="Paper Table 1 columns")

@@ -156,6 +156,44 @@ def test_ic_evaluate_camera_set_writes_metrics(prefect_api, tiny_run, tmp_path):
     assert len(list((out / "videos").glob("*.mp4"))) == 10
 
 
+def test_ic_evaluate_runs_a_set_file_of_your_own(prefect_api, tiny_run, tmp_path, capsys):
+    """A user's set file: its cases in order, named by their ids, scored by its kind, in
+    RUN/eval/<stem>/; a broken one is refused by `ic` and fails a deployment's run in one line."""
+    import shutil
+
+    import cv2
+
+    from flows.cli import main as ic_main
+    from flows.evaluate import evaluate
+
+    run, _ = tiny_run
+    cv2.imwrite(str(tmp_path / "first.png"), np.random.default_rng(2).integers(0, 256, (128, 192, 3), dtype=np.uint8))
+    spec = tmp_path / "held-out.json"
+    spec.write_text(json.dumps({"kind": "object", "frame_size": [192, 128], "cases": [
+        {"id": "right", "prompt": "it moves right", "trajectories": [[[40, 60], [150, 60]]], "image": "first.png"},
+        {"id": "up", "trajectories": [[[96, 110], [96, 20]], [[20, 20]]]}]}))
+    out = run / "eval" / "held-out"
+    try:
+        assert ic_main(["evaluate", str(spec), "--run", str(run), "--steps", "1"]) == 0
+        metrics = json.loads((out / "metrics.json").read_text())
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    assert (metrics["set"], metrics["kind"], metrics["set_file"], metrics["mode"]) == (
+        "held-out", "object", str(spec), "object")
+    assert [c["case"] for c in metrics["cases"]] == ["right", "up"] and metrics["num_videos"] == 2
+    assert metrics["ObjMC"] == round(np.mean([c["mc_px"] for c in metrics["cases"]]), 3)
+    assert all("background_motion_px" in c for c in metrics["cases"])
+    assert [c["gif"] for c in metrics["cases"]] == ["videos/right.gif", "videos/up.gif"]
+
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"kind": "object", "frame_size": [192, 128], "cases": [{"id": "a"}]}))
+    capsys.readouterr()
+    assert ic_main(["evaluate", str(broken), "--run", str(run), "--steps", "1"]) == 2
+    assert f"evaluation set {broken}, case 'a': missing 'trajectories'" in capsys.readouterr().err
+    state = evaluate(set_name=str(broken), run=str(run), out=str(tmp_path / "eval"), steps=1, return_state=True)
+    assert state.is_failed() and state.message == f"evaluation set {broken}, case 'a': missing 'trajectories'"
+
+
 def test_bad_input_ends_generate_and_evaluate_in_one_line_naming_it(prefect_api, tiny_run, training_shards,
                                                                      tmp_path):
     """A request, image or reference shard that cannot be used fails its flow run with one line

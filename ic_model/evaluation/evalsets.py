@@ -1,4 +1,4 @@
-"""The paper's two evaluation sets (appendix C.2), shipped as data files.
+"""Evaluation sets: the paper's two (appendix C.2), shipped as data files, and your own.
 
 ``eval_sets/camera.json``: 10 camera trajectories (pans left/right/up/down, zoom in/out and
 combinations), each six tracks of the scene's motion. ``eval_sets/object.json``: 10 object
@@ -6,15 +6,35 @@ trajectories (straight lines, curves, shaking lines, combinations), one or two t
 Coordinates are pixels of a 384×256 first frame. For the tiny world, :func:`synthetic_first_frame`
 renders a matching first frame (a textured scene, with a textured object at each object track's
 start); with real models, pass your own images.
+
+A set file of your own has the same form (:func:`read_eval_set` checks every field)::
+
+    {"kind": "object",                     # "camera" (CamMC) or "object" (ObjMC + background motion)
+     "frame_size": [1280, 720],            # the pixels the trajectories are drawn in
+     "cases": [{"id": "dog-left",          # letters, digits, '.', '_', '-': it names the case's files
+                "prompt": "a dog runs to the left",
+                "trajectories": [[[900, 400], [700, 410], [500, 400]]],   # 1-8 tracks of [x, y]
+                "image": "images/dog.jpg"}]}   # optional, relative to the file; else --images or synthetic
+
+A ``description`` may sit beside ``kind`` and in each case. The set's name is the file's stem
+(``my-set.json`` → ``my-set``: ``RUN/eval/my-set/``). Each first frame is resized to
+``frame_size`` (the trajectories' pixels) before the model's centre crop, so an image and its
+trajectories always move together; every point must lie in the part of the frame that crop
+keeps (:func:`visible_box`), or it could not be tracked.
 """
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 
 import numpy as np
 
+from ic_data.clips import CLIP_HEIGHT, CLIP_WIDTH, ClipGeometry, center_crop_box, resized_size
+from ic_data.errors import BadInputError, TrajectoryError
 from ic_data.synthetic import (
     TOY_OBJECT_SCALE,
     VIVID_BACKGROUND_CONTRAST,
@@ -26,40 +46,158 @@ from ic_data.synthetic import (
 )
 from ic_data.trajectories import validate_trajectories
 
-SETS = ("camera", "object")
+SETS = ("camera", "object")  # the shipped sets; each is also the kind of its cases
+_CASE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+_SET_KEYS = {"kind", "frame_size", "description", "cases"}
+_CASE_KEYS = {"id", "prompt", "trajectories", "image", "description"}
+
+
+class EvalSetError(BadInputError):
+    """A set file that cannot be read, or a field of it that is wrong (named in the message)."""
 
 
 @dataclass(frozen=True)
 class EvalCase:
     id: str
     prompt: str
-    trajectories: list  # JSON form: tracks of [x, y] in 384×256 pixels
+    trajectories: list  # JSON form: tracks of [x, y] in frame_size pixels
     kind: str  # "camera" | "object"
     index: int
+    frame_size: tuple[int, int] = (384, 256)  # (width, height) the trajectories are drawn in
+    image: str | None = None  # the case's own first frame (an absolute path), if the set names one
 
 
-def load_eval_set(name: str) -> list[EvalCase]:
-    if name not in SETS:
-        raise ValueError(f"unknown evaluation set {name!r}; choose one of {SETS}")
-    data = json.loads((resources.files("ic_model.evaluation") / "eval_sets" / f"{name}.json").read_text())
-    width, height = data["frame_size"]
-    cases = []
-    for i, case in enumerate(data["cases"]):
-        validate_trajectories(case["trajectories"], width, height, max_tracks=8)
-        cases.append(EvalCase(case["id"], case["prompt"], case["trajectories"], data["kind"], i))
-    return cases
+@dataclass(frozen=True)
+class EvalSet:
+    name: str
+    kind: str
+    frame_size: tuple[int, int]
+    cases: list[EvalCase]
+    path: str | None = None  # the set file; None for a shipped set
 
 
-def synthetic_first_frame(case: EvalCase, width: int = 384, height: int = 256, seed: int = 0) -> np.ndarray:
-    """uint8 (height, width, 3): a textured scene; object cases get an object at each track start,
-    textured around a saturated colour over a muted background and sized like the toy world's
-    (``random_shot(vivid=True, object_scale=TOY_OBJECT_SCALE)``)."""
+def read_eval_set(spec: str) -> EvalSet:
+    """``spec``: ``camera``, ``object`` (the paper's sets) or the path of a set file.
+
+    Raises:
+        EvalSetError: naming the file and the field (and case) at fault.
+    """
+    if spec in SETS:
+        text = (resources.files("ic_model.evaluation") / "eval_sets" / f"{spec}.json").read_text()
+        return _parse(json.loads(text), spec, None)
+    path = Path(spec)
+    if not path.is_file():
+        raise EvalSetError(f"evaluation set {spec!r}: give {' or '.join(SETS)}, or the path of a set file (JSON); "
+                           f"{'it is a folder' if path.is_dir() else 'no such file'}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise EvalSetError(f"evaluation set {path}: not a readable JSON file ({err})") from None
+    return _parse(data, path.stem, path)
+
+
+def load_eval_set(spec: str) -> list[EvalCase]:
+    """The cases of :func:`read_eval_set`."""
+    return read_eval_set(spec).cases
+
+
+def _parse(data, name: str, path: Path | None) -> EvalSet:
+    where = f"evaluation set {path or name}"
+    if not isinstance(data, dict):
+        raise EvalSetError(f"{where}: must be a JSON object with 'kind', 'frame_size' and 'cases', "
+                           f"got {type(data).__name__}")
+    unknown = sorted(set(data) - _SET_KEYS)
+    if unknown:
+        raise EvalSetError(f"{where}: unknown key(s) {unknown}; a set has {sorted(_SET_KEYS)}")
+    missing = [k for k in ("kind", "frame_size", "cases") if k not in data]
+    if missing:
+        raise EvalSetError(f"{where}: missing {missing}")
+    kind = data["kind"]
+    if kind not in SETS:
+        raise EvalSetError(f"{where}: 'kind' must be one of {list(SETS)}, got {kind!r}")
+    size = data["frame_size"]
+    if not (isinstance(size, list) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and 32 <= v <= 16384 for v in size)):
+        raise EvalSetError(f"{where}: 'frame_size' must be [width, height], whole numbers of pixels from 32 "
+                           f"to 16384, got {size!r}")
+    width, height = size
+    x0, y0, x1, y1 = visible_box(width, height)
+    cases_data = data["cases"]
+    if not isinstance(cases_data, list) or not cases_data:
+        raise EvalSetError(f"{where}: 'cases' must be a non-empty list of cases")
+    cases, seen = [], set()
+    for i, case in enumerate(cases_data):
+        cwhere = f"{where}, case {i}"
+        if not isinstance(case, dict):
+            raise EvalSetError(f"{cwhere}: must be an object with 'id', 'prompt' and 'trajectories'")
+        unknown = sorted(set(case) - _CASE_KEYS)
+        if unknown:
+            raise EvalSetError(f"{cwhere}: unknown key(s) {unknown}; a case has {sorted(_CASE_KEYS)}")
+        cid = case.get("id")
+        if not isinstance(cid, str) or not _CASE_ID.fullmatch(cid):
+            raise EvalSetError(f"{cwhere}: 'id' must be 1-100 letters, digits, '.', '_' or '-' (not starting "
+                               f"with '.'; it names the case's files), got {cid!r}")
+        if cid in seen:
+            raise EvalSetError(f"{cwhere}: id {cid!r} is used twice")
+        seen.add(cid)
+        cwhere = f"{where}, case {cid!r}"
+        prompt = case.get("prompt", "")
+        if not isinstance(prompt, str):
+            raise EvalSetError(f"{cwhere}: 'prompt' must be a string, got {type(prompt).__name__}")
+        if "trajectories" not in case:
+            raise EvalSetError(f"{cwhere}: missing 'trajectories'")
+        try:
+            validate_trajectories(case["trajectories"], width, height, max_tracks=8)
+        except TrajectoryError as err:
+            raise EvalSetError(f"{cwhere}: {err} (frame_size {width}×{height})") from None
+        for ti, track in enumerate(case["trajectories"]):
+            for pi, (x, y) in enumerate(track):
+                if not (x0 <= x <= x1 and y0 <= y <= y1):
+                    raise EvalSetError(
+                        f"{cwhere}: track {ti}, point {pi} ({x:g}, {y:g}) is outside the centre crop the model "
+                        f"sees, x {x0:g}–{x1:g} and y {y0:g}–{y1:g} of {width}×{height}: it could not be tracked")
+        image = case.get("image")
+        if image is not None:
+            if not isinstance(image, str) or not image:
+                raise EvalSetError(f"{cwhere}: 'image' must be a path, got {image!r}")
+            resolved = Path(image) if path is None else path.parent / image
+            if not resolved.is_file():
+                raise EvalSetError(f"{cwhere}: image {image!r} not found (looked at {resolved})")
+            image = str(resolved.resolve())
+        cases.append(EvalCase(cid, prompt, case["trajectories"], kind, i, (width, height), image))
+    return EvalSet(name, kind, (width, height), cases, None if path is None else str(path))
+
+
+def visible_box(width: int, height: int) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1): the part of a ``width``×``height`` frame, in its pixels, that the centre
+    crop to the model's 3:2 frame keeps (as :func:`~ic_model.pipelines.image_conductor.prepare_image_and_tracks`
+    crops every first frame and trajectory)."""
+    rw, rh = resized_size(width, height, max_upscale=16.0)
+    geometry = ClipGeometry(scale=(rw / width, rh / height), crop=center_crop_box(rw, rh))
+    (x0, y0), (x1, y1) = geometry.clip_to_source(np.array([[-0.5, -0.5], [CLIP_WIDTH - 0.5, CLIP_HEIGHT - 0.5]]))
+    # Two decimals, rounded inwards: every point of the box is seen.
+    return (max(0.0, math.ceil(x0 * 100) / 100), max(0.0, math.ceil(y0 * 100) / 100),
+            min(width - 1.0, math.floor(x1 * 100) / 100), min(height - 1.0, math.floor(y1 * 100) / 100))
+
+
+def eval_set_name(spec: str) -> str:
+    """The set's name (without reading it): ``camera``/``object``, or a set file's stem."""
+    return spec if spec in SETS else Path(spec).stem
+
+
+def synthetic_first_frame(case: EvalCase, width: int | None = None, height: int | None = None,
+                          seed: int = 0) -> np.ndarray:
+    """uint8 (height, width, 3), default the case's ``frame_size``: a textured scene; object cases
+    get an object at each track start, textured around a saturated colour over a muted background
+    and sized like the toy world's (``random_shot(vivid=True, object_scale=TOY_OBJECT_SCALE)``)."""
+    width = width or case.frame_size[0]
+    height = height or case.frame_size[1]
     objects = []
     if case.kind == "object":
         rng = np.random.default_rng([seed, case.index])
         for j, track in enumerate(case.trajectories):
             x, y = track[0]
-            start = np.array([[x * width / 384, y * height / 256]])
+            start = np.array([[x * width / case.frame_size[0], y * height / case.frame_size[1]]])
             radius = 0.09 * height * TOY_OBJECT_SCALE
             objects.append(MovingObject(start, radius_px=radius, texture_seed=1000 + 17 * case.index + j,
                                         colour=vivid_colour(rng)))
@@ -69,4 +207,5 @@ def synthetic_first_frame(case: EvalCase, width: int = 384, height: int = 256, s
     return shot.frames[0]
 
 
-__all__ = ["SETS", "EvalCase", "load_eval_set", "synthetic_first_frame"]
+__all__ = ["SETS", "EvalCase", "EvalSet", "EvalSetError", "eval_set_name", "load_eval_set", "read_eval_set",
+           "synthetic_first_frame", "visible_box"]

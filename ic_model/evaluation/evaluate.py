@@ -21,7 +21,7 @@ from ic_data.errors import BadInputError
 from ic_data.mp4 import write_mp4
 from ic_data.preview import preview_gif
 from ic_model.evaluation import FIRST_FRAME_SUFFIXES
-from ic_model.evaluation.evalsets import EvalCase, load_eval_set, synthetic_first_frame
+from ic_model.evaluation.evalsets import EvalCase, EvalSet, read_eval_set, synthetic_first_frame
 from ic_model.evaluation.metrics.motion_control import motion_control_error
 from ic_model.pipelines.image_conductor import (
     ImageConductorPipeline,
@@ -54,18 +54,24 @@ class EvalSettings:
 
 
 def _first_frames(cases: list[EvalCase], images: str | None, seed: int) -> list[np.ndarray]:
-    if images is None:
-        return [synthetic_first_frame(c, seed=seed) for c in cases]
-    paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in FIRST_FRAME_SUFFIXES)
-    if not paths:
-        raise BadInputError(f"no images ({'/'.join(FIRST_FRAME_SUFFIXES)}) in {images}")
+    """Each case's first frame at its ``frame_size``: the case's own image, else the ``images``
+    folder's (sorted, one per case, reused in turn), else a synthetic one."""
+    paths = []
+    if images is not None and any(c.image is None for c in cases):
+        paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in FIRST_FRAME_SUFFIXES)
+        if not paths:
+            raise BadInputError(f"no images ({'/'.join(FIRST_FRAME_SUFFIXES)}) in {images}")
     frames = []
     for i, case in enumerate(cases):
-        img = cv2.imread(str(paths[i % len(paths)]), cv2.IMREAD_COLOR)
+        if case.image is None and images is None:
+            frames.append(synthetic_first_frame(case, seed=seed))
+            continue
+        path = case.image or paths[i % len(paths)]
+        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if img is None:
-            raise BadInputError(f"cannot read image {paths[i % len(paths)]}")
-        # The set's trajectories are in 384×256 pixels: bring the image to that frame first.
-        frames.append(cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), (384, 256), interpolation=cv2.INTER_AREA))
+            raise BadInputError(f"cannot read image {path}")
+        # The set's trajectories are in frame_size pixels: bring the image to that frame first.
+        frames.append(cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), case.frame_size, interpolation=cv2.INTER_AREA))
     return frames
 
 
@@ -89,17 +95,20 @@ def background_motion_px(frames: np.ndarray, tracks: np.ndarray, tracker: str) -
 
 
 def evaluate_set(
-    pipe: ImageConductorPipeline, set_name: str, out: str | os.PathLike, settings: EvalSettings,
+    pipe: ImageConductorPipeline, set_name: str | EvalSet, out: str | os.PathLike, settings: EvalSettings,
     on_case=None,
 ) -> dict:
-    """Generate every case of ``set_name`` into ``out`` and compute the metrics; writes
-    ``out/metrics.json`` and returns the same dict."""
+    """Generate every case of ``set_name`` (``camera``, ``object``, a set file, see
+    :func:`~ic_model.evaluation.evalsets.read_eval_set`, or the set it read) into ``out`` and
+    compute the metrics; writes ``out/metrics.json`` and returns the same dict."""
+    evalset = set_name if isinstance(set_name, EvalSet) else read_eval_set(set_name)
+    kind = evalset.kind
+    cases = evalset.cases[: settings.max_cases]
+    images = _first_frames(cases, settings.images, settings.seed)
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
-    cases = load_eval_set(set_name)[: settings.max_cases]
-    mode = settings.mode or ("camera" if set_name == "camera" else "object")
+    mode = settings.mode or kind
     scales = ABLATION_TRAJS_SCALES if (settings.ablation and mode == "object") else (settings.trajs_scale,)
-    images = _first_frames(cases, settings.images, settings.seed)
     rows, videos, seconds = [], {s: [] for s in scales}, []
     for i, (case, image) in enumerate(zip(cases, images)):
         prepared = prepare_image_and_tracks(image, case.trajectories, pipe.cfg)
@@ -114,7 +123,7 @@ def evaluate_set(
             videos[scale].append(frames)
             mc = motion_control_error(frames, prepared.tracks, settings.tracker)
             row = {"case": case.id, "trajs_scale": scale, "mc_px": round(mc.error_px, 3), "tracker": mc.tracker}
-            if set_name == "object":
+            if kind == "object":
                 row["background_motion_px"] = round(background_motion_px(frames, prepared.tracks, settings.tracker), 3)
             stem = f"{case.id}" + (f"-trajs{scale:g}" if len(scales) > 1 else "")
             write_mp4(out / "videos" / f"{stem}.mp4", frames, fps=8.0)
@@ -127,12 +136,12 @@ def evaluate_set(
             if on_case is not None:
                 on_case(len(rows), len(cases) * len(scales), row)
 
-    name = "CamMC" if set_name == "camera" else "ObjMC"
+    name = "CamMC" if kind == "camera" else "ObjMC"
     per_scale = {}
     for scale in scales:
         sel = [r for r in rows if r["trajs_scale"] == scale]
         entry = {name: round(float(np.mean([r["mc_px"] for r in sel])), 3)}
-        if set_name == "object":
+        if kind == "object":
             bg = [r["background_motion_px"] for r in sel]
             # Mean and median over cases: the separation target is judged on the median, which one
             # case whose background the tracker loses cannot move.
@@ -140,7 +149,9 @@ def evaluate_set(
             entry["background_motion_median_px"] = round(float(np.nanmedian(bg)), 3)
         per_scale[f"{scale:g}"] = entry
     metrics = {
-        "set": set_name,
+        "set": evalset.name,
+        "kind": kind,
+        **({"set_file": evalset.path} if evalset.path else {}),
         "mode": mode,
         "preset": pipe.cfg.preset,
         "num_videos": len(rows),

@@ -1,0 +1,141 @@
+"""Evaluation sets: the paper's two shipped ones, and a user's own set file, read and checked."""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from ic_model.config import tiny_config
+from ic_model.evaluation.evalsets import EvalSetError, eval_set_name, read_eval_set, visible_box
+from ic_model.evaluation.evaluate import _first_frames
+from ic_model.pipelines.image_conductor import prepare_image_and_tracks
+
+
+def _write(path, data) -> str:
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def test_the_shipped_sets_are_the_papers_ten_cases_each():
+    for name in ("camera", "object"):
+        s = read_eval_set(name)
+        assert (s.name, s.kind, s.frame_size, s.path) == (name, name, (384, 256), None)
+        assert len(s.cases) == 10 and len({c.id for c in s.cases}) == 10
+        assert all(c.kind == name and c.image is None and 1 <= len(c.trajectories) <= 8 for c in s.cases)
+    assert all(len(c.trajectories) == 6 for c in read_eval_set("camera").cases)
+
+
+def test_the_visible_part_of_a_frame_is_what_the_model_frame_shows():
+    """visible_box, mapped through the transform every first frame and trajectory goes through,
+    lands inside the model frame; one pixel beyond it along the cropped axis lands outside."""
+    cfg = tiny_config()
+    lo, hi = np.array([-0.5, -0.5]), np.array([cfg.width - 0.5, cfg.height - 0.5])
+    for size in [(384, 256), (1280, 720), (720, 1280), (500, 500), (32, 900)]:
+        x0, y0, x1, y1 = visible_box(*size)
+        cropped = 0 if (x0, x1) != (0, size[0] - 1) else 1  # the axis the 3:2 crop cuts
+        step = np.eye(2)[cropped]
+        inside = [[x0, y0], [x1, y1]]
+        beyond = [np.array([x0, y0]) - step, np.array([x1, y1]) + step]
+        frame = np.zeros((size[1], size[0], 3), np.uint8)
+        mapped = prepare_image_and_tracks(frame, [[p] for p in inside], cfg).tracks[0]
+        assert np.all(mapped >= lo - 1e-3) and np.all(mapped <= hi + 1e-3), (size, mapped)
+        if size == (384, 256):  # nothing is cropped
+            assert (x0, y0, x1, y1) == (0, 0, 383, 255)
+            continue
+        mapped = prepare_image_and_tracks(frame, [[list(p)] for p in beyond], cfg).tracks[0]
+        assert mapped[0, cropped] < lo[cropped] and mapped[1, cropped] > hi[cropped], (size, mapped)
+
+
+def test_a_set_file_is_named_by_its_stem_and_its_images_are_found_beside_it(tmp_path):
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "dog.png"), np.zeros((72, 128, 3), np.uint8))
+    spec = _write(tmp_path / "my-set.json", {
+        "kind": "camera", "frame_size": [1280, 720], "description": "two cases",
+        "cases": [{"id": "dog.left_1", "prompt": "a dog", "trajectories": [[[900, 400], [500, 400.5]]],
+                   "image": "images/dog.png"},
+                  {"id": "b", "trajectories": [[[97.97, 0]], [[1178.22, 719]]]}]})  # the crop's corners
+    s = read_eval_set(spec)
+    assert (s.name, s.kind, s.frame_size, s.path) == ("my-set", "camera", (1280, 720), spec)
+    assert eval_set_name(spec) == "my-set" and eval_set_name("object") == "object"
+    a, b = s.cases
+    assert (a.id, a.prompt, a.index, a.image) == ("dog.left_1", "a dog", 0, str(tmp_path / "images" / "dog.png"))
+    assert (b.id, b.prompt, b.index, b.image, b.frame_size) == ("b", "", 1, None, (1280, 720))
+
+
+GOOD_CASE = {"id": "a", "trajectories": [[[20, 20], [50, 30]]]}
+
+
+@pytest.mark.parametrize("data, message", [
+    ([1, 2], ": must be a JSON object with 'kind', 'frame_size' and 'cases', got list"),
+    ({"kind": "object", "frame_size": [64, 64], "cases": [GOOD_CASE], "name": "x"},
+     ": unknown key(s) ['name']; a set has ['cases', 'description', 'frame_size', 'kind']"),
+    ({"kind": "object", "cases": [GOOD_CASE]}, ": missing ['frame_size']"),
+    ({"kind": "objects", "frame_size": [64, 64], "cases": [GOOD_CASE]},
+     ": 'kind' must be one of ['camera', 'object'], got 'objects'"),
+    ({"kind": "object", "frame_size": [64.0, 64], "cases": [GOOD_CASE]},
+     ": 'frame_size' must be [width, height], whole numbers of pixels from 32 to 16384, got [64.0, 64]"),
+    ({"kind": "object", "frame_size": [64, 64], "cases": []}, ": 'cases' must be a non-empty list of cases"),
+    ({"kind": "object", "frame_size": [64, 64], "cases": [dict(GOOD_CASE, id="../up")]},
+     (", case 0: 'id' must be 1-100 letters, digits, '.', '_' or '-' (not starting with '.'; it names the "
+      "case's files), got '../up'")),
+    ({"kind": "object", "frame_size": [64, 64], "cases": [GOOD_CASE, GOOD_CASE]}, ", case 1: id 'a' is used twice"),
+    ({"kind": "object", "frame_size": [64, 64], "cases": [dict(GOOD_CASE, prompt=3)]},
+     ", case 'a': 'prompt' must be a string, got int"),
+    ({"kind": "object", "frame_size": [64, 64], "cases": [{"id": "a", "trajectory": []}]},
+     ", case 0: unknown key(s) ['trajectory']; a case has ['description', 'id', 'image', 'prompt', 'trajectories']"),
+    ({"kind": "object", "frame_size": [64, 64], "cases": [{"id": "a"}]}, ", case 'a': missing 'trajectories'"),
+    ({"kind": "object", "frame_size": [64, 48], "cases": [{"id": "a", "trajectories": [[[10, 48]]]}]},
+     ", case 'a': track 0, point 0: y = 48.0 is outside [0, 47] (frame_size 64×48)"),
+    ({"kind": "object", "frame_size": [1280, 720], "cases": [{"id": "a", "trajectories": [[[500, 300], [1200, 300]]]}]},
+     (", case 'a': track 0, point 1 (1200, 300) is outside the centre crop the model sees, x 97.97–1178.22 and "
+      "y 0–719 of 1280×720: it could not be tracked")),
+    ({"kind": "object", "frame_size": [64, 64], "cases": [dict(GOOD_CASE, image="nope.png")]},
+     ", case 'a': image 'nope.png' not found (looked at {dir}/nope.png)"),
+])
+def test_a_bad_set_file_is_one_error_naming_the_field(tmp_path, data, message):
+    spec = _write(tmp_path / "s.json", data)
+    with pytest.raises(EvalSetError) as err:
+        read_eval_set(spec)
+    assert str(err.value) == f"evaluation set {spec}" + message.format(dir=tmp_path)
+
+
+def test_what_is_not_a_set_file_is_named(tmp_path):
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe{")
+    for spec, message in [
+        ("cam", "evaluation set 'cam': give camera or object, or the path of a set file (JSON); no such file"),
+        (str(tmp_path), (f"evaluation set '{tmp_path}': give camera or object, or the path of a set file (JSON); "
+                         "it is a folder")),
+    ]:
+        with pytest.raises(EvalSetError) as err:
+            read_eval_set(spec)
+        assert str(err.value) == message
+    with pytest.raises(EvalSetError, match=r"bin.json: not a readable JSON file \('utf-8' codec can't decode"):
+        read_eval_set(str(tmp_path / "bin.json"))
+
+
+def test_an_image_and_its_trajectories_reach_the_model_together(tmp_path):
+    """A 1280×720 image with a white square centred at (820, 420), in a set drawn at 640×360
+    pixels: the track starting on the square's centre (410, 210) lands on it in the model frame,
+    after the image is brought to frame_size and centre-cropped. The synthetic frame of a case
+    without an image puts the object at its track's start, at the set's frame_size."""
+    image = np.full((720, 1280, 3), 40, np.uint8)
+    image[400:440, 800:840] = 255
+    cv2.imwrite(str(tmp_path / "square.png"), image)
+    spec = _write(tmp_path / "s.json", {"kind": "object", "frame_size": [640, 360], "cases": [
+        {"id": "square", "trajectories": [[[410, 210], [300, 200]]], "image": "square.png"},
+        {"id": "synthetic", "trajectories": [[[500, 100], [300, 200]]]}]})
+    cases = read_eval_set(spec).cases
+    frames = _first_frames(cases, None, seed=0)
+    assert [f.shape for f in frames] == [(360, 640, 3), (360, 640, 3)]
+    ys, xs = np.nonzero(cv2.cvtColor(frames[1], cv2.COLOR_RGB2HSV)[..., 1] > 150)  # the vivid object
+    assert abs(xs.mean() - 500) < 2 and abs(ys.mean() - 100) < 2
+    cfg = tiny_config()
+    for case, frame, found in [(cases[0], frames[0], lambda im: im.mean(-1) > 150),
+                               (cases[1], frames[1], lambda im: cv2.cvtColor(im, cv2.COLOR_RGB2HSV)[..., 1] > 150)]:
+        prepared = prepare_image_and_tracks(frame, case.trajectories, cfg)
+        assert prepared.image.shape == (cfg.height, cfg.width, 3)
+        ys, xs = np.nonzero(found(prepared.image))
+        start = prepared.tracks[0, 0]
+        assert abs(xs.mean() - start[0]) < 1.0 and abs(ys.mean() - start[1]) < 1.0, (case.id, xs.mean(), ys.mean(), start)
