@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 import platform
-import tempfile
+import uuid
 from fractions import Fraction
 
 import av
@@ -115,7 +115,9 @@ def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float, crf: int 
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp-", suffix=".mp4", dir=directory)
+    # Not mkstemp: its file is 0600 whatever the umask, and a video is for others to watch too.
+    tmp_path = os.path.join(directory, f".tmp-{os.getpid()}-{uuid.uuid4().hex}.mp4")
+    fd = os.open(tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)

@@ -96,6 +96,26 @@ def test_mp4_encoding_is_byte_identical_across_calls():
             assert len({encode_mp4(clip, fps=29.97) for _ in range(6)}) == 1, (seed, height, width)
 
 
+def test_write_mp4_leaves_one_file_readable_as_the_umask_allows(tmp_path):
+    """Atomic (no temp file is left) and created like any file: 0644 under umask 022 (mkstemp's
+    0600 kept others from watching a generated video), 0600 under 077."""
+    import os
+    import stat
+
+    frames = smooth_video(4, 64, 96)
+    old = os.umask(0o022)
+    try:
+        write_mp4(tmp_path / "a" / "v.mp4", frames, fps=8.0)
+        os.umask(0o077)
+        write_mp4(tmp_path / "b.mp4", frames, fps=8.0)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "a" / "v.mp4").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "b.mp4").stat().st_mode) == 0o600
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a", "b.mp4", "v.mp4"]
+    assert decode_mp4((tmp_path / "b.mp4").read_bytes()).shape == frames.shape
+
+
 @pytest.mark.parametrize("shape", [(4, 63, 96, 3), (4, 64, 95, 3)])
 def test_mp4_rejects_odd_sizes(shape):
     with pytest.raises(ValueError, match="even"):
