@@ -230,6 +230,32 @@ def test_save_load_round_trip(tmp_path, inputs):
         assert torch.equal(run(fresh, inputs), expected)
 
 
+def test_weights_files_are_written_atomically_and_readable_as_the_umask_allows(tmp_path):
+    """An adapter, a module and a raw tensor file: 0644 under umask 022 (safetensors 0.8 alone
+    makes 0600, which kept a run folder from the colleagues it was shared with), 0600 under 077,
+    no temp file left, and the tensors read back."""
+    import os
+    import stat
+
+    from ic_model.models.files import load_safetensors, write_safetensors
+    from ic_model.training.run import save_module
+
+    model = tiny_controlnet()
+    add_lora_adapter(model, "camera", RANK, RANK)
+    old = os.umask(0o022)
+    try:
+        save_adapter(model, "camera", tmp_path / "camera.safetensors")
+        save_module(nn.Linear(2, 3), tmp_path / "stage" / "module.safetensors")
+        os.umask(0o077)
+        write_safetensors({"x": torch.arange(3.0)}, tmp_path / "private.safetensors", metadata={"k": "v"})
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.rglob("*") if p.is_file()}
+    assert modes == {"camera.safetensors": 0o644, "module.safetensors": 0o644, "private.safetensors": 0o600}
+    assert torch.equal(load_safetensors(tmp_path / "private.safetensors")["x"], torch.arange(3.0))
+    assert set(load_safetensors(tmp_path / "stage" / "module.safetensors")) == {"weight", "bias"}
+
+
 def test_load_is_strict(tmp_path):
     model = tiny_controlnet()
     add_lora_adapter(model, "camera", RANK, RANK)

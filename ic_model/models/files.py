@@ -1,11 +1,13 @@
-"""Reading the weight files a run holds (safetensors: no code runs on load), with one error that
-names a damaged or missing file instead of the library's bare message."""
+"""Reading and writing the weight files a run holds (safetensors: no code runs on load): reads
+fail with one error that names a damaged or missing file instead of the library's bare message;
+writes are atomic and leave files as readable as the umask allows (safetensors 0.8 makes 0600)."""
 from __future__ import annotations
 
 import os
 
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from ic_data.errors import BadInputError
 
@@ -28,3 +30,29 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
 def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file (``safetensors.torch.load_file`` with ``WeightsFileError``)."""
     return read_safetensors(path)[0]
+
+
+def _new_file_mode() -> int:
+    """The mode ``open()`` gives a new file under this process's umask (0644 under 022)."""
+    try:
+        with open("/proc/self/status") as status:  # Linux: reads the umask without changing it
+            for line in status:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write ``tensors`` to ``path`` atomically (``PATH.tmp`` + ``os.replace``), creating its
+    folder; the file gets the mode any new file would (not the 0600 safetensors 0.8 gives it)."""
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = path + ".tmp"
+    save_file(tensors, tmp, metadata=metadata)
+    os.chmod(tmp, _new_file_mode())
+    os.replace(tmp, path)

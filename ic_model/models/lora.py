@@ -47,16 +47,14 @@ import json
 import os
 import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import torch
 from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
-from safetensors.torch import save_file
 from torch import nn
 
 from ic_model.config import DEFAULT_LORA_TARGETS
-from ic_model.models.files import read_safetensors
+from ic_model.models.files import read_safetensors, write_safetensors
 
 LORA_TARGETS = DEFAULT_LORA_TARGETS
 
@@ -240,10 +238,7 @@ def save_adapter(model: nn.Module, name: str, path: str | os.PathLike) -> None:
     _require_adapters(model, [name])
     tensors = {key: p.detach().cpu().contiguous() for _, key, p in _adapter_entries(model, name)}
     metadata = {METADATA_KEY: json.dumps(_adapter_description(model, name))}
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
+    write_safetensors(tensors, path, metadata=metadata)
 
 
 def load_adapter(model: nn.Module, name: str, path: str | os.PathLike) -> None:

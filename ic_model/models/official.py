@@ -295,10 +295,9 @@ def convert_official(
     tokenizer).
     Returns a summary (per file: tensors, parameters, dropped position tables).
     """
-    from safetensors.torch import save_file
-
     from ic_model.config import save_json, sd15_config
     from ic_model.models import lora
+    from ic_model.models.files import write_safetensors
     from ic_model.training.run import LORA_FILES, stage_dir
 
     say = progress or (lambda message: None)
@@ -333,10 +332,7 @@ def convert_official(
     stamp = {"source": "official", "steps": 0, "official_dir": summary["official_dir"]}
 
     def write(tensors: dict, path: Path, metadata: dict | None = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
+        write_safetensors({k: v.contiguous() for k, v in tensors.items()}, path, metadata=metadata)
 
     write(converted["unet"], stage_dir(out, "base") / "unet.safetensors")
     write(converted["image_controlnet"], stage_dir(out, "base") / "image_controlnet.safetensors")

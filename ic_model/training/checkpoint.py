@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import save_file
 
-from ic_model.models.files import load_safetensors
+from ic_model.models.files import load_safetensors, write_safetensors
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -106,7 +105,7 @@ def save_checkpoint(
     tmp = root / f".tmp-step-{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file(trainable_state(module), str(tmp / "trainable.safetensors"))
+    write_safetensors(trainable_state(module), tmp / "trainable.safetensors")
     torch.save(
         {
             "step": step,

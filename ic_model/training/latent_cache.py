@@ -32,10 +32,10 @@ import cv2
 import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from ic_data.errors import BadInputError
 from ic_model.config import ModelConfig
+from ic_model.models.files import write_safetensors
 
 CACHE_INFO = "cache.json"
 
@@ -156,9 +156,8 @@ def build_latent_cache(
             tensors[sample["__key__"]] = torch.cat(parts).contiguous()  # (T, C, h, w) in the VAE's dtype
             stats["clips"] += 1
             stats["frames"] += pixels.shape[1]
-        tmp = target.with_suffix(".tmp")
-        save_file(tensors, str(tmp), metadata={"shard": str(Path(shard).resolve()), "clip_sizes": json.dumps(sizes)})
-        os.replace(tmp, target)
+        write_safetensors(tensors, target, metadata={"shard": str(Path(shard).resolve()),
+                                                     "clip_sizes": json.dumps(sizes)})
         stats["cached"] += 1
         stats["bytes"] += target.stat().st_size
         if progress:

