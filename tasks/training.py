@@ -102,6 +102,8 @@ def run_stage(
         summary = train_stage(stage, shards, run, train_cfg, model_cfg, on_log=on_log, progress=False,
                               on_validation=on_validation)
     update_progress_artifact(progress, 100.0)
+    for note in summary.get("damaged_checkpoints", []):  # a resume went past a damaged checkpoint
+        log.warning("%s: %s", stage, note)
     return summary
 
 

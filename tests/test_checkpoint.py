@@ -76,3 +76,63 @@ def test_the_fp16_loss_scaler_resumes_exactly(tmp_path):
     assert load_checkpoint(path, module, opt, sched, scaler=fresh) == 4
     assert fresh.state_dict() == scaler.state_dict()
     assert fresh.get_scale() == 2.0**11
+
+
+def _checkpointed(tmp_path, steps: int):
+    """A module whose weights are the step number after each step, checkpointed at every step."""
+    from ic_model.training.checkpoint import save_checkpoint
+
+    module = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(module.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    for step in range(1, steps + 1):
+        with torch.no_grad():
+            module.weight.fill_(step)
+        save_checkpoint(tmp_path, step, module, opt, sched, keep=steps)
+    return module, opt, sched
+
+
+def test_a_damaged_state_file_is_one_error_naming_it(tmp_path):
+    from ic_model.training.checkpoint import CheckpointError
+
+    torch.save({"step": 1, "x": torch.zeros(100)}, tmp_path / "whole.pt")
+    (tmp_path / "cut.pt").write_bytes((tmp_path / "whole.pt").read_bytes()[:300])
+    (tmp_path / "text.pt").write_text("not a checkpoint")
+    assert read_state(tmp_path / "whole.pt")["step"] == 1
+    for name, why in [("cut.pt", "not a readable checkpoint state (not a whole torch.save archive)"),
+                      ("text.pt", "not a readable checkpoint state (not a whole torch.save archive)"),
+                      ("none.pt", "no such checkpoint state file")]:
+        with pytest.raises(CheckpointError) as err:
+            read_state(tmp_path / name)
+        assert str(err.value) == f"{tmp_path / name}: {why}"
+
+
+def test_resume_skips_damaged_checkpoints_and_stops_when_none_reads(tmp_path):
+    """Newest first: a cut state file or weights file is passed over (moved aside by the main
+    process only, with a warning), the newest whole checkpoint loads; none whole is an error
+    that moves nothing."""
+    from ic_model.training.checkpoint import CheckpointError, list_checkpoints, resume
+
+    module, opt, sched = _checkpointed(tmp_path, 3)
+    root = tmp_path / "checkpoints"
+    (root / "step-0000003" / "state.pt").write_bytes(b"")
+    weights = root / "step-0000002" / "trainable.safetensors"
+    weights.write_bytes(weights.read_bytes()[:50])
+
+    with pytest.warns(RuntimeWarning) as caught:
+        step, notes = resume(tmp_path, module, opt, sched, move_aside=False)  # another rank: moves nothing
+    assert step == 1 and module.weight.eq(1).all() and len(caught) == 2
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-0000001", "step-0000002", "step-0000003"]
+    with pytest.warns(RuntimeWarning):
+        step, notes = resume(tmp_path, module, opt, sched)
+    assert step == 1 and [p.name for p in list_checkpoints(tmp_path)] == ["step-0000001"]
+    assert sorted(p.name for p in root.iterdir()) == ["damaged-step-0000002", "damaged-step-0000003", "step-0000001"]
+    assert notes[0].startswith("checkpoint step-0000003 is damaged (") and notes[0].endswith(
+        f"); resumed from step-0000001, the damaged one moved to {root / 'damaged-step-0000003'}")
+    assert f"{root / 'step-0000002' / 'trainable.safetensors'}: not a readable safetensors file" in notes[1]
+
+    (root / "step-0000001" / "state.pt").write_bytes(b"x")
+    with pytest.raises(CheckpointError, match=r"^no checkpoint of .* reads back whole: .*step-0000001/state.pt: "):
+        resume(tmp_path, module, opt, sched)
+    assert (root / "step-0000001").is_dir()
+    assert resume(tmp_path / "elsewhere", module, opt, sched) == (0, [])  # no checkpoints: a fresh start

@@ -174,6 +174,21 @@ def test_resume_continues_exactly(trained_run, training_shards, tmp_path):
     assert any(not torch.equal(a[k], c[k]) for k in a)
     losses = [json.loads(l)["loss"] for l in (stage_dir(halves, "dense") / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 4
+    # A damaged newest checkpoint (its state cut short): the resume starts from the one before it,
+    # moves the damaged one aside and names it, and ends with the same weights.
+    damaged = _prepared_run(run, tmp_path / "damaged", "dense")
+    train_stage("dense", str(training_shards), damaged, TrainConfig(**{**kw, "steps": 2, "save_every": 1}))
+    checkpoints = stage_dir(damaged, "dense") / "checkpoints"
+    state = checkpoints / "step-0000002" / "state.pt"
+    state.write_bytes(state.read_bytes()[:1000])
+    with pytest.warns(RuntimeWarning, match="checkpoint step-0000002 is damaged"):
+        summary = train_stage("dense", str(training_shards), damaged, TrainConfig(**{**kw, "save_every": 1}))
+    assert summary["steps"] == 4 and summary["damaged_checkpoints"] == [
+        f"checkpoint step-0000002 is damaged ({state}: not a readable checkpoint state (not a whole torch.save "
+        f"archive)); resumed from step-0000001, the damaged one moved to {checkpoints / 'damaged-step-0000002'}"]
+    assert (checkpoints / "damaged-step-0000002" / "state.pt").stat().st_size == 1000
+    d = load_file(str(stage_dir(damaged, "dense") / "motion_controlnet.safetensors"))
+    assert all(torch.equal(a[k], d[k]) for k in a)
 
 
 def test_overfitting_encodes_the_fixed_batch_once(trained_run, training_shards, tmp_path, monkeypatch):

@@ -10,6 +10,11 @@ killed mid-write leaves the previous checkpoint intact and never a half-written 
 ``state.pt`` holds only tensors and plain containers (the numpy RNG state as a tensor), so it is
 read with ``torch.load(weights_only=True)``: a run folder someone shares cannot execute code when
 it is resumed.
+
+A resume starts from the newest checkpoint that reads back whole (:func:`resume`). One that does
+not (a disk fault, a file cut short by a full disk when copying a run) is moved aside to
+``checkpoints/damaged-step-N`` with a warning, and the one before it is used; if none reads,
+the resume stops with an error naming each, and nothing is moved.
 """
 from __future__ import annotations
 
@@ -18,12 +23,15 @@ import pickle
 import random
 import re
 import shutil
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ic_model.models.files import load_safetensors, write_safetensors
+from ic_data.errors import BadInputError
+from ic_model.models.files import WeightsFileError, load_safetensors, write_safetensors
 
 _STEP_DIR = re.compile(r"^step-(\d+)$")
 
@@ -60,13 +68,23 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+class CheckpointError(BadInputError):
+    """A checkpoint's ``state.pt`` is missing, cut short, not a torch file, or holds more than data."""
+
+
 def read_state(path: str | os.PathLike) -> dict:
     """``state.pt`` through the weights-only unpickler. Checkpoints written before the numpy RNG
     state was stored as a tensor hold numpy arrays: those are read by allowing numpy's array
     constructors alone, which build data and run nothing else."""
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint state file")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive; a cut one loses its directory
+        raise CheckpointError(f"{path}: not a readable checkpoint state (not a whole torch.save archive)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as err:
+        raise CheckpointError(f"{path}: not a readable checkpoint state ({str(err).splitlines()[0]})") from None
     except pickle.UnpicklingError:
         legacy = [np.ndarray, np.dtype, type(np.dtype(np.uint32))]
         legacy += [getattr(getattr(np, mod), "multiarray")._reconstruct for mod in ("_core", "core") if hasattr(np, mod)]
@@ -74,7 +92,7 @@ def read_state(path: str | os.PathLike) -> dict:
             with torch.serialization.safe_globals(legacy):
                 return torch.load(path, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
-            raise ValueError(
+            raise CheckpointError(
                 f"{path}: refusing to load a checkpoint state that holds more than tensors and plain "
                 "data (loading it could run code); delete this checkpoint folder to resume from an "
                 "earlier one, or the stage's checkpoints/ to start the stage afresh"
@@ -143,9 +161,11 @@ def load_checkpoint(
     lr_scheduler,
     scaler=None,
 ) -> int:
-    """Restore a checkpoint into the (unwrapped) module and optimizer; return its step."""
+    """Restore a checkpoint into the (unwrapped) module and optimizer; return its step. Both files
+    are read before anything is restored, so a damaged one changes nothing."""
     path = Path(path)
     weights = load_safetensors(path / "trainable.safetensors")
+    state = read_state(path / "state.pt")
     expected = {n for n, p in module.named_parameters() if p.requires_grad}
     if set(weights) != expected:
         raise ValueError(
@@ -156,7 +176,6 @@ def load_checkpoint(
     with torch.no_grad():
         for name, tensor in weights.items():
             params[name].copy_(tensor)
-    state = read_state(path / "state.pt")
     optimizer.load_state_dict(state["optimizer"])
     lr_scheduler.load_state_dict(state["lr_scheduler"])
     set_rng_state(state["rng"])
@@ -165,7 +184,51 @@ def load_checkpoint(
     return int(state["step"])
 
 
+def resume(
+    stage_dir: str | os.PathLike,
+    module: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    lr_scheduler,
+    scaler=None,
+    move_aside: bool = True,
+) -> tuple[int, list[str]]:
+    """Load the newest checkpoint that reads back whole; return (its step, or 0 with none, and
+    one line per damaged newer checkpoint). ``move_aside`` (the main process) renames each damaged
+    one to ``damaged-step-N`` once an older one has loaded.
+
+    Raises:
+        CheckpointError: every checkpoint is damaged (each named; nothing is moved).
+    """
+    damaged: list[tuple[Path, str]] = []
+    for path in reversed(list_checkpoints(stage_dir)):
+        try:
+            step = load_checkpoint(path, module, optimizer, lr_scheduler, scaler=scaler)
+        except (CheckpointError, WeightsFileError) as err:
+            damaged.append((path, str(err)))
+            continue
+        notes = []
+        for bad, why in damaged:
+            aside = bad.with_name(f"damaged-{bad.name}")
+            if move_aside:
+                n = 1
+                while aside.exists():
+                    aside, n = bad.with_name(f"damaged-{bad.name}-{n}"), n + 1
+                os.replace(bad, aside)
+            notes.append(f"checkpoint {bad.name} is damaged ({why}); resumed from {path.name}"
+                         + (f", the damaged one moved to {aside}" if move_aside else ""))
+            warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
+        return step, notes
+    if damaged:
+        raise CheckpointError(
+            "no checkpoint of " + str(Path(stage_dir)) + " reads back whole: " + "; ".join(w for _, w in damaged)
+            + ". Move the checkpoints/ folder aside to train the stage afresh"
+        )
+    return 0, []
+
+
 __all__ = [
+    "CheckpointError",
+    "resume",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",

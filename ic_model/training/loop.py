@@ -39,11 +39,7 @@ from ic_model.models import lora
 from ic_model.models.codec import encode_video
 from ic_model.models.components import Components, frame_change
 from ic_model.models.tokenizer import caption_ids
-from ic_model.training.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    save_checkpoint,
-)
+from ic_model.training.checkpoint import resume, save_checkpoint
 from ic_model.training.data import make_loader
 from ic_model.training.latent_cache import LatentCacheError, check_cache
 from ic_model.training.validation import filmstrip, validate
@@ -341,10 +337,10 @@ def train_stage(
         optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0
     )
 
-    start = 0
-    ckpt = latest_checkpoint(out_dir)
-    if ckpt is not None:
-        start = load_checkpoint(ckpt, module, optimizer, lr_scheduler, scaler=_scaler(accelerator))
+    # The newest checkpoint that reads back whole; a damaged newer one is moved aside (and named).
+    start, damaged = resume(out_dir, module, optimizer, lr_scheduler, scaler=_scaler(accelerator),
+                            move_aside=accelerator.is_main_process)
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_json(out_dir / "config.json", cfg.to_dict())
         save_json(out_dir / "train_config.json", train_cfg.to_dict())
@@ -485,6 +481,7 @@ def train_stage(
             **extra,
             "replica_checksums": checksums,
             "replicas_identical": len(set(checksums)) == 1,
+            **({"damaged_checkpoints": damaged} if damaged else {}),
         }
         save_json(out_dir / "done.json", summary)
     accelerator.wait_for_everyone()
