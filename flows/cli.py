@@ -7,9 +7,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from flows import checks
+
+# The project runs offline: Prefect's temporary server would log an ERROR line in every command
+# for each usage report it cannot send. Set PREFECT_SERVER_ANALYTICS_ENABLED=true to send them.
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _curate(args: argparse.Namespace) -> int:

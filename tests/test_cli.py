@@ -250,3 +250,15 @@ def test_an_unexpected_error_is_one_line_and_debug_shows_the_traceback(capsys, m
         "ic studio: RuntimeError: disk on fire (rerun with `ic --debug …` for the traceback)")
     with pytest.raises(RuntimeError, match="disk on fire"):
         cli.main(["--debug", "studio", "--run", "r"])
+
+
+def test_ic_keeps_prefect_from_reporting_usage_offline_unless_asked():
+    """Prefect's temporary server otherwise logs "ERROR … Failed to send telemetry" in every `ic`
+    command on an offline machine; a user's own setting wins."""
+    code = "import os, flows.cli; print(os.environ['PREFECT_SERVER_ANALYTICS_ENABLED'])"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_SERVER_ANALYTICS_ENABLED"}
+    for given, expected in ((None, "false"), ("true", "true")):
+        run_env = env if given is None else {**env, "PREFECT_SERVER_ANALYTICS_ENABLED": given}
+        out = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parents[1])
+        assert out.stdout.strip() == expected
