@@ -127,12 +127,23 @@ def test_resume_skips_damaged_checkpoints_and_stops_when_none_reads(tmp_path):
         step, notes = resume(tmp_path, module, opt, sched)
     assert step == 1 and [p.name for p in list_checkpoints(tmp_path)] == ["step-0000001"]
     assert sorted(p.name for p in root.iterdir()) == ["damaged-step-0000002", "damaged-step-0000003", "step-0000001"]
-    assert notes[0].startswith("checkpoint step-0000003 is damaged (") and notes[0].endswith(
-        f"); resumed from step-0000001, the damaged one moved to {root / 'damaged-step-0000003'}")
+    assert notes[0].startswith("checkpoint step-0000003 cannot be used (") and notes[0].endswith(
+        f"); resumed from step-0000001, the unusable one moved to {root / 'damaged-step-0000003'}")
     assert f"{root / 'step-0000002' / 'trainable.safetensors'}: not a readable safetensors file" in notes[1]
 
     (root / "step-0000001" / "state.pt").write_bytes(b"x")
-    with pytest.raises(CheckpointError, match=r"^no checkpoint of .* reads back whole: .*step-0000001/state.pt: "):
+    with pytest.raises(CheckpointError, match=r"^no checkpoint of .* can be used: .*step-0000001/state.pt: "):
         resume(tmp_path, module, opt, sched)
     assert (root / "step-0000001").is_dir()
     assert resume(tmp_path / "elsewhere", module, opt, sched) == (0, [])  # no checkpoints: a fresh start
+
+
+def test_a_checkpoint_whose_state_would_run_code_is_passed_over_unrun(tmp_path):
+    from ic_model.training.checkpoint import resume
+
+    module, opt, sched = _checkpointed(tmp_path, 2)
+    marker = tmp_path / "ran"
+    torch.save({"step": 2, "rng": _Payload(marker)}, tmp_path / "checkpoints" / "step-0000002" / "state.pt")
+    with pytest.warns(RuntimeWarning, match="refusing to load a checkpoint state that holds more than tensors"):
+        assert resume(tmp_path, module, opt, sched)[0] == 1
+    assert not marker.exists() and module.weight.eq(1).all()

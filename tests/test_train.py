@@ -181,11 +181,11 @@ def test_resume_continues_exactly(trained_run, training_shards, tmp_path):
     checkpoints = stage_dir(damaged, "dense") / "checkpoints"
     state = checkpoints / "step-0000002" / "state.pt"
     state.write_bytes(state.read_bytes()[:1000])
-    with pytest.warns(RuntimeWarning, match="checkpoint step-0000002 is damaged"):
+    with pytest.warns(RuntimeWarning, match="checkpoint step-0000002 cannot be used"):
         summary = train_stage("dense", str(training_shards), damaged, TrainConfig(**{**kw, "save_every": 1}))
     assert summary["steps"] == 4 and summary["damaged_checkpoints"] == [
-        f"checkpoint step-0000002 is damaged ({state}: not a readable checkpoint state (not a whole torch.save "
-        f"archive)); resumed from step-0000001, the damaged one moved to {checkpoints / 'damaged-step-0000002'}"]
+        f"checkpoint step-0000002 cannot be used ({state}: not a readable checkpoint state (not a whole torch.save "
+        f"archive)); resumed from step-0000001, the unusable one moved to {checkpoints / 'damaged-step-0000002'}"]
     assert (checkpoints / "damaged-step-0000002" / "state.pt").stat().st_size == 1000
     d = load_file(str(stage_dir(damaged, "dense") / "motion_controlnet.safetensors"))
     assert all(torch.equal(a[k], d[k]) for k in a)

@@ -12,9 +12,9 @@ read with ``torch.load(weights_only=True)``: a run folder someone shares cannot 
 it is resumed.
 
 A resume starts from the newest checkpoint that reads back whole (:func:`resume`). One that does
-not (a disk fault, a file cut short by a full disk when copying a run) is moved aside to
-``checkpoints/damaged-step-N`` with a warning, and the one before it is used; if none reads,
-the resume stops with an error naming each, and nothing is moved.
+not (a disk fault, a file cut short when a run was copied, a state that would run code) is moved
+aside to ``checkpoints/damaged-step-N`` with a warning, and the one before it is used; if none
+can be used, the resume stops with an error naming each, and nothing is moved.
 """
 from __future__ import annotations
 
@@ -94,8 +94,7 @@ def read_state(path: str | os.PathLike) -> dict:
         except pickle.UnpicklingError:
             raise CheckpointError(
                 f"{path}: refusing to load a checkpoint state that holds more than tensors and plain "
-                "data (loading it could run code); delete this checkpoint folder to resume from an "
-                "earlier one, or the stage's checkpoints/ to start the stage afresh"
+                "data (loading it could run code)"
             ) from None
 
 
@@ -193,11 +192,11 @@ def resume(
     move_aside: bool = True,
 ) -> tuple[int, list[str]]:
     """Load the newest checkpoint that reads back whole; return (its step, or 0 with none, and
-    one line per damaged newer checkpoint). ``move_aside`` (the main process) renames each damaged
-    one to ``damaged-step-N`` once an older one has loaded.
+    one line per unusable newer checkpoint). ``move_aside`` (the main process) renames each
+    unusable one to ``damaged-step-N`` once an older one has loaded.
 
     Raises:
-        CheckpointError: every checkpoint is damaged (each named; nothing is moved).
+        CheckpointError: no checkpoint can be used (each named; nothing is moved).
     """
     damaged: list[tuple[Path, str]] = []
     for path in reversed(list_checkpoints(stage_dir)):
@@ -214,25 +213,25 @@ def resume(
                 while aside.exists():
                     aside, n = bad.with_name(f"damaged-{bad.name}-{n}"), n + 1
                 os.replace(bad, aside)
-            notes.append(f"checkpoint {bad.name} is damaged ({why}); resumed from {path.name}"
-                         + (f", the damaged one moved to {aside}" if move_aside else ""))
+            notes.append(f"checkpoint {bad.name} cannot be used ({why}); resumed from {path.name}"
+                         + (f", the unusable one moved to {aside}" if move_aside else ""))
             warnings.warn(notes[-1], RuntimeWarning, stacklevel=2)
         return step, notes
     if damaged:
         raise CheckpointError(
-            "no checkpoint of " + str(Path(stage_dir)) + " reads back whole: " + "; ".join(w for _, w in damaged)
-            + ". Move the checkpoints/ folder aside to train the stage afresh"
+            f"no checkpoint of {Path(stage_dir)} can be used: " + "; ".join(why for _, why in damaged)
+            + ". Move its checkpoints/ folder aside to train the stage afresh"
         )
     return 0, []
 
 
 __all__ = [
     "CheckpointError",
-    "resume",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "read_state",
+    "resume",
     "rng_state",
     "save_checkpoint",
     "set_rng_state",
