@@ -22,6 +22,7 @@ from ic_model.pipelines.generate import generate_to_files
 from ic_model.pipelines.image_conductor import ImageConductorPipeline
 from tasks.failures import bad_input_fails
 
+
 def _artifact_key(text: str) -> str:
     """Artifact keys take lowercase letters, digits and dashes only; a set file's name may hold more."""
     return re.sub(r"[^a-z0-9-]+", "-", text.lower())
