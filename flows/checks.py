@@ -155,6 +155,7 @@ def check_curate(args) -> list[str]:
         except (csv.Error, OSError) as err:
             problems.append(f"--captions {args.captions}: not a readable CSV ({err})")
     _positive(problems, "--chunk-size", args.chunk_size)
+    _positive(problems, "--seed", args.seed, 0)  # numpy's generators take no negative seed
     _positive(problems, "--workers", args.workers)
     _positive(problems, "--processes", args.processes, 0)
     if not 0 <= args.drop_fraction < 1:
@@ -178,6 +179,7 @@ def check_train(args) -> list[str]:
     _positive(problems, _named(args, "--grad-accum"), args.grad_accum)
     _positive(problems, _named(args, "--num-processes"), args.num_processes)
     _positive(problems, _named(args, "--validate-every"), args.validate_every, 0)
+    _positive(problems, _named(args, "--seed"), args.seed, 0)
     _finite(problems, _named(args, "--lr"), args.lr, 0.0, strict=True)
     if args.report_to not in (None, "tensorboard", "wandb", "none"):
         problems.append(f"{_named(args, '--report-to')} must be tensorboard, wandb or none, got {args.report_to!r}")
@@ -311,6 +313,7 @@ def check_evaluate(args) -> list[str]:
     _positive(problems, "--max-reference", args.max_reference, 2)
     _device(problems, "--device", args.device)
     _positive(problems, "--max-cases", args.max_cases)
+    _positive(problems, "--seed", args.seed, 0)
     _finite(problems, "--cfg", args.cfg, 0.0)
     _finite(problems, "--trajs-scale", args.trajs_scale, 0.0)
     return problems

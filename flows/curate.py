@@ -8,13 +8,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import Field
 
 from ic_data.pipeline import CurationConfig, discover_videos, plan_chunks
 from ic_data.workers import default_processes
@@ -63,10 +64,10 @@ def curate(
     flow_backend: Literal["dis", "raft"] = "dis",
     tracker: Literal["lk", "cotracker"] = "lk",
     captioner: Literal["none", "blip2"] = "none",
-    seed: int = 0,
-    chunk_size: int = 16,
-    drop_fraction: float = 0.25,
-    processes: int | None = None,
+    seed: Annotated[int, Field(ge=0)] = 0,
+    chunk_size: Annotated[int, Field(ge=1)] = 16,
+    drop_fraction: Annotated[float, Field(ge=0, lt=1)] = 0.25,
+    processes: Annotated[int | None, Field(ge=0)] = None,
 ) -> dict:
     """Curate a folder of videos into trajectory-annotated WebDataset shards + a manifest.
 

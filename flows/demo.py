@@ -15,9 +15,10 @@ import argparse
 import json
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect import flow
+from pydantic import Field
 
 from flows.curate import curate
 from flows.evaluate import evaluate
@@ -37,7 +38,8 @@ from tasks.demo import (
 
 
 @flow(name="demo", log_prints=True)
-def demo(out: str = "demo_out", scale: Literal["test", "demo", "proof", "proof-gpu"] = "demo", seed: int = 0) -> dict:
+def demo(out: str = "demo_out", scale: Literal["test", "demo", "proof", "proof-gpu"] = "demo",
+         seed: Annotated[int, Field(ge=0)] = 0) -> dict:
     s = SCALES[scale]
     root, seconds, t0 = Path(out) / scale, {}, time.time()  # each scale's work apart; reports in both
     videos = make_toy_world(str(root / "videos"), s, seed)
@@ -94,6 +96,8 @@ def main() -> None:
     args = ap.parse_args()
     if problem := sampling_device_problem(args.scale):
         ap.error(problem)
+    if args.seed < 0:
+        ap.error(f"--seed must be at least 0, got {args.seed}")
     demo(out=args.out, scale=args.scale, seed=args.seed)
 
 

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
+from pydantic import Field
 from prefect.states import Failed
 
 from ic_model.evaluation.evalsets import eval_set_name
@@ -19,16 +20,16 @@ def evaluate(
     out: str | None = None,
     reference: str | None = None,
     images: str | None = None,
-    steps: int = 25,
-    guidance_scale: float = 8.5,
-    trajs_scale: float = 1.0,
+    steps: Annotated[int, Field(ge=1)] = 25,
+    guidance_scale: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 8.5,
+    trajs_scale: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 1.0,
     ablation: bool = False,
-    seed: int = 0,
+    seed: Annotated[int, Field(ge=0)] = 0,
     tracker: Literal["lk", "cotracker"] = "lk",
-    max_reference: int = 5000,
+    max_reference: Annotated[int, Field(ge=2)] = 5000,
     device: str = "cpu",
     mode: Literal["camera", "object", "none", "base"] | None = None,
-    max_cases: int | None = None,
+    max_cases: Annotated[int | None, Field(ge=1)] = None,
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32",
 ) -> dict:
     """Generate the set's cases (fixed seeds) and compute CamMC/ObjMC, plus FID and FVD against

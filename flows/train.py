@@ -39,7 +39,7 @@ def train_stage_flow(
     num_processes: Annotated[int | None, Field(ge=1)] = None,
     mixed_precision: Literal["no", "fp16", "bf16"] | None = None,
     gradient_checkpointing: bool | None = None,
-    seed: int | None = None,
+    seed: Annotated[int | None, Field(ge=0)] = None,
     report_to: Literal["tensorboard", "wandb", "none"] | None = None,
     validate_every: Annotated[int | None, Field(ge=0)] = None,
     options: TrainOptions | None = None,

@@ -48,7 +48,7 @@ TRAIN_BOUNDS = {
     "high_noise_prob": {"ge": 0, "le": 1}, "high_noise_min_t": {"ge": 0}, "motion_loss_weight": {"ge": 0},
     "ortho_weight": {"ge": 0}, "kl_weight": {"ge": 0}, "validate_every": {"ge": 0},
     "validation_guidance_scale": {"ge": 0}, "log_every": {"ge": 1}, "save_every": {"ge": 1},
-    "keep_checkpoints": {"ge": 1},
+    "keep_checkpoints": {"ge": 1}, "seed": {"ge": 0},
 }
 MODEL_BOUNDS = {
     "width": {"ge": 8}, "height": {"ge": 8}, "num_frames": {"ge": 2}, "flow_kernel_size": {"ge": 1},

@@ -199,12 +199,13 @@ def test_train_checks_shards_json_options_and_the_stage_order(capsys, tmp_path, 
 
 def test_evaluate_and_studio_check_the_run_and_their_flags(capsys, tmp_path, trained_like_run):
     lines = _problems(capsys, ["evaluate", "object", "--run", str(trained_like_run), "--reference",
-                               str(tmp_path / "nope"), "--max-cases", "0", "--cfg", "nan"])
+                               str(tmp_path / "nope"), "--max-cases", "0", "--cfg", "nan", "--seed", "-1"])
     assert lines == [
         f"ic evaluate: --mode object: the run has no finished object stage ({trained_like_run / 'object' / 'done.json'} "
         f"is missing); train it with `ic train object --run {trained_like_run} …`",
         f"ic evaluate: --reference {tmp_path / 'nope'}: shard {tmp_path / 'nope'} does not exist",
         "ic evaluate: --max-cases must be at least 1, got 0",
+        "ic evaluate: --seed must be at least 0, got -1",  # numpy's generators take no negative seed
         "ic evaluate: --cfg must be a finite number, got nan",
     ]
     lines = _problems(capsys, ["studio", "--run", str(tmp_path), "--port", "70000"])

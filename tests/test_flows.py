@@ -80,3 +80,34 @@ def test_only_transient_errors_are_retried():
     assert _transient(None, None, Failed(data=TimeoutError("chunk took too long")))
     assert not _transient(None, None, Failed(data=ValueError("a bug is not transient")))
     assert not _transient(None, None, Completed(data=1))
+
+
+@pytest.mark.parametrize("flow_name, good, bad", [
+    ("curate", {"videos": "v", "out": "o"},
+     [("chunk_size", 0), ("drop_fraction", 1.0), ("drop_fraction", -0.1), ("processes", -1), ("seed", -1)]),
+    ("evaluate", {"set_name": "object", "run": "r"},
+     [("steps", 0), ("guidance_scale", float("nan")), ("trajs_scale", -1.0), ("max_cases", 0),
+      ("max_reference", 1), ("seed", -1)]),
+    ("train-stage", {"stage": "dense"}, [("seed", -1), ("steps", 0)]),
+    ("demo", {}, [("seed", -1)]),
+])
+def test_a_deployment_run_with_a_value_out_of_bounds_is_refused_before_it_starts(flow_name, good, bad):
+    """The checks `ic` makes on its flags hold for a deployment's parameters too (`prefect
+    deployment run -p …`, the UI's Run form): the schema carries the bounds and the flow's
+    parameter validation refuses, naming the parameter, before any work (steps=0 was a
+    ZeroDivisionError mid-evaluation, drop_fraction=2 a failure after scoring every video, a
+    negative seed a failed row for every video: numpy's generators take no negative seed)."""
+    from prefect.exceptions import ParameterTypeError
+    from prefect.utilities.callables import parameter_schema
+
+    from flows.demo import demo
+    from flows.evaluate import evaluate
+    from flows.train import train_stage_flow
+
+    flow_fn = {"curate": curate, "evaluate": evaluate, "train-stage": train_stage_flow, "demo": demo}[flow_name]
+    flow_fn.validate_parameters(good)  # the defaults pass
+    properties = parameter_schema(flow_fn.fn).model_dump()["properties"]
+    for name, value in bad:
+        with pytest.raises(ParameterTypeError, match=name):
+            flow_fn.validate_parameters({**good, name: value})
+        assert "minimum" in json.dumps(properties[name]) or "exclusiveMaximum" in json.dumps(properties[name]), name
