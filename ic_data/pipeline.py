@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
 import os
 import time
 import traceback
@@ -69,6 +70,18 @@ class CurationConfig:
     # alone leave cores idle: the tracker and the cut detector run many small NumPy and Python
     # steps under the GIL. One pool per process, shared by every chunk running in it.
     processes: int = 0
+
+    def __post_init__(self):
+        # Refused here, not as a failed row per video: numpy's generators take no negative seed.
+        if not (isinstance(self.seed, numbers.Integral) and not isinstance(self.seed, bool) and self.seed >= 0):
+            raise ValueError(f"seed must be a whole number ≥ 0, got {self.seed!r}")
+        if not 0 <= self.drop_fraction < 1:
+            raise ValueError(f"drop_fraction must be in [0, 1), got {self.drop_fraction!r}")
+        for name in ("motion_pairs", "grid_size", "max_tracks", "max_stride"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
+        if self.processes < 0:
+            raise ValueError(f"processes must be at least 0, got {self.processes!r}")
 
     def fingerprint(self) -> str:
         d = dataclasses.asdict(self)

@@ -312,3 +312,18 @@ def test_default_processes_fit_the_cores_and_the_memory(monkeypatch):
     short = CurationConfig(max_decode_frames=300)
     pages["SC_PHYS_PAGES"] = 16 * gib // 4096
     assert workers.default_processes(short.max_decode_frames) == 26
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("seed", -1, "seed must be a whole number ≥ 0, got -1"),
+    ("seed", 1.5, "seed must be a whole number ≥ 0, got 1.5"),
+    ("drop_fraction", 1.0, "drop_fraction must be in [0, 1), got 1.0"),
+    ("grid_size", 0, "grid_size must be at least 1, got 0"),
+    ("processes", -2, "processes must be at least 0, got -2"),
+])
+def test_a_curation_config_out_of_range_is_refused_when_made(field, value, message):
+    """Before, seed=-1 gave every video a failed row (numpy's generators take no negative seed)."""
+    with pytest.raises(ValueError) as err:
+        CurationConfig(**{field: value})
+    assert str(err.value) == message
+    assert CurationConfig(seed=np.int64(3)).seed == 3  # numpy integers are whole numbers too
