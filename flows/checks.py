@@ -270,6 +270,7 @@ def check_generate(args) -> list[str]:
     _run_problems(problems, args.run, args.mode)
     _device(problems, "--device", args.device)
     _positive(problems, "--steps", args.steps)
+    _positive(problems, "--seed", args.seed, 0)
     _finite(problems, "--cfg", args.cfg, 0.0)
     _finite(problems, "--trajs-scale", args.trajs_scale, 0.0)
     if args.trajs_scale is not None and math.isfinite(args.trajs_scale) and args.trajs_scale != 1.0 and args.mode != "object":

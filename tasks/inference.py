@@ -18,7 +18,7 @@ from prefect.states import Failed
 from ic_data.errors import BadInputError
 from ic_model.evaluation.evalsets import read_eval_set
 from ic_model.evaluation.evaluate import EvalSettings, evaluate_set
-from ic_model.pipelines.generate import generate_to_files
+from ic_model.pipelines.generate import generate_to_files, request_problems
 from ic_model.pipelines.image_conductor import ImageConductorPipeline
 from tasks.failures import bad_input_fails
 
@@ -59,6 +59,9 @@ def generate_videos(
     records, problems = [], []
     for i, request in enumerate(requests, 1):
         try:
+            wrong = request_problems(request, max_steps=pipe.cfg.num_train_timesteps)
+            if wrong:  # before the call: an unknown key would be a TypeError there
+                raise BadInputError(f"request {i}: " + "; ".join(wrong))
             record = generate_to_files(pipe, **{**REQUEST_DEFAULTS, **request})
         except Exception as exc:  # one bad request is reported; the others still run
             record = {"request": request, "status": "failed", "error": f"{type(exc).__name__}: {exc}"}

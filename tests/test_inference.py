@@ -117,6 +117,31 @@ def test_base_mode_ignores_the_trajectories(pipe):
     assert not torch.equal(run(a, "base"), run(a, "none"))
 
 
+GOOD_REQUEST = {"image": "a.png", "prompt": "", "trajectories": [[[1, 2]]], "out": "a.mp4"}
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"steps": 0}, "steps must be a whole number from 1 to 1000, got 0"),
+    ({"steps": 2.5}, "steps must be a whole number from 1 to 1000, got 2.5"),
+    ({"seed": -1}, "seed must be a whole number from 0 to 2**63 - 1, got -1"),
+    ({"trajs_scale": "1.3"}, "trajs_scale must be a finite number ≥ 0, got '1.3'"),
+    ({"guidance_scale": float("inf")}, "guidance_scale must be a finite number ≥ 0, got inf"),
+    ({"mode": "objekt"}, "mode must be one of ['camera', 'object', 'none', 'base'], got 'objekt'"),
+    ({"trajectory_space": "clip"}, "trajectory_space must be one of ['image', 'model'], got 'clip'"),
+    ({"out": "a.gif"}, "out must be an .mp4 file (its .gif preview and .json record go beside it), got a.gif"),
+    ({"prompt": None}, "prompt must be a string, got NoneType"),
+    ({"trajectories": {"x": 1}}, "trajectories must be a file path or a list of tracks, got dict"),
+    ({"stpes": 3}, "unknown key(s) ['stpes']; a request has ['image', 'prompt', 'trajectories', 'out', 'mode', "
+                   "'trajs_scale', 'guidance_scale', 'steps', 'seed', 'trajectory_space']"),
+])
+def test_a_generation_request_out_of_range_is_named(change, problem):
+    from ic_model.pipelines.generate import request_problems
+
+    assert request_problems(GOOD_REQUEST) == []
+    assert request_problems({**GOOD_REQUEST, **change}) == [problem]
+    assert request_problems({"image": "a.png"}) == ["missing ['prompt', 'trajectories', 'out']"]
+
+
 def test_ic_generate_writes_video_preview_and_record(prefect_api, tiny_run, tmp_path):
     from flows.cli import main as ic_main
     from ic_data.mp4 import decode_mp4
@@ -209,11 +234,13 @@ def test_bad_input_ends_generate_and_evaluate_in_one_line_naming_it(prefect_api,
     bad.write_bytes(b"\x89PNG not really")
     request = dict(prompt="", trajectories=[[[10, 10], [40, 30]]], steps=1)
     state = generate(run=str(run), requests=[dict(request, image=str(good), out=str(tmp_path / "ok.mp4")),
-                                             dict(request, image=str(bad), out=str(tmp_path / "no.mp4"))],
+                                             dict(request, image=str(bad), out=str(tmp_path / "no.mp4")),
+                                             dict(request, image=str(good), out=str(tmp_path / "n2.mp4"), steps=0)],
                      return_state=True)
     assert state.is_failed()
-    assert state.message == f"1 of 2 requests failed: BadInputError: cannot decode image {bad} (not an image file?)"
-    assert (tmp_path / "ok.mp4").is_file() and not (tmp_path / "no.mp4").exists()
+    assert state.message == (f"2 of 3 requests failed: BadInputError: cannot decode image {bad} (not an image file?); "
+                             "BadInputError: request 3: steps must be a whole number from 1 to 1000, got 0")
+    assert (tmp_path / "ok.mp4").is_file() and not (tmp_path / "no.mp4").exists() and not (tmp_path / "n2.mp4").exists()
 
     images = tmp_path / "images"
     images.mkdir()
