@@ -5,8 +5,8 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger
-from pydantic import Field
 from prefect.states import Failed
+from pydantic import Field
 
 from ic_model.evaluation.evalsets import eval_set_name
 from ic_model.evaluation.evaluate import EvalSettings

@@ -139,3 +139,17 @@ def test_an_image_and_its_trajectories_reach_the_model_together(tmp_path):
         ys, xs = np.nonzero(found(prepared.image))
         start = prepared.tracks[0, 0]
         assert abs(xs.mean() - start[0]) < 1.0 and abs(ys.mean() - start[1]) < 1.0, (case.id, xs.mean(), ys.mean(), start)
+
+
+def test_evaluate_refuses_more_steps_than_the_noise_schedule_before_any_work(tmp_path):
+    from types import SimpleNamespace
+
+    from ic_data.errors import BadInputError
+    from ic_model.evaluation.evaluate import EvalSettings, evaluate_set
+
+    pipe = SimpleNamespace(cfg=SimpleNamespace(num_train_timesteps=1000))  # never called
+    for steps in (0, 1001):
+        with pytest.raises(BadInputError, match=rf"^steps must be from 1 to 1000 \(the noise schedule's length\), "
+                                                rf"got {steps}$"):
+            evaluate_set(pipe, "object", tmp_path / "out", EvalSettings(steps=steps))
+    assert not (tmp_path / "out").exists()

@@ -102,6 +102,9 @@ def evaluate_set(
     :func:`~ic_model.evaluation.evalsets.read_eval_set`, or the set it read) into ``out`` and
     compute the metrics; writes ``out/metrics.json`` and returns the same dict."""
     evalset = set_name if isinstance(set_name, EvalSet) else read_eval_set(set_name)
+    if not 1 <= settings.steps <= pipe.cfg.num_train_timesteps:
+        raise BadInputError(f"steps must be from 1 to {pipe.cfg.num_train_timesteps} (the noise schedule's length), "
+                            f"got {settings.steps}")
     kind = evalset.kind
     cases = evalset.cases[: settings.max_cases]
     images = _first_frames(cases, settings.images, settings.seed)
