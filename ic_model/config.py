@@ -421,7 +421,7 @@ def read_config_file(path: str | os.PathLike, stage: str) -> dict:
     ``num_processes``, ``model`` (ModelConfig fields of a new run), ``weights`` (sd15 paths),
     ``train`` (TrainConfig fields for every stage) and ``stages.STAGE`` (TrainConfig fields for
     one stage, over ``train``). Returns them with ``train`` merged for ``stage``, and ``sources``:
-each of its keys → where in the file it was set (``stages.dense.steps``); every problem
+    each of its keys → where in the file it was set (``stages.dense.steps``); every problem
     (unknown key, wrong type, unreadable file) is one line of a :class:`ConfigFileError`."""
     import yaml
 

@@ -108,7 +108,7 @@ def publish_evaluation(metrics: dict, out: str, previews: int = 3) -> None:
     kind = metrics.get("kind", metrics["set"])
     name = "CamMC" if kind == "camera" else "ObjMC"
     key = _artifact_key(f"evaluate-{metrics['set']}")
-    key += "" if metrics["mode"] == metrics["set"] else f"-{metrics['mode']}"
+    key += "" if metrics["mode"] == kind else f"-{metrics['mode']}"  # the set's own adapter: no suffix
     row = {"run set": metrics["set"], "mode": metrics["mode"], "FID": metrics.get("FID"), "FVD": metrics.get("FVD"),
            name: metrics[name], "videos": metrics["num_videos"], "s/video": metrics["seconds_per_video"], "tracker": metrics["tracker"]}
     create_table_artifact([row], key=f"{key}-metrics", description="Paper Table 1 columns")

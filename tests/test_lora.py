@@ -230,7 +230,7 @@ def test_save_load_round_trip(tmp_path, inputs):
         assert torch.equal(run(fresh, inputs), expected)
 
 
-def test_weights_files_are_written_atomically_and_readable_as_the_umask_allows(tmp_path):
+def test_weights_files_are_written_atomically_and_readable_as_the_umask_allows(tmp_path, monkeypatch):
     """An adapter, a module and a raw tensor file: 0644 under umask 022 (safetensors 0.8 alone
     makes 0600, which kept a run folder from the colleagues it was shared with), 0600 under 077,
     no temp file left, and the tensors read back."""
@@ -254,6 +254,19 @@ def test_weights_files_are_written_atomically_and_readable_as_the_umask_allows(t
     assert modes == {"camera.safetensors": 0o644, "module.safetensors": 0o644, "private.safetensors": 0o600}
     assert torch.equal(load_safetensors(tmp_path / "private.safetensors")["x"], torch.arange(3.0))
     assert set(load_safetensors(tmp_path / "stage" / "module.safetensors")) == {"weight", "bias"}
+    # A write that fails after its temporary file exists leaves the previous file as it was and
+    # no temporary file beside it.
+    import ic_model.models.files as files
+
+    def refuse(*args):
+        raise OSError("no space left on device")
+
+    monkeypatch.setattr(files.os, "replace", refuse)
+    with pytest.raises(OSError, match="no space left"):
+        write_safetensors({"x": torch.zeros(5)}, tmp_path / "private.safetensors")
+    monkeypatch.undo()
+    assert torch.equal(load_safetensors(tmp_path / "private.safetensors")["x"], torch.arange(3.0))
+    assert not list(tmp_path.glob("*.tmp"))
 
 
 def test_load_is_strict(tmp_path):

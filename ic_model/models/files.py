@@ -53,6 +53,11 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = path + ".tmp"
-    save_file(tensors, tmp, metadata=metadata)
-    os.chmod(tmp, _new_file_mode())
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, _new_file_mode())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, an interrupt: no half-written file left beside the old one
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -148,11 +148,6 @@ def list_checkpoints(stage_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(stage_dir: str | os.PathLike) -> Path | None:
-    found = list_checkpoints(stage_dir)
-    return found[-1] if found else None
-
-
 def load_checkpoint(
     path: str | os.PathLike,
     module: torch.nn.Module,
@@ -227,7 +222,6 @@ def resume(
 
 __all__ = [
     "CheckpointError",
-    "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "read_state",
