@@ -75,7 +75,9 @@ def sample_clip_indices(
 class ClipGeometry:
     """How clip pixels relate to source pixels (pixel-centre convention).
 
-    resized = source × scale; clip = resized − crop origin.
+    resized = source × scale; clip = resized − crop origin. Source pixels are the upright
+    frame's, as a player shows it (a clip's ``source_rotation`` says how the stored frames
+    were turned; see ``ic_data.video_io``).
     """
 
     scale: tuple[float, float]

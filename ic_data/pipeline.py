@@ -111,7 +111,8 @@ class Candidate:
     num_frames: int | None = None
     fps: float | None = None
     width: int | None = None
-    height: int | None = None
+    height: int | None = None  # upright (after the display matrix's turn)
+    rotation: int = 0  # clockwise degrees the stored frames were turned to show them upright
     decoder: str | None = None
     truncated: bool = False
     cuts: list[int] = field(default_factory=list)
@@ -263,6 +264,7 @@ class Stage1:
             info = video.info
             c.num_frames, c.fps, c.width, c.height = video.num_frames, info.fps, info.width, info.height
             c.decoder, c.truncated, c.scale = info.backend, video.truncated, [float(s) for s in video.scale]
+            c.rotation = info.rotation
             laps.lap("decode")
             thumbs = video.thumbnails if video.thumbnails is not None else video.frames  # already narrow
             scenes = detect_cuts(thumbs, info.fps, detector=cfg.cut_detector)
@@ -404,6 +406,7 @@ class Stage2:
             "scale": c.scale,
             "crop": c.crop,
             "source_size": [c.width, c.height],
+            "source_rotation": c.rotation,
             "scene": [c.scene_start, c.scene_end],
             "motion_score": c.motion_score,
             "camera_only": cfg.camera_only,

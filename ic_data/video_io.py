@@ -12,6 +12,8 @@ analysis size (each plane resized, then BT.601 limited-range conversion, as swsc
 chosen by the caller; later stages (cut detection, clip sampling, motion scores, tracking) all
 work from that and never reopen the file.
 
+Frames are returned as players show them: turned by the container's display matrix.
+
 Geometry convention: ``cv2.resize`` maps pixel centres, so a resized pixel (x, y) comes from
 source pixel ((x + 0.5) / sx - 0.5, (y + 0.5) / sy - 0.5).
 """
@@ -39,6 +41,10 @@ class VideoInfo:
     width: int
     height: int
     backend: str  # "decord" or "pyav"
+    # Degrees the stored frames were turned clockwise to show them upright (0, 90, 180 or 270):
+    # a phone's portrait video is stored sideways with a display matrix. ``width``/``height``
+    # are the upright frame's, and so are all pixel coordinates downstream.
+    rotation: int = 0
 
 
 @dataclass
@@ -100,13 +106,15 @@ def _decode_decord(path: str, size_fn: SizeFn | None, max_frames: int | None, th
     h, w = vr[0].shape[:2]
     vr.seek(0)
     fps = float(vr.get_avg_fps() or 0.0)
+    # decord (0.6) shows frames upright by the display matrix already; the turn is recorded.
+    turns = _pyav_display_turns(path)
     size = (size_fn(w, h) if size_fn else None) or (w, h)
     store = _FrameStore(size, thumbnail_size(*size, thumb_width))
     total = min(n, max_frames) if max_frames else n
     for start in range(0, total, batch):
         for frame in vr.get_batch(list(range(start, min(start + batch, total)))).asnumpy():
             store.add_rgb(frame)
-    info = VideoInfo(path=path, num_frames=n, fps=fps, width=w, height=h, backend="decord")
+    info = VideoInfo(path=path, num_frames=n, fps=fps, width=w, height=h, backend="decord", rotation=90 * turns)
     return info, store, total < n
 
 
@@ -171,6 +179,37 @@ def frame_rgb(frame) -> np.ndarray:
     rgb = np.empty((frame.height, frame.width, 3), np.uint8)
     _i420_rgb(*_split_i420(flat, frame.width, frame.height), (frame.width, frame.height), rgb)
     return rgb
+
+
+def display_quarter_turns(frame) -> int:
+    """Clockwise quarter turns (0–3) that show a decoded PyAV frame upright, from the display
+    matrix the container carries (ffmpeg's ``displaymatrix`` side data; what its players'
+    autorotate applies). Angles that are not a multiple of 90° are ignored, as ffmpeg does."""
+    angle = getattr(frame, "rotation", 0) or 0  # counter-clockwise degrees; PyAV >= 13
+    turns = round(-float(angle) / 90.0)
+    if abs(-float(angle) - 90.0 * turns) > 1.0:
+        return 0
+    return turns % 4
+
+
+def _pyav_display_turns(path: str) -> int:
+    """``display_quarter_turns`` of a file's first frame, read with PyAV; 0 when PyAV cannot."""
+    try:
+        import av
+
+        with av.open(path, metadata_errors="ignore") as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1
+            return display_quarter_turns(next(container.decode(stream)))
+    except Exception:  # noqa: BLE001 - no display matrix to be had: show the frames as stored
+        return 0
+
+
+def _rotate_i420(flat: np.ndarray, w: int, h: int, turns: int) -> tuple[np.ndarray, int, int]:
+    """An I420 frame turned ``turns`` quarter turns clockwise: (flat, width, height)."""
+    planes = [np.rot90(p, -turns) for p in _split_i420(flat, w, h)]
+    out = np.concatenate([p.reshape(-1) for p in planes])  # a fresh contiguous copy
+    return out, planes[0].shape[1], planes[0].shape[0]
 
 
 def _split_i420(flat: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -280,12 +319,16 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
         w, h = stream.codec_context.width, stream.codec_context.height
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
-        size = size_fn(w, h) if size_fn else None
-        out_size = size or (w, h)
-        store = _FrameStore(out_size, thumbnail_size(*out_size, thumb_width))
-        truncated = False
+        store: _FrameStore | None = None
+        turns, size, truncated = 0, None, False
         try:
             for frame in container.decode(stream):
+                if store is None:  # the first frame says how the video is to be shown
+                    turns = display_quarter_turns(frame)
+                    dw, dh = (h, w) if turns % 2 else (w, h)
+                    size = size_fn(dw, dh) if size_fn else None
+                    out_size = size or (dw, dh)
+                    store = _FrameStore(out_size, thumbnail_size(*out_size, thumb_width))
                 if max_frames and len(store) >= max_frames:
                     truncated = True
                     break
@@ -295,19 +338,25 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
                     )
                 flat = _frame_i420(frame)
                 if flat is not None:
-                    store.add_i420(flat, frame.width, frame.height)
+                    fw, fh = frame.width, frame.height
+                    if turns:
+                        flat, fw, fh = _rotate_i420(flat, fw, fh, turns)
+                    store.add_i420(flat, fw, fh)
                 else:  # other pixel formats (4:4:4, 10-bit, odd sizes, ...): swscale
-                    store.add_rgb(frame.to_ndarray(format="rgb24"))
-        except VideoDecodeError:
+                    rgb = frame.to_ndarray(format="rgb24")
+                    store.add_rgb(np.ascontiguousarray(np.rot90(rgb, -turns)) if turns else rgb)
+        except CurationError:  # ours (a size change, a size the caller refuses): as raised
             raise
         except Exception as exc:
             # A truncated file decodes up to the damage; keep what was read if anything was.
-            if not len(store):
+            if store is None or not len(store):
                 raise VideoDecodeError(f"PyAV failed to decode {path}: {exc}") from exc
-    if not len(store):
+    if store is None or not len(store):
         raise VideoDecodeError(f"no decodable frames in {path}", reason="no_frames")
     n = len(store) if not truncated else max(stream.frames, len(store))
-    info = VideoInfo(path=path, num_frames=n, fps=fps, width=w, height=h, backend="pyav")
+    if turns % 2:
+        w, h = h, w
+    info = VideoInfo(path=path, num_frames=n, fps=fps, width=w, height=h, backend="pyav", rotation=90 * turns)
     return info, store, truncated
 
 
@@ -343,7 +392,12 @@ def decode_video(
     timeout_s: float | None = 300.0,
     thumbnail_width: int | None = None,
 ) -> DecodedVideo:
-    """Decode every frame of ``path`` once, resized to ``size_fn(width, height)``.
+    """Decode every frame of ``path`` once, upright, resized to ``size_fn(width, height)``.
+
+    Upright: a video whose container carries a display matrix (a phone's portrait video, stored
+    sideways) is turned as players show it, and ``width``/``height``, the size function and
+    every pixel coordinate downstream are the upright frame's (``info.rotation`` says by how
+    much). PyAV's frames are turned here; decord (0.6) turns them itself.
 
     backend: "pyav", "decord", or "auto" (PyAV, then decord if PyAV fails or hangs).
     max_frames: stop after this many frames (a memory guard for very long videos).
@@ -388,15 +442,16 @@ def decode_video(
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:
-    """Frame count, fps and resolution without decoding the frames (decord, then PyAV)."""
+    """Frame count, fps and upright resolution, decoding only the first frame (for the display
+    matrix): decord, then PyAV."""
     path = os.fspath(path)
     _check_file(path)
     try:
         import decord
 
         vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-        h, w = vr[0].shape[:2]
-        return VideoInfo(path, len(vr), float(vr.get_avg_fps() or 0.0), w, h, "decord")
+        h, w = vr[0].shape[:2]  # upright already (see _decode_decord)
+        return VideoInfo(path, len(vr), float(vr.get_avg_fps() or 0.0), w, h, "decord", 90 * _pyav_display_turns(path))
     except Exception:
         pass
     import av
@@ -407,7 +462,11 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
                 raise VideoDecodeError(f"no video stream in {path}", reason="no_video_stream")
             s = c.streams.video[0]
             rate = s.average_rate or s.guessed_rate
-            return VideoInfo(path, int(s.frames), float(rate) if rate else 0.0, s.codec_context.width, s.codec_context.height, "pyav")
+            n, fps, w, h = int(s.frames), float(rate) if rate else 0.0, s.codec_context.width, s.codec_context.height
+        turns = _pyav_display_turns(path)
+        if turns % 2:
+            w, h = h, w
+        return VideoInfo(path, n, fps, w, h, "pyav", 90 * turns)
     except VideoDecodeError:
         raise
     except Exception as exc:

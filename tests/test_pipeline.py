@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -327,3 +328,53 @@ def test_a_curation_config_out_of_range_is_refused_when_made(field, value, messa
         CurationConfig(**{field: value})
     assert str(err.value) == message
     assert CurationConfig(seed=np.int64(3)).seed == 3  # numpy integers are whole numbers too
+
+
+def _write_sideways(path: Path, upright: np.ndarray, fps: float = 24.0) -> None:
+    """Store ``upright`` frames as a phone does a portrait video: turned a quarter counter-
+    clockwise, with the display matrix (ffmpeg's rotation -90) that turns them back."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=round(fps))
+        stream.height, stream.width = upright.shape[2], upright.shape[1]
+        stream.pix_fmt, stream.options = "yuv420p", {"crf": "16"}
+        stream.set_display_rotation(-90)
+        for f in upright:
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(np.rot90(f, 1)), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def test_a_phone_portrait_video_is_curated_upright_with_its_true_motion(tmp_path):
+    """A portrait shot (288×512 as shown) stored sideways with a display matrix: the clip is
+    cut from the upright frames, and its tracks move as the shown background does
+    ((+1.5, +1.0) px per source frame at the clip's scale), not turned a quarter."""
+    from ic_data.synthetic import CameraMotion, render_shot
+
+    velocity = np.array([1.5, 1.0])
+    shot = render_shot(60, 288, 512, CameraMotion(tuple(velocity)), texture_seed=21)
+    (tmp_path / "videos").mkdir()
+    _write_sideways(tmp_path / "videos" / "phone.mp4", shot.frames)
+    summary = curate(tmp_path / "videos", tmp_path / "out", CFG)
+    assert summary.counts == {"ok": 1, "filtered": 0, "failed": 0}
+    row = read_manifest(tmp_path / "out" / "manifest.parquet")[0]
+    assert (row.width, row.height) == (288, 512)
+    sample = next(read_shard(tmp_path / "out" / row.shard))
+    meta = sample.meta
+    assert meta["source_size"] == [288, 512] and meta["source_rotation"] == 90
+    assert meta["scale"] == pytest.approx([384 / 288, 683 / 512])
+    idx = np.array(meta["frame_indices"])
+    stride = int(idx[1] - idx[0])
+    # Every grid point visible to the end moves by the pan over the clip's 31 steps.
+    seen = sample.visibility.all(axis=0)
+    moved = np.median(sample.tracks[-1, seen] - sample.tracks[0, seen], axis=0)
+    expected = velocity * np.array(meta["scale"]) * stride * 31
+    assert seen.sum() >= 64
+    assert np.abs(moved - expected).max() < 0.02 * np.abs(expected).max() + 0.5, (moved, expected)
+    # And the clip's pixels are the upright source's, resized and cropped as recorded.
+    x0, y0, w, h = meta["crop"]
+    src = np.stack([cv2.resize(f, (384, 683), interpolation=cv2.INTER_LINEAR) for f in shot.frames[idx]])
+    assert np.abs(src[:, y0 : y0 + h, x0 : x0 + w].astype(float) - sample.decode_frames()).mean() < 6.0

@@ -121,3 +121,89 @@ def test_frames_are_converted_when_read_and_agree_across_storage(tmp_path):
         # 1280 → pyav (0.60, 2.10), decord (1.25, 2.40).
         assert errors["pyav"][0] < 1.3 and errors["pyav"][1] < 5.0
         assert errors["pyav"][0] <= errors["decord"][0] and errors["pyav"][1] <= errors["decord"][1] + 0.2
+
+
+def _tkhd_matrix(data: bytes) -> tuple[float, float, float, float]:
+    """(a, b, c, d) of the first track header's display matrix (QuickTime spec: 16.16 fixed
+    point, a point (x, y) is shown at (a·x + c·y + tx, b·x + d·y + ty))."""
+    at = data.index(b"tkhd")
+    assert data[at + 4] == 0  # version 0: 32-bit times
+    m = np.frombuffer(data[at + 44 : at + 44 + 36], ">i4").astype(float)
+    return tuple(m[[0, 1, 3, 4]] / 65536.0)
+
+
+def _marked_video(path, angle: float, pix_fmt: str, width: int = 96, height: int = 64, frames: int = 6):
+    """A sideways-stored video: a white block at the stored top-left corner, a red one at the
+    top-right; the container says to show it turned (``angle`` counter-clockwise degrees, as
+    ffmpeg's ``-display_rotation``)."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        stream.set_display_rotation(angle)
+        img = np.full((height, width, 3), 40, np.uint8)
+        img[:16, :16] = 255
+        img[:16, -16:] = (255, 0, 0)
+        for _ in range(frames):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+
+
+def _corner_colours(frame: np.ndarray) -> dict[str, tuple[int, ...]]:
+    h, w = frame.shape[:2]
+    spots = {"top_left": (4, 4), "top_right": (4, w - 5), "bottom_left": (h - 5, 4), "bottom_right": (h - 5, w - 5)}
+    return {k: tuple(int(v) // 64 for v in frame[y, x]) for k, (y, x) in spots.items()}
+
+
+WHITE, RED, GREY = (3, 3, 3), (3, 0, 0), (0, 0, 0)
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+@pytest.mark.parametrize("pix_fmt", ["yuv420p", "yuv444p"])
+@pytest.mark.parametrize(
+    "angle,rotation,corners",
+    [
+        # A phone held upright films sideways and writes the iPhone's portrait matrix
+        # (a, b, c, d) = (0, 1, -1, 0): stored (x, y) is shown at (H - y, x), i.e. turned
+        # clockwise; the stored top-left corner is shown top-right.
+        (-90, 90, {"top_right": WHITE, "bottom_right": RED, "top_left": GREY, "bottom_left": GREY}),
+        (90, 270, {"bottom_left": WHITE, "top_left": RED, "top_right": GREY, "bottom_right": GREY}),
+        (180, 180, {"bottom_right": WHITE, "bottom_left": RED, "top_left": GREY, "top_right": GREY}),
+        (0, 0, {"top_left": WHITE, "top_right": RED, "bottom_left": GREY, "bottom_right": GREY}),
+    ],
+)
+def test_videos_are_read_upright_by_their_display_matrix(tmp_path, backend, pix_fmt, angle, rotation, corners):
+    path = tmp_path / "phone.mp4"
+    _marked_video(path, angle, pix_fmt)
+    a, b, c, d = _tkhd_matrix(path.read_bytes())
+    expected_matrix = {-90: (0, 1, -1, 0), 90: (0, -1, 1, 0), 180: (-1, 0, 0, -1), 0: (1, 0, 0, 1)}[angle]
+    assert (a, b, c, d) == pytest.approx(expected_matrix)
+
+    dec = decode_video(path, backend=backend, thumbnail_width=32)
+    upright = (64, 96) if rotation % 180 else (96, 64)
+    assert (dec.info.width, dec.info.height) == upright and dec.info.rotation == rotation
+    assert dec.frames.shape == (6, upright[1], upright[0], 3)
+    assert _corner_colours(dec.frames[0]) == corners
+    assert dec.thumbnails.shape[2] == 32 and dec.thumbnails.shape[1] == round(32 * upright[1] / upright[0])
+    info = probe_video(path)
+    assert (info.width, info.height, info.rotation) == (*upright, rotation)
+
+
+def test_the_size_function_sees_the_upright_frame(tmp_path):
+    """A portrait phone video (1280×720 stored, shown 720×1280) is sized as portrait: the width
+    reaches 384 (``resized_size``), and a size the function refuses is still a rejection."""
+    path = tmp_path / "portrait.mp4"
+    _marked_video(path, -90, "yuv420p", width=640, height=360, frames=3)
+    seen = []
+    dec = decode_video(path, lambda w, h: seen.append((w, h)) or resized_size(w, h), backend="pyav")
+    assert seen == [(360, 640)]
+    assert dec.frames.shape == (3, 683, 384, 3)
+    assert dec.scale == pytest.approx((384 / 360, 683 / 640))
+    assert _corner_colours(dec.frames[0])["top_right"] == WHITE
+    small = tmp_path / "small.mp4"
+    _marked_video(small, -90, "yuv420p", width=96, height=64, frames=2)
+    with pytest.raises(VideoTooSmall):
+        decode_video(small, lambda w, h: resized_size(w, h))
