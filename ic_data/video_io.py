@@ -6,7 +6,8 @@ frame of decord, whose reader runs its own conversion thread beside the decoder 
 RGB conversion). That matters when the pipeline runs one video per core. And PyAV hands over
 the 4:2:0 planes, so a frame is converted to RGB only if it is read: cut detection works on
 small thumbnails made from the planes, and only the clip's 32 frames are converted at the
-analysis size (each plane resized, then BT.601 limited-range conversion, as swscale does).
+analysis size (each plane resized, then converted with the matrix and range the stream
+declares: BT.601 TV levels when it declares none, as swscale does).
 
 ``decode_video`` reads every frame once and returns them all, to be read at the analysis size
 chosen by the caller; later stages (cut detection, clip sampling, motion scores, tracking) all
@@ -118,10 +119,33 @@ def _decode_decord(path: str, size_fn: SizeFn | None, max_frames: int | None, th
     return info, store, total < n
 
 
+@dataclass(frozen=True)
+class YuvColour:
+    """How a stream's Y'CbCr becomes RGB: the matrix's luma weights and the value range."""
+
+    kr: float = 0.299
+    kb: float = 0.114
+    full_range: bool = False  # False: "TV" levels (luma 16–235, chroma 16–240)
+
+
+BT601_TV = YuvColour()  # what H.264 streams mostly carry, and what swscale assumes when untagged
+# The matrices a stream may declare (FFmpeg's AVColorSpace numbers); an untagged or unknown one
+# is read as BT.601, as swscale does; decord (through swscale) honours the same tags.
+_MATRICES = {1: (0.2126, 0.0722), 4: (0.30, 0.11), 5: (0.299, 0.114), 6: (0.299, 0.114), 7: (0.212, 0.087),
+             9: (0.2627, 0.0593)}
+
+
+def frame_colour(frame) -> YuvColour:
+    """The colour matrix and range a decoded PyAV frame declares (BT.601 TV when it says none)."""
+    kr, kb = _MATRICES.get(int(getattr(frame, "colorspace", 2) or 2), (0.299, 0.114))
+    full = frame.format.name == "yuvj420p" or int(getattr(frame, "color_range", 0) or 0) == 2
+    return YuvColour(kr, kb, full)
+
+
 def _frame_i420(frame) -> np.ndarray | None:
     """A plain 8-bit 4:2:0 frame (even size) as one fresh flat I420 array (Y, then U, then V,
     each row-major without padding), else None."""
-    if frame.format.name != "yuv420p" or frame.width % 2 or frame.height % 2:
+    if frame.format.name not in ("yuv420p", "yuvj420p") or frame.width % 2 or frame.height % 2:
         return None
     return frame.to_ndarray().reshape(-1)
 
@@ -152,12 +176,27 @@ def _yuv444_resized(y: np.ndarray, u: np.ndarray, v: np.ndarray, size: tuple[int
     return out
 
 
-def _i420_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray, size: tuple[int, int], out: np.ndarray) -> None:
+def _yuv_matrix(colour: YuvColour) -> np.ndarray:
+    """3×4: (R, G, B) from full-range (Y, Cb, Cr, 1), the Cb/Cr offset of 128 folded in."""
+    kr, kb = colour.kr, colour.kb
+    kg = 1.0 - kr - kb
+    cr_r, cb_b = 2 * (1 - kr), 2 * (1 - kb)
+    cb_g, cr_g = -cb_b * kb / kg, -cr_r * kr / kg
+    return np.array(
+        [[1, 0, cr_r, -128 * cr_r], [1, cb_g, cr_g, -128 * (cb_g + cr_g)], [1, cb_b, 0, -128 * cb_b]], np.float64
+    )
+
+
+def _i420_rgb(
+    y: np.ndarray, u: np.ndarray, v: np.ndarray, size: tuple[int, int], out: np.ndarray, colour: YuvColour = BT601_TV
+) -> None:
     """4:2:0 planes → RGB of ``size`` (w, h) into ``out``.
 
     Each plane is resized straight to the output size (pixel-centre mapping, the module's
     convention: chroma therefore lands where centre-sited samples belong, and is interpolated,
-    not repeated in 2×2 blocks), then converted with BT.601 limited-range coefficients.
+    not repeated in 2×2 blocks), then converted with the stream's matrix and range: TV levels
+    are stretched to full range first, after which BT.601 is OpenCV's YCrCb conversion and any
+    other matrix one affine transform per pixel.
     """
     w, h = size
     planes = []
@@ -166,18 +205,23 @@ def _i420_rgb(y: np.ndarray, u: np.ndarray, v: np.ndarray, size: tuple[int, int]
             resized = np.empty((h, w), np.uint8)
             _resize_plane(plane, (w, h), resized)
             plane = resized
-        planes.append(cv2.LUT(plane, lut))
-    out[:] = cv2.cvtColor(cv2.merge(planes), cv2.COLOR_YCrCb2RGB)
+        planes.append(plane if colour.full_range else cv2.LUT(plane, lut))
+    if (colour.kr, colour.kb) == (BT601_TV.kr, BT601_TV.kb):
+        out[:] = cv2.cvtColor(cv2.merge(planes), cv2.COLOR_YCrCb2RGB)
+    else:
+        luma, cr, cb = planes
+        out[:] = cv2.transform(cv2.merge([luma, cb, cr]), _yuv_matrix(colour))
 
 
 def frame_rgb(frame) -> np.ndarray:
     """A decoded PyAV frame as uint8 RGB at its own size: 8-bit 4:2:0 through this module's
-    conversion, other pixel formats through swscale."""
+    conversion (with the matrix and range the frame declares), other pixel formats through
+    swscale."""
     flat = _frame_i420(frame)
     if flat is None:
         return frame.to_ndarray(format="rgb24")
     rgb = np.empty((frame.height, frame.width, 3), np.uint8)
-    _i420_rgb(*_split_i420(flat, frame.width, frame.height), (frame.width, frame.height), rgb)
+    _i420_rgb(*_split_i420(flat, frame.width, frame.height), (frame.width, frame.height), rgb, frame_colour(frame))
     return rgb
 
 
@@ -249,8 +293,8 @@ class _FrameStore:
     Thumbnails for cut detection are made on the way in.
     """
 
-    def __init__(self, size: tuple[int, int], thumb: tuple[int, int] | None):
-        self.size, self.thumb = size, thumb
+    def __init__(self, size: tuple[int, int], thumb: tuple[int, int] | None, colour: YuvColour = BT601_TV):
+        self.size, self.thumb, self.colour = size, thumb, colour
         self._items: list[tuple[str, np.ndarray, int, int]] = []  # (kind, data, width, height)
         self._thumbs: list[np.ndarray] = []
 
@@ -261,7 +305,7 @@ class _FrameStore:
         y, u, v = _split_i420(flat, w, h)
         if self.thumb:
             thumb = np.empty((self.thumb[1], self.thumb[0], 3), np.uint8)
-            _i420_rgb(y, u, v, self.thumb, thumb)
+            _i420_rgb(y, u, v, self.thumb, thumb, self.colour)
             self._thumbs.append(thumb)
         aw, ah = self.size
         if w * h <= 2 * aw * ah:
@@ -284,9 +328,9 @@ class _FrameStore:
         if kind == "rgb":
             out[:] = data
         elif kind == "yuv444":
-            _i420_rgb(data[0], data[1], data[2], self.size, out)
+            _i420_rgb(data[0], data[1], data[2], self.size, out, self.colour)
         else:
-            _i420_rgb(*_split_i420(data, w, h), self.size, out)
+            _i420_rgb(*_split_i420(data, w, h), self.size, out, self.colour)
 
     def select(self, indices) -> np.ndarray:
         indices = [int(i) for i in indices]
@@ -328,7 +372,7 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
                     dw, dh = (h, w) if turns % 2 else (w, h)
                     size = size_fn(dw, dh) if size_fn else None
                     out_size = size or (dw, dh)
-                    store = _FrameStore(out_size, thumbnail_size(*out_size, thumb_width))
+                    store = _FrameStore(out_size, thumbnail_size(*out_size, thumb_width), frame_colour(frame))
                 if max_frames and len(store) >= max_frames:
                     truncated = True
                     break
@@ -336,13 +380,13 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
                     raise VideoDecodeError(
                         f"{path}: frame size changed mid-stream from {w}x{h} to {frame.width}x{frame.height}"
                     )
-                flat = _frame_i420(frame)
+                flat = _frame_i420(frame) if frame_colour(frame) == store.colour else None
                 if flat is not None:
                     fw, fh = frame.width, frame.height
                     if turns:
                         flat, fw, fh = _rotate_i420(flat, fw, fh, turns)
                     store.add_i420(flat, fw, fh)
-                else:  # other pixel formats (4:4:4, 10-bit, odd sizes, ...): swscale
+                else:  # other pixel formats (4:4:4, 10-bit, odd sizes, ...) or colours: swscale
                     rgb = frame.to_ndarray(format="rgb24")
                     store.add_rgb(np.ascontiguousarray(np.rot90(rgb, -turns)) if turns else rgb)
         except CurationError:  # ours (a size change, a size the caller refuses): as raised
