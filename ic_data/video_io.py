@@ -46,6 +46,10 @@ class VideoInfo:
     # a phone's portrait video is stored sideways with a display matrix. ``width``/``height``
     # are the upright frame's, and so are all pixel coordinates downstream.
     rotation: int = 0
+    # Width of a stored pixel over its height (the stream's sample aspect ratio): 1 for square
+    # pixels; e.g. 32/27 for a 720×480 DVD shown at 16:9. The size function is given the shown
+    # size; ``scale`` then differs along x and y, so clip pixels still map to stored ones.
+    sample_aspect: float = 1.0
 
 
 @dataclass
@@ -108,14 +112,17 @@ def _decode_decord(path: str, size_fn: SizeFn | None, max_frames: int | None, th
     vr.seek(0)
     fps = float(vr.get_avg_fps() or 0.0)
     # decord (0.6) shows frames upright by the display matrix already; the turn is recorded.
-    turns = _pyav_display_turns(path)
-    size = (size_fn(w, h) if size_fn else None) or (w, h)
+    # It ignores the sample aspect ratio: that stretch is made here, as for PyAV.
+    turns, sar = _pyav_display(path)
+    shown = _shown_size(w, h, sar, turns % 2 == 1)
+    size = (size_fn(*shown) if size_fn else None) or shown
     store = _FrameStore(size, thumbnail_size(*size, thumb_width))
     total = min(n, max_frames) if max_frames else n
     for start in range(0, total, batch):
         for frame in vr.get_batch(list(range(start, min(start + batch, total)))).asnumpy():
             store.add_rgb(frame)
-    info = VideoInfo(path=path, num_frames=n, fps=fps, width=w, height=h, backend="decord", rotation=90 * turns)
+    info = VideoInfo(path=path, num_frames=n, fps=fps, width=w, height=h, backend="decord", rotation=90 * turns,
+                     sample_aspect=sar)
     return info, store, total < n
 
 
@@ -236,17 +243,39 @@ def display_quarter_turns(frame) -> int:
     return turns % 4
 
 
-def _pyav_display_turns(path: str) -> int:
-    """``display_quarter_turns`` of a file's first frame, read with PyAV; 0 when PyAV cannot."""
+def sample_aspect(stream) -> float:
+    """A PyAV video stream's sample aspect ratio (stored pixel width / height); 1 when it
+    declares none or an implausible one."""
+    sar = getattr(stream, "sample_aspect_ratio", None)
+    try:
+        value = float(sar) if sar else 1.0
+    except (TypeError, ValueError, ZeroDivisionError):
+        return 1.0
+    return value if 0.2 <= value <= 5.0 else 1.0
+
+
+def _shown_size(width: int, height: int, sar: float, turned: bool) -> tuple[int, int]:
+    """The size a player shows an upright ``width``×``height`` pixel grid at: the stored rows'
+    pixels are ``sar`` wide, and after a quarter turn the stored rows are the columns."""
+    if sar == 1.0:
+        return width, height
+    if turned:
+        return width, max(1, round(height * sar))
+    return max(1, round(width * sar)), height
+
+
+def _pyav_display(path: str) -> tuple[int, float]:
+    """(``display_quarter_turns`` of the first frame, ``sample_aspect``), read with PyAV;
+    (0, 1.0) when PyAV cannot read them."""
     try:
         import av
 
         with av.open(path, metadata_errors="ignore") as container:
             stream = container.streams.video[0]
             stream.codec_context.thread_count = 1
-            return display_quarter_turns(next(container.decode(stream)))
-    except Exception:  # noqa: BLE001 - no display matrix to be had: show the frames as stored
-        return 0
+            return display_quarter_turns(next(container.decode(stream))), sample_aspect(stream)
+    except Exception:  # noqa: BLE001 - nothing to be had: show the frames as stored
+        return 0, 1.0
 
 
 def _rotate_i420(flat: np.ndarray, w: int, h: int, turns: int) -> tuple[np.ndarray, int, int]:
@@ -364,19 +393,19 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
         store: _FrameStore | None = None
-        turns, size, truncated = 0, None, False
+        turns, sar, size, truncated = 0, 1.0, None, False
         try:
             for frame in container.decode(stream):
                 if store is None:  # the first frame says how the video is to be shown
-                    turns = display_quarter_turns(frame)
-                    dw, dh = (h, w) if turns % 2 else (w, h)
-                    size = size_fn(dw, dh) if size_fn else None
-                    out_size = size or (dw, dh)
+                    turns, sar = display_quarter_turns(frame), sample_aspect(stream)
+                    shown = _shown_size(*((h, w) if turns % 2 else (w, h)), sar, turns % 2 == 1)
+                    size = size_fn(*shown) if size_fn else None
+                    out_size = size or shown
                     store = _FrameStore(out_size, thumbnail_size(*out_size, thumb_width), frame_colour(frame))
                 if max_frames and len(store) >= max_frames:
                     truncated = True
                     break
-                if size is None and (frame.width, frame.height) != (w, h):
+                if (frame.width, frame.height) != (w, h) and size is None and sar == 1.0:
                     raise VideoDecodeError(
                         f"{path}: frame size changed mid-stream from {w}x{h} to {frame.width}x{frame.height}"
                     )
@@ -400,7 +429,8 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
     n = len(store) if not truncated else max(stream.frames, len(store))
     if turns % 2:
         w, h = h, w
-    info = VideoInfo(path=path, num_frames=n, fps=fps, width=w, height=h, backend="pyav", rotation=90 * turns)
+    info = VideoInfo(path=path, num_frames=n, fps=fps, width=w, height=h, backend="pyav", rotation=90 * turns,
+                     sample_aspect=sar)
     return info, store, truncated
 
 
@@ -441,7 +471,8 @@ def decode_video(
     Upright: a video whose container carries a display matrix (a phone's portrait video, stored
     sideways) is turned as players show it, and ``width``/``height``, the size function and
     every pixel coordinate downstream are the upright frame's (``info.rotation`` says by how
-    much). PyAV's frames are turned here; decord (0.6) turns them itself.
+    much). PyAV's frames are turned here; decord (0.6) turns them itself. Non-square pixels
+    (``info.sample_aspect``) are stretched likewise: the size function gets the shown size.
 
     backend: "pyav", "decord", or "auto" (PyAV, then decord if PyAV fails or hangs).
     max_frames: stop after this many frames (a memory guard for very long videos).
@@ -495,7 +526,8 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
 
         vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
         h, w = vr[0].shape[:2]  # upright already (see _decode_decord)
-        return VideoInfo(path, len(vr), float(vr.get_avg_fps() or 0.0), w, h, "decord", 90 * _pyav_display_turns(path))
+        turns, sar = _pyav_display(path)
+        return VideoInfo(path, len(vr), float(vr.get_avg_fps() or 0.0), w, h, "decord", 90 * turns, sar)
     except Exception:
         pass
     import av
@@ -507,10 +539,10 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
             s = c.streams.video[0]
             rate = s.average_rate or s.guessed_rate
             n, fps, w, h = int(s.frames), float(rate) if rate else 0.0, s.codec_context.width, s.codec_context.height
-        turns = _pyav_display_turns(path)
+        turns, sar = _pyav_display(path)
         if turns % 2:
             w, h = h, w
-        return VideoInfo(path, n, fps, w, h, "pyav", 90 * turns)
+        return VideoInfo(path, n, fps, w, h, "pyav", 90 * turns, sar)
     except VideoDecodeError:
         raise
     except Exception as exc:

@@ -277,3 +277,38 @@ def test_an_hd_bt709_video_decodes_to_the_colours_decord_gives(tmp_path):
     assert np.abs(ours.frames.astype(int) - ref.astype(int)).max() <= 4
     shrunk = np.stack([shrink_frame(f, (48, 32)) for f in ref])
     assert np.abs(ours.thumbnails.astype(int) - shrunk.astype(int)).mean() < 2.0
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+@pytest.mark.parametrize("angle", [0, -90])
+def test_non_square_pixels_are_shown_at_their_aspect(tmp_path, backend, angle):
+    """Stored 96×64 with pixels twice as wide as tall (sample aspect 2:1) is shown 192×64: a
+    block of 16×32 stored pixels is a 32×32 square on screen. The size function sees the
+    shown size, and ``scale`` maps the result back to stored pixels (sx = 2·sy)."""
+    from fractions import Fraction
+
+    import av
+
+    path = tmp_path / "anamorphic.mp4"
+    img = np.full((64, 96, 3), 30, np.uint8)
+    img[16:48, 40:56] = 230  # 16 wide, 32 tall, centred at (48, 32)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.codec_context.sample_aspect_ratio = Fraction(2, 1)
+        stream.set_display_rotation(angle)
+        for _ in range(3):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    seen = []
+    dec = decode_video(path, lambda w, h: seen.append((w, h)) or (w, h), backend=backend)
+    shown = (192, 64) if angle == 0 else (64, 192)
+    assert seen == [shown] and dec.info.sample_aspect == 2.0
+    assert dec.frames.shape == (3, shown[1], shown[0], 3)
+    assert dec.scale == pytest.approx((2.0, 1.0) if angle == 0 else (1.0, 2.0))
+    bright = dec.frames[0, :, :, 0] > 130
+    ys, xs = np.nonzero(bright)
+    assert abs(np.ptp(xs) + 1 - 32) <= 2 and abs(np.ptp(ys) + 1 - 32) <= 2  # a square on screen
+    assert abs(xs.mean() - (shown[0] - 1) / 2) <= 1 and abs(ys.mean() - (shown[1] - 1) / 2) <= 1
