@@ -13,7 +13,8 @@ declares: BT.601 TV levels when it declares none, as swscale does).
 chosen by the caller; later stages (cut detection, clip sampling, motion scores, tracking) all
 work from that and never reopen the file.
 
-Frames are returned as players show them: turned by the container's display matrix.
+Frames are returned as players show them: turned by the container's display matrix, and
+non-square pixels stretched to their sample aspect ratio.
 
 Geometry convention: ``cv2.resize`` maps pixel centres, so a resized pixel (x, y) comes from
 source pixel ((x + 0.5) / sx - 0.5, (y + 0.5) / sy - 0.5).
