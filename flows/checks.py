@@ -240,8 +240,11 @@ def _check_image(problems: list[str], flag: str, value: str) -> tuple[int, int] 
 
     try:
         with Image.open(path) as img:
+            # Shown size: a camera's EXIF orientation 5–8 turns the stored pixels a quarter, and
+            # generation reads the image upright (cv2.imread applies the orientation).
+            turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
             img.verify()
-            return img.size
+            return img.size[::-1] if turned else img.size
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         problems.append(f"{flag} {value}: not a readable image ({err})")
         return None

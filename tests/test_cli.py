@@ -263,3 +263,27 @@ def test_ic_keeps_prefect_from_reporting_usage_offline_unless_asked():
         out = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, check=True,
                              cwd=Path(__file__).resolve().parents[1])
         assert out.stdout.strip() == expected
+
+
+def test_generate_checks_the_trajectories_against_the_image_as_shown(capsys, tmp_path, trained_like_run):
+    """A phone photo: 96×64 stored, EXIF orientation 6 (turn clockwise to show), so 64×96 shown
+    and read upright by generation (cv2). Trajectories are drawn on the shown image."""
+    import cv2
+    import numpy as np
+    from PIL import Image
+
+    image = tmp_path / "phone.jpg"
+    photo = Image.fromarray(np.zeros((64, 96, 3), np.uint8))
+    exif = photo.getexif()
+    exif[0x0112] = 6
+    photo.save(image, exif=exif)
+    assert cv2.imread(str(image)).shape[:2] == (96, 64)  # what generation reads
+    tracks = tmp_path / "tracks.json"
+    args = ["generate", "--image", str(image), "--trajectories", str(tracks), "--run", str(trained_like_run),
+            "--mode", "camera", "--out", str(tmp_path / "v.mp4")]
+    tracks.write_text(json.dumps([[[10, 10], [50, 90]]]))  # inside 64×96, below a 64-px-tall frame
+    lines = _problems(capsys, args)
+    assert len(lines) == 1 and "--mode camera" in lines[0], lines
+    tracks.write_text(json.dumps([[[10, 10], [90, 50]]]))  # inside the stored 96×64 only
+    lines = _problems(capsys, args)
+    assert len(lines) == 2 and lines[0].startswith(f"ic generate: --trajectories {tracks}:") and "90" in lines[0]
