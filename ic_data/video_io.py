@@ -272,11 +272,20 @@ def _pyav_display(path: str) -> tuple[int, float]:
         import av
 
         with av.open(path, metadata_errors="ignore") as container:
-            stream = container.streams.video[0]
+            stream = video_stream(container)
             stream.codec_context.thread_count = 1
             return display_quarter_turns(next(container.decode(stream))), sample_aspect(stream)
     except Exception:  # noqa: BLE001 - nothing to be had: show the frames as stored
         return 0, 1.0
+
+
+def video_stream(container):
+    """The container's main video stream, as FFmpeg's players pick it (``av_find_best_stream``):
+    not an attached cover picture or thumbnail track that may come first."""
+    try:
+        return container.streams.best("video") or container.streams.video[0]
+    except AttributeError:  # a PyAV without ``best``
+        return container.streams.video[0]
 
 
 def _rotate_i420(flat: np.ndarray, w: int, h: int, turns: int) -> tuple[np.ndarray, int, int]:
@@ -386,7 +395,7 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
     with container:
         if not container.streams.video:
             raise VideoDecodeError(f"no video stream in {path}", reason="no_video_stream")
-        stream = container.streams.video[0]
+        stream = video_stream(container)
         # One decoder thread: the curation pipeline runs one video per worker, and frame
         # threading would only compete with the other workers for the same cores.
         stream.codec_context.thread_count = 1
@@ -537,7 +546,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         with av.open(path, metadata_errors="ignore") as c:
             if not c.streams.video:
                 raise VideoDecodeError(f"no video stream in {path}", reason="no_video_stream")
-            s = c.streams.video[0]
+            s = video_stream(c)
             rate = s.average_rate or s.guessed_rate
             n, fps, w, h = int(s.frames), float(rate) if rate else 0.0, s.codec_context.width, s.codec_context.height
         turns, sar = _pyav_display(path)

@@ -312,3 +312,31 @@ def test_non_square_pixels_are_shown_at_their_aspect(tmp_path, backend, angle):
     ys, xs = np.nonzero(bright)
     assert abs(np.ptp(xs) + 1 - 32) <= 2 and abs(np.ptp(ys) + 1 - 32) <= 2  # a square on screen
     assert abs(xs.mean() - (shown[0] - 1) / 2) <= 1 and abs(ys.mean() - (shown[1] - 1) / 2) <= 1
+
+
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_a_cover_picture_stream_before_the_video_is_passed_over(tmp_path, backend):
+    """An MKV whose first video stream is a one-frame MJPEG cover (as taggers write them): the
+    video is the 40-frame H.264 stream, as players and decord pick it."""
+    import av
+
+    path = tmp_path / "with-cover.mkv"
+    with av.open(str(path), "w") as out:
+        cover = out.add_stream("mjpeg", rate=1)
+        cover.width, cover.height, cover.pix_fmt = 32, 32, "yuvj420p"
+        video = out.add_stream("libx264", rate=24)
+        video.width, video.height, video.pix_fmt = 96, 64, "yuv420p"
+        still = av.VideoFrame.from_ndarray(np.zeros((32, 32, 3), np.uint8), format="rgb24").reformat(format="yuvj420p")
+        for packet in [*cover.encode(still), *cover.encode()]:
+            out.mux(packet)
+        for i in range(40):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 96, 3), 5 * i, np.uint8), format="rgb24")
+            for packet in video.encode(frame):
+                out.mux(packet)
+        for packet in video.encode():
+            out.mux(packet)
+    dec = decode_video(path, backend=backend)
+    assert dec.num_frames == 40 and dec.frames.shape == (40, 64, 96, 3)
+    assert abs(int(dec.frames[39].mean()) - 195) <= 4  # the video's last frame, not the cover
+    info = probe_video(path)
+    assert (info.width, info.height) == (96, 64)
