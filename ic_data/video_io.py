@@ -288,11 +288,17 @@ def video_stream(container):
         return container.streams.video[0]
 
 
+_CV2_TURNS = {1: cv2.ROTATE_90_CLOCKWISE, 2: cv2.ROTATE_180, 3: cv2.ROTATE_90_COUNTERCLOCKWISE}
+
+
 def _rotate_i420(flat: np.ndarray, w: int, h: int, turns: int) -> tuple[np.ndarray, int, int]:
-    """An I420 frame turned ``turns`` quarter turns clockwise: (flat, width, height)."""
-    planes = [np.rot90(p, -turns) for p in _split_i420(flat, w, h)]
-    out = np.concatenate([p.reshape(-1) for p in planes])  # a fresh contiguous copy
-    return out, planes[0].shape[1], planes[0].shape[0]
+    """An I420 frame turned ``turns`` (1–3) quarter turns clockwise: (a fresh flat array,
+    width, height). OpenCV's rotate writes each plane straight into its place."""
+    rw, rh = (h, w) if turns % 2 else (w, h)
+    out = np.empty_like(flat)
+    for src, dst in zip(_split_i420(flat, w, h), _split_i420(out, rw, rh)):
+        cv2.rotate(src, _CV2_TURNS[turns], dst=dst)
+    return out, rw, rh
 
 
 def _split_i420(flat: np.ndarray, w: int, h: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
