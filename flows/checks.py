@@ -240,12 +240,14 @@ def _check_image(problems: list[str], flag: str, value: str) -> tuple[int, int] 
 
     try:
         with Image.open(path) as img:
+            img.verify()  # must come straight after open
+        with Image.open(path) as img:
+            img.load()  # every pixel: a file cut short is refused here, not read half grey
             # Shown size: a camera's EXIF orientation 5–8 turns the stored pixels a quarter, and
             # generation reads the image upright (cv2.imread applies the orientation).
             turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-            img.verify()
             return img.size[::-1] if turned else img.size
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         problems.append(f"{flag} {value}: not a readable image ({err})")
         return None
 
@@ -256,6 +258,15 @@ def check_generate(args) -> list[str]:
 
     problems: list[str] = []
     size = _check_image(problems, "--image", args.image)
+    if size is not None:
+        from ic_data.clips import resized_size
+        from ic_data.errors import VideoTooSmall
+        from ic_model.pipelines.image_conductor import GENERATE_MAX_UPSCALE
+
+        try:  # the limit prepare_image_and_tracks applies
+            resized_size(*size, max_upscale=GENERATE_MAX_UPSCALE)
+        except VideoTooSmall as err:
+            problems.append(f"--image {args.image}: too small: {err.args[0]}")
     traj = _existing(problems, "--trajectories", args.trajectories, "file")
     if getattr(args, "trajectory_space", "image") == "model":  # the model frame's pixels, not the image's
         cfg = _read_run([], args.run)[1] if args.run else None

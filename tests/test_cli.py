@@ -287,3 +287,32 @@ def test_generate_checks_the_trajectories_against_the_image_as_shown(capsys, tmp
     tracks.write_text(json.dumps([[[10, 10], [90, 50]]]))  # inside the stored 96×64 only
     lines = _problems(capsys, args)
     assert len(lines) == 2 and lines[0].startswith(f"ic generate: --trajectories {tracks}:") and "90" in lines[0]
+
+
+def test_generate_refuses_a_cut_or_tiny_image_and_reads_png(capsys, tmp_path, trained_like_run):
+    """A PNG is checked like any image (its EXIF read after verify); a JPEG cut short and an
+    image too small for the crop are refused before anything loads."""
+    import cv2
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    png = tmp_path / "frame.png"
+    cv2.imwrite(str(png), rng.integers(0, 255, (270, 480, 3), dtype=np.uint8))
+    whole = tmp_path / "whole.jpg"
+    cv2.imwrite(str(whole), rng.integers(0, 255, (270, 480, 3), dtype=np.uint8))
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[:2000])
+    assert cv2.imread(str(cut)) is not None  # what generation would have read: mostly grey
+    tiny = tmp_path / "tiny.png"
+    cv2.imwrite(str(tiny), np.zeros((4, 6, 3), np.uint8))
+    tracks = tmp_path / "tracks.json"
+    tracks.write_text(json.dumps([[[1, 1], [2, 2]]]))
+
+    def lines_for(image):
+        return _problems(capsys, ["generate", "--image", str(image), "--trajectories", str(tracks),
+                                  "--run", str(trained_like_run), "--mode", "camera", "--out", str(tmp_path / "v.mp4")])
+
+    assert [line for line in lines_for(png) if "--image" in line] == []
+    assert lines_for(cut)[0].startswith(f"ic generate: --image {cut}: not a readable image (")
+    assert lines_for(tiny)[0] == (f"ic generate: --image {tiny}: too small: 6x4 would need 64.00x upscaling "
+                                  "for a 384x256 crop (limit 16.0x)")

@@ -238,8 +238,9 @@ def test_bad_input_ends_generate_and_evaluate_in_one_line_naming_it(prefect_api,
                                              dict(request, image=str(good), out=str(tmp_path / "n2.mp4"), steps=0)],
                      return_state=True)
     assert state.is_failed()
-    assert state.message == (f"2 of 3 requests failed: BadInputError: cannot decode image {bad} (not an image file?); "
-                             "BadInputError: request 3: steps must be a whole number from 1 to 1000, got 0")
+    first, third = state.message.split("; ")
+    assert first.startswith(f"2 of 3 requests failed: BadInputError: cannot decode image {bad} (cannot identify")
+    assert third == "BadInputError: request 3: steps must be a whole number from 1 to 1000, got 0"
     assert (tmp_path / "ok.mp4").is_file() and not (tmp_path / "no.mp4").exists() and not (tmp_path / "n2.mp4").exists()
 
     images = tmp_path / "images"
@@ -247,7 +248,7 @@ def test_bad_input_ends_generate_and_evaluate_in_one_line_naming_it(prefect_api,
     (images / "a.png").write_bytes(bad.read_bytes())
     settings = dict(set_name="object", run=str(run), steps=1, max_cases=1, return_state=True)
     state = evaluate(out=str(tmp_path / "eval-images"), images=str(images), **settings)
-    assert state.is_failed() and state.message == f"cannot read image {images / 'a.png'}"
+    assert state.is_failed() and state.message.startswith(f"cannot decode image {images / 'a.png'} (cannot identify")
 
     reference = tmp_path / "reference"
     reference.mkdir()
@@ -285,3 +286,29 @@ def test_bf16_sampling_stays_close_to_fp32_and_keeps_the_latents_in_fp32(tiny_ru
     rel = ((got - ref).pow(2).mean().sqrt() / ref.std()).item()
     assert rel < 0.05, rel
     assert "sampling (object)" in capsys.readouterr().err
+
+
+def test_read_image_refuses_a_jpeg_cut_short_and_turns_a_photo_upright(tmp_path):
+    """OpenCV alone reads a cut JPEG as a grey-filled frame (a warning on stderr): refused.
+    A photo's EXIF orientation is applied, as a viewer shows it."""
+    from PIL import Image
+
+    from ic_data.errors import BadInputError
+    from ic_model.pipelines.generate import read_image
+
+    rng = np.random.default_rng(1)
+    whole = tmp_path / "whole.jpg"
+    Image.fromarray(rng.integers(0, 255, (64, 96, 3), dtype=np.uint8)).save(whole, quality=95)
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[: len(whole.read_bytes()) // 2])
+    assert read_image(whole).shape == (64, 96, 3)
+    with pytest.raises(BadInputError, match="cannot decode image .*cut.jpg"):
+        read_image(cut)
+    marked = np.zeros((64, 96, 3), np.uint8)
+    marked[:8, :8] = 255  # stored top-left
+    photo = Image.fromarray(marked)
+    exif = photo.getexif()
+    exif[0x0112] = 6  # shown turned clockwise: the mark lands top-right
+    photo.save(tmp_path / "phone.jpg", exif=exif, quality=95)
+    upright = read_image(tmp_path / "phone.jpg")
+    assert upright.shape == (96, 64, 3) and upright[:8, -8:].mean() > 200 and upright[:8, :8].mean() < 50

@@ -23,6 +23,7 @@ from ic_data.preview import preview_gif
 from ic_model.evaluation import FIRST_FRAME_SUFFIXES
 from ic_model.evaluation.evalsets import EvalCase, EvalSet, read_eval_set, synthetic_first_frame
 from ic_model.evaluation.metrics.motion_control import motion_control_error
+from ic_model.pipelines.generate import read_image
 from ic_model.pipelines.image_conductor import (
     ImageConductorPipeline,
     prepare_image_and_tracks,
@@ -66,12 +67,9 @@ def _first_frames(cases: list[EvalCase], images: str | None, seed: int) -> list[
         if case.image is None and images is None:
             frames.append(synthetic_first_frame(case, seed=seed))
             continue
-        path = case.image or paths[i % len(paths)]
-        img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if img is None:
-            raise BadInputError(f"cannot read image {path}")
+        img = read_image(case.image or paths[i % len(paths)])
         # The set's trajectories are in frame_size pixels: bring the image to that frame first.
-        frames.append(cv2.resize(cv2.cvtColor(img, cv2.COLOR_BGR2RGB), case.frame_size, interpolation=cv2.INTER_AREA))
+        frames.append(cv2.resize(img, case.frame_size, interpolation=cv2.INTER_AREA))
     return frames
 
 

@@ -70,10 +70,18 @@ def request_problems(request, max_steps: int = 1000) -> list[str]:
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """uint8 RGB (H, W, 3); one clear error for a missing or unreadable file."""
+    """uint8 RGB (H, W, 3), upright (EXIF orientation applied); one clear error for a missing,
+    unreadable or cut-short file (OpenCV reads a JPEG cut short as grey with a warning)."""
+    from PIL import Image
+
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"image not found: {path}")
+    try:
+        with Image.open(path) as whole:
+            whole.load()
+    except Exception as err:  # noqa: BLE001 - PIL's many decoder errors: the file is the problem
+        raise BadInputError(f"cannot decode image {path} ({err})") from err
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
         raise BadInputError(f"cannot decode image {path} (not an image file?)")

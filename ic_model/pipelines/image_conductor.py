@@ -63,6 +63,7 @@ class PreparedInput:
 
 
 TRAJECTORY_SPACES = ("image", "model")
+GENERATE_MAX_UPSCALE = 16.0  # a first frame may be enlarged this much to cover the 384×256 crop
 
 
 def prepare_image_and_tracks(
@@ -87,7 +88,7 @@ def prepare_image_and_tracks(
         tracks = validate_trajectories(trajectories, cfg.width, cfg.height, max_tracks=max_tracks)
     else:
         tracks = validate_trajectories(trajectories, w, h, max_tracks=max_tracks)
-    rw, rh = resized_size(w, h, max_upscale=16.0)
+    rw, rh = resized_size(w, h, max_upscale=GENERATE_MAX_UPSCALE)
     box = center_crop_box(rw, rh)
     geometry = ClipGeometry(scale=(rw / w, rh / h), crop=box)
     interp = cv2.INTER_AREA if rw < w else cv2.INTER_LINEAR
