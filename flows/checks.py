@@ -95,7 +95,13 @@ def run_config(run: str | Path) -> ModelConfig | None:
     path = Path(run) / "config.json"
     if not path.is_file():
         return None
-    return ModelConfig.from_dict(json.loads(path.read_text()))
+    data = json.loads(path.read_text(encoding="utf-8"))
+    wrong = field_problems(data, ModelConfig, "config.json")
+    if wrong:
+        raise ValueError("; ".join(wrong))
+    cfg = ModelConfig.from_dict(data)
+    cfg.validate()
+    return cfg
 
 
 def _done(run: Path, stage: str) -> bool:
@@ -110,7 +116,7 @@ def _read_run(problems: list[str], run_arg: str) -> tuple[Path, ModelConfig | No
         return run, None, False
     try:
         return run, run_config(run), True
-    except (ValueError, TypeError, json.JSONDecodeError) as err:
+    except (ValueError, TypeError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
         problems.append(f"--run {run_arg}: config.json is not a ModelConfig ({err})")
         return run, None, False
 

@@ -353,7 +353,10 @@ def apply_config_file(args: argparse.Namespace) -> list[str]:
             if value is not None:
                 args.config_sources[dest] = spec["sources"][field]
     for flag, from_file in (("options", train), ("model", spec["model"])):
-        given = json.loads(getattr(args, flag)) if getattr(args, flag) else {}
+        try:
+            given = json.loads(getattr(args, flag)) if getattr(args, flag) else {}
+        except json.JSONDecodeError:
+            continue  # the flag's own check names the malformed JSON
         if from_file and isinstance(given, dict):
             setattr(args, flag, json.dumps({**from_file, **given}))
     return []
@@ -362,10 +365,16 @@ def apply_config_file(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Every problem with the arguments, before any flow (and its Prefect server) starts.
-    problems = apply_config_file(args) if getattr(args, "config", None) else []
-    if not problems and args.command in ("generate", "evaluate", "studio"):
-        problems = resolve_official(args)
-    problems = problems or args.check(args)
+    try:
+        problems = apply_config_file(args) if getattr(args, "config", None) else []
+        if not problems and args.command in ("generate", "evaluate", "studio"):
+            problems = resolve_official(args)
+        problems = problems or args.check(args)
+    except Exception as err:  # a check that did not foresee this input: still one line
+        if args.debug:
+            raise
+        problems = [f"checking the arguments failed: {type(err).__name__}: {err} "
+                    "(rerun with `ic --debug …` for the traceback)"]
     if problems:
         for problem in problems:
             print(f"ic {args.command}: {problem}", file=sys.stderr)

@@ -196,8 +196,8 @@ class ModelConfig:
 
     def validate(self) -> None:
         f = self.vae_scale_factor
-        if self.width % f or self.height % f:
-            raise ValueError(f"width×height {self.width}×{self.height} must be multiples of {f}")
+        if self.width < f or self.height < f or self.width % f or self.height % f:
+            raise ValueError(f"width×height {self.width}×{self.height} must be positive multiples of {f}")
         if self.num_frames < 2:
             raise ValueError("num_frames must be at least 2")
         if not self.flow_gain > 0:
@@ -429,6 +429,8 @@ def read_config_file(path: str | os.PathLike, stage: str) -> dict:
         data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigFileError(path, [f"cannot read it ({err.strerror or err})"]) from None
+    except UnicodeDecodeError as err:
+        raise ConfigFileError(path, [f"not UTF-8 text ({err.reason} at byte {err.start})"]) from None
     except yaml.YAMLError as err:
         raise ConfigFileError(path, [f"not valid YAML ({str(err).splitlines()[0]})"]) from None
     data = {} if data is None else data

@@ -316,3 +316,51 @@ def test_generate_refuses_a_cut_or_tiny_image_and_reads_png(capsys, tmp_path, tr
     assert lines_for(cut)[0].startswith(f"ic generate: --image {cut}: not a readable image (")
     assert lines_for(tiny)[0] == (f"ic generate: --image {tiny}: too small: 6x4 would need 64.00x upscaling "
                                   "for a 384x256 crop (limit 16.0x)")
+
+
+def test_a_damaged_run_config_or_config_file_is_one_line_not_a_traceback(capsys, tmp_path, trained_like_run):
+    image = tmp_path / "frame.png"
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(image), np.zeros((256, 384, 3), np.uint8))
+    tracks = tmp_path / "tracks.json"
+    tracks.write_text(json.dumps([[[10, 10], [50, 60]]]))
+    config = trained_like_run / "config.json"
+    good = json.loads(config.read_text())
+    gen = ["generate", "--image", str(image), "--trajectories", str(tracks), "--run", str(trained_like_run),
+           "--mode", "none", "--out", str(tmp_path / "v.mp4")]
+    for content, says in (([], "config.json: must be a mapping of ModelConfig fields, got list"),
+                          (dict(good, num_frames="8"), "config.json: 'num_frames' must be int, got \"8\""),
+                          (dict(good, width=-8), "width×height -8×"),
+                          (dict(good, colour="red"), "config.json: 'colour' is not a ModelConfig field")):
+        config.write_text(json.dumps(content))
+        lines = _problems(capsys, gen)
+        assert len(lines) == 1 and lines[0].startswith(f"ic generate: --run {trained_like_run}: config.json is not a "
+                                                       "ModelConfig (") and says in lines[0], lines
+    noise = tmp_path / "noise.yaml"
+    noise.write_bytes(bytes(range(256)) * 4)
+    assert _problems(capsys, ["train", "dense", "--config", str(noise)]) == [
+        f"ic train: --config {noise}: not UTF-8 text (invalid start byte at byte 128)"]
+    file = tmp_path / "train.yaml"
+    file.write_text("preset: tiny\nmodel:\n  num_frames: 8\ntrain:\n  batch_size: 2\n")
+    lines = _problems(capsys, ["train", "dense", "--config", str(file), "--run", str(tmp_path / "new"),
+                               "--shards", str(tmp_path / "none"), "--options", "{bad", "--model", "nope"])
+    assert "ic train: --options: not valid JSON (Expecting property name enclosed in double quotes: line 1 " \
+        "column 2 (char 1))" in lines
+    assert "ic train: --model: not valid JSON (Expecting value: line 1 column 1 (char 0))" in lines
+
+
+def test_a_check_that_breaks_on_an_input_says_so_in_one_line(capsys, monkeypatch):
+    from flows import checks
+
+    def broken(args):
+        raise AttributeError("'list' object has no attribute 'items'")
+
+    monkeypatch.setattr(checks, "check_curate", broken)
+    from flows.cli import main  # its parser takes the check from the module when it is built
+
+    assert main(["curate", "webvid", "--videos", "v", "--out", "o"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["ic curate: checking the arguments failed: AttributeError: 'list' object has no attribute "
+                   "'items' (rerun with `ic --debug …` for the traceback)"]
