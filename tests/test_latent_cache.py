@@ -159,3 +159,27 @@ def test_ic_cache_latents_is_resumable_and_checks_its_input(prefect_api, sd15_ru
     assert cli.main(["cache-latents", "--shards", str(tmp_path / "none"), "--run", str(tmp_path / "norun")]) == 2
     err = capsys.readouterr().err
     assert "--shards" in err and "--run" in err and "Traceback" not in err
+
+
+def test_a_run_with_the_weightless_space_to_depth_codec_caches_too(training_shards, tmp_path):
+    """The codec the tiny demo uses has no parameters (it was a StopIteration traceback); its
+    cache is keyed by its settings, so factors 4 and 8 do not share one."""
+    from ic_model.config import tiny_config
+    from ic_model.training.latent_cache import cache_info, vae_fingerprint
+
+    runs = {}
+    for factor in (4, 8):
+        cfg = tiny_config(codec="space_to_depth", space_to_depth_factor=factor, num_frames=8)
+        run = tmp_path / f"run{factor}"
+        save_json(run / "config.json", cfg.to_dict())
+        vae, _ = load_run_vae(run)
+        runs[factor] = (run, cfg, vae_fingerprint(vae))
+        assert cache_info(vae, cfg)["dtype"] == "float32"
+    assert runs[4][2] != runs[8][2]
+    run, cfg, _ = runs[4]
+    stats = cache_run_latents(str(training_shards), run)
+    assert stats["clips"] > 0 and stats["cached"] == stats["shards"]
+    plain = next(iter(_stream(cfg, training_shards)))
+    cached = next(iter(_stream(cfg, training_shards, latent_cache=stats["cache"])))
+    vae, _ = load_run_vae(run)
+    torch.testing.assert_close(cached.latents, encode_video(vae, plain.pixels), rtol=0, atol=1e-6)

@@ -47,7 +47,10 @@ class LatentCacheError(BadInputError):
 def vae_fingerprint(vae: torch.nn.Module) -> str:
     """SHA-256 of the VAE's weights rounded to bf16, in state-dict order."""
     digest = hashlib.sha256()
-    for name, tensor in vae.state_dict().items():
+    state = vae.state_dict()
+    if not state:  # a codec without weights (space_to_depth): its settings are all it is
+        digest.update(json.dumps(dict(vars(vae.config)), sort_keys=True, default=str).encode())
+    for name, tensor in state.items():
         digest.update(name.encode())
         t = tensor.detach().to("cpu", torch.bfloat16) if tensor.is_floating_point() else tensor.detach().cpu()
         digest.update(t.contiguous().view(torch.uint8).numpy().tobytes() if t.numel() else b"")
@@ -71,7 +74,7 @@ def cache_info(vae, cfg: ModelConfig) -> dict:
         "width": cfg.width,
         "height": cfg.height,
         "scaling_factor": float(vae.config.scaling_factor),
-        "dtype": str(next(vae.parameters()).dtype).removeprefix("torch."),
+        "dtype": str(vae.dtype).removeprefix("torch."),  # diffusers' models and our codecs have it
     }
 
 
