@@ -106,6 +106,19 @@ def test_adapters_switch_without_reloading(pipe):
     assert params_before == {n: p.data_ptr() for n, p in pipe.comps.motion_controlnet.named_parameters()}
 
 
+def test_guidance_too_strong_to_sample_is_an_error_not_a_black_video(pipe):
+    """cfg 1e30 drives the latents to inf/NaN (decoded, a black video written as "ok"): refused,
+    naming the settings; sane settings are untouched by the check."""
+    from ic_model.pipelines.image_conductor import SamplingDiverged
+
+    prepared = _inputs(pipe)
+    with pytest.raises(SamplingDiverged, match=r"sampling diverged to NaN/inf latents \(mode object, "
+                                               r"guidance_scale 1e\+30, trajs_scale 1, float32\)"):
+        pipe(prepared.image, "x", prepared.tracks, mode="object", num_inference_steps=2, guidance_scale=1e30)
+    frames = pipe(prepared.image, "x", prepared.tracks, mode="object", num_inference_steps=2)
+    assert frames.dtype == np.uint8 and frames.std() > 0
+
+
 def test_base_mode_ignores_the_trajectories(pipe):
     """`base` is the image-to-video baseline: the motion ControlNet is off, so the trajectories
     change nothing; with the ControlNet on (`none`) they do."""

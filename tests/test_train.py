@@ -191,6 +191,23 @@ def test_resume_continues_exactly(trained_run, training_shards, tmp_path):
     assert all(torch.equal(a[k], d[k]) for k in a)
 
 
+def test_a_diverging_stage_stops_with_one_error_and_is_not_marked_done(trained_run, training_shards, tmp_path):
+    """An absurd learning rate: the weights go NaN within a few steps. The stage stops at the next
+    logged or saved step, naming the cause, and writes neither done.json nor NaN outputs."""
+    from ic_model.training.loop import TrainingDiverged
+
+    run, _ = trained_run
+    bad = _prepared_run(run, tmp_path / "bad", "dense")
+    cfg = TrainConfig(batch_size=1, learning_rate=1e30, log_every=4, save_every=2, steps=8, warmup_steps=0)
+    with pytest.raises(TrainingDiverged, match=r"stage dense: the weights became NaN or infinite by step [2468] .*"
+                                               r"lr 1e\+30.*Checkpoints up to step [0246] are kept"):
+        train_stage("dense", str(training_shards), bad, cfg)
+    out = stage_dir(bad, "dense")
+    assert not (out / "done.json").exists() and not (out / "motion_controlnet.safetensors").exists()
+    for path in (out / "checkpoints").glob("step-*/*.safetensors"):  # whatever was kept is finite
+        assert all(t.isfinite().all() for t in load_file(str(path)).values())
+
+
 def test_overfitting_encodes_the_fixed_batch_once(trained_run, training_shards, tmp_path, monkeypatch):
     """One fixed batch: the frozen VAE encodes it at the first step only, later steps reuse those
     latents; without it every step encodes its own clips."""

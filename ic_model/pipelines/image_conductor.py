@@ -32,6 +32,7 @@ from ic_data.clips import (
     center_crop_box,
     resized_size,
 )
+from ic_data.errors import BadInputError
 from ic_data.trajectories import (
     tracks_to_flow_maps,
     user_tracks_to_array,
@@ -113,6 +114,11 @@ def clip_tracks_to_source(tracks_model: np.ndarray, geometry: ClipGeometry, cfg:
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class SamplingDiverged(BadInputError):
+    """Sampling ended in NaN or infinite latents: the settings asked for more than the model
+    and its number format hold (a guidance scale far too large, fp16 overflow)."""
 
 
 class ImageConductorPipeline:
@@ -254,6 +260,12 @@ class ImageConductorPipeline:
                     ).float().chunk(2)
                 out = out_uncond + guidance_scale * (out_cond - out_uncond)
             latents = self.scheduler.step(out, t, latents).prev_sample
+        if not bool(torch.isfinite(latents).all()):  # else a black or garbled video, written as "ok"
+            raise SamplingDiverged(
+                f"sampling diverged to NaN/inf latents (mode {mode}, guidance_scale {guidance_scale:g}, "
+                f"trajs_scale {trajs_scale:g}, {str(dt).removeprefix('torch.')}): lower the guidance scales"
+                + (" or sample in bf16/fp32" if dt == torch.float16 else "")
+            )
         if cfg.first_frame_latent == "clean":  # the last step leaves frame 0 a trace of noise away
             latents[:, :, 0] = first_latent.float()
 
@@ -269,6 +281,7 @@ __all__ = [
     "MODES",
     "ImageConductorPipeline",
     "PreparedInput",
+    "SamplingDiverged",
     "clip_tracks_to_source",
     "prepare_image_and_tracks",
 ]

@@ -227,6 +227,15 @@ def vae_frames(pixels: torch.Tensor, per_clip: int, gen) -> torch.Tensor:
     return frames.reshape(-1, *frames.shape[2:])
 
 
+class TrainingDiverged(RuntimeError):
+    """The trained weights became NaN or infinite: nothing is saved as done."""
+
+
+def _finite(params) -> bool:
+    """Whether every trained weight is finite (one device sync)."""
+    return bool(torch.stack([p.detach().isfinite().all() for p in params]).all())
+
+
 @dataclass
 class StepInputs:
     pixels: torch.Tensor | None
@@ -372,6 +381,21 @@ def train_stage(
 
     samples_per_step = train_cfg.batch_size * accum * world
     history, t_last, steps_timed = [], time.perf_counter(), 0
+    saved_step = start
+
+    def stop_if_diverged(at_step: int, loss) -> None:
+        # Checked when a step is logged or saved, and at the end: a NaN loss (too high a learning
+        # rate) makes the weights NaN at the next optimiser step, and a checkpoint or done.json
+        # of NaN weights would be a silent failure. fp16's loss scaler skips overflowing steps
+        # itself, so only the weights are judged.
+        if _finite(params):
+            return
+        raise TrainingDiverged(
+            f"stage {stage}: the weights became NaN or infinite by step {at_step} (loss {float(loss):.4g}, "
+            f"lr {train_cfg.learning_rate:g}): training diverged; lower the learning rate (--lr) or keep "
+            f"gradient clipping on (max_grad_norm > 0). Checkpoints up to step {saved_step} are kept; "
+            "nothing was marked done"
+        )
     # tqdm's disable=None: a bar only on a terminal (no bar lines in CI or Prefect logs).
     show = None if progress is None else bool(progress)
     bar = tqdm(total=train_cfg.steps, initial=start, desc=f"train {stage}", unit="step",
@@ -426,7 +450,10 @@ def train_stage(
         bar.update(1)
 
         done_steps = step + 1
-        if done_steps % train_cfg.log_every == 0 or done_steps == train_cfg.steps:
+        logging_now = done_steps % train_cfg.log_every == 0 or done_steps == train_cfg.steps
+        if logging_now or done_steps % train_cfg.save_every == 0:
+            stop_if_diverged(done_steps, totals.get("loss", float("nan")))
+        if logging_now:
             elapsed = time.perf_counter() - t_last
             record = {
                 "step": done_steps,
@@ -457,6 +484,7 @@ def train_stage(
                     keep=train_cfg.keep_checkpoints,
                     scaler=_scaler(accelerator),
                 )
+            saved_step = done_steps
 
         if train_cfg.validate_every > 0 and (done_steps % train_cfg.validate_every == 0 or done_steps == train_cfg.steps):
             run_validation(done_steps)
@@ -655,6 +683,7 @@ if __name__ == "__main__":
 __all__ = [
     "STAGE_DATA",
     "StageModule",
+    "TrainingDiverged",
     "diffusion_target",
     "launch_command",
     "main",
