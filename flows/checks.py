@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 from pathlib import Path
 
 from ic_model.config import LORA_STAGES, ModelConfig, TrainConfig, device_problem, field_problems, preset_config
@@ -76,6 +77,8 @@ def _writable_target(problems: list[str], flag: str, value: str, want_dir: bool)
         parent = parent.parent
     if parent.exists() and not parent.is_dir():
         problems.append(f"{flag} {value}: {parent} is a file, so the output cannot be created")
+    elif parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):  # also a read-only mount
+        problems.append(f"{flag} {value}: cannot write in {parent} (no permission, or a read-only file system)")
 
 
 def _json_object(problems: list[str], flag: str, text: str | None, cls) -> dict:
@@ -209,6 +212,7 @@ def check_train(args) -> list[str]:
     run, cfg, usable = _read_run(problems, args.run)
     if not usable:
         return problems
+    _writable_target(problems, "--run", args.run, want_dir=True)
     if cfg is None:  # a new run: the flags describe its model
         try:
             cfg = preset_config(args.preset or "tiny", **{k: tuple(v) if isinstance(v, list) else v
@@ -330,6 +334,8 @@ def check_evaluate(args) -> list[str]:
         problems.append(f"--images {args.images}: no images ({'/'.join(FIRST_FRAME_SUFFIXES)}) in it")
     if args.out:
         _writable_target(problems, "--out", args.out, want_dir=True)
+    elif args.run and Path(args.run).is_dir():  # RUN/eval/SET/
+        _writable_target(problems, "--run", args.run, want_dir=True)
     _positive(problems, "--steps", args.steps)
     _positive(problems, "--max-reference", args.max_reference, 2)
     _device(problems, "--device", args.device)
@@ -393,5 +399,7 @@ def check_cache_latents(args) -> list[str]:
         problems.append(f"--run {args.run}: its VAE is not trained yet (no finished vae stage)")
     if args.out:
         _writable_target(problems, "--out", args.out, want_dir=True)
+    elif usable and cfg is not None:  # RUN/latents/
+        _writable_target(problems, "--run", args.run, want_dir=True)
     _device(problems, "--device", args.device)
     return problems

@@ -364,3 +364,31 @@ def test_a_check_that_breaks_on_an_input_says_so_in_one_line(capsys, monkeypatch
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["ic curate: checking the arguments failed: AttributeError: 'list' object has no attribute "
                    "'items' (rerun with `ic --debug …` for the traceback)"]
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_anything_runs(capsys, tmp_path, monkeypatch,
+                                                                                   trained_like_run):
+    """A read-only mount (or a folder without permission): named up front, not a traceback after
+    the whole sampling or curation. os.access is what is asked; root passes chmod, so the test
+    stands in for the file system."""
+    from flows import checks
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(checks.os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode))
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(b"x")
+    lines = _problems(capsys, ["curate", "webvid", "--videos", str(tmp_path / "videos"),
+                               "--out", str(locked / "new" / "curated")])
+    assert lines == [f"ic curate: --out {locked / 'new' / 'curated'}: cannot write in {locked} (no permission, "
+                     "or a read-only file system)"]
+    lines = _problems(capsys, ["evaluate", "camera", "--run", str(trained_like_run), "--mode", "none",
+                               "--out", str(locked)])
+    assert lines == [f"ic evaluate: --out {locked}: cannot write in {locked} (no permission, or a read-only "
+                     "file system)"]
+    monkeypatch.setattr(checks.os, "access", lambda p, mode: False if Path(p) == trained_like_run
+                        else real(p, mode))
+    lines = _problems(capsys, ["evaluate", "camera", "--run", str(trained_like_run), "--mode", "none"])
+    assert lines == [f"ic evaluate: --run {trained_like_run}: cannot write in {trained_like_run} (no permission, "
+                     "or a read-only file system)"]
