@@ -35,6 +35,12 @@ def _positive(problems: list[str], flag: str, value, minimum=1) -> None:
         problems.append(f"{flag} must be at least {minimum}, got {value}")
 
 
+def _seed(problems: list[str], flag: str, value) -> None:
+    """0 ≤ seed < 2**63: numpy's generators take no negative seed, torch's no wider than int64."""
+    if value is not None and not 0 <= value < 2**63:
+        problems.append(f"{flag} must be a whole number from 0 to 2**63 - 1, got {value}")
+
+
 def _finite(problems: list[str], flag: str, value: float, low: float | None = None, strict: bool = False) -> None:
     if value is None:
         return
@@ -145,6 +151,51 @@ def _run_problems(problems: list[str], run_arg: str, mode: str | None) -> ModelC
     return cfg
 
 
+def _backend_weights(problems: list[str], flag: str, name: str) -> None:
+    """The local weights backend ``name`` of ``flag`` needs, resolved as the backend will resolve
+    them (nothing is loaded): a missing setting is one line now, not a failed run (or, for a
+    captioner, every video's failed row) later."""
+    from ic_data.errors import MissingWeightsError
+
+    try:
+        if flag == "--flow" and name == "raft":
+            from ic_data.motion import RAFTFlow
+
+            import inspect
+
+            RAFTFlow._resolve_weights(inspect.signature(RAFTFlow).parameters["model"].default, None)
+        elif flag == "--tracker" and name == "cotracker":
+            from ic_data.tracking.cotracker import _cotracker_checkpoint, _cotracker_repo
+
+            _cotracker_repo(None)
+            _cotracker_checkpoint(None, "cotracker3_offline")
+        elif flag == "--captioner" and name == "blip2":
+            from ic_data.captions import BLIP2_PATH_ENV
+
+            path = os.environ.get(BLIP2_PATH_ENV)
+            if not path or not os.path.isdir(path):
+                raise MissingWeightsError(f"BLIP-2 needs a local transformers folder in {BLIP2_PATH_ENV} "
+                                          f"({'not a folder: ' + path if path else 'it is not set'})")
+    except MissingWeightsError as err:
+        problems.append(f"{flag} {name}: {err}")
+
+
+def _dask_address(problems: list[str], value: str | None) -> None:
+    from urllib.parse import urlsplit
+
+    if not value:
+        return
+    try:
+        parts = urlsplit(value if "://" in value else f"tcp://{value}")
+        port = parts.port
+    except ValueError as err:
+        problems.append(f"--dask-address {value}: not a scheduler address ({err}); e.g. tcp://scheduler:8786")
+        return
+    if not parts.hostname or port is None:
+        problems.append(f"--dask-address {value}: not a scheduler address (host and port needed), "
+                        "e.g. tcp://scheduler:8786")
+
+
 def check_curate(args) -> list[str]:
     from ic_data.captions import webvid_csv_header
     from ic_data.pipeline import VIDEO_EXTENSIONS
@@ -164,11 +215,14 @@ def check_curate(args) -> list[str]:
         except (csv.Error, OSError) as err:
             problems.append(f"--captions {args.captions}: not a readable CSV ({err})")
     _positive(problems, "--chunk-size", args.chunk_size)
-    _positive(problems, "--seed", args.seed, 0)  # numpy's generators take no negative seed
+    _seed(problems, "--seed", args.seed)
     _positive(problems, "--workers", args.workers)
     _positive(problems, "--processes", args.processes, 0)
     if not 0 <= args.drop_fraction < 1:
         problems.append(f"--drop-fraction must be in [0, 1), got {args.drop_fraction}")
+    for flag, name in (("--flow", args.flow), ("--tracker", args.tracker), ("--captioner", args.captioner)):
+        _backend_weights(problems, flag, name)
+    _dask_address(problems, args.dask_address)
     return problems
 
 
@@ -188,7 +242,7 @@ def check_train(args) -> list[str]:
     _positive(problems, _named(args, "--grad-accum"), args.grad_accum)
     _positive(problems, _named(args, "--num-processes"), args.num_processes)
     _positive(problems, _named(args, "--validate-every"), args.validate_every, 0)
-    _positive(problems, _named(args, "--seed"), args.seed, 0)
+    _seed(problems, _named(args, "--seed"), args.seed)
     _finite(problems, _named(args, "--lr"), args.lr, 0.0, strict=True)
     if args.report_to not in (None, "tensorboard", "wandb", "none"):
         problems.append(f"{_named(args, '--report-to')} must be tensorboard, wandb or none, got {args.report_to!r}")
@@ -294,7 +348,7 @@ def check_generate(args) -> list[str]:
     _run_problems(problems, args.run, args.mode)
     _device(problems, "--device", args.device)
     _positive(problems, "--steps", args.steps)
-    _positive(problems, "--seed", args.seed, 0)
+    _seed(problems, "--seed", args.seed)
     _finite(problems, "--cfg", args.cfg, 0.0)
     _finite(problems, "--trajs-scale", args.trajs_scale, 0.0)
     if args.trajs_scale is not None and math.isfinite(args.trajs_scale) and args.trajs_scale != 1.0 and args.mode != "object":
@@ -340,9 +394,18 @@ def check_evaluate(args) -> list[str]:
     _positive(problems, "--max-reference", args.max_reference, 2)
     _device(problems, "--device", args.device)
     _positive(problems, "--max-cases", args.max_cases)
-    _positive(problems, "--seed", args.seed, 0)
+    _seed(problems, "--seed", args.seed)
     _finite(problems, "--cfg", args.cfg, 0.0)
     _finite(problems, "--trajs-scale", args.trajs_scale, 0.0)
+    mode = args.mode or kind
+    if (args.trajs_scale is not None and math.isfinite(args.trajs_scale) and args.trajs_scale != 1.0
+            and mode not in (None, "object")):
+        problems.append(f"--trajs-scale {args.trajs_scale}: camera-free guidance needs the object mode "
+                        f"(this evaluation samples in {mode!r})")
+    if args.ablation and mode not in (None, "object"):
+        problems.append(f"--ablation sweeps camera-free guidance's λ_trajs: it needs the object mode "
+                        f"(this evaluation samples in {mode!r})")
+    _backend_weights(problems, "--tracker", args.tracker)
     return problems
 
 

@@ -362,8 +362,10 @@ class ConfigFileError(ValueError):
 def device_problem(value: str | None) -> str | None:
     """Why the torch device ``value`` cannot run the models on this machine, or None: "cuda" without
     a GPU would otherwise fail deep inside a run, after its data and weights are up."""
-    if not value or value == "cpu":
+    if value is None or value == "cpu":
         return None
+    if not value.strip():
+        return "not a device (cpu, cuda, cuda:1, mps, …)"
     import torch
 
     try:

@@ -205,7 +205,7 @@ def test_evaluate_and_studio_check_the_run_and_their_flags(capsys, tmp_path, tra
         f"is missing); train it with `ic train object --run {trained_like_run} …`",
         f"ic evaluate: --reference {tmp_path / 'nope'}: shard {tmp_path / 'nope'} does not exist",
         "ic evaluate: --max-cases must be at least 1, got 0",
-        "ic evaluate: --seed must be at least 0, got -1",  # numpy's generators take no negative seed
+        "ic evaluate: --seed must be a whole number from 0 to 2**63 - 1, got -1",  # numpy takes no negative seed
         "ic evaluate: --cfg must be a finite number, got nan",
     ]
     lines = _problems(capsys, ["studio", "--run", str(tmp_path), "--port", "70000"])
@@ -392,3 +392,36 @@ def test_an_output_folder_that_cannot_be_written_is_refused_before_anything_runs
     lines = _problems(capsys, ["evaluate", "camera", "--run", str(trained_like_run), "--mode", "none"])
     assert lines == [f"ic evaluate: --run {trained_like_run}: cannot write in {trained_like_run} (no permission, "
                      "or a read-only file system)"]
+
+
+def test_settings_a_run_would_trip_on_are_named_before_it_starts(capsys, tmp_path, monkeypatch, trained_like_run):
+    """Backends without their local weights, camera-free guidance outside the object mode, an
+    empty device, a seed wider than int64, a malformed Dask address: each one line, up front
+    (each was a traceback from inside the flow, or, for BLIP-2, a failed row per video)."""
+    for name in ("IC_RAFT_WEIGHTS", "IC_COTRACKER_REPO", "IC_COTRACKER_CHECKPOINT", "IC_BLIP2_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no cached weights there
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(b"x")
+    lines = _problems(capsys, ["curate", "webvid", "--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "o"),
+                               "--flow", "raft", "--tracker", "cotracker", "--captioner", "blip2",
+                               "--dask-address", "bogus", "--seed", str(2**70)])
+    assert len(lines) == 5, lines
+    assert lines[0] == f"ic curate: --seed must be a whole number from 0 to 2**63 - 1, got {2**70}"
+    assert lines[1].startswith("ic curate: --flow raft: no raft_small weights: set IC_RAFT_WEIGHTS=")
+    assert lines[2].startswith("ic curate: --tracker cotracker: CoTracker needs a local clone")
+    assert lines[3] == ("ic curate: --captioner blip2: BLIP-2 needs a local transformers folder in IC_BLIP2_PATH "
+                        "(it is not set)")
+    assert lines[4] == ("ic curate: --dask-address bogus: not a scheduler address (host and port needed), "
+                        "e.g. tcp://scheduler:8786")
+    (trained_like_run / "camera").mkdir()
+    (trained_like_run / "camera" / "done.json").write_text("{}")
+    lines = _problems(capsys, ["evaluate", "camera", "--run", str(trained_like_run), "--trajs-scale", "1.3",
+                               "--ablation", "--device", ""])
+    assert lines == [
+        "ic evaluate: --device : not a device (cpu, cuda, cuda:1, mps, …)",
+        "ic evaluate: --trajs-scale 1.3: camera-free guidance needs the object mode (this evaluation samples in "
+        "'camera')",
+        "ic evaluate: --ablation sweeps camera-free guidance's λ_trajs: it needs the object mode (this evaluation "
+        "samples in 'camera')",
+    ]
