@@ -275,16 +275,28 @@ def check_train(args) -> list[str]:
             problems.append(f"--model: {err}")
             return problems
     else:
+        from ic_model.training.run import has_trained
+
+        clashes = []
         if args.preset and args.preset != cfg.preset:
-            problems.append(f"--preset {args.preset}: the run was created with preset {cfg.preset!r} "
-                            "(leave --preset out to use the run's)")
+            clashes.append(f"--preset {args.preset}: the run was created with preset {cfg.preset!r} "
+                           "(leave --preset out to use the run's)")
         known = {f.name for f in dataclasses.fields(ModelConfig)}
         for key, value in model.items():
             if key not in known:  # reported above as not a field
                 continue
             have = getattr(cfg, key)
             if have != (tuple(value) if isinstance(value, list) else value):
-                problems.append(f"--model: the run has {key}={have!r}, not {value!r}")
+                clashes.append(f"--model: the run has {key}={have!r}, not {value!r}")
+        if clashes and not has_trained(run):  # nothing trained with its config.json: set anew
+            try:
+                cfg = preset_config(args.preset or cfg.preset, **{k: tuple(v) if isinstance(v, list) else v
+                                                                  for k, v in model.items()})
+            except (ValueError, TypeError) as err:
+                problems.append(f"--model: {err}")
+                return problems
+        else:
+            problems += clashes
     if args.stage not in cfg.stages:
         problems.append(f"stage {args.stage!r} does not exist for preset {cfg.preset!r} "
                         f"(its stages: {', '.join(cfg.stages)})")

@@ -425,3 +425,29 @@ def test_settings_a_run_would_trip_on_are_named_before_it_starts(capsys, tmp_pat
         "ic evaluate: --ablation sweeps camera-free guidance's λ_trajs: it needs the object mode (this evaluation "
         "samples in 'camera')",
     ]
+
+
+def test_a_run_whose_first_stage_never_trained_takes_new_model_settings(capsys, tmp_path, training_shards):
+    """A first `ic train` that failed at its start left RUN/config.json behind: the corrected
+    command is not refused for differing from it (it was refused, naming the bad value). Once a
+    stage has a checkpoint or is done, the run's settings are fixed."""
+    from ic_model.config import load_json, tiny_config
+    from ic_model.training.run import run_model_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    bad = tiny_config(codec="space_to_depth", num_frames=64)
+    (run / "config.json").write_text(json.dumps(bad.to_dict()))
+    args = ["train", "base", "--shards", str(training_shards), "--run", str(run),
+            "--model", '{"codec": "space_to_depth", "num_frames": 8}']
+    from flows.checks import check_train
+    from flows.cli import build_parser
+
+    assert check_train(build_parser().parse_args(args)) == []
+    cfg = run_model_config(run, "tiny", codec="space_to_depth", num_frames=8)
+    assert cfg.num_frames == 8 and load_json(run / "config.json")["num_frames"] == 8
+    (run / "base" / "checkpoints" / "step-0000001").mkdir(parents=True)
+    lines = _problems(capsys, [*args[:-1], '{"codec": "space_to_depth", "num_frames": 4}'])
+    assert lines == ["ic train: --model: the run has num_frames=8, not 4"]
+    with pytest.raises(ValueError, match="has num_frames=8, not 4"):
+        run_model_config(run, "tiny", codec="space_to_depth", num_frames=4)

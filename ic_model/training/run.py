@@ -67,28 +67,41 @@ def check_prerequisite(run: str | os.PathLike, cfg: ModelConfig, stage: str) -> 
         )
 
 
+def has_trained(run: str | os.PathLike) -> bool:
+    """Whether any stage of ``run`` is done or has a checkpoint: from then on the run's
+    ModelConfig is fixed; before, a command with other model settings sets it anew."""
+    run = Path(run)
+    return any(run.glob("*/done.json")) or any(run.glob("*/checkpoints/step-*"))
+
+
 def run_model_config(
     run: str | os.PathLike, preset: str | None = None, **overrides
 ) -> ModelConfig:
     """The run's ModelConfig: read from RUN/config.json, or created from ``preset`` and saved.
 
-    A run keeps one architecture for all its stages, so a different preset is an error.
+    A run keeps one architecture for all its stages, so a different preset or model setting is
+    an error once a stage has trained (``has_trained``); before (a first stage that failed at
+    its start), the new settings replace the file.
     """
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)})
     if unknown:
         raise ValueError(f"unknown ModelConfig fields: {unknown}")
     path = Path(run) / "config.json"
+    weights = ("sd15_path", "motion_adapter_path", "sparsectrl_rgb_path")  # machine settings
     if path.exists():
         cfg = ModelConfig.from_dict(load_json(path))
-        if preset is not None and preset != cfg.preset:
-            raise ValueError(f"run {run} was created with preset {cfg.preset!r}, not {preset!r}")
-        for key, value in overrides.items():
-            # Weight paths are machine-specific settings, not part of the architecture.
-            if key in ("sd15_path", "motion_adapter_path", "sparsectrl_rgb_path"):
-                setattr(cfg, key, value)
-            elif getattr(cfg, key) != value:
-                raise ValueError(f"run {run} has {key}={getattr(cfg, key)!r}, not {value!r}")
-        return cfg
+        changed = (preset is not None and preset != cfg.preset) or any(
+            getattr(cfg, k) != v for k, v in overrides.items() if k not in weights)
+        if not (changed and not has_trained(run)):
+            if preset is not None and preset != cfg.preset:
+                raise ValueError(f"run {run} was created with preset {cfg.preset!r}, not {preset!r}")
+            for key, value in overrides.items():
+                if key in weights:
+                    setattr(cfg, key, value)
+                elif getattr(cfg, key) != value:
+                    raise ValueError(f"run {run} has {key}={getattr(cfg, key)!r}, not {value!r}")
+            return cfg
+        preset = preset or cfg.preset  # nothing trained with it yet (a first stage that failed): anew
     cfg = preset_config(preset or "tiny", **overrides)
     save_json(path, cfg.to_dict())
     return cfg
@@ -165,6 +178,7 @@ __all__ = [
     "load_module",
     "load_run_components",
     "prerequisite",
+    "has_trained",
     "run_model_config",
     "save_module",
     "stage_dir",
