@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -403,6 +404,9 @@ def field_problems(data, cls, where: str) -> list[str]:
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif isinstance(expected, float):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if ok and not math.isfinite(value):  # JSON's NaN/Infinity: never a setting
+                problems.append(f"{where}: {key!r} must be a finite number, got {value}")
+                continue
         elif isinstance(expected, str):
             ok = isinstance(value, str)
         elif isinstance(expected, tuple):

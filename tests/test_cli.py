@@ -195,6 +195,11 @@ def test_train_checks_shards_json_options_and_the_stage_order(capsys, tmp_path, 
     lines = _problems(capsys, ["train", "base", "--shards", str(training_shards), "--run", str(tmp_path / "n2"),
                                "--model", '{"codec": "space_to_depth", "flow_gain": 0}'])
     assert lines == ["ic train: --model: flow_gain must be > 0, got 0"]
+    lines = _problems(capsys, ["train", "base", "--shards", str(training_shards), "--run", str(tmp_path / "n3"),
+                               "--model", '{"codec": "space_to_depth", "flow_sigma": NaN}',
+                               "--options", '{"ortho_weight": Infinity}'])
+    assert lines == ["ic train: --options: 'ortho_weight' must be a finite number, got inf",
+                     "ic train: --model: 'flow_sigma' must be a finite number, got nan"]
 
 
 def test_evaluate_and_studio_check_the_run_and_their_flags(capsys, tmp_path, trained_like_run):

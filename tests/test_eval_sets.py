@@ -93,6 +93,8 @@ GOOD_CASE = {"id": "a", "trajectories": [[[20, 20], [50, 30]]]}
       "y 0–719 of 1280×720: it could not be tracked")),
     ({"kind": "object", "frame_size": [64, 64], "cases": [dict(GOOD_CASE, image="nope.png")]},
      ", case 'a': image 'nope.png' not found (looked at {dir}/nope.png)"),
+    ({"kind": "object", "frame_size": [64, 64], "cases": [dict(GOOD_CASE, image=".")]},
+     ", case 'a': image '.' is a folder, not an image file ({dir})"),
 ])
 def test_a_bad_set_file_is_one_error_naming_the_field(tmp_path, data, message):
     spec = _write(tmp_path / "s.json", data)

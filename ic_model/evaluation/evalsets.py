@@ -161,6 +161,8 @@ def _parse(data, name: str, path: Path | None) -> EvalSet:
             if not isinstance(image, str) or not image:
                 raise EvalSetError(f"{cwhere}: 'image' must be a path, got {image!r}")
             resolved = Path(image) if path is None else path.parent / image
+            if resolved.is_dir():
+                raise EvalSetError(f"{cwhere}: image {image!r} is a folder, not an image file ({resolved})")
             if not resolved.is_file():
                 raise EvalSetError(f"{cwhere}: image {image!r} not found (looked at {resolved})")
             image = str(resolved.resolve())
