@@ -174,7 +174,8 @@ def test_ic_generate_writes_video_preview_and_record(prefect_api, tiny_run, tmp_
     frames = decode_mp4(out.read_bytes())
     assert frames.shape == (8, 64, 96, 3)
     assert out.with_suffix(".gif").stat().st_size > 0
-    assert json.loads(out.with_suffix(".json").read_text())["trajs_scale"] == 1.2
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["trajs_scale"] == 1.2 and (record["device"], record["dtype"]) == ("cpu", "float32")
 
     traj.write_text('[[[100, 100], [250, "x"]]]')
     assert ic_main(["generate", "--image", str(image), "--trajectories", str(traj), "--run", str(run),

@@ -155,6 +155,7 @@ def evaluate_set(
         **({"set_file": evalset.path} if evalset.path else {}),
         "mode": mode,
         "preset": pipe.cfg.preset,
+        "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
         "num_videos": len(rows),
         "seconds_per_video": round(float(np.mean(seconds)), 3),
         "settings": {k: v for k, v in vars(settings).items() if k != "extra"},

@@ -141,6 +141,7 @@ def generate_to_files(
         "num_frames": int(frames.shape[0]), "size": [int(frames.shape[2]), int(frames.shape[1])],
         "num_tracks": int(prepared.tracks.shape[1]), "seconds": round(seconds, 3),
         "trajectory_space": trajectory_space,
+        "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
     }
     out.with_suffix(".json").write_text(json.dumps(record, indent=1))
     return record
