@@ -159,9 +159,9 @@ def _backend_weights(problems: list[str], flag: str, name: str) -> None:
 
     try:
         if flag == "--flow" and name == "raft":
-            from ic_data.motion import RAFTFlow
-
             import inspect
+
+            from ic_data.motion import RAFTFlow
 
             RAFTFlow._resolve_weights(inspect.signature(RAFTFlow).parameters["model"].default, None)
         elif flag == "--tracker" and name == "cotracker":
