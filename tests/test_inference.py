@@ -220,7 +220,8 @@ def test_ic_evaluate_runs_a_set_file_of_your_own(prefect_api, tiny_run, tmp_path
     assert (metrics["set"], metrics["kind"], metrics["set_file"], metrics["mode"]) == (
         "held-out", "object", str(spec), "object")
     assert [c["case"] for c in metrics["cases"]] == ["right", "up"] and metrics["num_videos"] == 2
-    assert metrics["ObjMC"] == round(np.mean([c["mc_px"] for c in metrics["cases"]]), 3)
+    # The set's ObjMC is the mean of the unrounded case errors; the cases show them to 3 decimals.
+    assert metrics["ObjMC"] == pytest.approx(np.mean([c["mc_px"] for c in metrics["cases"]]), abs=1.5e-3)
     assert all("background_motion_px" in c for c in metrics["cases"])
     assert [c["gif"] for c in metrics["cases"]] == ["videos/right.gif", "videos/up.gif"]
 
