@@ -17,7 +17,7 @@ from prefect.states import Failed
 
 from ic_data.errors import BadInputError
 from ic_model.evaluation.evalsets import read_eval_set
-from ic_model.evaluation.evaluate import EvalSettings, evaluate_set
+from ic_model.evaluation.evaluate import EvalSettings, check_guidance, evaluate_set
 from ic_model.pipelines.generate import generate_to_files, request_problems
 from ic_model.pipelines.image_conductor import ImageConductorPipeline
 from tasks.failures import bad_input_fails
@@ -91,6 +91,7 @@ def generate_videos(
 def evaluate_task(run: str, set_name: str, out: str, settings: EvalSettings, device: str = "cpu",
                   base_model: str | None = None, base_loras: list[str] | None = None, dtype: str = "fp32") -> dict:
     evalset = read_eval_set(set_name)  # a bad set file fails here, before the weights load
+    check_guidance(evalset, settings)  # and so does guidance outside the object mode
     pipe = _pipeline(run, device, base_model, base_loras, dtype)
     progress = create_progress_artifact(0.0, key=_artifact_key(f"evaluate-{evalset.name}-progress"),
                                         description=f"Evaluating {run} on {evalset.name} ({settings.mode or evalset.kind} mode)")

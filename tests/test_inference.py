@@ -119,6 +119,25 @@ def test_guidance_too_strong_to_sample_is_an_error_not_a_black_video(pipe):
     assert frames.dtype == np.uint8 and frames.std() > 0
 
 
+@pytest.mark.parametrize("settings, message", [
+    (dict(trajs_scale=1.3), "trajs_scale 1.3: camera-free guidance needs the object mode (this evaluation samples "
+                            "in 'camera')"),
+    (dict(ablation=True), "ablation sweeps camera-free guidance's λ_trajs: it needs the object mode (this "
+                          "evaluation samples in 'camera')"),
+])
+def test_evaluation_refuses_guidance_outside_the_object_mode_before_sampling(pipe, tmp_path, settings, message):
+    """The deployments skip ic's checks: the library refuses it itself, before any case (the
+    ablation was silently ignored, λ_trajs a ValueError at the first case)."""
+    from ic_data.errors import BadInputError
+    from ic_model.evaluation.evaluate import EvalSettings, evaluate_set
+
+    with pytest.raises(BadInputError) as err:
+        evaluate_set(pipe, "camera", tmp_path / "out", EvalSettings(steps=1, **settings))
+    assert str(err.value) == message and not (tmp_path / "out").exists()
+    with pytest.raises(BadInputError, match="in 'base'"):
+        evaluate_set(pipe, "object", tmp_path / "out", EvalSettings(steps=1, mode="base", **settings))
+
+
 def test_base_mode_ignores_the_trajectories(pipe):
     """`base` is the image-to-video baseline: the motion ControlNet is off, so the trajectories
     change nothing; with the ControlNet on (`none`) they do."""

@@ -92,6 +92,20 @@ def background_motion_px(frames: np.ndarray, tracks: np.ndarray, tracker: str) -
     return motion_control_error(frames, still, tracker).error_px
 
 
+def check_guidance(evalset: EvalSet, settings: EvalSettings) -> None:
+    """Camera-free guidance (``trajs_scale`` ≠ 1, ``ablation``'s sweep) is eq. 5 of the object
+    adapter: in any other mode it is refused up front (``ablation`` was silently ignored)."""
+    mode = settings.mode or evalset.kind
+    if mode == "object":
+        return
+    if settings.trajs_scale != 1.0:
+        raise BadInputError(f"trajs_scale {settings.trajs_scale:g}: camera-free guidance needs the object mode "
+                            f"(this evaluation samples in {mode!r})")
+    if settings.ablation:
+        raise BadInputError(f"ablation sweeps camera-free guidance's λ_trajs: it needs the object mode "
+                            f"(this evaluation samples in {mode!r})")
+
+
 def evaluate_set(
     pipe: ImageConductorPipeline, set_name: str | EvalSet, out: str | os.PathLike, settings: EvalSettings,
     on_case=None,
@@ -100,6 +114,7 @@ def evaluate_set(
     :func:`~ic_model.evaluation.evalsets.read_eval_set`, or the set it read) into ``out`` and
     compute the metrics; writes ``out/metrics.json`` and returns the same dict."""
     evalset = set_name if isinstance(set_name, EvalSet) else read_eval_set(set_name)
+    check_guidance(evalset, settings)
     if not 1 <= settings.steps <= pipe.cfg.num_train_timesteps:
         raise BadInputError(f"steps must be from 1 to {pipe.cfg.num_train_timesteps} (the noise schedule's length), "
                             f"got {settings.steps}")
@@ -230,6 +245,7 @@ __all__ = [
     "EvalSettings",
     "background_motion_px",
     "background_points",
+    "check_guidance",
     "evaluate_set",
     "reference_clips",
     "reference_metrics",
