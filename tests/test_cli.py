@@ -307,7 +307,6 @@ def test_generate_refuses_a_cut_or_tiny_image_and_reads_png(capsys, tmp_path, tr
     cv2.imwrite(str(whole), rng.integers(0, 255, (270, 480, 3), dtype=np.uint8))
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(whole.read_bytes()[:2000])
-    assert cv2.imread(str(cut)) is not None  # what generation would have read: mostly grey
     tiny = tmp_path / "tiny.png"
     cv2.imwrite(str(tiny), np.zeros((4, 6, 3), np.uint8))
     tracks = tmp_path / "tracks.json"
@@ -324,10 +323,10 @@ def test_generate_refuses_a_cut_or_tiny_image_and_reads_png(capsys, tmp_path, tr
 
 
 def test_a_damaged_run_config_or_config_file_is_one_line_not_a_traceback(capsys, tmp_path, trained_like_run):
-    image = tmp_path / "frame.png"
     import cv2
     import numpy as np
 
+    image = tmp_path / "frame.png"
     cv2.imwrite(str(image), np.zeros((256, 384, 3), np.uint8))
     tracks = tmp_path / "tracks.json"
     tracks.write_text(json.dumps([[[10, 10], [50, 60]]]))
