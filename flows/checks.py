@@ -159,23 +159,17 @@ def _backend_weights(problems: list[str], flag: str, name: str) -> None:
 
     try:
         if flag == "--flow" and name == "raft":
-            import inspect
+            from ic_data.motion import find_raft_weights
 
-            from ic_data.motion import RAFTFlow
-
-            RAFTFlow._resolve_weights(inspect.signature(RAFTFlow).parameters["model"].default, None)
+            find_raft_weights()
         elif flag == "--tracker" and name == "cotracker":
-            from ic_data.tracking.cotracker import _cotracker_checkpoint, _cotracker_repo
+            from ic_data.tracking.cotracker import find_cotracker
 
-            _cotracker_repo(None)
-            _cotracker_checkpoint(None, "cotracker3_offline")
+            find_cotracker()
         elif flag == "--captioner" and name == "blip2":
-            from ic_data.captions import BLIP2_PATH_ENV
+            from ic_data.captions import Blip2Captioner
 
-            path = os.environ.get(BLIP2_PATH_ENV)
-            if not path or not os.path.isdir(path):
-                raise MissingWeightsError(f"BLIP-2 needs a local transformers folder in {BLIP2_PATH_ENV} "
-                                          f"({'not a folder: ' + path if path else 'it is not set'})")
+            Blip2Captioner()  # cheap: it checks its folder, the weights load at the first caption
     except MissingWeightsError as err:
         problems.append(f"{flag} {name}: {err}")
 
@@ -275,23 +269,16 @@ def check_train(args) -> list[str]:
             problems.append(f"--model: {err}")
             return problems
     else:
-        from ic_model.training.run import has_trained
+        from ic_model.training.run import config_clashes, has_trained
 
-        clashes = []
-        if args.preset and args.preset != cfg.preset:
-            clashes.append(f"--preset {args.preset}: the run was created with preset {cfg.preset!r} "
-                           "(leave --preset out to use the run's)")
-        known = {f.name for f in dataclasses.fields(ModelConfig)}
-        for key, value in model.items():
-            if key not in known:  # reported above as not a field
-                continue
-            have = getattr(cfg, key)
-            if have != (tuple(value) if isinstance(value, list) else value):
-                clashes.append(f"--model: the run has {key}={have!r}, not {value!r}")
+        known = {f.name for f in dataclasses.fields(ModelConfig)}  # the others are reported above
+        asked = {k: tuple(v) if isinstance(v, list) else v for k, v in model.items() if k in known}
+        clashes = [f"--preset {want}: the run was created with preset {have!r} (leave --preset out to use "
+                   "the run's)" if key == "preset" else f"--model: the run has {key}={have!r}, not {want!r}"
+                   for key, have, want in config_clashes(cfg, args.preset, asked)]
         if clashes and not has_trained(run):  # nothing trained with its config.json: set anew
             try:
-                cfg = preset_config(args.preset or cfg.preset, **{k: tuple(v) if isinstance(v, list) else v
-                                                                  for k, v in model.items()})
+                cfg = preset_config(args.preset or cfg.preset, **asked)
             except (ValueError, TypeError) as err:
                 problems.append(f"--model: {err}")
                 return problems
@@ -312,20 +299,15 @@ def _check_image(problems: list[str], flag: str, value: str) -> tuple[int, int] 
     path = _existing(problems, flag, value, "file")
     if path is None:
         return None
-    from PIL import Image, UnidentifiedImageError
+    from ic_data.errors import BadInputError
+    from ic_model.pipelines.generate import read_image
 
-    try:
-        with Image.open(path) as img:
-            img.verify()  # must come straight after open
-        with Image.open(path) as img:
-            img.load()  # every pixel: a file cut short is refused here, not read half grey
-            # Shown size: a camera's EXIF orientation 5–8 turns the stored pixels a quarter, and
-            # generation reads the image upright (cv2.imread applies the orientation).
-            turned = img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
-            return img.size[::-1] if turned else img.size
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+    try:  # read as generation reads it: whole (a file cut short is refused), upright (EXIF)
+        height, width = read_image(path).shape[:2]
+    except BadInputError as err:
         problems.append(f"{flag} {value}: not a readable image ({err})")
         return None
+    return width, height
 
 
 def check_generate(args) -> list[str]:
@@ -409,14 +391,11 @@ def check_evaluate(args) -> list[str]:
     _seed(problems, "--seed", args.seed)
     _finite(problems, "--cfg", args.cfg, 0.0)
     _finite(problems, "--trajs-scale", args.trajs_scale, 0.0)
-    mode = args.mode or kind
-    if (args.trajs_scale is not None and math.isfinite(args.trajs_scale) and args.trajs_scale != 1.0
-            and mode not in (None, "object")):
-        problems.append(f"--trajs-scale {args.trajs_scale}: camera-free guidance needs the object mode "
-                        f"(this evaluation samples in {mode!r})")
-    if args.ablation and mode not in (None, "object"):
-        problems.append(f"--ablation sweeps camera-free guidance's λ_trajs: it needs the object mode "
-                        f"(this evaluation samples in {mode!r})")
+    if kind is not None and args.trajs_scale is not None and math.isfinite(args.trajs_scale):
+        from ic_model.evaluation.evaluate import guidance_problems
+
+        problems += guidance_problems(args.mode or kind, args.trajs_scale, args.ablation,
+                                      names=("--trajs-scale", "--ablation"))
     _backend_weights(problems, "--tracker", args.tracker)
     return problems
 

@@ -53,6 +53,7 @@ __all__ = [
     "motion_threshold",
     "motion_filter",
     "torchvision_raft_cache_path",
+    "find_raft_weights",
     "RAFT_WEIGHTS_ENV",
 ]
 
@@ -210,6 +211,7 @@ class DISFlow(FlowBackend):
 
 
 _RAFT_MODELS = ("raft_small", "raft_large")
+DEFAULT_RAFT_MODEL = "raft_small"
 _RAFT_MIN_SIDE = 128  # 8× feature stride × 16 cells for the 4-level correlation pyramid
 
 
@@ -251,7 +253,7 @@ class RAFTFlow(FlowBackend):
 
     def __init__(
         self,
-        model: str = "raft_small",
+        model: str = DEFAULT_RAFT_MODEL,
         weights_path: str | os.PathLike | None = None,
         device: str = "cpu",
         random_init: bool = False,
@@ -280,7 +282,7 @@ class RAFTFlow(FlowBackend):
             self.weights_source = "random-init"
             self.name = f"{model}-random-init"
         else:
-            path = self._resolve_weights(model, weights_path)
+            path = find_raft_weights(model, weights_path)
             state = torch.load(path, map_location="cpu", weights_only=True)
             if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
                 state = state["state_dict"]
@@ -301,28 +303,6 @@ class RAFTFlow(FlowBackend):
 
     def __repr__(self) -> str:
         return f"RAFTFlow(model={self.model_name!r}, weights={self.weights_source!r}, device={str(self.device)!r})"
-
-    @staticmethod
-    def _resolve_weights(model: str, weights_path: str | os.PathLike | None) -> Path:
-        if weights_path is not None:
-            source, path = "weights_path", Path(weights_path)
-        elif os.environ.get(RAFT_WEIGHTS_ENV):
-            source, path = RAFT_WEIGHTS_ENV, Path(os.environ[RAFT_WEIGHTS_ENV])
-        else:
-            cached = torchvision_raft_cache_path(model)
-            if cached.is_file():
-                return cached
-            raise MissingWeightsError(
-                f"no {model} weights: set {RAFT_WEIGHTS_ENV}=/path/to/{cached.name} (a torchvision "
-                f"state dict), pass weights_path=..., or place the file at the torchvision cache "
-                f"path {cached} (TORCH_HOME). Use make_flow_backend('dis') for the offline backend."
-            )
-        if not path.is_file():
-            raise MissingWeightsError(
-                f"{model} weights not found at {path} (from {source}); point {RAFT_WEIGHTS_ENV} or "
-                f"weights_path at a torchvision {model} state dict"
-            )
-        return path
 
     def flow(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         return self.flows(np.stack([prev, nxt]))[0]
@@ -354,6 +334,30 @@ class RAFTFlow(FlowBackend):
                     flow = flow * torch.tensor([width / w, height / h], device=flow.device).view(1, 2, 1, 1)
                 out[start:stop] = flow.permute(0, 2, 3, 1).float().cpu().numpy()
         return out
+
+
+def find_raft_weights(model: str = DEFAULT_RAFT_MODEL, weights_path: str | os.PathLike | None = None) -> Path:
+    """The local weights file RAFT ``model`` loads: ``weights_path``, ``$IC_RAFT_WEIGHTS``, or
+    torchvision's cache; else one MissingWeightsError saying what to set (nothing is loaded)."""
+    if weights_path is not None:
+        source, path = "weights_path", Path(weights_path)
+    elif os.environ.get(RAFT_WEIGHTS_ENV):
+        source, path = RAFT_WEIGHTS_ENV, Path(os.environ[RAFT_WEIGHTS_ENV])
+    else:
+        cached = torchvision_raft_cache_path(model)
+        if cached.is_file():
+            return cached
+        raise MissingWeightsError(
+            f"no {model} weights: set {RAFT_WEIGHTS_ENV}=/path/to/{cached.name} (a torchvision "
+            f"state dict), pass weights_path=..., or place the file at the torchvision cache "
+            f"path {cached} (TORCH_HOME). Use make_flow_backend('dis') for the offline backend."
+        )
+    if not path.is_file():
+        raise MissingWeightsError(
+            f"{model} weights not found at {path} (from {source}); point {RAFT_WEIGHTS_ENV} or "
+            f"weights_path at a torchvision {model} state dict"
+        )
+    return path
 
 
 def make_flow_backend(name: str, **kwargs) -> FlowBackend:

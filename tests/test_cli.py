@@ -414,8 +414,8 @@ def test_settings_a_run_would_trip_on_are_named_before_it_starts(capsys, tmp_pat
     assert lines[0] == f"ic curate: --seed must be a whole number from 0 to 2**63 - 1, got {2**70}"
     assert lines[1].startswith("ic curate: --flow raft: no raft_small weights: set IC_RAFT_WEIGHTS=")
     assert lines[2].startswith("ic curate: --tracker cotracker: CoTracker needs a local clone")
-    assert lines[3] == ("ic curate: --captioner blip2: BLIP-2 needs a local transformers folder in IC_BLIP2_PATH "
-                        "(it is not set)")
+    assert lines[3].startswith("ic curate: --captioner blip2: BLIP-2 captioning needs local weights, but no path "
+                               "is configured. Set IC_BLIP2_PATH")
     assert lines[4] == ("ic curate: --dask-address bogus: not a scheduler address (host and port needed), "
                         "e.g. tcp://scheduler:8786")
     (trained_like_run / "camera").mkdir()

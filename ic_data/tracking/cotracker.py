@@ -11,7 +11,7 @@ import numpy as np
 from ic_data.errors import MissingWeightsError
 from ic_data.tracking.base import _check_inputs
 
-__all__ = ["REPO_ENV", "CHECKPOINT_ENV", "CoTrackerTracker"]
+__all__ = ["REPO_ENV", "CHECKPOINT_ENV", "CoTrackerTracker", "find_cotracker"]
 
 REPO_ENV = "IC_COTRACKER_REPO"
 CHECKPOINT_ENV = "IC_COTRACKER_CHECKPOINT"
@@ -24,6 +24,7 @@ _COTRACKER_CHECKPOINTS = {
     "cotracker2v1": "cotracker2v1.pth",
     "cotracker2": "cotracker2.pth",
 }
+DEFAULT_COTRACKER_MODEL = "cotracker3_offline"
 # CoTracker3's predictors report a point visible when visibility × confidence > 0.6; older
 # releases threshold at 0.9 inside the predictor. Used only if a model returns probabilities.
 COTRACKER_VISIBILITY_THRESHOLD = 0.6
@@ -50,15 +51,14 @@ class CoTrackerTracker:
         repo_dir: str | None = None,
         checkpoint: str | None = None,
         device: str = "cpu",
-        model: str = "cotracker3_offline",
+        model: str = DEFAULT_COTRACKER_MODEL,
     ):
         if model not in _COTRACKER_CHECKPOINTS:
             supported = sorted(_COTRACKER_CHECKPOINTS)
             raise ValueError(f"unsupported CoTracker model {model!r}; offline models: {supported}")
         import torch  # deferred: the LK backend and the rest of ic_data do not need torch
 
-        repo = Path(_cotracker_repo(repo_dir))
-        weights = _cotracker_checkpoint(checkpoint, model)
+        repo, weights = find_cotracker(repo_dir, checkpoint, model)
         predictor = torch.hub.load(str(repo), model, source="local", pretrained=False)
         state = torch.load(weights, map_location="cpu", weights_only=True)
         if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
@@ -96,6 +96,14 @@ class CoTrackerTracker:
         tracks[0] = points
         visibility[0] = True
         return tracks, visibility
+
+
+def find_cotracker(repo_dir: str | None = None, checkpoint: str | None = None,
+                   model: str = DEFAULT_COTRACKER_MODEL) -> tuple[Path, Path]:
+    """(the local co-tracker clone, the checkpoint) ``CoTrackerTracker`` loads, from the arguments,
+    ``$IC_COTRACKER_REPO``/``$IC_COTRACKER_CHECKPOINT`` or the torch.hub cache; else one
+    MissingWeightsError saying what to set (nothing is loaded)."""
+    return Path(_cotracker_repo(repo_dir)), _cotracker_checkpoint(checkpoint, model)
 
 
 def _cotracker_repo(repo_dir: str | None) -> str:

@@ -92,18 +92,28 @@ def background_motion_px(frames: np.ndarray, tracks: np.ndarray, tracker: str) -
     return motion_control_error(frames, still, tracker).error_px
 
 
-def check_guidance(evalset: EvalSet, settings: EvalSettings) -> None:
+def guidance_problems(mode: str, trajs_scale: float, ablation: bool,
+                      names: tuple[str, str] = ("trajs_scale", "ablation")) -> list[str]:
     """Camera-free guidance (``trajs_scale`` ≠ 1, ``ablation``'s sweep) is eq. 5 of the object
-    adapter: in any other mode it is refused up front (``ablation`` was silently ignored)."""
-    mode = settings.mode or evalset.kind
+    adapter: in any other mode it is a problem (``ablation`` used to be ignored silently).
+    ``names``: what the caller calls the two settings."""
     if mode == "object":
-        return
-    if settings.trajs_scale != 1.0:
-        raise BadInputError(f"trajs_scale {settings.trajs_scale:g}: camera-free guidance needs the object mode "
-                            f"(this evaluation samples in {mode!r})")
-    if settings.ablation:
-        raise BadInputError(f"ablation sweeps camera-free guidance's λ_trajs: it needs the object mode "
-                            f"(this evaluation samples in {mode!r})")
+        return []
+    problems = []
+    if trajs_scale != 1.0:
+        problems.append(f"{names[0]} {trajs_scale:g}: camera-free guidance needs the object mode "
+                        f"(this evaluation samples in {mode!r})")
+    if ablation:
+        problems.append(f"{names[1]} sweeps camera-free guidance's λ_trajs: it needs the object mode "
+                        f"(this evaluation samples in {mode!r})")
+    return problems
+
+
+def check_guidance(evalset: EvalSet, settings: EvalSettings) -> None:
+    """:func:`guidance_problems` of an evaluation's settings, as one BadInputError."""
+    problems = guidance_problems(settings.mode or evalset.kind, settings.trajs_scale, settings.ablation)
+    if problems:
+        raise BadInputError("; ".join(problems))
 
 
 def evaluate_set(
@@ -246,6 +256,7 @@ __all__ = [
     "background_motion_px",
     "background_points",
     "check_guidance",
+    "guidance_problems",
     "evaluate_set",
     "reference_clips",
     "reference_metrics",

@@ -74,6 +74,17 @@ def has_trained(run: str | os.PathLike) -> bool:
     return any(run.glob("*/done.json")) or any(run.glob("*/checkpoints/step-*"))
 
 
+WEIGHT_PATH_FIELDS = {"sd15_path", "motion_adapter_path", "sparsectrl_rgb_path"}  # machine settings
+
+
+def config_clashes(cfg: ModelConfig, preset: str | None, overrides: dict) -> list[tuple[str, object, object]]:
+    """(setting, the run's value, the asked value) for each of ``preset`` and ``overrides`` that
+    differs from the run's ``cfg``; weight paths are this machine's, never a clash."""
+    clashes = [("preset", cfg.preset, preset)] if preset is not None and preset != cfg.preset else []
+    return clashes + [(k, getattr(cfg, k), v) for k, v in overrides.items()
+                      if k not in WEIGHT_PATH_FIELDS and getattr(cfg, k) != v]
+
+
 def run_model_config(
     run: str | os.PathLike, preset: str | None = None, **overrides
 ) -> ModelConfig:
@@ -87,19 +98,17 @@ def run_model_config(
     if unknown:
         raise ValueError(f"unknown ModelConfig fields: {unknown}")
     path = Path(run) / "config.json"
-    weights = ("sd15_path", "motion_adapter_path", "sparsectrl_rgb_path")  # machine settings
     if path.exists():
         cfg = ModelConfig.from_dict(load_json(path))
-        changed = (preset is not None and preset != cfg.preset) or any(
-            getattr(cfg, k) != v for k, v in overrides.items() if k not in weights)
-        if not (changed and not has_trained(run)):
-            if preset is not None and preset != cfg.preset:
-                raise ValueError(f"run {run} was created with preset {cfg.preset!r}, not {preset!r}")
-            for key, value in overrides.items():
-                if key in weights:
-                    setattr(cfg, key, value)
-                elif getattr(cfg, key) != value:
-                    raise ValueError(f"run {run} has {key}={getattr(cfg, key)!r}, not {value!r}")
+        clashes = config_clashes(cfg, preset, overrides)
+        if clashes and has_trained(run):
+            key, have, want = clashes[0]
+            if key == "preset":
+                raise ValueError(f"run {run} was created with preset {have!r}, not {want!r}")
+            raise ValueError(f"run {run} has {key}={have!r}, not {want!r}")
+        if not clashes:
+            for key in WEIGHT_PATH_FIELDS & set(overrides):
+                setattr(cfg, key, overrides[key])
             return cfg
         preset = preset or cfg.preset  # nothing trained with it yet (a first stage that failed): anew
     cfg = preset_config(preset or "tiny", **overrides)
@@ -174,11 +183,12 @@ __all__ = [
     "STAGE_WEIGHTS",
     "MissingPrerequisiteError",
     "check_prerequisite",
+    "config_clashes",
+    "has_trained",
     "is_done",
     "load_module",
     "load_run_components",
     "prerequisite",
-    "has_trained",
     "run_model_config",
     "save_module",
     "stage_dir",
