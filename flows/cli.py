@@ -6,8 +6,10 @@ Without PREFECT_API_URL the flows run against Prefect's temporary local server (
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 
 from flows import checks
@@ -362,6 +364,42 @@ def apply_config_file(args: argparse.Namespace) -> list[str]:
     return []
 
 
+class Stopped(BaseException):
+    """SIGTERM reached `ic` (`kill PID`, a scheduler's stop): it ends through the normal exit
+    path, so what runs at exit (stopping Prefect's temporary server, the curation workers)
+    still runs. Left to the default action the process would vanish at once and the server,
+    its child, would run on, orphaned."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+@contextlib.contextmanager
+def stop_on_sigterm():
+    """SIGTERM raises `Stopped` in this process (a forked child, such as a DataLoader worker,
+    keeps the default action); the previous handler comes back on leaving. While a flow runs,
+    Prefect's own handler comes first: it marks the run Crashed, then hands the signal on."""
+    owner = os.getpid()
+
+    def stop(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Stopped(signum)
+
+    try:
+        previous = signal.signal(signal.SIGTERM, stop)
+    except ValueError:  # not the main thread: nothing to install
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Every problem with the arguments, before any flow (and its Prefect server) starts.
@@ -380,10 +418,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"ic {args.command}: {problem}", file=sys.stderr)
         return 2
     try:
-        return args.func(args)
+        with stop_on_sigterm():
+            return args.func(args)
     except KeyboardInterrupt:
         print(f"ic {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Stopped as stopped:
+        print(f"ic {args.command}: stopped by {signal.Signals(stopped.signum).name}", file=sys.stderr)
+        return 128 + stopped.signum
     except Exception as err:  # one line for the user; --debug for the traceback
         if args.debug:
             raise

@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Callable, Sequence
 
@@ -122,6 +123,30 @@ def _init_worker() -> None:
 
     cv2.setNumThreads(1)  # one video per process: the pool is the parallelism
     keep_freed_memory()
+    leave_stopping_to_the_parent()
+
+
+_PARENT_POLL_S = 1.0
+
+
+def leave_stopping_to_the_parent() -> None:
+    """Ctrl-C and SIGTERM sent to the whole process group are the parent's to act on: a worker
+    killed by them would break the pool, and its jobs would be rerun in new workers as if a
+    decoder had crashed. The parent stops the pool as it exits; a worker whose parent is gone
+    (killed outright, or by the out-of-memory killer) exits within a second instead of running
+    on, orphaned."""
+    import signal
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_IGN)
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(_PARENT_POLL_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _drop_pool(processes: int, pool: ProcessPoolExecutor) -> None:

@@ -69,6 +69,62 @@ def test_ic_curate_killed_then_rerun_matches_an_uninterrupted_run(input_dir, tmp
     )
 
 
+def _children(pid: int) -> dict[int, str]:
+    """The live child processes of ``pid`` (Linux /proc), with their command lines."""
+    kids = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == pid and fields[0] != "Z":
+                kids[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError, IndexError):
+            continue
+    return kids
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads child processes from Linux's /proc")
+def test_sigterm_ends_ic_in_one_line_and_stops_its_prefect_server(input_dir, tmp_path):
+    """`kill PID` (a scheduler's stop): the flow run ends Crashed, `ic` says so in one line with
+    128 + 15, and Prefect's temporary server, its child, stops with it instead of running on."""
+    out = tmp_path / "out"
+    config = CurationConfig(source="webvid", seed=0)
+    first = stage1_result_path(out, plan_chunks(discover_videos(input_dir), config, 1)[0])
+    proc = subprocess.Popen([*_ic(), "curate", "webvid", "--videos", str(input_dir), "--out", str(out),
+                             "--chunk-size", "1", "--workers", "1", "--processes", "0"],
+                            env=_env(tmp_path), cwd=ROOT, start_new_session=True, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 240
+        while not first.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"ic exited ({proc.returncode}) before the kill:\n{proc.stdout.read()[-3000:]}"
+        servers = [pid for pid, cmd in _children(proc.pid).items() if "uvicorn" in cmd]
+        assert len(servers) == 1, _children(proc.pid)
+        proc.send_signal(signal.SIGTERM)  # to `ic` alone, not its process group
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+    assert "\nic curate: stopped by SIGTERM\n" in output, output[-3000:]
+    assert "Traceback" not in output
+    assert not (out / "manifest.parquet").exists(), "stopped before the end"
+    deadline = time.time() + 10
+    while any(_alive(pid) for pid in servers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in servers), "Prefect's temporary server outlived `ic`"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
 def test_ic_rejects_a_missing_folder_with_one_clear_error(tmp_path):
     r = subprocess.run([*_ic(), "curate", "webvid", "--videos", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
                        env=_env(tmp_path), cwd=ROOT, capture_output=True, text=True, timeout=300)

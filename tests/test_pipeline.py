@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -198,6 +199,63 @@ def test_a_crashing_worker_costs_only_its_own_job():
     assert [out[i] for i in (0, 1, 3, 4)] == [1, 4, 9, 16]
     assert out[2].reason == "worker_crashed"
     assert run_in_workers([(_square_or_die, (5,))], processes=2) == [25]  # a fresh pool
+
+
+def _signal_self_then_pid(signum: int) -> int | str:
+    try:
+        os.kill(os.getpid(), signum)  # what Ctrl-C or `kill -TERM -PGID` sends every process of the group
+        time.sleep(0.2)
+    except KeyboardInterrupt:
+        return "the worker was interrupted"
+    return os.getpid()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_group_signals_leave_the_workers_to_the_parent(signum):
+    """A worker survives a signal sent to the whole group: the pool is not broken and its job is
+    not rerun in a new worker as if a decoder had crashed; the parent decides what to stop."""
+    pid, = run_in_workers([(_signal_self_then_pid, (signum,))], processes=1)
+    assert isinstance(pid, int), pid
+    assert run_in_workers([(os.getpid, ())], processes=1) == [pid], "the same worker serves the next job"
+
+
+def test_workers_exit_when_their_parent_is_killed(tmp_path):
+    """Killed outright (SIGKILL, the out-of-memory killer), a parent runs nothing at exit: its
+    workers notice and exit instead of running on, orphaned."""
+    pids = tmp_path / "pids"
+    code = ("import os, sys, time; from ic_data.workers import run_in_workers;"
+            "pid, = run_in_workers([(os.getpid, ())], processes=1);"
+            f"open({str(pids)!r}, 'w').write(str(pid)); time.sleep(600)")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=Path(__file__).parents[1])
+    try:
+        deadline = time.time() + 120
+        while not pids.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert pids.exists(), "the worker never ran"
+        worker = int(pids.read_text())
+        assert _running(worker)
+    finally:
+        proc.kill()
+        proc.wait()
+    deadline = time.time() + 20
+    while _running(worker) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _running(worker), "the worker outlived its killed parent"
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, exited and not yet reaped, is not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.exists():
+        try:
+            return stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+    return True
 
 
 def test_another_seed_samples_other_clips(input_dir, curated, tmp_path):
