@@ -47,12 +47,15 @@ class CameraMotion:
     scene_velocity_px: background displacement per frame at zoom 1 (x, y).
     zoom_per_frame: multiplicative zoom per frame about the screen centre (> 1 zooms in).
     shake_px / shake_period_frames: a sinusoidal hand-held shake added to the pan.
+    rotation_deg_per_frame: a roll about the screen centre (degrees per frame; > 0 turns the
+    picture clockwise on screen, y pointing down).
     """
 
     scene_velocity_px: tuple[float, float] = (0.0, 0.0)
     zoom_per_frame: float = 1.0
     shake_px: float = 0.0
     shake_period_frames: float = 7.0
+    rotation_deg_per_frame: float = 0.0
 
     def matrices(self, num_frames: int, width: int, height: int) -> np.ndarray:
         """World→screen affine matrices (T, 2, 3); the world is frame 0's screen space."""
@@ -63,11 +66,14 @@ class CameraMotion:
         cx = width / 2.0 - vx * t - shake
         cy = height / 2.0 - vy * t - 0.5 * shake
         s = self.zoom_per_frame ** t
+        angle = np.deg2rad(self.rotation_deg_per_frame) * t
+        cos, sin = s * np.cos(angle), s * np.sin(angle)
         m = np.zeros((num_frames, 2, 3))
-        m[:, 0, 0] = s
-        m[:, 1, 1] = s
-        m[:, 0, 2] = width / 2.0 - s * cx
-        m[:, 1, 2] = height / 2.0 - s * cy
+        m[:, 0, 0], m[:, 0, 1] = cos, -sin
+        m[:, 1, 0], m[:, 1, 1] = sin, cos
+        # screen = centre + (s R) (world − c)
+        m[:, 0, 2] = width / 2.0 - (cos * cx - sin * cy)
+        m[:, 1, 2] = height / 2.0 - (sin * cx + cos * cy)
         return m
 
 
