@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import numbers
 import os
 import time
 import traceback
@@ -31,6 +30,7 @@ import numpy as np
 
 from ic_data import clips as clipmod
 from ic_data.errors import CurationError
+from ic_data.settings import number, one_of, refuse, text, truth, whole
 from ic_data.workers import DEFAULT_MAX_DECODE_FRAMES, run_in_workers
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts")
@@ -72,16 +72,34 @@ class CurationConfig:
     processes: int = 0
 
     def __post_init__(self):
-        # Refused here, not as a failed row per video: numpy's generators take no negative seed.
-        if not (isinstance(self.seed, numbers.Integral) and not isinstance(self.seed, bool) and self.seed >= 0):
-            raise ValueError(f"seed must be a whole number ≥ 0, got {self.seed!r}")
-        if not 0 <= self.drop_fraction < 1:
-            raise ValueError(f"drop_fraction must be in [0, 1), got {self.drop_fraction!r}")
-        for name in ("motion_pairs", "grid_size", "max_tracks", "max_stride"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)!r}")
-        if self.processes < 0:
-            raise ValueError(f"processes must be at least 0, got {self.processes!r}")
+        # Refused here, not as a failed row per video (numpy's generators take no negative seed,
+        # a clip of 0 frames has no flow) or an exception after every video was scored.
+        refuse("CurationConfig", [
+            text("source", self.source, empty=False),
+            truth("camera_only", self.camera_only),
+            whole("seed", self.seed, 0, 2**63 - 1),
+            one_of("flow", self.flow, ("dis", "raft")),
+            one_of("tracker", self.tracker, ("lk", "cotracker")),
+            one_of("cut_detector", self.cut_detector, ("adaptive", "content")),
+            number("drop_fraction", self.drop_fraction, 0, 1)
+            or (f"drop_fraction must be in [0, 1), got {self.drop_fraction!r}" if self.drop_fraction == 1 else None),
+            whole("motion_pairs", self.motion_pairs, 1),
+            whole("clip_frames", self.clip_frames, 2),
+            whole("clip_width", self.clip_width, 8),
+            whole("clip_height", self.clip_height, 8),
+            whole("max_stride", self.max_stride, 1),
+            whole("grid_size", self.grid_size, 1),
+            whole("max_tracks", self.max_tracks, 1, 8),  # the paper samples 1–8 sparse tracks
+            number("max_upscale", self.max_upscale, 1),
+            whole("max_decode_frames", self.max_decode_frames, 2),
+            None if self.captions_csv is None else text("captions_csv", self.captions_csv, empty=False),
+            one_of("captioner", self.captioner, ("none", "blip2")),
+            None if isinstance(self.flow_options, dict) else f"flow_options must be a mapping, got {self.flow_options!r}",
+            None if isinstance(self.tracker_options, dict)
+            else f"tracker_options must be a mapping, got {self.tracker_options!r}",
+            number("decode_timeout_s", self.decode_timeout_s, 0, above=True),
+            whole("processes", self.processes, 0),
+        ])
 
     def fingerprint(self) -> str:
         d = dataclasses.asdict(self)

@@ -374,18 +374,36 @@ def test_default_processes_fit_the_cores_and_the_memory(monkeypatch):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("seed", -1, "seed must be a whole number ≥ 0, got -1"),
-    ("seed", 1.5, "seed must be a whole number ≥ 0, got 1.5"),
+    ("seed", -1, "seed must be a whole number in [0, 9223372036854775807], got -1"),
+    ("seed", 1.5, "seed must be a whole number, got 1.5"),
     ("drop_fraction", 1.0, "drop_fraction must be in [0, 1), got 1.0"),
-    ("grid_size", 0, "grid_size must be at least 1, got 0"),
-    ("processes", -2, "processes must be at least 0, got -2"),
+    ("drop_fraction", float("nan"), "drop_fraction must be a finite number, got nan"),
+    ("grid_size", 0, "grid_size must be a whole number ≥ 1, got 0"),
+    ("processes", -2, "processes must be a whole number ≥ 0, got -2"),
+    ("processes", 1.5, "processes must be a whole number, got 1.5"),
+    # Each of these used to be accepted, then failed every video or stopped the run midway.
+    ("clip_frames", 0, "clip_frames must be a whole number ≥ 2, got 0"),
+    ("clip_width", -384, "clip_width must be a whole number ≥ 8, got -384"),
+    ("max_upscale", -1, "max_upscale must be ≥ 1, got -1"),
+    ("decode_timeout_s", -1, "decode_timeout_s must be > 0, got -1"),
+    ("cut_detector", "magic", "cut_detector must be 'adaptive' or 'content', got 'magic'"),
+    ("captioner", "blip-2", "captioner must be 'none' or 'blip2', got 'blip-2'"),
+    ("camera_only", "no", "camera_only must be true or false, got 'no'"),
+    ("max_tracks", 100, "max_tracks must be a whole number in [1, 8], got 100"),
 ])
 def test_a_curation_config_out_of_range_is_refused_when_made(field, value, message):
     """Before, seed=-1 gave every video a failed row (numpy's generators take no negative seed)."""
     with pytest.raises(ValueError) as err:
         CurationConfig(**{field: value})
-    assert str(err.value) == message
+    assert str(err.value) == f"CurationConfig: {message}"
     assert CurationConfig(seed=np.int64(3)).seed == 3  # numpy integers are whole numbers too
+
+
+def test_a_curation_config_names_every_bad_field_at_once():
+    with pytest.raises(ValueError) as err:
+        CurationConfig(flow="farneback", grid_size=0)
+    assert str(err.value) == ("CurationConfig: flow must be 'dis' or 'raft', got 'farneback'; "
+                              "grid_size must be a whole number ≥ 1, got 0")
 
 
 def _write_sideways(path: Path, upright: np.ndarray, fps: float = 24.0) -> None:

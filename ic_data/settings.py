@@ -1,0 +1,67 @@
+"""Checks of a settings dataclass's values (``CurationConfig``, ``TrainConfig``, …), run when one
+is made, so a bad value is one ``ValueError`` naming its field instead of a failure deep in a
+run (a ``ZeroDivisionError`` after the first step, a ``failed`` row for every video).
+
+Each check returns None or one line naming the field; :func:`refuse` raises them together.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Iterable
+
+__all__ = ["whole", "number", "one_of", "truth", "text", "refuse"]
+
+
+def _range(low, high) -> str:
+    if low is not None and high is not None:
+        return f"in [{low}, {high}]"
+    return f"≥ {low}" if low is not None else f"≤ {high}"
+
+
+def whole(name: str, value, low: int | None = None, high: int | None = None) -> str | None:
+    """``value`` is an int (not a bool) within [low, high]."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+        return f"{name} must be a whole number, got {value!r}"
+    if (low is not None and value < low) or (high is not None and value > high):
+        return f"{name} must be a whole number {_range(low, high)}, got {value!r}"
+    return None
+
+
+def number(name: str, value, low: float | None = None, high: float | None = None, *,
+           above: bool = False) -> str | None:
+    """``value`` is a finite real number within [low, high] (above ``low``, not at it, with
+    ``above``)."""
+    if not isinstance(value, numbers.Real) or isinstance(value, bool) or not math.isfinite(value):
+        return f"{name} must be a finite number, got {value!r}"
+    if above and low is not None and not value > low:
+        return f"{name} must be > {low}, got {value!r}"
+    if (low is not None and value < low) or (high is not None and value > high):
+        return f"{name} must be {_range(low, high)}, got {value!r}"
+    return None
+
+
+def one_of(name: str, value, options: Iterable) -> str | None:
+    options = tuple(options)
+    if value not in options:
+        return f"{name} must be {' or '.join(map(repr, options))}, got {value!r}"
+    return None
+
+
+def truth(name: str, value) -> str | None:
+    if not isinstance(value, bool):
+        return f"{name} must be true or false, got {value!r}"
+    return None
+
+
+def text(name: str, value, *, empty: bool = True) -> str | None:
+    if not isinstance(value, str) or (not empty and not value.strip()):
+        return f"{name} must be {'a' if empty else 'a non-empty'} string, got {value!r}"
+    return None
+
+
+def refuse(owner: str, problems: Iterable[str | None]) -> None:
+    """Raise one ``ValueError`` listing every problem (the Nones are checks that passed)."""
+    found = [p for p in problems if p]
+    if found:
+        raise ValueError(f"{owner}: " + "; ".join(found))
