@@ -247,10 +247,19 @@ def check_train(args) -> list[str]:
 
         if importlib.util.find_spec("wandb") is None:
             problems.append("--report-to wandb: the wandb package is not installed (pip install wandb)")
+    typed = len(problems)
     options = _json_object(problems, "--options", args.options, TrainConfig)
+    flagged = ("stage", "steps", "batch_size", "learning_rate", "grad_accum_steps", "seed",
+               "mixed_precision", "gradient_checkpointing", "report_to", "validate_every")
+    if len(problems) == typed:  # of the right types: now their ranges (TrainConfig's own rules)
+        try:
+            TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items() if k not in flagged})
+        except ValueError as err:
+            problems.append(f"--options: {str(err).removeprefix('TrainConfig: ')}")
     model = _json_object(problems, "--model", args.model, ModelConfig)
-    for key in ("stage", "steps", "batch_size", "learning_rate", "grad_accum_steps", "seed",
-                "mixed_precision", "gradient_checkpointing", "report_to", "validate_every"):
+    # A value of the wrong type is named above, once: the model is made of the others.
+    typed_model = {k: v for k, v in model.items() if not field_problems({k: v}, ModelConfig, "--model")}
+    for key in flagged:
         if key in options:
             problems.append(f"--options: set {key!r} with its own flag")
     for key, flag in WEIGHT_FLAGS.items():
@@ -264,7 +273,7 @@ def check_train(args) -> list[str]:
     if cfg is None:  # a new run: the flags describe its model
         try:
             cfg = preset_config(args.preset or "tiny", **{k: tuple(v) if isinstance(v, list) else v
-                                                          for k, v in model.items()})
+                                                          for k, v in typed_model.items()})
         except (ValueError, TypeError) as err:
             problems.append(f"--model: {err}")
             return problems

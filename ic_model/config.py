@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ic_data.settings import number, one_of, refuse, text, truth, whole
+
 # Stage order. ``vae`` and ``base`` exist only for presets that train their own base model.
 STAGES = ("vae", "base", "dense", "sparse", "camera", "object")
 PAPER_STAGES = ("dense", "sparse", "camera", "object")
@@ -61,6 +63,28 @@ MODEL_BOUNDS = {
     "text_layers": {"ge": 1}, "text_heads": {"ge": 1}, "text_intermediate_size": {"ge": 1},
     "max_text_tokens": {"ge": 1}, "lora_rank": {"ge": 1}, "lora_alpha": {"gt": 0},
 }
+
+def settings_problems(obj, bounds: dict, choices: dict) -> list[str]:
+    """Every field of the dataclass ``obj`` that breaks its type, its ``bounds`` or its
+    ``choices`` (the tables above, which the deployments' typed forms use too), one line each."""
+    problems = []
+    for f in dataclasses.fields(obj):
+        value, default = getattr(obj, f.name), f.default
+        if f.name in choices:
+            problems.append(one_of(f.name, value, choices[f.name]))
+        elif isinstance(default, bool):
+            problems.append(truth(f.name, value))
+        elif isinstance(default, (int, float)):
+            b = bounds.get(f.name, {})
+            low = b.get("ge", b.get("gt"))
+            if isinstance(default, int):
+                problems.append(whole(f.name, value, None if low is None else low + ("gt" in b), b.get("le")))
+            else:
+                problems.append(number(f.name, value, low, b.get("le"), above="gt" in b))
+        elif isinstance(default, str):
+            problems.append(text(f.name, value))
+    return [p for p in problems if p]
+
 
 # Environment variables that may fill the sd15 weight paths (the flow/CLI settings win).
 WEIGHT_ENV = {
@@ -196,16 +220,21 @@ class ModelConfig:
         return value or os.environ.get(WEIGHT_ENV[name], "")
 
     def validate(self) -> None:
-        f = self.vae_scale_factor
-        if self.width < f or self.height < f or self.width % f or self.height % f:
-            raise ValueError(f"width×height {self.width}×{self.height} must be positive multiples of {f}")
-        if self.num_frames < 2:
-            raise ValueError("num_frames must be at least 2")
-        if not self.flow_gain > 0:
-            raise ValueError(f"flow_gain must be > 0, got {self.flow_gain}")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose {' or '.join(map(repr, allowed))}")
+        if not self.flow_gain > 0:
+            raise ValueError(f"flow_gain must be > 0, got {self.flow_gain}")
+        # Types and bounds (a zero LoRA alpha, a NaN sigma, an even filter: failures deep in a run).
+        refuse("ModelConfig", settings_problems(self, MODEL_BOUNDS, {}) + [p for p in (
+            None if not isinstance(self.flow_kernel_size, int) or self.flow_kernel_size % 2
+            else f"flow_kernel_size must be odd, got {self.flow_kernel_size}",
+            whole("init_seed", self.init_seed, 0, 2**63 - 1),
+            number("beta_start", self.beta_start, 0, 0.999) or number("beta_end", self.beta_end, 0, 0.999),
+        ) if p])
+        f = self.vae_scale_factor
+        if self.width < f or self.height < f or self.width % f or self.height % f:
+            raise ValueError(f"width×height {self.width}×{self.height} must be positive multiples of {f}")
         if self.preset == "sd15" and self.codec != "vae":
             raise ValueError("the sd15 preset uses SD 1.5's VAE (codec 'vae')")
         if self.preset == "sd15" and self.image_condition != "first_frame":
@@ -232,7 +261,9 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"unknown ModelConfig fields: {unknown}")
         kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
-        return cls(**kwargs)
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -324,6 +355,24 @@ class TrainConfig:
     log_every: int = 10
     save_every: int = 200
     keep_checkpoints: int = 2
+
+    def __post_init__(self) -> None:
+        # Refused when made: steps=0 used to finish a stage untrained (done.json and all),
+        # log_every=0 to stop with a ZeroDivisionError after the first step.
+        refuse("TrainConfig", self.problems())
+
+    def problems(self) -> list[str]:
+        """Every field out of its range, one line each (empty when the config is sound)."""
+        betas = self.adam_betas
+        return settings_problems(self, TRAIN_BOUNDS, {**TRAIN_CHOICES, "stage": STAGES}) + [p for p in (
+            None if isinstance(betas, (tuple, list)) and len(betas) == 2
+            and not any(number("", b, 0, 1) for b in betas) and max(betas) < 1
+            else f"adam_betas must be two numbers in [0, 1), got {betas!r}",
+            whole("seed", self.seed, 0, 2**63 - 1),
+            f"min_tracks {self.min_tracks} is above max_tracks {self.max_tracks}"
+            if isinstance(self.min_tracks, int) and isinstance(self.max_tracks, int)
+            and self.min_tracks > self.max_tracks else None,
+        ) if p]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -392,7 +392,7 @@ def test_a_damaged_run_config_or_config_file_is_one_line_not_a_traceback(capsys,
            "--mode", "none", "--out", str(tmp_path / "v.mp4")]
     for content, says in (([], "config.json: must be a mapping of ModelConfig fields, got list"),
                           (dict(good, num_frames="8"), "config.json: 'num_frames' must be int, got \"8\""),
-                          (dict(good, width=-8), "width×height -8×"),
+                          (dict(good, width=-8), "ModelConfig: width must be a whole number ≥ 8, got -8"),
                           (dict(good, colour="red"), "config.json: 'colour' is not a ModelConfig field")):
         config.write_text(json.dumps(content))
         lines = _problems(capsys, gen)

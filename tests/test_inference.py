@@ -119,6 +119,40 @@ def test_guidance_too_strong_to_sample_is_an_error_not_a_black_video(pipe):
     assert frames.dtype == np.uint8 and frames.std() > 0
 
 
+@pytest.mark.parametrize("change, message", [
+    (dict(num_inference_steps=0), "num_inference_steps must be a whole number in [1, 1000], got 0"),
+    (dict(num_inference_steps=1.5), "num_inference_steps must be a whole number, got 1.5"),
+    (dict(seed=-1), "seed must be a whole number in [0, 9223372036854775807], got -1"),
+    (dict(motion_scale=float("nan")), "motion_scale must be a finite number, got nan"),
+    (dict(prompt=None), "prompt must be a string, got None"),
+    (dict(output_type="pil"), "output_type must be 'np' or 'latent', got 'pil'"),
+])
+def test_sampling_settings_out_of_range_are_refused_before_sampling(pipe, change, message):
+    prepared = _inputs(pipe)
+    kwargs = dict(image=prepared.image, prompt="x", tracks=prepared.tracks, mode="object", num_inference_steps=2)
+    with pytest.raises(ValueError) as err:
+        pipe(**{**kwargs, **change})
+    assert str(err.value) == f"ImageConductorPipeline: {message}"
+
+
+def test_an_image_not_in_uint8_pixels_is_refused(pipe):
+    """A float image in [0, 1] used to be read as 0–255 levels: the model saw a black frame."""
+    prepared = _inputs(pipe)
+    h, w = pipe.cfg.height, pipe.cfg.width
+    with pytest.raises(ValueError, match=rf"image must be uint8 {h}×{w}×3 \(use prepare_image_and_tracks\), "
+                                         rf"got float32 \({h}, {w}, 3\)"):
+        pipe(prepared.image.astype(np.float32) / 255, "x", prepared.tracks, num_inference_steps=2)
+
+
+def test_a_run_with_no_trained_base_is_refused_not_run_on_random_weights(tmp_path):
+    from ic_model.pipelines.image_conductor import RunNotTrainedError
+    from ic_model.training.run import run_model_config
+
+    run_model_config(tmp_path / "run", "tiny")
+    with pytest.raises(RunNotTrainedError, match="the tiny preset's 'base' stage has not finished"):
+        ImageConductorPipeline.from_run(tmp_path / "run")
+
+
 @pytest.mark.parametrize("settings, message", [
     (dict(trajs_scale=1.3), "trajs_scale 1.3: camera-free guidance needs the object mode (this evaluation samples "
                             "in 'camera')"),

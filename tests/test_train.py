@@ -84,6 +84,47 @@ def test_stage_refuses_to_start_without_its_prerequisite(tmp_path, training_shar
     assert not (tmp_path / "run" / "object").exists()
 
 
+@pytest.mark.parametrize("change, message", [
+    (dict(steps=0), "steps must be a whole number ≥ 1, got 0"),  # finished a stage untrained, done.json and all
+    (dict(steps=1.5), "steps must be a whole number, got 1.5"),
+    (dict(log_every=0), "log_every must be a whole number ≥ 1, got 0"),  # ZeroDivisionError after a step
+    (dict(grad_accum_steps=0), "grad_accum_steps must be a whole number ≥ 1, got 0"),
+    (dict(keep_checkpoints=-1), "keep_checkpoints must be a whole number ≥ 1, got -1"),  # kept every one
+    (dict(learning_rate=float("nan")), "learning_rate must be a finite number, got nan"),
+    (dict(adam_betas=(0.9, 1.0)), "adam_betas must be two numbers in [0, 1), got (0.9, 1.0)"),
+    (dict(min_tracks=6, max_tracks=2), "min_tracks 6 is above max_tracks 2"),
+    (dict(report_to="mlflow"), "report_to must be 'tensorboard' or 'wandb' or 'none', got 'mlflow'"),
+])
+def test_a_train_config_out_of_range_is_refused_when_made(change, message):
+    with pytest.raises(ValueError) as err:
+        TrainConfig(**change)
+    assert str(err.value) == f"TrainConfig: {message}"
+
+
+def test_train_stage_rechecks_a_config_changed_after_it_was_made(tmp_path, training_shards):
+    cfg = _cfg("base")
+    cfg.steps = 0
+    with pytest.raises(ValueError, match=r"^TrainConfig: steps must be a whole number ≥ 1, got 0$"):
+        train_stage("base", str(training_shards), tmp_path / "run", cfg, tiny_config(num_frames=TEST_FRAMES))
+    assert not (tmp_path / "run").exists()
+    high = _cfg("base")
+    high.high_noise_prob, high.high_noise_min_t = 0.5, 1000
+    with pytest.raises(ValueError, match="high_noise_min_t 1000 must be below the model's num_train_timesteps 1000"):
+        train_stage("base", str(training_shards), tmp_path / "run", high, tiny_config(num_frames=TEST_FRAMES))
+
+
+def test_a_trained_run_refuses_another_model_config(tmp_path, training_shards):
+    """Before, the stage trained with the config it was given and wrote it beside a run whose
+    config.json said otherwise; a run keeps one model once a stage has trained with it."""
+    run = tmp_path / "run"
+    run_model_config(run, "tiny", num_frames=TEST_FRAMES)
+    (run / "vae").mkdir()
+    (run / "vae" / "done.json").write_text("{}")
+    with pytest.raises(ValueError, match=f"has num_frames={TEST_FRAMES}, not {TEST_FRAMES + 2}"):
+        train_stage("base", str(training_shards), run, _cfg("base"), tiny_config(num_frames=TEST_FRAMES + 2))
+    assert not (run / "base").exists()
+
+
 # How far each stage's loss on its one fixed batch falls: first step (the untrained model on that
 # batch) ÷ last step. Measured over seeds 0–3 (the stage seeds of conftest.overfit_config plus
 # 10·k) under ATEN_CPU_CAPABILITY native/avx2/default with MKL and oneDNN capped at AVX2, on 1

@@ -33,6 +33,7 @@ from ic_data.clips import (
     resized_size,
 )
 from ic_data.errors import BadInputError
+from ic_data import settings
 from ic_data.trajectories import (
     tracks_to_flow_maps,
     user_tracks_to_array,
@@ -116,6 +117,10 @@ def clip_tracks_to_source(tracks_model: np.ndarray, geometry: ClipGeometry, cfg:
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+class RunNotTrainedError(BadInputError):
+    """A run with nothing to generate with yet: its model would run on random weights."""
+
+
 class SamplingDiverged(BadInputError):
     """Sampling ended in NaN or infinite latents: the settings asked for more than the model
     and its number format hold (a guidance scale far too large, fp16 overflow)."""
@@ -163,8 +168,14 @@ class ImageConductorPipeline:
         ``dtype``: a torch dtype or "fp32" / "bf16" / "fp16"; sd15 weights load straight into it."""
         if not (Path(run) / "config.json").is_file():
             raise FileNotFoundError(f"{run} is not a run folder (it has no config.json): train a stage into it first")
+        if isinstance(dtype, str) and dtype not in DTYPES:
+            raise ValueError(f"dtype must be a torch dtype or one of {sorted(DTYPES)}, got {dtype!r}")
         dtype = DTYPES.get(dtype, dtype)
         cfg = run_model_config(run, None, **weights) if weights else run_model_config(run)
+        if cfg.preset == "tiny" and not is_done(run, "base"):  # sd15's base is the pretrained one
+            raise RunNotTrainedError(
+                f"{run}: the tiny preset's 'base' stage has not finished ({stage_dir(run, 'base') / 'done.json'} "
+                "is missing), so there are no weights to generate with: train it first (`ic train base`)")
         comps = load_run_components(run, cfg, torch_dtype=dtype)
         mc = comps.motion_controlnet
         for name in ("camera", "object"):
@@ -218,10 +229,21 @@ class ImageConductorPipeline:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if trajs_scale != 1.0 and mode != "object":
             raise ValueError("camera-free guidance (trajs_scale != 1) applies to the object mode")
-        if image.shape != (cfg.height, cfg.width, 3):
-            raise ValueError(f"image must be {cfg.height}×{cfg.width}×3 (use prepare_image_and_tracks)")
-        if tracks.ndim != 3 or tracks.shape[0] != cfg.num_frames or tracks.shape[2] != 2:
-            raise ValueError(f"tracks must be ({cfg.num_frames}, N, 2), got {tracks.shape}")
+        if not isinstance(image, np.ndarray) or image.dtype != np.uint8 or image.shape != (cfg.height, cfg.width, 3):
+            got = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
+            raise ValueError(f"image must be uint8 {cfg.height}×{cfg.width}×3 (use prepare_image_and_tracks), got {got}")
+        if not isinstance(tracks, np.ndarray) or tracks.ndim != 3 or tracks.shape[0] != cfg.num_frames or tracks.shape[2] != 2:
+            got = tracks.shape if isinstance(tracks, np.ndarray) else type(tracks).__name__
+            raise ValueError(f"tracks must be a ({cfg.num_frames}, N, 2) array, got {got}")
+        if not np.isfinite(tracks).all():
+            raise ValueError("tracks must be finite numbers")
+        settings.refuse("ImageConductorPipeline", [
+            settings.whole("num_inference_steps", num_inference_steps, 1, self.scheduler.config.num_train_timesteps),
+            settings.number("guidance_scale", guidance_scale), settings.number("trajs_scale", trajs_scale),
+            settings.number("motion_scale", motion_scale), settings.whole("seed", seed, 0, 2**63 - 1),
+            settings.text("prompt", prompt), settings.text("negative_prompt", negative_prompt),
+            settings.one_of("output_type", output_type, ("np", "latent")),
+        ])
         dev, dt = self.device, self.dtype
 
         # 1. Conditions: first-frame latent, text (∅ and c), trajectory maps.

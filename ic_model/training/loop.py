@@ -16,6 +16,7 @@ Run one stage in-process with :func:`train_stage`, or across processes with
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import os
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from ic_data.settings import refuse
 from ic_model.config import LORA_STAGES, ModelConfig, TrainConfig, load_json, save_json
 from ic_model.models import lora
 from ic_model.models.codec import encode_video
@@ -304,10 +306,21 @@ def train_stage(
     from accelerate import Accelerator
 
     run = Path(run)
+    train_cfg.stage = stage
+    refuse("TrainConfig", train_cfg.problems())  # a dataclass's fields may change after it is made
+    if model_cfg is not None:
+        model_cfg.validate()
     if model_cfg is not None and not (run / "config.json").exists():
         save_json(run / "config.json", model_cfg.to_dict())  # the run's model, for every later stage
-    cfg = model_cfg or run_model_config(run)
-    train_cfg.stage = stage
+        cfg = model_cfg
+    elif model_cfg is not None:  # the run's own model: another one only while nothing has trained with it
+        fields = {f.name: getattr(model_cfg, f.name) for f in dataclasses.fields(ModelConfig) if f.name != "preset"}
+        cfg = run_model_config(run, model_cfg.preset, **fields)
+    else:
+        cfg = run_model_config(run)
+    if train_cfg.high_noise_prob > 0 and train_cfg.high_noise_min_t >= cfg.num_train_timesteps:
+        raise ValueError(f"high_noise_min_t {train_cfg.high_noise_min_t} must be below the model's "
+                         f"num_train_timesteps {cfg.num_train_timesteps}")
     check_prerequisite(run, cfg, stage)
     out_dir = stage_dir(run, stage)
     if is_done(run, stage):
