@@ -170,17 +170,24 @@ def run_in_workers(jobs: Sequence[tuple[Callable, tuple]], processes: int) -> li
     results: list = [None] * len(jobs)
     retry = []
     pool = video_pool(processes)
+    futures = []
     try:
-        futures = [pool.submit(fn, *args) for fn, args in jobs]
-    except BrokenProcessPool:  # broken by another chunk's crash before we submitted
-        _drop_pool(processes, pool)
-        futures = []
-        retry = list(range(len(jobs)))
-    for i, fut in enumerate(futures):
         try:
-            results[i] = fut.result()
-        except BrokenProcessPool:
-            retry.append(i)
+            for fn, args in jobs:
+                futures.append(pool.submit(fn, *args))
+        except BrokenProcessPool:  # broken by another chunk's crash before we submitted
+            _drop_pool(processes, pool)
+            futures = []
+            retry = list(range(len(jobs)))
+        for i, fut in enumerate(futures):
+            try:
+                results[i] = fut.result()
+            except BrokenProcessPool:
+                retry.append(i)
+    except BaseException:  # Ctrl-C, a stop: the jobs not yet started are dropped, not run on
+        for fut in futures:
+            fut.cancel()
+        raise
     if retry and futures:
         _drop_pool(processes, pool)
     for i in retry:

@@ -219,6 +219,33 @@ def test_group_signals_leave_the_workers_to_the_parent(signum):
     assert run_in_workers([(os.getpid, ())], processes=1) == [pid], "the same worker serves the next job"
 
 
+def _note_then_sleep(path: str, i: int) -> int:
+    with open(path, "a") as fh:
+        fh.write(f"{i}\n")
+    time.sleep(0.3)
+    return i
+
+
+def test_an_interrupted_batch_drops_the_jobs_not_yet_started(tmp_path):
+    """Ctrl-C reaches the parent only: the jobs it had queued are cancelled, so the pool is free
+    for the next call at once instead of working through the whole batch first."""
+    import _thread
+    import threading
+
+    log = tmp_path / "ran"
+    run_in_workers([(os.getpid, ())], processes=1)  # the pool is up: the interrupt lands on the batch
+    timer = threading.Timer(0.8, _thread.interrupt_main)
+    timer.start()
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            run_in_workers([(_note_then_sleep, (str(log), i)) for i in range(20)], processes=1)
+    finally:
+        timer.cancel()
+    assert run_in_workers([(os.getpid, ())], processes=1)[0] > 0
+    ran = log.read_text().split() if log.exists() else []
+    assert len(ran) < 10, f"{len(ran)} of 20 jobs ran after the interrupt"
+
+
 def test_workers_exit_when_their_parent_is_killed(tmp_path):
     """Killed outright (SIGKILL, the out-of-memory killer), a parent runs nothing at exit: its
     workers notice and exit instead of running on, orphaned."""
