@@ -51,7 +51,7 @@ TRAIN_BOUNDS = {
     "high_noise_prob": {"ge": 0, "le": 1}, "high_noise_min_t": {"ge": 0}, "motion_loss_weight": {"ge": 0},
     "ortho_weight": {"ge": 0}, "kl_weight": {"ge": 0}, "validate_every": {"ge": 0},
     "validation_guidance_scale": {"ge": 0}, "log_every": {"ge": 1}, "save_every": {"ge": 1},
-    "keep_checkpoints": {"ge": 1}, "seed": {"ge": 0},
+    "keep_checkpoints": {"ge": 1}, "seed": {"ge": 0, "le": 2**63 - 1},
 }
 MODEL_BOUNDS = {
     "width": {"ge": 8}, "height": {"ge": 8}, "num_frames": {"ge": 2}, "flow_kernel_size": {"ge": 1},
@@ -62,6 +62,7 @@ MODEL_BOUNDS = {
     "latent_channels": {"ge": 1}, "latent_scaling_factor": {"gt": 0}, "text_hidden_size": {"ge": 1},
     "text_layers": {"ge": 1}, "text_heads": {"ge": 1}, "text_intermediate_size": {"ge": 1},
     "max_text_tokens": {"ge": 1}, "lora_rank": {"ge": 1}, "lora_alpha": {"gt": 0},
+    "init_seed": {"ge": 0, "le": 2**63 - 1},
 }
 
 def settings_problems(obj, bounds: dict, choices: dict) -> list[str]:
@@ -229,7 +230,6 @@ class ModelConfig:
         refuse("ModelConfig", settings_problems(self, MODEL_BOUNDS, {}) + [p for p in (
             None if not isinstance(self.flow_kernel_size, int) or self.flow_kernel_size % 2
             else f"flow_kernel_size must be odd, got {self.flow_kernel_size}",
-            whole("init_seed", self.init_seed, 0, 2**63 - 1),
             number("beta_start", self.beta_start, 0, 0.999) or number("beta_end", self.beta_end, 0, 0.999),
         ) if p])
         f = self.vae_scale_factor
@@ -368,7 +368,6 @@ class TrainConfig:
             None if isinstance(betas, (tuple, list)) and len(betas) == 2
             and not any(number("", b, 0, 1) for b in betas) and max(betas) < 1
             else f"adam_betas must be two numbers in [0, 1), got {betas!r}",
-            whole("seed", self.seed, 0, 2**63 - 1),
             f"min_tracks {self.min_tracks} is above max_tracks {self.max_tracks}"
             if isinstance(self.min_tracks, int) and isinstance(self.max_tracks, int)
             and self.min_tracks > self.max_tracks else None,
