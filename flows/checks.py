@@ -320,15 +320,14 @@ def _check_image(problems: list[str], flag: str, value: str) -> tuple[int, int] 
 
 
 def check_generate(args) -> list[str]:
-    from ic_data.errors import TrajectoryError
-    from ic_data.trajectories import load_trajectory_file
+    from ic_data.errors import TrajectoryError, VideoTooSmall
+    from ic_data.trajectories import load_trajectory_file, require_in_view
+    from ic_model.pipelines.image_conductor import GENERATE_MAX_UPSCALE
 
     problems: list[str] = []
     size = _check_image(problems, "--image", args.image)
     if size is not None:
         from ic_data.clips import resized_size
-        from ic_data.errors import VideoTooSmall
-        from ic_model.pipelines.image_conductor import GENERATE_MAX_UPSCALE
 
         try:  # the limit prepare_image_and_tracks applies
             resized_size(*size, max_upscale=GENERATE_MAX_UPSCALE)
@@ -340,9 +339,14 @@ def check_generate(args) -> list[str]:
         size = (cfg.width, cfg.height) if cfg is not None else None
     if traj is not None and size is not None:
         try:
-            load_trajectory_file(traj, *size)
+            tracks = load_trajectory_file(traj, *size)
+            if getattr(args, "trajectory_space", "image") != "model":
+                require_in_view(tracks, *size, GENERATE_MAX_UPSCALE)
         except TrajectoryError as err:
-            problems.append(f"--trajectories {err}")
+            problems.append(f"--trajectories {err}" if str(err).startswith(str(traj)) else
+                            f"--trajectories {traj}: {err}")
+        except VideoTooSmall:  # named above
+            pass
     elif traj is not None:  # the image is unusable: still say what is wrong with the file's form
         try:
             json.loads(traj.read_text(encoding="utf-8"))

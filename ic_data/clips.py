@@ -92,3 +92,17 @@ class ClipGeometry:
         xy = np.asarray(xy, np.float64)
         resized = (xy + 0.5) * np.array(self.scale) - 0.5
         return resized - np.array(self.crop[:2], np.float64)
+
+
+def visible_box(width: int, height: int, max_upscale: float = 16.0) -> tuple[float, float, float, float]:
+    """(x0, y0, x1, y1): the part of a ``width``×``height`` frame, in its pixels, that the resize
+    and centre crop to the model's 3:2 frame keep (as generation crops every first frame and its
+    trajectories). Two decimals, rounded inwards: every point of the box is seen."""
+    import math
+
+    rw, rh = resized_size(width, height, max_upscale=max_upscale)
+    geometry = ClipGeometry(scale=(rw / width, rh / height), crop=center_crop_box(rw, rh))
+    (x0, y0), (x1, y1) = geometry.clip_to_source(np.array([[-0.5, -0.5], [CLIP_WIDTH - 0.5, CLIP_HEIGHT - 0.5]]))
+    return (max(0.0, math.ceil(x0 * 100) / 100), max(0.0, math.ceil(y0 * 100) / 100),
+            min(width - 1.0, math.floor(x1 * 100) / 100), min(height - 1.0, math.floor(y1 * 100) / 100))
+

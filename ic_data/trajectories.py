@@ -259,6 +259,22 @@ def _is_real_number(value) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
 
 
+def require_in_view(tracks, width: int, height: int, max_upscale: float = 16.0) -> None:
+    """Every point of ``tracks`` (validated ``[x, y]`` points in a ``width``×``height`` frame's
+    pixels) lies in the centre crop the model sees (:func:`ic_data.clips.visible_box`); else
+    one TrajectoryError naming the first point outside it. A point outside would be clamped to
+    the crop's border, a motion nobody drew."""
+    from ic_data.clips import visible_box
+
+    x0, y0, x1, y1 = visible_box(width, height, max_upscale)
+    for ti, track in enumerate(tracks):
+        for pi, (x, y) in enumerate(np.asarray(track, np.float64).reshape(-1, 2)):
+            if not (x0 <= x <= x1 and y0 <= y <= y1):
+                raise TrajectoryError(
+                    f"track {ti}, point {pi} ({x:g}, {y:g}) is outside the centre crop the model sees, "
+                    f"x {x0:g}–{x1:g} and y {y0:g}–{y1:g} of {width}×{height}")
+
+
 def validate_trajectories(
     obj, width: int, height: int, max_tracks: int | None = 8
 ) -> list[np.ndarray]:

@@ -35,7 +35,7 @@ class ModelView:
         """``image``: uint8 RGB (H, W, 3) as :func:`ic_model.pipelines.generate.read_image` returns it."""
         h, w = image.shape[:2]
         # Any valid point will do: only the image and the geometry are used.
-        prepared = prepare_image_and_tracks(image, [[[0, 0]]], cfg)
+        prepared = prepare_image_and_tracks(image, [[[0, 0]]], cfg, trajectory_space="model")
         # Nearest neighbour keeps each model pixel a visible block: what you see is what it gets.
         display = cv2.resize(prepared.image, (DISPLAY_WIDTH, DISPLAY_HEIGHT), interpolation=cv2.INTER_NEAREST)
         return cls((w, h), (cfg.width, cfg.height), prepared.geometry, prepared.image, display)

@@ -342,9 +342,13 @@ def test_generate_checks_the_trajectories_against_the_image_as_shown(capsys, tmp
     tracks = tmp_path / "tracks.json"
     args = ["generate", "--image", str(image), "--trajectories", str(tracks), "--run", str(trained_like_run),
             "--mode", "camera", "--out", str(tmp_path / "v.mp4")]
-    tracks.write_text(json.dumps([[[10, 10], [50, 90]]]))  # inside 64×96, below a 64-px-tall frame
+    tracks.write_text(json.dumps([[[10, 30], [50, 66]]]))  # inside 64×96 (and its 3:2 crop), below 64 px
     lines = _problems(capsys, args)
     assert len(lines) == 1 and "--mode camera" in lines[0], lines
+    tracks.write_text(json.dumps([[[10, 30], [50, 90]]]))  # inside 64×96, outside the crop the model sees
+    lines = _problems(capsys, args)
+    assert lines[0] == (f"ic generate: --trajectories {tracks}: track 0, point 1 (50, 90) is outside the centre "
+                        "crop the model sees, x 0–63 and y 26.17–68.83 of 64×96"), lines
     tracks.write_text(json.dumps([[[10, 10], [90, 50]]]))  # inside the stored 96×64 only
     lines = _problems(capsys, args)
     assert len(lines) == 2 and lines[0].startswith(f"ic generate: --trajectories {tracks}:") and "90" in lines[0]

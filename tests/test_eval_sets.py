@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from ic_model.config import tiny_config
+from ic_data.errors import TrajectoryError
 from ic_model.evaluation.evalsets import EvalSetError, eval_set_name, read_eval_set, visible_box
 from ic_model.evaluation.evaluate import _first_frames
 from ic_model.pipelines.image_conductor import prepare_image_and_tracks
@@ -39,13 +40,20 @@ def test_the_visible_part_of_a_frame_is_what_the_model_frame_shows():
         inside = [[x0, y0], [x1, y1]]
         beyond = [np.array([x0, y0]) - step, np.array([x1, y1]) + step]
         frame = np.zeros((size[1], size[0], 3), np.uint8)
-        mapped = prepare_image_and_tracks(frame, [[p] for p in inside], cfg).tracks[0]
+        prepared = prepare_image_and_tracks(frame, [[p] for p in inside], cfg)
+        mapped = prepared.tracks[0]
         assert np.all(mapped >= lo - 1e-3) and np.all(mapped <= hi + 1e-3), (size, mapped)
         if size == (384, 256):  # nothing is cropped
             assert (x0, y0, x1, y1) == (0, 0, 383, 255)
             continue
-        mapped = prepare_image_and_tracks(frame, [[list(p)] for p in beyond], cfg).tracks[0]
+        # Through the same transform (source → clip → model pixels), the points beyond land outside,
+        # and generation refuses them rather than clamp them to the border.
+        to_model = np.array([cfg.width / 384, cfg.height / 256])
+        mapped = (prepared.geometry.source_to_clip(np.array(beyond)) + 0.5) * to_model - 0.5
         assert mapped[0, cropped] < lo[cropped] and mapped[1, cropped] > hi[cropped], (size, mapped)
+        for point in beyond:
+            with pytest.raises(TrajectoryError, match="outside the centre crop the model sees"):
+                prepare_image_and_tracks(frame, [[list(point)]], cfg)
 
 
 def test_a_set_file_is_named_by_its_stem_and_its_images_are_found_beside_it(tmp_path):

@@ -43,6 +43,20 @@ def test_image_and_trajectories_are_mapped_like_curation():
     assert np.allclose(p.tracks[0, 0], [47.5, 31.5], atol=0.1)  # the image centre stays the centre
 
 
+def test_a_point_outside_the_centre_crop_is_refused_not_clamped():
+    """A 1280×256 image keeps its centre 384×256: a point drawn at x 5 used to map to model
+    x ≈ −22 and be clamped to the crop's border, a motion nobody drew."""
+    wide = np.zeros((256, 1280, 3), np.uint8)
+    with pytest.raises(TrajectoryError) as err:
+        prepare_image_and_tracks(wide, [[[700, 100], [640, 100]], [[5, 100], [700, 100]]], tiny_config())
+    assert str(err.value) == ("track 1, point 0 (5, 100) is outside the centre crop the model sees, "
+                              "x 447.5–831.5 and y 0–255 of 1280×256")
+    inside = prepare_image_and_tracks(wide, [[[447.5, 0], [831.5, 255]]], tiny_config())  # the box's corners
+    assert np.all((inside.tracks >= -0.5) & (inside.tracks <= [95.5, 63.5]))
+    model_space = prepare_image_and_tracks(wide, [[[5, 10]]], tiny_config(), trajectory_space="model")
+    assert np.allclose(model_space.tracks[0, 0], [5, 10])  # the model frame's pixels: all of it is seen
+
+
 @pytest.mark.parametrize(
     "bad, match",
     [

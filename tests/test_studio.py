@@ -77,7 +77,7 @@ def test_model_view_is_the_conditioning_image(size):
     cfg = tiny_config(num_frames=8)
     image = _image(*size, seed=3)
     view = ModelView.from_image(image, cfg)
-    prepared = prepare_image_and_tracks(image, [[[0, 0]]], cfg)
+    prepared = prepare_image_and_tracks(image, [[[0, 0]]], cfg, trajectory_space="model")
     np.testing.assert_array_equal(view.model_image, prepared.image)
     assert view.display_image.shape == (DISPLAY_HEIGHT, DISPLAY_WIDTH, 3)
     # Each model pixel is a uniform 4×4 block of the display: averaging gives it back exactly.

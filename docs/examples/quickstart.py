@@ -37,7 +37,7 @@ for stage in model_cfg.stages:  # base, dense, sparse, camera, object
 video = random_video(np.random.default_rng(99), kind="mixed", vivid=True, object_scale=1.75)
 Image.fromarray(video.frames[0]).save(work / "first_frame.png")
 x, y = (float(v) for v in video.shots[0].objects[0].path_px[0])
-track = [[x, y], [min(x + 150, 470), y]]  # [x, y] points in the image's pixels (480x270)
+track = [[x, y], [min(x + 150, 440), y]]  # [x, y] in the image's pixels (480x270; the model sees x 37-441)
 pipe = ImageConductorPipeline.from_run(run)  # device="cuda" on a GPU
 # CFG 1.0: the tiny text encoder is random and frozen, so captions carry no information.
 record = generate_to_files(pipe, work / "first_frame.png", "an object moves right", [track],

@@ -25,7 +25,6 @@ keeps (:func:`visible_box`), or it could not be tracked.
 from __future__ import annotations
 
 import json
-import math
 import re
 from dataclasses import dataclass
 from importlib import resources
@@ -33,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ic_data.clips import CLIP_HEIGHT, CLIP_WIDTH, ClipGeometry, center_crop_box, resized_size
+from ic_data.clips import visible_box  # re-exported: the box an eval set's points must lie in
 from ic_data.errors import BadInputError, TrajectoryError
 from ic_data.synthetic import (
     TOY_OBJECT_SCALE,
@@ -44,7 +43,7 @@ from ic_data.synthetic import (
     render_shot,
     vivid_colour,
 )
-from ic_data.trajectories import validate_trajectories
+from ic_data.trajectories import require_in_view, validate_trajectories
 
 SETS = ("camera", "object")  # the shipped sets; each is also the kind of its cases
 _CASE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
@@ -121,7 +120,6 @@ def _parse(data, name: str, path: Path | None) -> EvalSet:
         raise EvalSetError(f"{where}: 'frame_size' must be [width, height], whole numbers of pixels from 32 "
                            f"to 16384, got {size!r}")
     width, height = size
-    x0, y0, x1, y1 = visible_box(width, height)
     cases_data = data["cases"]
     if not isinstance(cases_data, list) or not cases_data:
         raise EvalSetError(f"{where}: 'cases' must be a non-empty list of cases")
@@ -150,12 +148,10 @@ def _parse(data, name: str, path: Path | None) -> EvalSet:
             validate_trajectories(case["trajectories"], width, height, max_tracks=8)
         except TrajectoryError as err:
             raise EvalSetError(f"{cwhere}: {err} (frame_size {width}×{height})") from None
-        for ti, track in enumerate(case["trajectories"]):
-            for pi, (x, y) in enumerate(track):
-                if not (x0 <= x <= x1 and y0 <= y <= y1):
-                    raise EvalSetError(
-                        f"{cwhere}: track {ti}, point {pi} ({x:g}, {y:g}) is outside the centre crop the model "
-                        f"sees, x {x0:g}–{x1:g} and y {y0:g}–{y1:g} of {width}×{height}: it could not be tracked")
+        try:
+            require_in_view(case["trajectories"], width, height)
+        except TrajectoryError as err:
+            raise EvalSetError(f"{cwhere}: {err}: it could not be tracked") from None
         image = case.get("image")
         if image is not None:
             if not isinstance(image, str) or not image:
@@ -168,18 +164,6 @@ def _parse(data, name: str, path: Path | None) -> EvalSet:
             image = str(resolved.resolve())
         cases.append(EvalCase(cid, prompt, case["trajectories"], kind, i, (width, height), image))
     return EvalSet(name, kind, (width, height), cases, None if path is None else str(path))
-
-
-def visible_box(width: int, height: int) -> tuple[float, float, float, float]:
-    """(x0, y0, x1, y1): the part of a ``width``×``height`` frame, in its pixels, that the centre
-    crop to the model's 3:2 frame keeps (as :func:`~ic_model.pipelines.image_conductor.prepare_image_and_tracks`
-    crops every first frame and trajectory)."""
-    rw, rh = resized_size(width, height, max_upscale=16.0)
-    geometry = ClipGeometry(scale=(rw / width, rh / height), crop=center_crop_box(rw, rh))
-    (x0, y0), (x1, y1) = geometry.clip_to_source(np.array([[-0.5, -0.5], [CLIP_WIDTH - 0.5, CLIP_HEIGHT - 0.5]]))
-    # Two decimals, rounded inwards: every point of the box is seen.
-    return (max(0.0, math.ceil(x0 * 100) / 100), max(0.0, math.ceil(y0 * 100) / 100),
-            min(width - 1.0, math.floor(x1 * 100) / 100), min(height - 1.0, math.floor(y1 * 100) / 100))
 
 
 def eval_set_name(spec: str) -> str:

@@ -35,6 +35,7 @@ from ic_data.clips import (
 from ic_data.errors import BadInputError
 from ic_data import settings
 from ic_data.trajectories import (
+    require_in_view,
     tracks_to_flow_maps,
     user_tracks_to_array,
     validate_trajectories,
@@ -90,6 +91,7 @@ def prepare_image_and_tracks(
         tracks = validate_trajectories(trajectories, cfg.width, cfg.height, max_tracks=max_tracks)
     else:
         tracks = validate_trajectories(trajectories, w, h, max_tracks=max_tracks)
+        require_in_view(tracks, w, h, GENERATE_MAX_UPSCALE)
     rw, rh = resized_size(w, h, max_upscale=GENERATE_MAX_UPSCALE)
     box = center_crop_box(rw, rh)
     geometry = ClipGeometry(scale=(rw / w, rh / h), crop=box)
