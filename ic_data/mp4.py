@@ -16,6 +16,7 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from ic_data.settings import number, whole
 from ic_data.video_io import frame_rgb
 
 __all__ = ["encode_mp4", "decode_mp4", "write_mp4"]
@@ -61,9 +62,15 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frames)
 
 
+# Frame rates an MP4 written here may have: a clip of a 1 fps source at stride 16 plays at
+# 1/16 fps; past 1000 fps, MP4's time base and x264 gave files with no decodable frames.
+MIN_FPS, MAX_FPS = 0.01, 1000.0
+
+
 def _frame_rate(fps: float) -> Fraction:
-    if not np.isfinite(fps) or fps <= 0:
-        raise ValueError(f"fps must be a positive finite number, got {fps}")
+    problem = number("fps", fps, MIN_FPS, MAX_FPS)
+    if problem:
+        raise ValueError(problem)
     # 29.97 -> 30000/1001 style fractions; exact for integer rates.
     return Fraction(float(fps)).limit_denominator(1001)
 
@@ -72,6 +79,9 @@ def encode_mp4(frames: np.ndarray, fps: float, crf: int = 18) -> bytes:
     """Encode uint8 RGB frames ``(T, H, W, 3)`` to H.264 MP4 bytes (libx264, yuv420p)."""
     frames = _check_frames(frames)
     rate = _frame_rate(fps)
+    problem = whole("crf", crf, 0, 51)  # x264's quality scale
+    if problem:
+        raise ValueError(problem)
     _, height, width, _ = frames.shape
 
     buffer = io.BytesIO()

@@ -264,7 +264,7 @@ class Stage1:
     def analyse(self, video_id: str, path: str) -> Candidate:
         from ic_data.cuts import ANALYSIS_WIDTH, detect_cuts, longest_scene
         from ic_data.motion import motion_score
-        from ic_data.mp4 import write_mp4
+        from ic_data.mp4 import MAX_FPS, MIN_FPS, write_mp4
         from ic_data.video_io import decode_video
 
         cfg = self.config
@@ -301,7 +301,8 @@ class Stage1:
             box = clipmod.center_crop_box(frames.shape[2], frames.shape[1], cfg.clip_width, cfg.clip_height)
             c.crop = [int(b) for b in box]
             stride = int(idx[1] - idx[0]) if len(idx) > 1 else 1
-            c.clip_fps = float(info.fps / stride) if info.fps > 0 else 8.0
+            # Within what an MP4 written here may hold (a timelapse's 0.1 fps at stride 16 is below it).
+            c.clip_fps = min(MAX_FPS, max(MIN_FPS, float(info.fps / stride))) if info.fps > 0 else 8.0
             clip = clipmod.crop_frames(frames, box)
         except Exception as exc:  # a property of this video: recorded, the chunk goes on
             _failure(c, exc)

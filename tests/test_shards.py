@@ -127,6 +127,30 @@ def test_mp4_rejects_non_uint8():
         encode_mp4(np.zeros((4, 64, 96, 3), np.float32), fps=8.0)
 
 
+@pytest.mark.parametrize("fps, crf, message", [
+    (1e9, 18, "fps must be in [0.01, 1000.0], got 1000000000.0"),  # was a file with no decodable frame
+    (0.0004, 18, "fps must be in [0.01, 1000.0], got 0.0004"),  # was written as 24 fps (rounded to 0)
+    ("24", 18, "fps must be a finite number, got '24'"),
+    (24, -5, "crf must be a whole number in [0, 51], got -5"),
+])
+def test_mp4_refuses_a_frame_rate_or_quality_it_cannot_write(fps, crf, message):
+    with pytest.raises(ValueError) as err:
+        encode_mp4(np.zeros((2, 64, 96, 3), np.uint8), fps=fps, crf=crf)
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize("fps", [0.01, 1 / 16, 1000.0])
+def test_mp4_at_the_frame_rate_limits_decodes_every_frame(fps):
+    """A clip of a 1 fps source at stride 16 plays at 1/16 fps: still a whole, readable MP4."""
+    import av
+
+    frames = np.random.default_rng(0).integers(0, 256, (3, 64, 96, 3), dtype=np.uint8)
+    data = encode_mp4(frames, fps=fps)
+    assert decode_mp4(data).shape == frames.shape
+    with av.open(io.BytesIO(data)) as container:
+        assert float(container.streams.video[0].average_rate) == pytest.approx(fps, rel=1e-3)
+
+
 def test_write_mp4_is_atomic_and_decodable(tmp_path):
     frames = smooth_video(4, 32, 48)
     target = tmp_path / "clip.mp4"
