@@ -158,8 +158,36 @@ def test_evaluate_refuses_more_steps_than_the_noise_schedule_before_any_work(tmp
     from ic_model.evaluation.evaluate import EvalSettings, evaluate_set
 
     pipe = SimpleNamespace(cfg=SimpleNamespace(num_train_timesteps=1000))  # never called
-    for steps in (0, 1001):
-        with pytest.raises(BadInputError, match=rf"^steps must be from 1 to 1000 \(the noise schedule's length\), "
-                                                rf"got {steps}$"):
-            evaluate_set(pipe, "object", tmp_path / "out", EvalSettings(steps=steps))
+    with pytest.raises(BadInputError, match=r"^steps must be from 1 to 1000 \(the noise schedule's length\), "
+                                            r"got 1001$"):
+        evaluate_set(pipe, "object", tmp_path / "out", EvalSettings(steps=1001))
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(ValueError, match=r"^EvalSettings: steps must be a whole number ≥ 1, got 0$"):
+        EvalSettings(steps=0)  # refused when made, whatever the model
+
+
+@pytest.mark.parametrize("change, message", [
+    (dict(max_cases=-9), "max_cases must be a whole number ≥ 1, got -9"),  # ran 1 case of 10
+    (dict(max_cases=0), "max_cases must be a whole number ≥ 1, got 0"),  # reported ObjMC NaN
+    (dict(tracker="bogus"), "tracker must be 'lk' or 'cotracker', got 'bogus'"),  # failed after a video
+    (dict(seed=-1), "seed must be a whole number in [0, 9223372036854775807], got -1"),
+    (dict(mode="objects"), "mode must be 'camera' or 'object' or 'none' or 'base', got 'objects'"),
+])
+def test_evaluation_settings_out_of_range_are_refused_when_made(change, message):
+    from ic_model.evaluation.evaluate import EvalSettings
+
+    with pytest.raises(ValueError) as err:
+        EvalSettings(**change)
+    assert str(err.value) == f"EvalSettings: {message}"
+
+
+def test_a_missing_reference_is_named_before_any_video_is_generated(tmp_path):
+    from types import SimpleNamespace
+
+    from ic_data.errors import BadInputError
+    from ic_model.evaluation.evaluate import EvalSettings, evaluate_set
+
+    pipe = SimpleNamespace(cfg=SimpleNamespace(num_train_timesteps=1000))  # never called
+    with pytest.raises(BadInputError, match=f"^reference {tmp_path / 'nope'}: .*does not exist"):
+        evaluate_set(pipe, "object", tmp_path / "out", EvalSettings(steps=2, reference=str(tmp_path / "nope")))
     assert not (tmp_path / "out").exists()

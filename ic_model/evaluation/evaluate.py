@@ -20,11 +20,13 @@ import numpy as np
 from ic_data.errors import BadInputError
 from ic_data.mp4 import write_mp4
 from ic_data.preview import preview_gif
+from ic_data.settings import number, one_of, refuse, text, truth, whole
 from ic_model.evaluation import FIRST_FRAME_SUFFIXES
 from ic_model.evaluation.evalsets import EvalCase, EvalSet, read_eval_set, synthetic_first_frame
 from ic_model.evaluation.metrics.motion_control import motion_control_error
 from ic_model.pipelines.generate import read_image
 from ic_model.pipelines.image_conductor import (
+    MODES,
     ImageConductorPipeline,
     prepare_image_and_tracks,
 )
@@ -52,6 +54,23 @@ class EvalSettings:
     # can be computed later where the metric networks' weights are (ic_demo.finish).
     keep_frames: bool = False
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Refused when made: max_cases=-9 ran one case of ten, 0 reported ObjMC NaN, an unknown
+        # tracker failed after the first video was generated.
+        refuse("EvalSettings", [
+            whole("steps", self.steps, 1),
+            number("guidance_scale", self.guidance_scale, 0), number("trajs_scale", self.trajs_scale, 0),
+            whole("seed", self.seed, 0, 2**63 - 1),
+            one_of("tracker", self.tracker, ("lk", "cotracker")),
+            None if self.images is None else text("images", str(self.images), empty=False),
+            None if self.reference is None else text("reference", str(self.reference), empty=False),
+            whole("max_reference", self.max_reference, 1),
+            truth("ablation", self.ablation),
+            None if self.mode is None else one_of("mode", self.mode, MODES),
+            None if self.max_cases is None else whole("max_cases", self.max_cases, 1),
+            truth("keep_frames", self.keep_frames),
+        ])
 
 
 def _first_frames(cases: list[EvalCase], images: str | None, seed: int) -> list[np.ndarray]:
@@ -128,6 +147,13 @@ def evaluate_set(
     if not 1 <= settings.steps <= pipe.cfg.num_train_timesteps:
         raise BadInputError(f"steps must be from 1 to {pipe.cfg.num_train_timesteps} (the noise schedule's length), "
                             f"got {settings.steps}")
+    if settings.reference:  # found before any video is generated, not after all of them
+        from ic_data.shards import shard_paths
+
+        try:
+            shard_paths(settings.reference)
+        except FileNotFoundError as err:
+            raise BadInputError(f"reference {settings.reference}: {err}") from None
     kind = evalset.kind
     cases = evalset.cases[: settings.max_cases]
     images = _first_frames(cases, settings.images, settings.seed)
