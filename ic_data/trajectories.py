@@ -342,7 +342,7 @@ def load_trajectory_file(
         raise TrajectoryError(f"{path}: cannot read trajectory file ({err})") from err
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError as err:
+    except ValueError as err:  # JSONDecodeError, or an integer past Python's 4300-digit limit
         raise TrajectoryError(f"{path}: malformed JSON ({err})") from err
     try:
         return validate_trajectories(obj, width, height, max_tracks)

@@ -540,7 +540,12 @@ def save_json(path: str | os.PathLike, data: dict) -> None:
 
 
 def load_json(path: str | os.PathLike) -> dict:
-    return json.loads(Path(path).read_text())
+    """A JSON file of this project's own (a run's config.json, a stage's done.json); a damaged
+    one is a ValueError naming it, not a bare JSONDecodeError."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not a readable JSON file ({err})") from None
 
 
 __all__ = [

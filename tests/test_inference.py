@@ -394,3 +394,15 @@ def test_read_image_refuses_a_jpeg_cut_short_and_turns_a_photo_upright(tmp_path)
     photo.save(tmp_path / "phone.jpg", exif=exif, quality=95)
     upright = read_image(tmp_path / "phone.jpg")
     assert upright.shape == (96, 64, 3) and upright[:8, -8:].mean() > 200 and upright[:8, :8].mean() < 50
+
+
+def test_a_generation_request_whose_out_cannot_be_a_file_is_named_before_sampling(tmp_path):
+    """Both used to fail only when the video was written, after the sampling."""
+    from ic_model.pipelines.generate import request_problems
+
+    (tmp_path / "x.mp4").mkdir()
+    assert request_problems({**GOOD_REQUEST, "out": str(tmp_path / "x.mp4")}) == [
+        f"out {tmp_path / 'x.mp4'} is a folder, not a file to write"]
+    (tmp_path / "notes").write_text("a file")
+    assert request_problems({**GOOD_REQUEST, "out": str(tmp_path / "notes" / "v.mp4")}) == [
+        f"out {tmp_path / 'notes' / 'v.mp4'}: a part of its folder is a file, not a folder"]

@@ -445,3 +445,30 @@ def test_validation_samples_start_at_step_0_and_score_as_the_evaluate_flow(train
     pipe = ImageConductorPipeline.from_run(run)
     metrics = evaluate_set(pipe, "object", tmp_path / "eval", validation_settings(tc, "none", 1.0))
     assert metrics["ObjMC"] == records[-1]["value"]
+
+
+def test_damaged_run_files_are_named(tmp_path):
+    """Each of these used to end in an error that did not name the file or the setting."""
+    from ic_model.config import load_json
+    from ic_model.models.files import WeightsFileError, write_safetensors
+    from ic_model.training.run import load_run_components
+
+    (tmp_path / "config.json").write_text("{oops")
+    with pytest.raises(ValueError, match=f"^{tmp_path / 'config.json'}: not a readable JSON file"):
+        load_json(tmp_path / "config.json")
+    with pytest.raises(ValueError, match=r"^before_stage must be one of \('vae', 'base'"):
+        load_run_components(tmp_path, tiny_config(), before_stage="bogus")
+    weights = tmp_path / "linear.safetensors"
+    write_safetensors({"weight": torch.zeros(3, 5), "bias": torch.zeros(3)}, weights)
+    with pytest.raises(WeightsFileError, match=f"^{weights} does not match the model: .*size mismatch for weight"):
+        load_module(torch.nn.Linear(4, 3), weights)
+
+
+def test_a_trajectory_file_with_a_number_json_cannot_hold_is_malformed(tmp_path):
+    from ic_data.errors import TrajectoryError
+    from ic_data.trajectories import load_trajectory_file
+
+    path = tmp_path / "t.json"
+    path.write_text("[[[" + "9" * 5000 + ", 1]]]")
+    with pytest.raises(TrajectoryError, match=f"^{path}: malformed JSON"):
+        load_trajectory_file(path, 100, 100)

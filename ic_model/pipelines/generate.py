@@ -51,6 +51,13 @@ def request_problems(request, max_steps: int = 1000) -> list[str]:
             problems.append(f"{key} must be a path, got {request[key]!r}")
     if isinstance(request.get("out"), (str, os.PathLike)) and Path(request["out"]).suffix.lower() != ".mp4":
         problems.append(f"out must be an .mp4 file (its .gif preview and .json record go beside it), got {request['out']}")
+    elif isinstance(request.get("out"), (str, os.PathLike)) and str(request["out"]):
+        # Found now, not when the video is written after sampling.
+        out = Path(request["out"])
+        if out.is_dir():
+            problems.append(f"out {out} is a folder, not a file to write")
+        elif any(parent.exists() and not parent.is_dir() for parent in out.parents):
+            problems.append(f"out {out}: a part of its folder is a file, not a folder")
     if "prompt" in request and not isinstance(request["prompt"], str):
         problems.append(f"prompt must be a string, got {type(request['prompt']).__name__}")
     if "trajectories" in request and not isinstance(request["trajectories"], (str, os.PathLike, list)):

@@ -40,7 +40,7 @@ from ic_data.trajectories import (
     user_tracks_to_array,
     validate_trajectories,
 )
-from ic_model.config import ModelConfig
+from ic_model.config import ModelConfig, device_problem
 from ic_model.models import lora
 from ic_model.models.codec import decode_latents, encode_video
 from ic_model.models.components import Components, encode_text
@@ -172,6 +172,9 @@ class ImageConductorPipeline:
             raise FileNotFoundError(f"{run} is not a run folder (it has no config.json): train a stage into it first")
         if isinstance(dtype, str) and dtype not in DTYPES:
             raise ValueError(f"dtype must be a torch dtype or one of {sorted(DTYPES)}, got {dtype!r}")
+        problem = device_problem(str(device))  # before the weights load, not when they are moved
+        if problem:
+            raise ValueError(f"device {device!r}: {problem}")
         dtype = DTYPES.get(dtype, dtype)
         cfg = run_model_config(run, None, **weights) if weights else run_model_config(run)
         if cfg.preset == "tiny" and not is_done(run, "base"):  # sd15's base is the pretrained one

@@ -25,7 +25,7 @@ import torch
 
 from ic_model.config import ModelConfig, load_json, preset_config, save_json
 from ic_model.models.components import Components
-from ic_model.models.files import load_safetensors, write_safetensors
+from ic_model.models.files import WeightsFileError, load_safetensors, write_safetensors
 from ic_model.models.motion_controlnet import copy_unet_encoder
 from ic_model.models.presets import build_components
 from ic_model.models.sd15 import COMPUTED_BUFFERS
@@ -124,7 +124,11 @@ def load_module(module: torch.nn.Module, path: str | os.PathLike) -> None:
     """Strict, except for buffers the module computes itself (the motion modules' position
     tables: a converted release does not carry them)."""
     state = load_safetensors(path)
-    missing, unexpected = module.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(state, strict=False)
+    except RuntimeError as err:  # a tensor of another shape: torch lists them, without the file
+        detail = " ".join(str(err).split())
+        raise WeightsFileError(f"{path} does not match the model: {detail[:500]}") from None
     missing = [k for k in missing if not COMPUTED_BUFFERS.search(k)]
     if missing or unexpected:
         raise ValueError(
@@ -152,6 +156,8 @@ def load_run_components(
     :func:`~ic_model.models.presets.build_components`.
     """
     stages = cfg.stages
+    if before_stage is not None and before_stage not in stages:
+        raise ValueError(f"before_stage must be one of {stages} (this run's stages), got {before_stage!r}")
     upto = stages.index(before_stage) if before_stage is not None else len(stages)
     earlier = stages[:upto]
     # An sd15 run may carry its own frozen video model (``ic convert-official`` writes RUN/base/).
