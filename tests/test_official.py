@@ -401,9 +401,11 @@ def test_model_space_trajectories_are_the_model_frames_pixels():
     track = [[[10.0, 20.0], [370.0, 250.0]]]
     model = prepare_image_and_tracks(image, track, cfg, trajectory_space="model")
     np.testing.assert_allclose(model.tracks[[0, -1], 0], [[10, 20], [370, 250]], atol=1e-4)
-    mapped = prepare_image_and_tracks(image, track, cfg, trajectory_space="image")
+    mapped = prepare_image_and_tracks(image, [[[10.0, 40.0], [370.0, 250.0]]], cfg, trajectory_space="image")
     # 640×480 covers 384×256 at scale 0.6 (384×288), centre-cropped by 16 rows.
-    np.testing.assert_allclose(mapped.tracks[0, 0], [(10.5) * 0.6 - 0.5, (20.5) * 0.6 - 16 - 0.5], atol=1e-3)
+    np.testing.assert_allclose(mapped.tracks[0, 0], [(10.5) * 0.6 - 0.5, (40.5) * 0.6 - 16 - 0.5], atol=1e-3)
+    with pytest.raises(Exception, match=r"\(10, 20\) is outside the centre crop"):  # in the 16 rows cropped
+        prepare_image_and_tracks(image, track, cfg, trajectory_space="image")
     with pytest.raises(Exception, match="outside"):
         prepare_image_and_tracks(np.zeros((100, 150, 3), np.uint8), [[[380.0, 10.0]]], cfg, trajectory_space="image")
 
