@@ -54,7 +54,10 @@ KERNEL_SIGMA = 10.0
 
 def _check_tracks(tracks: np.ndarray) -> np.ndarray:
     """Return ``tracks`` as a float64 (T, N, 2) array of finite values, or raise TrajectoryError."""
-    arr = np.asarray(tracks)
+    try:
+        arr = np.asarray(tracks)
+    except ValueError as err:  # ragged nested lists
+        raise TrajectoryError(f"tracks must be a (T, N, 2) array of numbers ({err})") from None
     if arr.ndim != 3 or arr.shape[2] != 2:
         raise TrajectoryError(f"tracks must have shape (T, N, 2), got {arr.shape}")
     if arr.shape[0] < 1:
@@ -125,7 +128,13 @@ def sample_sparse_tracks(
     Returns:
         int64 (n,) sorted track indices. Deterministic for a given ``rng`` state.
     """
-    if min_tracks < 1 or max_tracks < min_tracks:
+    from ic_data.settings import refuse, whole
+
+    refuse("sample_sparse_tracks", [
+        None if isinstance(rng, np.random.Generator) else f"rng must be a numpy Generator "
+        f"(np.random.default_rng(seed)), got {type(rng).__name__}",
+        whole("min_tracks", min_tracks, 1), whole("max_tracks", max_tracks, 1)])
+    if max_tracks < min_tracks:
         raise ValueError(f"need 1 <= min_tracks <= max_tracks, got {min_tracks}, {max_tracks}")
     probs = track_motion_intensity(tracks, visibility)
     num_tracks = probs.shape[0]
@@ -187,8 +196,10 @@ def tracks_to_flow_maps(
     """
     arr = _check_tracks(tracks)
     num_frames, num_tracks = arr.shape[:2]
-    if height < 1 or width < 1:
-        raise ValueError(f"height and width must be positive, got {height}×{width}")
+    from ic_data.settings import number, refuse, whole
+
+    refuse("tracks_to_flow_maps", [whole("height", height, 1), whole("width", width, 1),
+                                   whole("kernel_size", kernel_size, 1), number("sigma", sigma, 0, above=True)])
     if indices is not None:
         idx = np.asarray(indices)
         if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):

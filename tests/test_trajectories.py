@@ -376,3 +376,19 @@ def test_load_trajectory_file(tmp_path):
 
     with pytest.raises(TrajectoryError, match="missing.json"):
         load_trajectory_file(tmp_path / "missing.json", W, H)
+
+
+def test_arguments_of_the_wrong_kind_are_named():
+    """Each used to end in a numpy error, or silently: grid_size 2.5 gave 9 points."""
+    from ic_data.tracking import grid_points
+
+    with pytest.raises(ValueError, match=r"^grid_points: grid_size must be a whole number, got 2.5$"):
+        grid_points(grid_size=2.5)
+    with pytest.raises(ValueError, match=r"^grid_points: width must be a whole number, got nan$"):
+        grid_points(width=float("nan"))
+    with pytest.raises(TrajectoryError, match=r"^tracks must be a \(T, N, 2\) array of numbers"):
+        tracks_to_flow_maps([[[1, 2]], [[1, 2], [3, 4]]])  # ragged
+    with pytest.raises(ValueError, match=r"^tracks_to_flow_maps: height must be a whole number, got 2.5$"):
+        tracks_to_flow_maps(np.zeros((4, 1, 2)), height=2.5)
+    with pytest.raises(ValueError, match=r"^sample_sparse_tracks: rng must be a numpy Generator"):
+        sample_sparse_tracks(np.zeros((4, 3, 2)), 0)

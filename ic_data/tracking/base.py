@@ -20,8 +20,10 @@ def grid_points(width: int = 384, height: int = 256, grid_size: int = GRID_SIZE)
     grid is symmetric about the image centre and every point is half a cell from the border.
     Returns float32 ``(g², 2)`` in row-major order (x varies fastest).
     """
-    if grid_size < 1 or width < 1 or height < 1:
-        raise ValueError(f"grid_points needs positive sizes, got {width}×{height}, grid {grid_size}")
+    from ic_data.settings import refuse, whole
+
+    # grid_size=2.5 gave 9 points, a NaN width NaN points.
+    refuse("grid_points", [whole("width", width, 1), whole("height", height, 1), whole("grid_size", grid_size, 1)])
     xs = (np.arange(grid_size) + 0.5) * width / grid_size - 0.5
     ys = (np.arange(grid_size) + 0.5) * height / grid_size - 0.5
     gx, gy = np.meshgrid(xs, ys)  # (g, g), rows follow y
