@@ -227,7 +227,7 @@ class ModelConfig:
         if not self.flow_gain > 0:
             raise ValueError(f"flow_gain must be > 0, got {self.flow_gain}")
         # Types and bounds (a zero LoRA alpha, a NaN sigma, an even filter: failures deep in a run).
-        refuse("ModelConfig", settings_problems(self, MODEL_BOUNDS, {}) + [p for p in (
+        refuse("ModelConfig", settings_problems(self, MODEL_BOUNDS, {"preset": ("tiny", "sd15")}) + [p for p in (
             None if not isinstance(self.flow_kernel_size, int) or self.flow_kernel_size % 2
             else f"flow_kernel_size must be odd, got {self.flow_kernel_size}",
             number("beta_start", self.beta_start, 0, 0.999) or number("beta_end", self.beta_end, 0, 0.999),

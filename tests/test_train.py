@@ -101,6 +101,14 @@ def test_a_train_config_out_of_range_is_refused_when_made(change, message):
     assert str(err.value) == f"TrainConfig: {message}"
 
 
+def test_a_model_config_of_an_unknown_preset_is_refused():
+    """preset='sd21' used to build the tiny model under another name."""
+    from ic_model.config import ModelConfig
+
+    with pytest.raises(ValueError, match=r"^ModelConfig: preset must be 'tiny' or 'sd15', got 'sd21'$"):
+        ModelConfig(preset="sd21").validate()
+
+
 def test_train_stage_rechecks_a_config_changed_after_it_was_made(tmp_path, training_shards):
     cfg = _cfg("base")
     cfg.steps = 0
