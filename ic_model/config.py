@@ -65,6 +65,7 @@ MODEL_BOUNDS = {
     "init_seed": {"ge": 0, "le": 2**63 - 1},
 }
 
+
 def settings_problems(obj, bounds: dict, choices: dict) -> list[str]:
     """Every field of the dataclass ``obj`` that breaks its type, its ``bounds`` or its
     ``choices`` (the tables above, which the deployments' typed forms use too), one line each."""
@@ -221,13 +222,8 @@ class ModelConfig:
         return value or os.environ.get(WEIGHT_ENV[name], "")
 
     def validate(self) -> None:
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose {' or '.join(map(repr, allowed))}")
-        if not self.flow_gain > 0:
-            raise ValueError(f"flow_gain must be > 0, got {self.flow_gain}")
-        # Types and bounds (a zero LoRA alpha, a NaN sigma, an even filter: failures deep in a run).
-        refuse("ModelConfig", settings_problems(self, MODEL_BOUNDS, {"preset": ("tiny", "sd15")}) + [p for p in (
+        # Types, bounds and choices (a zero LoRA alpha, a NaN sigma, an even filter: failures deep in a run).
+        refuse("ModelConfig", settings_problems(self, MODEL_BOUNDS, {**CHOICES, "preset": ("tiny", "sd15")}) + [p for p in (
             None if not isinstance(self.flow_kernel_size, int) or self.flow_kernel_size % 2
             else f"flow_kernel_size must be odd, got {self.flow_kernel_size}",
             number("beta_start", self.beta_start, 0, 0.999) or number("beta_end", self.beta_end, 0, 0.999),

@@ -83,7 +83,7 @@ def test_generated_video_starts_with_the_input_image_exactly():
 
 def test_config_accepts_clean_only_for_x0_prediction_on_the_tiny_preset():
     assert tiny_config().first_frame_latent == "noisy"
-    with pytest.raises(ValueError, match="unknown first_frame_latent"):
+    with pytest.raises(ValueError, match="first_frame_latent must be 'noisy' or 'clean'"):
         tiny_config(first_frame_latent="blank")
     with pytest.raises(ValueError, match="prediction_type 'sample'"):
         tiny_config(first_frame_latent="clean", prediction_type="epsilon")

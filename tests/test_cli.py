@@ -250,7 +250,7 @@ def test_train_checks_shards_json_options_and_the_stage_order(capsys, tmp_path, 
     ]
     lines = _problems(capsys, ["train", "base", "--shards", str(training_shards), "--run", str(tmp_path / "n2"),
                                "--model", '{"codec": "space_to_depth", "flow_gain": 0}'])
-    assert lines == ["ic train: --model: flow_gain must be > 0, got 0"]
+    assert lines == ["ic train: --model: ModelConfig: flow_gain must be > 0, got 0"]
     lines = _problems(capsys, ["train", "base", "--shards", str(training_shards), "--run", str(tmp_path / "n3"),
                                "--model", '{"codec": "space_to_depth", "flow_sigma": NaN}',
                                "--options", '{"ortho_weight": Infinity}'])

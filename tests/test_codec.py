@@ -43,7 +43,7 @@ def test_config_sets_channels_and_drops_the_vae_stage():
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="192 latent channels, not latent_channels=4"):
         tiny_config(codec="space_to_depth", latent_channels=4)
-    with pytest.raises(ValueError, match="unknown codec"):
+    with pytest.raises(ValueError, match="codec must be 'vae' or 'space_to_depth'"):
         tiny_config(codec="jpeg")
     with pytest.raises(ValueError, match="SD 1.5's VAE"):
         preset_config("sd15", codec="space_to_depth")
@@ -60,7 +60,7 @@ def test_image_condition_every_frame_repeats_the_first_latent():
     assert torch.equal(mask, sparse_mask) and mask[:, :, 0].all() and not mask[:, :, 1:].any()
     comps = build_tiny_components(tiny_config(**S2D, image_condition="every_frame"))
     assert comps.denoiser().image_every_frame and not build_tiny_components(tiny_config()).denoiser().image_every_frame
-    with pytest.raises(ValueError, match="unknown image_condition"):
+    with pytest.raises(ValueError, match="image_condition must be 'first_frame' or 'every_frame'"):
         tiny_config(image_condition="last")
     with pytest.raises(ValueError, match="SparseCtrl's first-frame condition"):
         preset_config("sd15", image_condition="every_frame")

@@ -86,7 +86,7 @@ def test_tiny_unet_option_changes_only_spatial_self_attention_and_adds_no_weight
 
 
 def test_config_validates_spatial_attention():
-    with pytest.raises(ValueError, match="unknown spatial_attention"):
+    with pytest.raises(ValueError, match="spatial_attention must be 'self' or 'first_frame'"):
         tiny_config(spatial_attention="all_frames")
     with pytest.raises(ValueError, match="sd15 preset keeps"):
         preset_config("sd15", spatial_attention="first_frame")

@@ -330,8 +330,6 @@ def train_stage(
         (out_dir / "done.json").unlink()
 
     _fresh_accelerator_state()
-    if train_cfg.report_to not in REPORT_TO:
-        raise ValueError(f"report_to must be one of {REPORT_TO}, got {train_cfg.report_to!r}")
     tracking = train_cfg.report_to != "none"
     accelerator = Accelerator(
         mixed_precision=train_cfg.mixed_precision,
@@ -553,9 +551,6 @@ def replica_checksums(accelerator, module: nn.Module) -> list[str]:
     words = torch.tensor(np.frombuffer(digest.digest(), dtype=np.int32).copy(), device=accelerator.device)
     gathered = accelerator.gather(words).reshape(-1, words.numel()).cpu().numpy()
     return [row.astype(np.int32).tobytes().hex()[:16] for row in gathered]
-
-
-REPORT_TO = ("tensorboard", "wandb", "none")
 
 
 def _log_filmstrip(accelerator, tag: str, video: str, step: int) -> None:
