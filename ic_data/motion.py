@@ -211,6 +211,7 @@ class DISFlow(FlowBackend):
 
 
 _RAFT_MODELS = ("raft_small", "raft_large")
+FLOW_BACKENDS = ("dis", "raft", *_RAFT_MODELS)  # the names make_flow_backend takes (any case)
 DEFAULT_RAFT_MODEL = "raft_small"
 _RAFT_MIN_SIDE = 128  # 8× feature stride × 16 cells for the 4-level correlation pyramid
 
@@ -372,7 +373,7 @@ def make_flow_backend(name: str, **kwargs) -> FlowBackend:
         return RAFTFlow(**kwargs)
     if key in _RAFT_MODELS:
         return RAFTFlow(model=key, **kwargs)
-    raise ValueError(f"unknown flow backend {name!r}; choose 'dis' or 'raft'")
+    raise ValueError(f"unknown flow backend {name!r}; choose one of {', '.join(FLOW_BACKENDS)}")
 
 
 # --- scores --------------------------------------------------------------------------------------

@@ -72,15 +72,19 @@ class CurationConfig:
     processes: int = 0
 
     def __post_init__(self):
+        from ic_data.cuts import DETECTORS
+        from ic_data.motion import FLOW_BACKENDS
+        from ic_data.tracking import TRACKERS
+
         # Refused here, not as a failed row per video (numpy's generators take no negative seed,
         # a clip of 0 frames has no flow) or an exception after every video was scored.
         refuse("CurationConfig", [
             text("source", self.source, empty=False),
             truth("camera_only", self.camera_only),
             whole("seed", self.seed, 0, 2**63 - 1),
-            one_of("flow", self.flow, ("dis", "raft")),
-            one_of("tracker", self.tracker, ("lk", "cotracker")),
-            one_of("cut_detector", self.cut_detector, ("adaptive", "content")),
+            text("flow", self.flow) or one_of("flow", self.flow.lower(), FLOW_BACKENDS),
+            one_of("tracker", self.tracker, TRACKERS),
+            one_of("cut_detector", self.cut_detector, DETECTORS),
             number("drop_fraction", self.drop_fraction, 0, 1)
             or (f"drop_fraction must be in [0, 1), got {self.drop_fraction!r}" if self.drop_fraction == 1 else None),
             whole("motion_pairs", self.motion_pairs, 1),

@@ -429,7 +429,7 @@ def test_a_curation_config_out_of_range_is_refused_when_made(field, value, messa
 def test_a_curation_config_names_every_bad_field_at_once():
     with pytest.raises(ValueError) as err:
         CurationConfig(flow="farneback", grid_size=0)
-    assert str(err.value) == ("CurationConfig: flow must be 'dis' or 'raft', got 'farneback'; "
+    assert str(err.value) == ("CurationConfig: flow must be 'dis' or 'raft' or 'raft_small' or 'raft_large', got 'farneback'; "
                               "grid_size must be a whole number ≥ 1, got 0")
 
 
@@ -481,3 +481,18 @@ def test_a_phone_portrait_video_is_curated_upright_with_its_true_motion(tmp_path
     x0, y0, w, h = meta["crop"]
     src = np.stack([cv2.resize(f, (384, 683), interpolation=cv2.INTER_LINEAR) for f in shot.frames[idx]])
     assert np.abs(src[:, y0 : y0 + h, x0 : x0 + w].astype(float) - sample.decode_frames()).mean() < 6.0
+
+
+def test_a_curation_config_takes_every_backend_its_factories_take():
+    """The choices are the factories' own names: raft_small and raft_large stay accepted."""
+    from ic_data.cuts import DETECTORS
+    from ic_data.motion import FLOW_BACKENDS
+    from ic_data.tracking import TRACKERS
+
+    assert {"dis", "raft", "raft_small", "raft_large"} <= set(FLOW_BACKENDS)
+    for flow in FLOW_BACKENDS:
+        assert CurationConfig(flow=flow).flow == flow
+    for tracker in TRACKERS:
+        assert CurationConfig(tracker=tracker).tracker == tracker
+    for detector in DETECTORS:
+        assert CurationConfig(cut_detector=detector).cut_detector == detector

@@ -41,6 +41,7 @@ __all__ = [
 # --- factory -----------------------------------------------------------------------------------
 
 _TRACKERS = {"lk": LKTracker, "cotracker": CoTrackerTracker}
+TRACKERS = tuple(_TRACKERS)  # the names make_tracker takes
 
 
 def make_tracker(name: str, **kwargs) -> Tracker:
