@@ -31,7 +31,9 @@ import cv2
 import numpy as np
 from scipy.interpolate import PchipInterpolator
 
+from ic_data.clips import visible_box
 from ic_data.errors import TrajectoryError
+from ic_data.settings import number, refuse, whole
 
 __all__ = [
     "track_motion_intensity",
@@ -128,8 +130,6 @@ def sample_sparse_tracks(
     Returns:
         int64 (n,) sorted track indices. Deterministic for a given ``rng`` state.
     """
-    from ic_data.settings import refuse, whole
-
     refuse("sample_sparse_tracks", [
         None if isinstance(rng, np.random.Generator) else f"rng must be a numpy Generator "
         f"(np.random.default_rng(seed)), got {type(rng).__name__}",
@@ -196,8 +196,6 @@ def tracks_to_flow_maps(
     """
     arr = _check_tracks(tracks)
     num_frames, num_tracks = arr.shape[:2]
-    from ic_data.settings import number, refuse, whole
-
     refuse("tracks_to_flow_maps", [whole("height", height, 1), whole("width", width, 1),
                                    whole("kernel_size", kernel_size, 1), number("sigma", sigma, 0, above=True)])
     if indices is not None:
@@ -275,8 +273,6 @@ def require_in_view(tracks, width: int, height: int, max_upscale: float = 16.0) 
     pixels) lies in the centre crop the model sees (:func:`ic_data.clips.visible_box`); else
     one TrajectoryError naming the first point outside it. A point outside would be clamped to
     the crop's border, a motion nobody drew."""
-    from ic_data.clips import visible_box
-
     x0, y0, x1, y1 = visible_box(width, height, max_upscale)
     for ti, track in enumerate(tracks):
         for pi, (x, y) in enumerate(np.asarray(track, np.float64).reshape(-1, 2)):

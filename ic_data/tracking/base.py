@@ -6,6 +6,8 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from ic_data.settings import refuse, whole
+
 __all__ = ["GRID_SIZE", "grid_points", "Tracker"]
 
 GRID_SIZE = 16
@@ -20,8 +22,6 @@ def grid_points(width: int = 384, height: int = 256, grid_size: int = GRID_SIZE)
     grid is symmetric about the image centre and every point is half a cell from the border.
     Returns float32 ``(g², 2)`` in row-major order (x varies fastest).
     """
-    from ic_data.settings import refuse, whole
-
     # grid_size=2.5 gave 9 points, a NaN width NaN points.
     refuse("grid_points", [whole("width", width, 1), whole("height", height, 1), whole("grid_size", grid_size, 1)])
     xs = (np.arange(grid_size) + 0.5) * width / grid_size - 0.5
