@@ -13,6 +13,7 @@ import signal
 import sys
 
 from flows import checks
+from flows.server import temporary_server
 
 # The project runs offline: Prefect's temporary server would log an ERROR line in every command
 # for each usage report it cannot send. Set PREFECT_SERVER_ANALYTICS_ENABLED=true to send them.
@@ -400,6 +401,10 @@ def stop_on_sigterm():
         signal.signal(signal.SIGTERM, previous)
 
 
+# The commands that run flows, against Prefect's temporary server unless PREFECT_API_URL is set.
+FLOW_COMMANDS = ("curate", "train", "generate", "evaluate", "studio", "cache-latents")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Every problem with the arguments, before any flow (and its Prefect server) starts.
@@ -419,7 +424,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         with stop_on_sigterm():
-            return args.func(args)
+            # A Dask cluster's workers could not reach a server on this machine's loopback: with
+            # one, Prefect's own arrangement stays (better: a real server and PREFECT_API_URL).
+            own_server = args.command in FLOW_COMMANDS and not getattr(args, "dask_address", None)
+            with temporary_server() if own_server else contextlib.nullcontext():
+                return args.func(args)
     except KeyboardInterrupt:
         print(f"ic {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -22,6 +22,7 @@ from pydantic import Field
 
 from flows.curate import curate
 from flows.evaluate import evaluate
+from flows.server import temporary_server
 from flows.train import train_stage_flow
 from ic_demo.chain import evaluation_settings
 from ic_demo.scales import sampling_device_problem
@@ -98,7 +99,8 @@ def main() -> None:
         ap.error(problem)
     if args.seed < 0:
         ap.error(f"--seed must be at least 0, got {args.seed}")
-    demo(out=args.out, scale=args.scale, seed=args.seed)
+    with temporary_server():  # Ctrl-C stops the chain, and the server records it
+        demo(out=args.out, scale=args.scale, seed=args.seed)
 
 
 if __name__ == "__main__":

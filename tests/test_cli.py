@@ -1,6 +1,7 @@
 """`ic curate …` as a user runs it: the console script, the embedded Prefect server, kill and resume."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -82,11 +83,9 @@ def _children(pid: int) -> dict[int, str]:
     return kids
 
 
-@pytest.mark.e2e
-@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads child processes from Linux's /proc")
-def test_sigterm_ends_ic_in_one_line_and_stops_its_prefect_server(input_dir, tmp_path):
-    """`kill PID` (a scheduler's stop): the flow run ends Crashed, `ic` says so in one line with
-    128 + 15, and Prefect's temporary server, its child, stops with it instead of running on."""
+def _curate_until_a_chunk_is_done(input_dir, tmp_path):
+    """`ic curate` in a process group of its own (as a shell starts a job), once it has finished
+    its first chunk: the process, the output folder and the pid of its Prefect server."""
     out = tmp_path / "out"
     config = CurationConfig(source="webvid", seed=0)
     first = stage1_result_path(out, plan_chunks(discover_videos(input_dir), config, 1)[0])
@@ -94,13 +93,37 @@ def test_sigterm_ends_ic_in_one_line_and_stops_its_prefect_server(input_dir, tmp
                              "--chunk-size", "1", "--workers", "1", "--processes", "0"],
                             env=_env(tmp_path), cwd=ROOT, start_new_session=True, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while not first.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, f"ic exited ({proc.returncode}) before the kill:\n{proc.stdout.read()[-3000:]}"
+    servers = [pid for pid, cmd in _children(proc.pid).items() if "uvicorn" in cmd]
+    assert len(servers) == 1, _children(proc.pid)
+    return proc, out, servers[0]
+
+
+def _wait_gone(pid: int, timeout_s: float = 10) -> bool:
+    deadline = time.time() + timeout_s
+    while _alive(pid) and time.time() < deadline:
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
+def _flow_run_states(prefect_home: Path) -> list[str]:
+    """The state of every flow run in the temporary server's SQLite database, read directly."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(prefect_home / "prefect.db")) as db:
+        return [row[0] for row in db.execute("SELECT state_type FROM flow_run")]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads child processes from Linux's /proc")
+def test_sigterm_ends_ic_in_one_line_and_stops_its_prefect_server(input_dir, tmp_path):
+    """`kill PID` (a scheduler's stop): the flow run ends Crashed, `ic` says so in one line with
+    128 + 15, and Prefect's temporary server, its child, stops with it instead of running on."""
+    proc, out, server = _curate_until_a_chunk_is_done(input_dir, tmp_path)
     try:
-        deadline = time.time() + 240
-        while not first.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, f"ic exited ({proc.returncode}) before the kill:\n{proc.stdout.read()[-3000:]}"
-        servers = [pid for pid, cmd in _children(proc.pid).items() if "uvicorn" in cmd]
-        assert len(servers) == 1, _children(proc.pid)
         proc.send_signal(signal.SIGTERM)  # to `ic` alone, not its process group
         output, _ = proc.communicate(timeout=120)
     finally:
@@ -111,10 +134,91 @@ def test_sigterm_ends_ic_in_one_line_and_stops_its_prefect_server(input_dir, tmp
     assert "\nic curate: stopped by SIGTERM\n" in output, output[-3000:]
     assert "Traceback" not in output
     assert not (out / "manifest.parquet").exists(), "stopped before the end"
-    deadline = time.time() + 10
-    while any(_alive(pid) for pid in servers) and time.time() < deadline:
-        time.sleep(0.1)
-    assert not any(_alive(pid) for pid in servers), "Prefect's temporary server outlived `ic`"
+    assert _wait_gone(server), "Prefect's temporary server outlived `ic`"
+    assert _flow_run_states(tmp_path / "prefect_home") == ["CRASHED"]
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads child processes from Linux's /proc")
+def test_ctrl_c_marks_the_run_crashed_and_ends_ic_at_once(input_dir, tmp_path):
+    """The terminal's Ctrl-C reaches the whole foreground process group. The Prefect server is
+    in a session of its own, so it outlives the flow long enough to record the run as Crashed,
+    and `ic` ends in one line with 130. Before, the server died with the flow: the run stayed
+    Running in the database and `ic` spent about a minute retrying it, then printed a
+    ConnectError and a dump of unsent events."""
+    proc, out, server = _curate_until_a_chunk_is_done(input_dir, tmp_path)
+    own_session = os.getsid(server) != os.getsid(proc.pid)
+    try:
+        os.killpg(proc.pid, signal.SIGINT)
+        output, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, output[-3000:]
+    assert output.endswith("\nic curate: interrupted\n"), output[-3000:]
+    assert "Traceback" not in output and "Error logging to API" not in output, output[-3000:]
+    assert _wait_gone(server), "Prefect's temporary server outlived `ic`"
+    assert _flow_run_states(tmp_path / "prefect_home") == ["CRASHED"]
+    assert own_session
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_the_prefect_server_does_not_outlive_ic_killed_by_sigkill(input_dir, tmp_path):
+    """`kill -9` (or the OOM killer) gives `ic` no chance to stop its server: the server was
+    started to receive SIGTERM when `ic` dies. Before, it ran on, orphaned, holding its port."""
+    proc, out, server = _curate_until_a_chunk_is_done(input_dir, tmp_path)
+    try:
+        proc.kill()  # `ic` alone
+        proc.communicate(timeout=30)
+        assert _wait_gone(server), "Prefect's temporary server outlived `ic`"
+    finally:
+        if _alive(server):
+            os.kill(server, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+THREADED_FLOW = """
+import json, sys, threading
+from prefect import flow
+from prefect.server.api.server import SubprocessASGIServer
+from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+from flows.server import temporary_server
+
+@flow
+def add(a, b):
+    return a + b
+
+seen = {}
+def in_a_thread():  # as the studio runs its flows: in its web server's threads
+    seen.update(api=PREFECT_API_URL.value(), ui=PREFECT_UI_URL.value(), state=add(2, 3, return_state=True))
+
+with temporary_server() as url:
+    worker = threading.Thread(target=in_a_thread)
+    worker.start()
+    worker.join()
+print(json.dumps(dict(url=url, api=seen["api"], ui=seen["ui"], state=seen["state"].type.value,
+                      result=seen["state"].result(), after=PREFECT_API_URL.value(),
+                      prefects_own=len(SubprocessASGIServer._instances))))
+"""
+
+
+@pytest.mark.e2e
+def test_flows_in_other_threads_report_to_the_same_temporary_server(tmp_path):
+    """The settings reach threads the command did not start (the studio's): one server, no
+    second temporary server of Prefect's own, and nothing left configured afterwards."""
+    r = subprocess.run([sys.executable, "-c", THREADED_FLOW], env=_env(tmp_path), cwd=ROOT, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    assert seen["url"].startswith("http://127.0.0.1:") and seen["api"] == seen["url"], seen
+    assert seen["ui"] == "" and seen["state"] == "COMPLETED" and seen["result"] == 5, seen
+    assert seen["after"] is None and seen["prefects_own"] == 0, seen
+    assert "View at" not in r.stderr and "Error logging to API" not in r.stderr, r.stderr[-2000:]
+    assert _flow_run_states(tmp_path / "prefect_home") == ["COMPLETED"]
 
 
 def _alive(pid: int) -> bool:
