@@ -22,6 +22,8 @@ from typing import Sequence
 import cv2
 import numpy as np
 
+from ic_data.settings import number, refuse, whole
+
 
 def make_texture(height: int, width: int, seed: int, octaves: Sequence[int] = (3, 6, 12, 24)) -> np.ndarray:
     """A band-limited colour noise texture (float32, H×W×3, roughly 20..235).
@@ -196,6 +198,8 @@ def render_shot(
     ``saturation`` < 1 mutes the noise texture's colours towards grey (its luminance is kept);
     ``contrast`` < 1 pulls its values towards their mean.
     """
+    refuse("render_shot", [whole("num_frames", num_frames, 1), whole("width", width, 1), whole("height", height, 1),
+                           number("saturation", saturation, 0), number("contrast", contrast, 0)])
     mats = camera.matrices(num_frames, width, height)
     # World rectangle seen over the whole shot, plus a margin for interpolation.
     corners = np.array([[0, 0], [width - 1, 0], [0, height - 1], [width - 1, height - 1]], np.float64)
@@ -334,6 +338,8 @@ def random_shot(
     """
     if kind not in ("camera", "mixed", "objects", "static"):
         raise ValueError(f"unknown shot kind {kind!r}")
+    _check_rng("random_shot", rng)
+    refuse("random_shot", [number("object_scale", object_scale, 0, above=True)])
     octaves = (6, 12, 24, 48)  # closer to natural images than the tracker-friendly default
     if kind == "static":
         return render_shot(num_frames, width, height, texture_seed=int(rng.integers(1 << 30)), texture_octaves=octaves)
@@ -374,11 +380,20 @@ def random_shot(
                        contrast=VIVID_BACKGROUND_CONTRAST if vivid else 1.0)
 
 
+def _check_rng(owner: str, rng) -> None:
+    if not isinstance(rng, np.random.Generator):
+        raise ValueError(f"{owner}: rng must be a numpy Generator (np.random.default_rng(seed)), got {rng!r}")
+
+
 def random_video(
     rng: np.random.Generator, width: int = 480, height: int = 270, kind: str = "mixed", shots: tuple[int, int] = (1, 3),
     vivid: bool = False, object_scale: float = 1.0,
 ) -> SyntheticVideo:
     """A multi-shot video of random shots (40–120 frames each) with hard cuts between them."""
+    _check_rng("random_video", rng)
+    if not (isinstance(shots, (tuple, list)) and len(shots) == 2 and not whole("shots", shots[0], 1)
+            and not whole("shots", shots[1], shots[0])):
+        raise ValueError(f"random_video: shots must be (least, most) whole numbers with 1 ≤ least ≤ most, got {shots!r}")
     n = int(rng.integers(shots[0], shots[1] + 1))
     return concat_shots([
         random_shot(rng, int(rng.integers(40, 121)), width, height, kind, vivid, object_scale) for _ in range(n)
@@ -396,6 +411,10 @@ def write_synthetic_shards(
     from ic_data.tracking import grid_points
     from ic_data.trajectories import sample_sparse_tracks
 
+    refuse("write_synthetic_shards", [whole("num_mixed", num_mixed, 0), whole("num_camera", num_camera, 0),
+                                      whole("seed", seed, 0)])
+    if num_mixed + num_camera == 0:
+        raise ValueError("write_synthetic_shards: num_mixed + num_camera must be at least 1: no shards to write")
     rng = np.random.default_rng(seed)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

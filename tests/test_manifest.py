@@ -162,3 +162,11 @@ def test_video_ids_stay_unique_when_sanitising_collides():
 def test_video_id_rejects_paths_outside_the_root():
     with pytest.raises(ValueError, match="root"):
         video_id_for("/elsewhere/x.mp4", "/data")
+
+
+def test_a_folder_is_refused_by_name_and_points_at_the_manifest(tmp_path):
+    """A curation's OUT folder (which pyarrow would read as one table of its parquet files)."""
+    write_manifest(tmp_path / "manifest.parquet", [])
+    with pytest.raises(ValueError, match=r"is a folder, not a manifest file \(the curation's is OUT/manifest.parquet\)"):
+        read_manifest(tmp_path)
+    assert read_manifest(tmp_path / "manifest.parquet") == []

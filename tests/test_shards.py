@@ -18,6 +18,7 @@ from ic_data.shards import (
     webdataset_pipeline,
     write_shard,
 )
+from ic_data.synthetic import random_video, write_synthetic_shards
 
 
 def smooth_video(num_frames: int, height: int, width: int, seed: int = 0) -> np.ndarray:
@@ -379,3 +380,21 @@ def test_mp4_frame_count_is_checked():
         make_sample(frames=None, mp4=b"not a video")
     encoded = make_sample(frames=None, mp4=encode_mp4(good.frames, fps=8.0))
     assert encoded.decode_frames().shape == good.frames.shape
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda out: random_video(np.random.default_rng(0), width=0), "render_shot: width must be a whole number ≥ 1, got 0"),
+    (lambda out: random_video(np.random.default_rng(0), shots=(3, 1)), "shots must be (least, most) whole numbers"),
+    (lambda out: random_video(0), "random_video: rng must be a numpy Generator"),
+    (lambda out: random_video(np.random.default_rng(0), object_scale=-1), "object_scale must be > 0, got -1"),
+    (lambda out: write_synthetic_shards(out, num_mixed=1.5), "num_mixed must be a whole number, got 1.5"),
+    (lambda out: write_synthetic_shards(out, num_mixed=0, num_camera=0), "no shards to write"),
+    (lambda out: write_synthetic_shards(out, seed=-1), "seed must be a whole number ≥ 0, got -1"),
+])
+def test_the_synthetic_generators_name_a_nonsense_size(call, message, tmp_path):
+    """Before, numpy's own errors ("low >= high", "could not broadcast …"), an AttributeError, or
+    an empty folder for no shots at all."""
+    with pytest.raises(ValueError) as err:
+        call(tmp_path / "out")
+    assert message in str(err.value)
+    assert not (tmp_path / "out").exists()
