@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -99,8 +100,12 @@ def main() -> None:
         ap.error(problem)
     if args.seed < 0:
         ap.error(f"--seed must be at least 0, got {args.seed}")
-    with temporary_server():  # Ctrl-C stops the chain, and the server records it
-        demo(out=args.out, scale=args.scale, seed=args.seed)
+    try:
+        with temporary_server():  # Ctrl-C stops the chain, and the server records it
+            demo(out=args.out, scale=args.scale, seed=args.seed)
+    except KeyboardInterrupt:
+        print("demo: interrupted; the same command resumes from the finished steps", file=sys.stderr)
+        sys.exit(130)
 
 
 if __name__ == "__main__":
