@@ -3,8 +3,10 @@ multi-process DDP, and the model wiring."""
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 import shutil
+import signal
 import subprocess
 from pathlib import Path
 
@@ -238,6 +240,83 @@ def test_resume_continues_exactly(trained_run, training_shards, tmp_path):
     assert (checkpoints / "damaged-step-0000002" / "state.pt").stat().st_size == 1000
     d = load_file(str(stage_dir(damaged, "dense") / "motion_controlnet.safetensors"))
     assert all(torch.equal(a[k], d[k]) for k in a)
+
+
+class _Stopped(BaseException):
+    """What `ic`'s own SIGTERM handler raises (flows.cli.Stopped), for a test that must not die."""
+
+
+def _raise_stopped(signum, frame):
+    raise _Stopped
+
+
+def _signal_at_step(signum: int, step: int, times: int = 1, group: bool = False):
+    """An ``on_log`` that sends ``signum`` to this process at ``step`` (``group``: to its data
+    loader's workers too, as a terminal or a batch scheduler signals a whole job)."""
+    def on_log(record: dict) -> None:
+        if record["step"] == step:
+            workers = [str(w.pid) for w in multiprocessing.active_children()] if group else []
+            assert not group or workers, "no loader workers to signal"
+            if workers:  # from another process: PyTorch's workers take a SIGTERM of their parent's as a stop
+                subprocess.run(["kill", f"-{signum}", *workers], check=True)
+            for _ in range(times):
+                os.kill(os.getpid(), signum)
+    return on_log
+
+
+@pytest.mark.parametrize("signum, workers", [(signal.SIGINT, 0), (signal.SIGTERM, 0), (signal.SIGTERM, 2)])
+def test_a_stop_signal_saves_the_step_it_ends_and_the_rerun_ends_bit_for_bit(trained_run, training_shards, tmp_path,
+                                                                              signum, workers):
+    """Ctrl-C or a scheduler's SIGTERM at step 2 of 4, far from the next periodic checkpoint
+    (save_every 1000): the step finishes and is saved, the signal then takes its usual effect,
+    and the same command finishes with the weights and losses of an uninterrupted run. Before,
+    the stage ended at once and every step since the last checkpoint was lost; with loader
+    workers, a worker killed by the signal failed the step outright."""
+    run, _ = trained_run
+    kw = dict(batch_size=1, learning_rate=1e-3, log_every=1, save_every=1000, steps=4, num_workers=workers)
+    straight = _prepared_run(run, tmp_path / "straight", "dense")
+    train_stage("dense", str(training_shards), straight, TrainConfig(**kw))
+    stopped = _prepared_run(run, tmp_path / "stopped", "dense")
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)  # as `ic` does: the default would end pytest
+    try:
+        with pytest.raises(KeyboardInterrupt if signum == signal.SIGINT else _Stopped):
+            train_stage("dense", str(training_shards), stopped, TrainConfig(**kw),
+                        on_log=_signal_at_step(signum, 2, group=workers > 0))
+        assert signal.getsignal(signal.SIGTERM) is _raise_stopped
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    out = stage_dir(stopped, "dense")
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["step-0000002"]
+    assert not (out / "done.json").exists()
+    summary = train_stage("dense", str(training_shards), stopped, TrainConfig(**kw))
+    assert summary["steps"] == 4
+    a = load_file(str(stage_dir(straight, "dense") / "motion_controlnet.safetensors"))
+    b = load_file(str(out / "motion_controlnet.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    losses = [[json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines()]
+              for d in (stage_dir(straight, "dense"), out)]
+    assert len(losses[0]) == 4 and losses[0] == losses[1]
+
+
+def test_a_second_signal_stops_at_once_and_an_ignored_one_stays_ignored(trained_run, training_shards, tmp_path):
+    run, _ = trained_run
+    kw = dict(batch_size=1, learning_rate=1e-3, log_every=1, save_every=1000, steps=3)
+    twice = _prepared_run(run, tmp_path / "twice", "dense")
+    with pytest.raises(KeyboardInterrupt):
+        train_stage("dense", str(training_shards), twice, TrainConfig(**kw),
+                    on_log=_signal_at_step(signal.SIGINT, 2, times=2))
+    assert not (stage_dir(twice, "dense") / "checkpoints").exists()  # nothing waited for the step's end
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # A job started with SIGINT ignored (`nohup`, a non-interactive shell's `&`) trains on.
+    ignored = _prepared_run(run, tmp_path / "ignored", "dense")
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        summary = train_stage("dense", str(training_shards), ignored, TrainConfig(**kw),
+                              on_log=_signal_at_step(signal.SIGINT, 2))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert summary["steps"] == 3 and (stage_dir(ignored, "dense") / "done.json").exists()
 
 
 def test_a_diverging_stage_stops_with_one_error_and_is_not_marked_done(trained_run, training_shards, tmp_path):

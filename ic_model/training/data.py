@@ -26,6 +26,7 @@ import io
 import json
 import os
 import random
+import signal
 import tarfile
 from dataclasses import dataclass
 from itertools import islice
@@ -395,6 +396,20 @@ def make_loader(
     )
     return DataLoader(
         stream, batch_size=None, num_workers=train_cfg.num_workers, persistent_workers=False,
-        pin_memory=train_cfg.pin_memory and torch.cuda.is_available(),
+        pin_memory=train_cfg.pin_memory and torch.cuda.is_available(), worker_init_fn=_worker_init,
     )
+
+
+def _worker_init(worker_id: int) -> None:
+    """A loader worker leaves Ctrl-C to the training process, which finishes its step and saves
+    it first (``StopBetweenSteps``). SIGTERM ends it with success: killed by a signal, the loader
+    would fail the step at once ("worker killed by signal"), and ignoring SIGTERM would hang the
+    process at exit (multiprocessing stops its workers with it). Workers also exit on their own
+    when the training process is gone (PyTorch's watchdog)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _exit_quietly)
+
+
+def _exit_quietly(signum, frame) -> None:
+    os._exit(0)
 

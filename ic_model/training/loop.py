@@ -22,6 +22,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -44,6 +45,7 @@ from ic_model.models.tokenizer import caption_ids
 from ic_model.training.checkpoint import resume, save_checkpoint
 from ic_model.training.data import make_loader
 from ic_model.training.latent_cache import LatentCacheError, check_cache
+from ic_model.training.stopping import StopBetweenSteps
 from ic_model.training.validation import filmstrip, validate
 from ic_model.training.run import (
     LORA_FILES,
@@ -428,77 +430,83 @@ def train_stage(
                 on_validation(records)
         accelerator.wait_for_everyone()
 
+    def checkpoint(done_steps: int) -> None:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_checkpoint(out_dir, done_steps, accelerator.unwrap_model(wrapped), optimizer, lr_scheduler,
+                            keep=train_cfg.keep_checkpoints, scaler=_scaler(accelerator))
+
     if train_cfg.validate_every > 0 and start == 0:
         run_validation(0)  # the untrained model: where the curve starts
-    for step in range(start, train_cfg.steps):
-        gen = step_generator(train_cfg.seed, rank, 0 if fixed_batch is not None else step)
-        totals: dict[str, torch.Tensor] = {}
-        for micro in range(accum):
-            batch = fixed_batch if fixed_batch is not None else next(batches)
-            inputs = make_step_inputs(batch, comps.tokenizer, cfg, train_cfg, gen, device)
-            if fixed_batch is not None and stage != "vae" and inputs.latents is None:
-                if fixed_latents is None:  # as the stage's forward encodes them, bit for bit
-                    with torch.no_grad(), accelerator.autocast():
-                        fixed_latents = encode_video(module.vae, inputs.pixels)
-                inputs = replace(inputs, latents=fixed_latents)
-            sync = nullcontext() if micro == accum - 1 else accelerator.no_sync(wrapped)
-            with sync:
-                with accelerator.autocast():
-                    losses = wrapped(
-                        inputs.pixels, inputs.flow, inputs.input_ids, inputs.noise, inputs.timesteps,
-                        inputs.latents,
-                    )
-                accelerator.backward(losses["loss"] / accum)
-            for k, v in losses.items():  # on the device: read back only when logged
-                totals[k] = totals.get(k, 0.0) + v.detach().float() / accum
-        # The norm before clipping (inf when clipping is off: only computed, never applied).
-        grad_norm = accelerator.clip_grad_norm_(params, train_cfg.max_grad_norm if train_cfg.max_grad_norm > 0
-                                                else float("inf"))
-        optimizer.step()
-        lr_scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        steps_timed += 1
-        bar.update(1)
+    # Ctrl-C or SIGTERM: the step in progress finishes and is saved, then the signal acts.
+    with StopBetweenSteps(enabled=accelerator.num_processes == 1) as stops:
+        for step in range(start, train_cfg.steps):
+            gen = step_generator(train_cfg.seed, rank, 0 if fixed_batch is not None else step)
+            totals: dict[str, torch.Tensor] = {}
+            for micro in range(accum):
+                batch = fixed_batch if fixed_batch is not None else next(batches)
+                inputs = make_step_inputs(batch, comps.tokenizer, cfg, train_cfg, gen, device)
+                if fixed_batch is not None and stage != "vae" and inputs.latents is None:
+                    if fixed_latents is None:  # as the stage's forward encodes them, bit for bit
+                        with torch.no_grad(), accelerator.autocast():
+                            fixed_latents = encode_video(module.vae, inputs.pixels)
+                    inputs = replace(inputs, latents=fixed_latents)
+                sync = nullcontext() if micro == accum - 1 else accelerator.no_sync(wrapped)
+                with sync:
+                    with accelerator.autocast():
+                        losses = wrapped(
+                            inputs.pixels, inputs.flow, inputs.input_ids, inputs.noise, inputs.timesteps,
+                            inputs.latents,
+                        )
+                    accelerator.backward(losses["loss"] / accum)
+                for k, v in losses.items():  # on the device: read back only when logged
+                    totals[k] = totals.get(k, 0.0) + v.detach().float() / accum
+            # The norm before clipping (inf when clipping is off: only computed, never applied).
+            grad_norm = accelerator.clip_grad_norm_(params, train_cfg.max_grad_norm if train_cfg.max_grad_norm > 0
+                                                    else float("inf"))
+            optimizer.step()
+            lr_scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            steps_timed += 1
+            bar.update(1)
 
-        done_steps = step + 1
-        logging_now = done_steps % train_cfg.log_every == 0 or done_steps == train_cfg.steps
-        if logging_now or done_steps % train_cfg.save_every == 0:
-            stop_if_diverged(done_steps, totals.get("loss", float("nan")))
-        if logging_now:
-            elapsed = time.perf_counter() - t_last
-            record = {
-                "step": done_steps,
-                **{k: round(float(v), 6) for k, v in totals.items()},
-                "lr": lr_scheduler.get_last_lr()[0],
-                "samples_per_s": round(samples_per_step * steps_timed / elapsed, 3),
-                "peak_memory_mb": round(peak_memory_mb(device), 1),
-                "grad_norm": round(float(grad_norm), 6),
-            }
-            t_last, steps_timed = time.perf_counter(), 0
-            bar.set_postfix(loss=record["loss"], refresh=False)
-            history.append(record)
-            if tracking:
-                accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=done_steps)
-            if accelerator.is_main_process:
-                _append_metrics(out_dir / "metrics.jsonl", record)
-                if on_log is not None:
-                    on_log({**record, "total_steps": train_cfg.steps, "stage": stage})
-        if done_steps % train_cfg.save_every == 0 or done_steps == train_cfg.steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_checkpoint(
-                    out_dir,
-                    done_steps,
-                    accelerator.unwrap_model(wrapped),
-                    optimizer,
-                    lr_scheduler,
-                    keep=train_cfg.keep_checkpoints,
-                    scaler=_scaler(accelerator),
-                )
-            saved_step = done_steps
+            done_steps = step + 1
+            logging_now = done_steps % train_cfg.log_every == 0 or done_steps == train_cfg.steps
+            if logging_now or done_steps % train_cfg.save_every == 0:
+                stop_if_diverged(done_steps, totals.get("loss", float("nan")))
+            if logging_now:
+                elapsed = time.perf_counter() - t_last
+                record = {
+                    "step": done_steps,
+                    **{k: round(float(v), 6) for k, v in totals.items()},
+                    "lr": lr_scheduler.get_last_lr()[0],
+                    "samples_per_s": round(samples_per_step * steps_timed / elapsed, 3),
+                    "peak_memory_mb": round(peak_memory_mb(device), 1),
+                    "grad_norm": round(float(grad_norm), 6),
+                }
+                t_last, steps_timed = time.perf_counter(), 0
+                bar.set_postfix(loss=record["loss"], refresh=False)
+                history.append(record)
+                if tracking:
+                    accelerator.log({f"train/{k}": v for k, v in record.items() if k != "step"}, step=done_steps)
+                if accelerator.is_main_process:
+                    _append_metrics(out_dir / "metrics.jsonl", record)
+                    if on_log is not None:
+                        on_log({**record, "total_steps": train_cfg.steps, "stage": stage})
+            if done_steps % train_cfg.save_every == 0 or done_steps == train_cfg.steps:
+                checkpoint(done_steps)
+                saved_step = done_steps
 
-        if train_cfg.validate_every > 0 and (done_steps % train_cfg.validate_every == 0 or done_steps == train_cfg.steps):
-            run_validation(done_steps)
+            if train_cfg.validate_every > 0 and (done_steps % train_cfg.validate_every == 0
+                                                 or done_steps == train_cfg.steps):
+                run_validation(done_steps)
+            if stops.pending is not None:  # Ctrl-C or SIGTERM: this step is kept, then the signal acts
+                if saved_step != done_steps:
+                    checkpoint(done_steps)
+                bar.close()
+                print(f"{stage}: stopped by {signal.Signals(stops.pending).name} after step {done_steps}, which is "
+                      f"saved in {out_dir / 'checkpoints'}; the same command resumes from it", file=sys.stderr)
+                stops.deliver()
 
     bar.close()
     extra = {}
