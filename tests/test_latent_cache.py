@@ -183,3 +183,23 @@ def test_a_run_with_the_weightless_space_to_depth_codec_caches_too(training_shar
     cached = next(iter(_stream(cfg, training_shards, latent_cache=stats["cache"])))
     vae, _ = load_run_vae(run)
     torch.testing.assert_close(cached.latents, encode_video(vae, plain.pixels), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("content, says", [('{"vae_sha', "not a readable JSON file"),
+                                           ("[1, 2]", "not a latent cache's info")])
+def test_a_damaged_cache_info_is_one_error_naming_it(sd15_run, cache, tmp_path, content, says):
+    """Cut short (the command stopped while writing it, before it was written atomically) or
+    not an object: before, a bare JSONDecodeError or an AttributeError."""
+    from ic_model.training.latent_cache import CACHE_INFO, build_latent_cache
+
+    run, cfg = sd15_run
+    copy = tmp_path / "cache"
+    shutil.copytree(cache["cache"], copy)
+    (copy / CACHE_INFO).write_text(content)
+    with sd15.mini_architecture():
+        vae, _ = load_run_vae(run)
+        for attempt in (lambda: check_cache(copy, vae, cfg), lambda: build_latent_cache([], vae, cfg, copy)):
+            with pytest.raises(LatentCacheError) as err:
+                attempt()
+            assert str(err.value).startswith(f"{copy / CACHE_INFO}") and says in str(err.value)
+            assert str(err.value).endswith(f"delete {copy} and build the cache again")

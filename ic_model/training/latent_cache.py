@@ -34,7 +34,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ic_data.errors import BadInputError
-from ic_model.config import ModelConfig
+from ic_model.config import ModelConfig, load_json, save_json
 from ic_model.models.files import write_safetensors
 
 CACHE_INFO = "cache.json"
@@ -82,12 +82,23 @@ def default_cache_dir(run: str | os.PathLike, info: dict) -> Path:
     return Path(run) / "latents" / f"{info['vae_sha256_bf16'][:12]}-{info['width']}x{info['height']}"
 
 
+def _read_info(path: Path) -> dict:
+    try:
+        info = load_json(path)
+    except (OSError, ValueError) as err:
+        raise LatentCacheError(f"{err}; delete {path.parent} and build the cache again") from None
+    if not isinstance(info, dict):
+        raise LatentCacheError(f"{path}: not a latent cache's info (a JSON object); delete {path.parent} and build "
+                               "the cache again")
+    return info
+
+
 def check_cache(cache_dir: str | os.PathLike, vae, cfg: ModelConfig) -> dict:
     """The cache's info, after checking it was built by this VAE at this model size."""
     path = Path(cache_dir) / CACHE_INFO
     if not path.is_file():
         raise LatentCacheError(f"{cache_dir} is not a latent cache (no {CACHE_INFO}): build it with `ic cache-latents`")
-    saved = json.loads(path.read_text())
+    saved = _read_info(path)
     now = cache_info(vae, cfg)
     wrong = [f"{k} {saved.get(k)!r} (this stage: {now[k]!r})" for k in ("vae_sha256_bf16", "width", "height",
                                                                         "scaling_factor") if saved.get(k) != now[k]]
@@ -127,11 +138,11 @@ def build_latent_cache(
     info = cache_info(vae, cfg)
     info_path = cache_dir / CACHE_INFO
     if info_path.is_file():
-        saved = json.loads(info_path.read_text())
+        saved = _read_info(info_path)
         if saved != info:
             raise LatentCacheError(f"{cache_dir} holds a cache built differently ({saved}); use another folder")
     else:
-        info_path.write_text(json.dumps(info, indent=1, sort_keys=True))
+        save_json(info_path, info)  # whole or absent, even if the command is stopped while writing it
     vae = vae.to(device).eval()
     stats = {"shards": len(shards), "cached": 0, "skipped": 0, "clips": 0, "frames": 0, "bytes": 0}
     for i, shard in enumerate(shards):
