@@ -6,6 +6,7 @@ which this task turns into artifacts.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -63,15 +64,44 @@ def _launch(stage: str, shards: str, run: str, train_cfg: TrainConfig, model_cfg
 
     watcher = threading.Thread(target=follow, daemon=True)
     watcher.start()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**env, "PYTHONUNBUFFERED": "1"})
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**env, "PYTHONUNBUFFERED": "1"})
+        stdout, stderr = proc.communicate()
+    except BaseException:  # Ctrl-C, `ic` stopped by SIGTERM
+        stop_launch(proc)
+        raise
     finally:
         stop.set()
         for path in paths:
             os.unlink(path)
     if proc.returncode != 0:
-        raise RuntimeError(f"accelerate launch failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"accelerate launch failed ({proc.returncode}):\n{stderr[-4000:]}")
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def stop_launch(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
+    """Stop ``accelerate launch`` and every rank it started. The ranks run in sessions of their
+    own (PyTorch's launcher starts them so), where no terminal signal reaches them, and killing
+    the launcher alone (what ``subprocess.run`` does when interrupted) left them training on,
+    orphaned. SIGTERM lets the launcher stop its ranks; whatever still runs after ``grace_s``
+    is killed."""
+    import psutil
+
+    try:
+        ranks = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.Error:  # the launcher is already gone
+        ranks = []
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    _, alive = psutil.wait_procs(ranks, timeout=grace_s)
+    for rank in alive:
+        with contextlib.suppress(psutil.Error):
+            rank.kill()
 
 
 @task(name="train", task_run_name="train {stage}", tags=[GPU_TAG], cache_policy=NO_CACHE)

@@ -8,6 +8,8 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -390,6 +392,55 @@ def test_accelerate_launch_two_processes_keeps_replicas_identical(trained_run, t
     assert summary["replicas_identical"] is True
     assert len(set(summary["replica_checksums"])) == 1
     assert json.loads((prepared / "dense" / "config.json").read_text())["sd15_path"] == "/weights/given-to-this-run"
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Live processes whose command line holds ``text`` (Linux /proc)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            stat = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()
+            if stat[0] != "Z" and text in cmdline.read_bytes().decode(errors="replace"):
+                found.append(int(cmdline.parent.name))
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from Linux's /proc")
+def test_stopping_ic_train_stops_every_rank_of_a_multi_process_run(training_shards, tmp_path):
+    """`kill PID` of `ic train --num-processes 2`: the launcher and both ranks stop with it.
+    Before, `ic` killed the launcher alone, and the ranks, in sessions of their own, trained on,
+    orphaned (on a GPU box: holding the GPUs)."""
+    run = tmp_path / "ddp-stop"
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
+    ic = Path(sys.executable).parent / "ic"
+    proc = subprocess.Popen([str(ic), "train", "vae", "--run", str(run), "--shards", str(training_shards),
+                             "--steps", "5000", "--num-processes", "2"], env=env, text=True,
+                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.time() + 300
+        while not (run / "vae" / "metrics.jsonl").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None, proc.stdout.read()[-3000:]
+        ranks = [pid for pid in _processes_naming(str(run)) if pid != proc.pid]
+        assert len(ranks) >= 3, ranks  # the launcher and two ranks
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + signal.SIGTERM, output[-3000:]
+        assert "ic train: stopped by SIGTERM" in output
+        deadline = time.time() + 60
+        while _processes_naming(str(run)) and time.time() < deadline:
+            time.sleep(0.5)
+        assert _processes_naming(str(run)) == [], "processes of the run outlived `ic`"
+    finally:
+        for pid in _processes_naming(str(run)):
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 def test_motion_weights_follow_what_moves():
