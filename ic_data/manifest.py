@@ -132,8 +132,7 @@ def write_manifest(path: str | os.PathLike, rows: list[ManifestRow]) -> None:
 def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
     """Read a manifest written by ``write_manifest`` back into ``ManifestRow``s."""
     if os.path.isdir(path):  # pyarrow would read the folder's parquet files as one table
-        hint = " (the curation's is OUT/manifest.parquet)"
-        raise ValueError(f"{path} is a folder, not a manifest file{hint}")
+        raise ValueError(f"{path} is a folder, not a manifest file (the curation's is OUT/manifest.parquet)")
     table = pq.read_table(os.fspath(path))
     missing = [name for name in _COLUMNS if name not in table.column_names]
     if missing:

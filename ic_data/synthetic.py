@@ -393,7 +393,8 @@ def random_video(
     _check_rng("random_video", rng)
     if not (isinstance(shots, (tuple, list)) and len(shots) == 2 and not whole("shots", shots[0], 1)
             and not whole("shots", shots[1], shots[0])):
-        raise ValueError(f"random_video: shots must be (least, most) whole numbers with 1 ≤ least ≤ most, got {shots!r}")
+        raise ValueError(f"random_video: shots must be (least, most) whole numbers with 1 ≤ least ≤ most, "
+                         f"got {shots!r}")
     n = int(rng.integers(shots[0], shots[1] + 1))
     return concat_shots([
         random_shot(rng, int(rng.integers(40, 121)), width, height, kind, vivid, object_scale) for _ in range(n)
