@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -222,3 +223,13 @@ def mini_sd15_weights(tmp_path_factory):
     clip_tokenizer().save_pretrained(root / "sd15" / "tokenizer")
     return {"sd15_path": str(root / "sd15"), "motion_adapter_path": str(root / "adapter"),
             "sparsectrl_rgb_path": str(root / "sparsectrl")}
+
+
+@pytest.fixture
+def python_sigint():
+    """SIGINT as an interactive Python has it (KeyboardInterrupt), whatever the test run started
+    with: a CI runner may start the suite with SIGINT ignored, as a non-interactive shell's `&` does.
+    Children started meanwhile get SIGINT's default action (an ignored signal would stay ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

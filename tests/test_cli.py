@@ -140,7 +140,7 @@ def test_sigterm_ends_ic_in_one_line_and_stops_its_prefect_server(input_dir, tmp
 
 @pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads child processes from Linux's /proc")
-def test_ctrl_c_marks_the_run_crashed_and_ends_ic_at_once(input_dir, tmp_path):
+def test_ctrl_c_marks_the_run_crashed_and_ends_ic_at_once(input_dir, tmp_path, python_sigint):
     """The terminal's Ctrl-C reaches the whole foreground process group. The Prefect server is
     in a session of its own, so it outlives the flow long enough to record the run as Crashed,
     and `ic` ends in one line with 130. Before, the server died with the flow: the run stayed

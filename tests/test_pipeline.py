@@ -226,7 +226,7 @@ def _note_then_sleep(path: str, i: int) -> int:
     return i
 
 
-def test_an_interrupted_batch_drops_the_jobs_not_yet_started(tmp_path):
+def test_an_interrupted_batch_drops_the_jobs_not_yet_started(tmp_path, python_sigint):
     """Ctrl-C reaches the parent only: the jobs it had queued are cancelled, so the pool is free
     for the next call at once instead of working through the whole batch first."""
     import _thread

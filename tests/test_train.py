@@ -268,7 +268,7 @@ def _signal_at_step(signum: int, step: int, times: int = 1, group: bool = False)
 
 @pytest.mark.parametrize("signum, workers", [(signal.SIGINT, 0), (signal.SIGTERM, 0), (signal.SIGTERM, 2)])
 def test_a_stop_signal_saves_the_step_it_ends_and_the_rerun_ends_bit_for_bit(trained_run, training_shards, tmp_path,
-                                                                              signum, workers):
+                                                                              python_sigint, signum, workers):
     """Ctrl-C or a scheduler's SIGTERM at step 2 of 4, far from the next periodic checkpoint
     (save_every 1000): the step finishes and is saved, the signal then takes its usual effect,
     and the same command finishes with the weights and losses of an uninterrupted run. Before,
@@ -301,7 +301,8 @@ def test_a_stop_signal_saves_the_step_it_ends_and_the_rerun_ends_bit_for_bit(tra
     assert len(losses[0]) == 4 and losses[0] == losses[1]
 
 
-def test_a_second_signal_stops_at_once_and_an_ignored_one_stays_ignored(trained_run, training_shards, tmp_path):
+def test_a_second_signal_stops_at_once_and_an_ignored_one_stays_ignored(trained_run, training_shards, tmp_path,
+                                                                       python_sigint):
     run, _ = trained_run
     kw = dict(batch_size=1, learning_rate=1e-3, log_every=1, save_every=1000, steps=3)
     twice = _prepared_run(run, tmp_path / "twice", "dense")
