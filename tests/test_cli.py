@@ -93,12 +93,18 @@ def _curate_until_a_chunk_is_done(input_dir, tmp_path):
                              "--chunk-size", "1", "--workers", "1", "--processes", "0"],
                             env=_env(tmp_path), cwd=ROOT, start_new_session=True, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 240
-    while not first.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, f"ic exited ({proc.returncode}) before the kill:\n{proc.stdout.read()[-3000:]}"
-    servers = [pid for pid, cmd in _children(proc.pid).items() if "uvicorn" in cmd]
-    assert len(servers) == 1, _children(proc.pid)
+    try:
+        deadline = time.time() + 240
+        while not first.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, f"ic exited ({proc.returncode}) before the kill:\n{proc.stdout.read()[-3000:]}"
+        servers = [pid for pid, cmd in _children(proc.pid).items() if "uvicorn" in cmd]
+        assert len(servers) == 1, _children(proc.pid)
+    except BaseException:  # its server, in a session of its own, follows `ic` (parent-death signal)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        raise
     return proc, out, servers[0]
 
 
