@@ -233,3 +233,17 @@ def python_sigint():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
+
+
+def live_processes() -> dict[int, tuple[int, str]]:
+    """Every live (not zombie) process, read from Linux's /proc: pid → (parent pid, command line)."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if fields[0] != "Z":
+                cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found[int(stat.parent.name)] = (int(fields[1]), cmdline)
+        except (OSError, ValueError, IndexError):
+            continue
+    return found

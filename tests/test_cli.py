@@ -14,6 +14,7 @@ import pytest
 
 from ic_data.manifest import read_manifest
 from ic_data.pipeline import CurationConfig, curate, discover_videos, plan_chunks, stage1_result_path
+from tests.conftest import live_processes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -71,16 +72,8 @@ def test_ic_curate_killed_then_rerun_matches_an_uninterrupted_run(input_dir, tmp
 
 
 def _children(pid: int) -> dict[int, str]:
-    """The live child processes of ``pid`` (Linux /proc), with their command lines."""
-    kids = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[1]) == pid and fields[0] != "Z":
-                kids[int(stat.parent.name)] = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except (OSError, ValueError, IndexError):
-            continue
-    return kids
+    """The live child processes of ``pid``, with their command lines."""
+    return {kid: cmd for kid, (parent, cmd) in live_processes().items() if parent == pid}
 
 
 def _curate_until_a_chunk_is_done(input_dir, tmp_path):
@@ -228,11 +221,7 @@ def test_flows_in_other_threads_report_to_the_same_temporary_server(tmp_path):
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    return pid in live_processes()
 
 
 def test_ic_rejects_a_missing_folder_with_one_clear_error(tmp_path):

@@ -181,6 +181,15 @@ def test_evaluation_settings_out_of_range_are_refused_when_made(change, message)
     assert str(err.value) == f"EvalSettings: {message}"
 
 
+def test_evaluation_settings_take_every_tracker_the_factory_takes():
+    from ic_data.tracking import TRACKERS
+    from ic_model.evaluation.evaluate import EvalSettings
+
+    assert set(TRACKERS) == {"lk", "cotracker"}
+    for tracker in TRACKERS:
+        assert EvalSettings(tracker=tracker).tracker == tracker
+
+
 def test_a_missing_reference_is_named_before_any_video_is_generated(tmp_path):
     from types import SimpleNamespace
 

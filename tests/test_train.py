@@ -26,7 +26,7 @@ from ic_model.training.loop import launch_command, train_stage
 
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
-from conftest import TEST_FRAMES, overfit_config as _cfg  # noqa: E402
+from conftest import TEST_FRAMES, live_processes, overfit_config as _cfg  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -396,16 +396,7 @@ def test_accelerate_launch_two_processes_keeps_replicas_identical(trained_run, t
 
 
 def _processes_naming(text: str) -> list[int]:
-    """Live processes whose command line holds ``text`` (Linux /proc)."""
-    found = []
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        try:
-            stat = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()
-            if stat[0] != "Z" and text in cmdline.read_bytes().decode(errors="replace"):
-                found.append(int(cmdline.parent.name))
-        except (OSError, IndexError):
-            continue
-    return found
+    return [pid for pid, (_, cmd) in live_processes().items() if text in cmd]
 
 
 @pytest.mark.e2e

@@ -21,6 +21,7 @@ from ic_data.errors import BadInputError
 from ic_data.mp4 import write_mp4
 from ic_data.preview import preview_gif
 from ic_data.settings import number, one_of, refuse, text, truth, whole
+from ic_data.tracking import TRACKERS
 from ic_model.evaluation import FIRST_FRAME_SUFFIXES
 from ic_model.evaluation.evalsets import EvalCase, EvalSet, read_eval_set, synthetic_first_frame
 from ic_model.evaluation.metrics.motion_control import motion_control_error
@@ -62,7 +63,7 @@ class EvalSettings:
             whole("steps", self.steps, 1),
             number("guidance_scale", self.guidance_scale, 0), number("trajs_scale", self.trajs_scale, 0),
             whole("seed", self.seed, 0, 2**63 - 1),
-            one_of("tracker", self.tracker, ("lk", "cotracker")),
+            one_of("tracker", self.tracker, TRACKERS),
             None if self.images is None else text("images", str(self.images), empty=False),
             None if self.reference is None else text("reference", str(self.reference), empty=False),
             whole("max_reference", self.max_reference, 1),
