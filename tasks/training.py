@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -70,6 +71,7 @@ def _launch(stage: str, shards: str, run: str, train_cfg: TrainConfig, model_cfg
         stdout, stderr = proc.communicate()
     except BaseException:  # Ctrl-C, `ic` stopped by SIGTERM
         stop_launch(proc)
+        pass_on_the_saved_step(proc)
         raise
     finally:
         stop.set()
@@ -104,6 +106,18 @@ def stop_launch(proc: subprocess.Popen, grace_s: float = 30.0) -> None:
             rank.kill()
 
 
+def pass_on_the_saved_step(proc: subprocess.Popen) -> None:
+    """After a stop, the line in which the ranks say which step they saved (their output is read
+    only when the launcher ends, and the rest of it is the launcher's teardown)."""
+    try:
+        _, stderr = proc.communicate(timeout=5)
+    except (subprocess.TimeoutExpired, ValueError, OSError):
+        return
+    for line in (stderr or "").splitlines():
+        if ": stopped by " in line and "the same command resumes" in line:
+            print(line, file=sys.stderr, flush=True)
+
+
 @task(name="train", task_run_name="train {stage}", tags=[GPU_TAG], cache_policy=NO_CACHE)
 @bad_input_fails
 def run_stage(
@@ -128,6 +142,8 @@ def run_stage(
 
     if num_processes > 1:
         summary = _launch(stage, shards, run, train_cfg, model_cfg, num_processes, on_log)
+        if summary.get("resumed_from_step"):  # said by the ranks, whose output is not shown
+            log.info("%s resumed from step %d", stage, summary["resumed_from_step"])
     else:
         summary = train_stage(stage, shards, run, train_cfg, model_cfg, on_log=on_log, progress=False,
                               on_validation=on_validation)

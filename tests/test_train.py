@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -402,9 +403,11 @@ def _processes_naming(text: str) -> list[int]:
 @pytest.mark.e2e
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from Linux's /proc")
 def test_stopping_ic_train_stops_every_rank_of_a_multi_process_run(training_shards, tmp_path):
-    """`kill PID` of `ic train --num-processes 2`: the launcher and both ranks stop with it.
-    Before, `ic` killed the launcher alone, and the ranks, in sessions of their own, trained on,
-    orphaned (on a GPU box: holding the GPUs)."""
+    """`kill PID` of `ic train --num-processes 2`: the launcher and both ranks stop with it, after
+    the step in progress, which is saved (far from the periodic checkpoint, save_every 200), and
+    the same command resumes from it. Before, `ic` killed the launcher alone, and the ranks, in
+    sessions of their own, trained on, orphaned (on a GPU box: holding the GPUs); then they were
+    stopped at once, and every step since the last periodic checkpoint was lost."""
     run = tmp_path / "ddp-stop"
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180")
@@ -427,6 +430,20 @@ def test_stopping_ic_train_stops_every_rank_of_a_multi_process_run(training_shar
         while _processes_naming(str(run)) and time.time() < deadline:
             time.sleep(0.5)
         assert _processes_naming(str(run)) == [], "processes of the run outlived `ic`"
+        saved = re.search(r"vae: stopped by SIGTERM after step (\d+), which is saved in (\S+); the same command "
+                          r"resumes from it", output)
+        assert saved and output.rstrip().endswith("ic train: stopped by SIGTERM"), output[-3000:]
+        step = int(saved[1])
+        assert saved[2] == str(run / "vae" / "checkpoints") and 0 < step < 200
+        assert f"step-{step:07d}" in [p.name for p in (run / "vae" / "checkpoints").iterdir()]
+        again = subprocess.run([str(ic), "train", "vae", "--run", str(run), "--shards", str(training_shards),
+                                "--steps", str(step + 1), "--num-processes", "2"], env=env, text=True,
+                               capture_output=True, timeout=600)
+        assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+        done = json.loads((run / "vae" / "done.json").read_text())
+        assert done["resumed_from_step"] == step and done["steps"] == step + 1
+        assert done["replicas_identical"] is True
+        assert f"vae resumed from step {step}" in again.stdout + again.stderr
     finally:
         for pid in _processes_naming(str(run)):
             os.kill(pid, signal.SIGKILL)

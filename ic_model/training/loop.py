@@ -45,7 +45,7 @@ from ic_model.models.tokenizer import caption_ids
 from ic_model.training.checkpoint import resume, save_checkpoint
 from ic_model.training.data import make_loader
 from ic_model.training.latent_cache import LatentCacheError, check_cache
-from ic_model.training.stopping import StopBetweenSteps
+from ic_model.training.stopping import StopAgreement, StopBetweenSteps
 from ic_model.training.validation import filmstrip, validate
 from ic_model.training.run import (
     LORA_FILES,
@@ -368,6 +368,9 @@ def train_stage(
         save_json(out_dir / "train_config.json", train_cfg.to_dict())
         _append_metrics(out_dir / "metrics.jsonl", {}, resume_step=start)
         _append_metrics(out_dir / "validation.jsonl", {}, resume_step=start if start else -1)
+        if start:
+            print(f"{stage}: resuming from step {start} of {train_cfg.steps} (the checkpoint in "
+                  f"{out_dir / 'checkpoints'})", file=sys.stderr, flush=True)
     if tracking:
         accelerator.init_trackers(stage, config=_hparams(train_cfg, cfg))
 
@@ -438,8 +441,10 @@ def train_stage(
 
     if train_cfg.validate_every > 0 and start == 0:
         run_validation(0)  # the untrained model: where the curve starts
-    # Ctrl-C or SIGTERM: the step in progress finishes and is saved, then the signal acts.
-    with StopBetweenSteps(enabled=accelerator.num_processes == 1) as stops:
+    # Ctrl-C or SIGTERM: the step in progress finishes and is saved, then the signal acts. The
+    # ranks of a multi-process run agree after every step, so they all stop after the same one.
+    agree = StopAgreement(world)
+    with StopBetweenSteps(repeat_acts=world == 1) as stops:
         for step in range(start, train_cfg.steps):
             gen = step_generator(train_cfg.seed, rank, 0 if fixed_batch is not None else step)
             totals: dict[str, torch.Tensor] = {}
@@ -500,13 +505,20 @@ def train_stage(
             if train_cfg.validate_every > 0 and (done_steps % train_cfg.validate_every == 0
                                                  or done_steps == train_cfg.steps):
                 run_validation(done_steps)
-            if stops.pending is not None:  # Ctrl-C or SIGTERM: this step is kept, then the signal acts
+            stop = agree(stops.pending)
+            if stop is not None:  # Ctrl-C or SIGTERM (to any rank): this step is kept, then the signal acts
                 if saved_step != done_steps:
                     checkpoint(done_steps)
+                    accelerator.wait_for_everyone()  # no rank ends before rank 0 has saved
                 bar.close()
-                print(f"{stage}: stopped by {signal.Signals(stops.pending).name} after step {done_steps}, which is "
-                      f"saved in {out_dir / 'checkpoints'}; the same command resumes from it", file=sys.stderr)
+                if accelerator.is_main_process:
+                    print(f"{stage}: stopped by {signal.Signals(stop).name} after step {done_steps}, which is "
+                          f"saved in {out_dir / 'checkpoints'}; the same command resumes from it", file=sys.stderr,
+                          flush=True)
+                stops.pending = stops.pending or stop  # a rank not signalled itself stops as the others do
                 stops.deliver()
+                if world > 1:  # its handler let it go on: alone, it would wait for the others forever
+                    raise SystemExit(128 + stop)
 
     bar.close()
     extra = {}
@@ -528,6 +540,7 @@ def train_stage(
             **extra,
             "replica_checksums": checksums,
             "replicas_identical": len(set(checksums)) == 1,
+            "resumed_from_step": start,
             **({"damaged_checkpoints": damaged} if damaged else {}),
         }
         save_json(out_dir / "done.json", summary)
