@@ -14,9 +14,38 @@ export PREFECT_API_URL=http://$HOST:$PORT/api
 export PREFECT_SERVER_ANALYTICS_ENABLED=false
 mkdir -p "$PREFECT_HOME"
 
-"$PY" -m prefect server start --host "$HOST" --port "$PORT" > "$PREFECT_HOME/server.log" 2>&1 &
+# The server and the deployments each run in a session of their own, out of reach of the
+# terminal's Ctrl-C. On Ctrl-C, SIGTERM or SIGHUP this script stops them in order: first the
+# deployments, which stop the flow runs in progress (training saves the step it is at) and have
+# them recorded, while the server still answers; then the server. Stopped together, as before, a
+# run stayed Running in the database and the deployment process kept retrying the dead server.
+# Killed outright (kill -9), it runs no trap: the deployments get SIGTERM from Linux (parent-death
+# signal, `flows.server --exec`), and a watchdog stops the server once they have ended.
+own_session=("$PY" -m flows.server --exec -)
+tied=("$PY" -m flows.server --exec $$)  # commands, not functions: $! must be their process
+server= serve_pid= watchdog=
+stop() {
+  trap - INT TERM HUP EXIT
+  [ -z "$watchdog" ] || kill -KILL "$watchdog" 2>/dev/null || true
+  if [ -n "$serve_pid" ]; then
+    kill -TERM "$serve_pid" 2>/dev/null || true
+    # Prefect's runner gives a flow run 30 s to end before it kills it; past 60 s, kill the runner.
+    ( sleep 60; kill -KILL "$serve_pid" 2>/dev/null ) & timer=$!
+    wait "$serve_pid" 2>/dev/null || true
+    kill "$timer" 2>/dev/null || true
+  fi
+  if [ -n "$server" ]; then
+    kill -TERM "$server" 2>/dev/null || true
+    wait "$server" 2>/dev/null || true
+  fi
+}
+trap 'echo "stopping: the deployments (their runs are recorded as stopped), then the server"; stop; exit 130' INT
+trap 'stop; exit 143' TERM
+trap 'stop; exit 129' HUP
+trap 'stop' EXIT
+
+"${own_session[@]}" "$PY" -m prefect server start --host "$HOST" --port "$PORT" > "$PREFECT_HOME/server.log" 2>&1 &
 server=$!
-trap 'kill $server ${serve_pid:-} 2>/dev/null; wait 2>/dev/null' EXIT INT TERM
 for _ in $(seq 120); do
   if curl -fsS "$PREFECT_API_URL/health" > /dev/null 2>&1; then break; fi
   kill -0 $server 2>/dev/null || { cat "$PREFECT_HOME/server.log"; exit 1; }
@@ -25,6 +54,13 @@ done
 curl -fsS "$PREFECT_API_URL/health" > /dev/null || { echo "Prefect server did not start"; exit 1; }
 echo "Prefect UI: http://$HOST:$PORT   (PREFECT_HOME=$PREFECT_HOME)"
 echo "Run a deployment:  PREFECT_API_URL=$PREFECT_API_URL .venv/bin/prefect deployment run curate/webvid -p videos=DIR -p out=DIR --watch"
-"$PY" deployments/serve.py &
+"${tied[@]}" "$PY" deployments/serve.py &
 serve_pid=$!
+(
+  trap '' INT TERM HUP
+  while kill -0 $$ 2>/dev/null; do sleep 1; done
+  for _ in $(seq 60); do kill -0 "$serve_pid" 2>/dev/null || break; sleep 1; done
+  kill -TERM "$server" 2>/dev/null
+) &
+watchdog=$!
 wait $serve_pid

@@ -108,17 +108,41 @@ def _server_class():
 
 
 def serve_child(uvicorn_args: list[str]) -> None:
-    """In the server's process: ask Linux for SIGTERM when the parent dies (a no-op elsewhere),
-    give up if it already has, then become uvicorn (the request survives the exec)."""
-    parent = int(os.environ.pop(PARENT_ENV, "0"))
+    """In the server's process: become uvicorn, tied to the parent named in the environment."""
+    exec_tied_to_parent([sys.executable, "-m", "uvicorn", *uvicorn_args], int(os.environ.pop(PARENT_ENV, "0")))
+
+
+def exec_tied_to_parent(argv: list[str], parent: int, own_session: bool = False) -> None:
+    """Ask Linux for SIGTERM when the parent dies (a no-op elsewhere), give up if ``parent`` is
+    already gone, then become ``argv`` (the request survives the exec); ``own_session``: in a
+    session of its own first, out of reach of the terminal's signals."""
+    if own_session:
+        with contextlib.suppress(OSError):  # already a session leader
+            os.setsid()
     with contextlib.suppress(OSError, AttributeError):
         import ctypes
 
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if parent and os.getppid() != parent:
         sys.exit(0)
-    os.execv(sys.executable, [sys.executable, "-m", "uvicorn", *uvicorn_args])
+    os.execvp(argv[0], argv)
+
+
+USAGE = """usage: python -m flows.server --exec PARENT_PID|- COMMAND [ARG ...]
+
+Runs COMMAND in a session of its own (the terminal's Ctrl-C does not reach it), stopped by
+SIGTERM when PARENT_PID, its parent, dies (Linux; "-": not tied to its parent).
+deployments/serve.sh starts the Prefect server and the deployments so, and stops them in order."""
 
 
 if __name__ == "__main__":
-    serve_child(sys.argv[1:])
+    if sys.argv[1:2] == ["--exec"]:
+        if len(sys.argv) < 4 or not (sys.argv[2].isdigit() or sys.argv[2] == "-"):
+            sys.exit(USAGE)
+        if sys.argv[2] == "-":
+            with contextlib.suppress(OSError):
+                os.setsid()
+            os.execvp(sys.argv[3], sys.argv[3:])
+        exec_tied_to_parent(sys.argv[3:], int(sys.argv[2]), own_session=True)
+    else:
+        serve_child(sys.argv[1:])

@@ -5,7 +5,9 @@ started by pid (process groups) whatever happens.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from ic_data.manifest import read_manifest
-from tests.conftest import write_video
+from tests.conftest import live_processes, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "test_artifacts"
@@ -178,3 +180,59 @@ def _check_ui(port: int) -> None:
         assert "curate" in text and "Completed" in text, text[:2000]
     finally:
         browser.quit()
+
+
+def _descendants(root: int) -> set[int]:
+    procs, found, grew = live_processes(), {root}, True
+    while grew:
+        more = {pid for pid, (parent, _) in procs.items() if parent in found} - found
+        found |= more
+        grew = bool(more)
+    return found - {root}
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads processes from Linux's /proc")
+def test_ctrl_c_of_make_serve_records_the_run_in_progress_and_leaves_nothing_running(training_shards, tmp_path):
+    """Ctrl-C in the terminal of `make serve` (SIGINT to its whole process group) while a
+    deployment trains: the deployments stop first, the training saves the step it is at and the
+    run is recorded as stopped while the server still answers, then the server stops, and nothing
+    is left running. Before, the server died with everything else: the run stayed Running in the
+    database, and the deployment process outlived the script, retrying the dead server."""
+    import sqlite3
+
+    home, run, port = tmp_path / "prefect", tmp_path / "run", _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_HOME=str(home), IC_PREFECT_PORT=str(port), PY=sys.executable)
+    api = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    log = tmp_path / "serve.log"
+    proc = _start(["bash", "deployments/serve.sh"], env, log)
+    started = set()
+    try:
+        _wait(lambda: _deployments_exist(api), 240, "make serve", proc, log)
+        r = subprocess.run([*PREFECT, "deployment", "run", "train-stage/vae", "-p", f"shards={training_shards}",
+                            "-p", f"run={run}", "-p", "steps=5000"], env=api, cwd=ROOT, capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+        _wait(lambda: (run / "vae" / "metrics.jsonl").exists(), 300, "training", proc, log)
+        started = _descendants(proc.pid)
+        os.killpg(proc.pid, signal.SIGINT)  # what the terminal sends
+        assert proc.wait(90) == 130, log.read_text()[-3000:]
+        output = log.read_text()
+        saved = re.search(r"vae: stopped by SIGTERM after step (\d+), which is saved", output)
+        assert saved, output[-3000:]
+        assert f"step-{int(saved[1]):07d}" in [p.name for p in (run / "vae" / "checkpoints").iterdir()]
+        with contextlib.closing(sqlite3.connect(home / "prefect.db")) as db:
+            flows = db.execute("select state_type from flow_run").fetchall()
+            tasks = db.execute("select state_type from task_run where name = 'train vae'").fetchall()
+        assert flows == [("CANCELLED",)] and tasks == [("CRASHED",)], (flows, tasks)
+        assert "Connection refused" not in output and "ConnectError" not in output, output[-3000:]
+        deadline = time.time() + 10
+        while started & set(live_processes()) and time.time() < deadline:
+            time.sleep(0.5)
+        assert not started & set(live_processes()), "processes of `make serve` outlived it"
+    finally:
+        for pid in started & set(live_processes()):
+            os.kill(pid, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
