@@ -12,9 +12,9 @@ import csv
 import dataclasses
 import json
 import math
-import os
 from pathlib import Path
 
+from ic_data.settings import cannot_write_in
 from ic_model.config import LORA_STAGES, ModelConfig, TrainConfig, device_problem, field_problems, preset_config
 from ic_model.evaluation import FIRST_FRAME_SUFFIXES
 from ic_model.evaluation.evalsets import EvalSetError, read_eval_set
@@ -33,6 +33,14 @@ def _named(args, flag: str) -> str:
 def _positive(problems: list[str], flag: str, value, minimum=1) -> None:
     if value is not None and not value >= minimum:
         problems.append(f"{flag} must be at least {minimum}, got {value}")
+
+
+def _sampling_steps(problems: list[str], value, cfg: ModelConfig | None) -> None:
+    """1 ≤ --steps ≤ the run's training timesteps (a DDIM schedule has no more steps to take)."""
+    _positive(problems, "--steps", value)
+    if value is not None and cfg is not None and value > cfg.num_train_timesteps:
+        problems.append(f"--steps must be at most {cfg.num_train_timesteps} (the run's diffusion timesteps), "
+                        f"got {value}")
 
 
 def _seed(problems: list[str], flag: str, value) -> None:
@@ -78,13 +86,9 @@ def _writable_target(problems: list[str], flag: str, value: str, want_dir: bool)
         problems.append(f"{flag} {value}: exists and is not a folder")
     elif path.exists() and not want_dir and path.is_dir():
         problems.append(f"{flag} {value}: is a folder, not a file name")
-    parent = path if want_dir and path.is_dir() else path.parent
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent.exists() and not parent.is_dir():
-        problems.append(f"{flag} {value}: {parent} is a file, so the output cannot be created")
-    elif parent.is_dir() and not os.access(parent, os.W_OK | os.X_OK):  # also a read-only mount
-        problems.append(f"{flag} {value}: cannot write in {parent} (no permission, or a read-only file system)")
+    problem = cannot_write_in(path if want_dir and path.is_dir() else path.parent)
+    if problem:
+        problems.append(f"{flag} {value}: {problem}")
 
 
 def _json_object(problems: list[str], flag: str, text: str | None, cls) -> dict:
@@ -352,9 +356,9 @@ def check_generate(args) -> list[str]:
             json.loads(traj.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             problems.append(f"--trajectories {args.trajectories}: malformed JSON ({err})")
-    _run_problems(problems, args.run, args.mode)
+    cfg = _run_problems(problems, args.run, args.mode)
     _device(problems, "--device", args.device)
-    _positive(problems, "--steps", args.steps)
+    _sampling_steps(problems, args.steps, cfg)
     _seed(problems, "--seed", args.seed)
     _finite(problems, "--cfg", args.cfg, 0.0)
     _finite(problems, "--trajs-scale", args.trajs_scale, 0.0)
@@ -363,6 +367,11 @@ def check_generate(args) -> list[str]:
     if Path(args.out).suffix.lower() != ".mp4":
         problems.append(f"--out {args.out}: must end in .mp4")
     _writable_target(problems, "--out", args.out, want_dir=False)
+    from ic_model.pipelines.generate import output_paths
+
+    for beside in output_paths(Path(args.out).expanduser())[1:]:  # the preview and the record
+        if beside.is_dir():
+            problems.append(f"--out {args.out}: {beside} is a folder, and the output's {beside.suffix} goes there")
     _existing(problems, "--base-model", args.base_model)
     for spec in args.base_lora or []:
         file, _, scale = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else (spec, "", "")
@@ -382,7 +391,7 @@ def check_evaluate(args) -> list[str]:
     except EvalSetError as err:
         problems.append(str(err))
         kind = None
-    _run_problems(problems, args.run, args.mode or kind)
+    cfg = _run_problems(problems, args.run, args.mode or kind)
     if args.reference:
         from ic_data.shards import shard_paths
 
@@ -397,7 +406,7 @@ def check_evaluate(args) -> list[str]:
         _writable_target(problems, "--out", args.out, want_dir=True)
     elif args.run and Path(args.run).is_dir():  # RUN/eval/SET/
         _writable_target(problems, "--run", args.run, want_dir=True)
-    _positive(problems, "--steps", args.steps)
+    _sampling_steps(problems, args.steps, cfg)
     _positive(problems, "--max-reference", args.max_reference, 2)
     _device(problems, "--device", args.device)
     _positive(problems, "--max-cases", args.max_cases)

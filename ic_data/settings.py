@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import tempfile
+from pathlib import Path
 from typing import Iterable
 
-__all__ = ["whole", "number", "one_of", "truth", "text", "refuse"]
+__all__ = ["whole", "number", "one_of", "truth", "text", "refuse", "cannot_write_in"]
 
 
 def _range(low, high) -> str:
@@ -65,3 +68,22 @@ def refuse(owner: str, problems: Iterable[str | None]) -> None:
     found = [p for p in problems if p]
     if found:
         raise ValueError(f"{owner}: " + "; ".join(found))
+
+
+def cannot_write_in(folder: str | os.PathLike) -> str | None:
+    """Why no file can be created in ``folder`` (or, while it does not exist yet, in its nearest
+    existing ancestor, where it would be made), or None. Tried with a file created and removed at
+    once, not read from permission bits: root passes every permission check, and /proc, /sys or a
+    read-only mount refuse anyway."""
+    folder = Path(folder).expanduser()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    try:
+        fd, name = tempfile.mkstemp(prefix=".ic-write-check-", dir=folder)
+    except OSError as err:
+        return f"cannot create files in {folder} ({err.strerror or err})"
+    os.close(fd)
+    os.unlink(name)
+    return None

@@ -323,7 +323,12 @@ def validate_trajectories(
                     raise TrajectoryError(
                         f"{where}: {name} must be a number, got {type(value).__name__} {value!r}"
                     )
-                if not math.isfinite(value):
+                try:
+                    finite = math.isfinite(value)
+                except OverflowError:  # an integer past a float's range: no pixel of any image
+                    raise TrajectoryError(f"{where}: {name} is a {len(str(abs(value)))}-digit number, "
+                                          "far outside the image") from None
+                if not finite:
                     raise TrajectoryError(f"{where}: {name} is not finite ({value!r})")
             x, y = float(point[0]), float(point[1])
             if not 0 <= x <= width - 1:
@@ -351,6 +356,9 @@ def load_trajectory_file(
         obj = json.loads(text)
     except ValueError as err:  # JSONDecodeError, or an integer past Python's 4300-digit limit
         raise TrajectoryError(f"{path}: malformed JSON ({err})") from err
+    except RecursionError:  # [[[[… nested deeper than the parser goes
+        raise TrajectoryError(f"{path}: malformed JSON (nested too deeply: trajectories are tracks of "
+                              "[x, y] points)") from None
     try:
         return validate_trajectories(obj, width, height, max_tracks)
     except TrajectoryError as err:

@@ -19,6 +19,7 @@ import functools  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
+import math  # noqa: E402
 import shlex  # noqa: E402
 import shutil  # noqa: E402
 import time  # noqa: E402
@@ -30,7 +31,7 @@ import gradio as gr  # noqa: E402
 
 from ic_data.errors import CurationError, TrajectoryError  # noqa: E402
 from ic_model.config import ModelConfig, load_json  # noqa: E402
-from ic_model.pipelines.generate import read_image  # noqa: E402
+from ic_model.pipelines.generate import read_image, request_problems  # noqa: E402
 from ic_model.pipelines.image_conductor import prepare_image_and_tracks  # noqa: E402
 from ic_model.training.run import is_done  # noqa: E402
 
@@ -196,8 +197,10 @@ class Studio:
             return (gr.skip(),) * 6
         try:
             tracks = json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON, a 4300-digit integer
             raise TrajectoryError(f"{Path(path).name}: not a trajectory JSON file ({err})") from err
+        except RecursionError:
+            raise TrajectoryError(f"{Path(path).name}: not a trajectory JSON file (nested too deeply)") from None
         session.drawing.load_source(tracks, session.view)
         return self._drawing_outputs(session, f"Imported {len(session.drawing.tracks)} trajectories.")
 
@@ -255,6 +258,16 @@ class Studio:
         check_run_for_mode(self.run, self.cfg, mode)
         if mode != "object":
             trajs_scale = 1.0  # camera-free guidance combines the object adapter with the base
+        settings = {"λ_trajs": trajs_scale, "guidance": guidance, "steps": steps, "seed": seed}
+        wrong = [f"{name} {value!r}" for name, value in settings.items()
+                 if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+                 or (name in ("steps", "seed") and value != int(value))]
+        if wrong:  # a raw API call can send what the number fields never would
+            raise StudioError(f"{', '.join(wrong)}: each setting is a finite number, steps and seed whole ones")
+        wrong = request_problems(dict(trajs_scale=float(trajs_scale), guidance_scale=float(guidance), steps=int(steps),
+                                      seed=int(seed)), max_steps=self.cfg.num_train_timesteps)
+        if wrong:  # before a folder is made for it
+            raise StudioError("; ".join(wrong))
         folder = self.out / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         folder.mkdir(parents=True)
         # The request reads its own copy: the upload cache may be cleaned, and the replay needs it.

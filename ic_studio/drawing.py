@@ -7,13 +7,15 @@ gives the model exactly the tracks that were drawn; import is the inverse.
 from __future__ import annotations
 
 import json
+import numbers
 from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
 
 from ic_data.preview import TRACK_COLOURS, draw_tracks
-from ic_data.trajectories import user_tracks_to_array, validate_trajectories
+from ic_data.trajectories import require_in_view, user_tracks_to_array, validate_trajectories
+from ic_model.pipelines.image_conductor import GENERATE_MAX_UPSCALE
 
 from .model_view import ModelView
 
@@ -36,6 +38,8 @@ class TrajectoryDrawing:
     max_tracks: int = MAX_TRACKS
 
     def click(self, x: float, y: float) -> None:
+        if not all(isinstance(v, numbers.Real) and not isinstance(v, bool) and np.isfinite(v) for v in (x, y)):
+            raise DrawingError(f"a click at ({x!r}, {y!r}) is not a point of the image; nothing was added")
         x0, y0, x1, y1 = self.bounds
         point = (float(np.clip(x, x0, x1)), float(np.clip(y, y0, y1)))
         if self.open and self.tracks and not self.still_next:
@@ -94,6 +98,7 @@ class TrajectoryDrawing:
         does; a TrajectoryError names the track and point)."""
         w, h = view.source_size
         checked = validate_trajectories(tracks, w, h, max_tracks=self.max_tracks)
+        require_in_view(checked, w, h, GENERATE_MAX_UPSCALE)  # where generation will look, now
         self.tracks = [[tuple(p) for p in view.source_to_display(t).tolist()] for t in checked]
         self.open, self.still_next = False, False
 

@@ -71,6 +71,8 @@ def generate_videos(
         else:
             record["status"] = "ok"
             log.info("%s: %s in %.1f s", record["video"], record["mode"], record["seconds"])
+            for note in record.get("notes", []):  # what was made of the input (also in its .json)
+                log.warning("%s: %s", record["video"], note)
         records.append(record)
         update_progress_artifact(progress, 100.0 * i / len(requests))
     table = [{k: r.get(k) for k in ("status", "video", "mode", "trajs_scale", "seconds", "error")} for r in records]

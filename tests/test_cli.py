@@ -325,6 +325,30 @@ def test_generate_checks_the_trajectories_against_the_image_and_the_run_against_
     assert "--mode object: the run has no finished object stage" in lines[1]
 
 
+def test_sampling_steps_past_the_run_and_a_folder_in_the_outputs_way_are_named_up_front(capsys, tmp_path,
+                                                                                      trained_like_run):
+    """Both were found only after Prefect's server had started and the weights had loaded (exit
+    1), the second after the whole sampling, with a traceback and the video left without its
+    record."""
+    import cv2
+    import numpy as np
+
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.zeros((256, 384, 3), np.uint8))
+    tracks = tmp_path / "tracks.json"
+    tracks.write_text(json.dumps([[[10, 10], [50, 10]]]))
+    (tmp_path / "v.gif").mkdir()
+    lines = _problems(capsys, ["generate", "--image", str(image), "--trajectories", str(tracks), "--run",
+                               str(trained_like_run), "--mode", "none", "--steps", "1001", "--out",
+                               str(tmp_path / "v.mp4")])
+    assert lines == ["ic generate: --steps must be at most 1000 (the run's diffusion timesteps), got 1001",
+                     f"ic generate: --out {tmp_path / 'v.mp4'}: {tmp_path / 'v.gif'} is a folder, and the output's "
+                     ".gif goes there"]
+    lines = _problems(capsys, ["evaluate", "camera", "--run", str(trained_like_run), "--mode", "none",
+                               "--steps", "5000"])
+    assert lines == ["ic evaluate: --steps must be at most 1000 (the run's diffusion timesteps), got 5000"]
+
+
 def test_train_checks_shards_json_options_and_the_stage_order(capsys, tmp_path, trained_like_run, training_shards):
     lines = _problems(capsys, ["train", "dense", "--shards", str(tmp_path / "none"), "--run", str(tmp_path / "new"),
                                "--options", '{"foo": 1, "log_every": "x", "steps": 3}', "--model", "[1]",
@@ -532,29 +556,39 @@ def test_a_check_that_breaks_on_an_input_says_so_in_one_line(capsys, monkeypatch
 def test_an_output_folder_that_cannot_be_written_is_refused_before_anything_runs(capsys, tmp_path, monkeypatch,
                                                                                    trained_like_run):
     """A read-only mount (or a folder without permission): named up front, not a traceback after
-    the whole sampling or curation. os.access is what is asked; root passes chmod, so the test
-    stands in for the file system."""
-    from flows import checks
+    the whole sampling or curation. A file is created there and removed to find out, as
+    permission bits say nothing to root: /proc refuses it for real; for a folder of our own,
+    the test stands in for the file system (root passes chmod)."""
+    import tempfile
 
     locked = tmp_path / "locked"
     locked.mkdir()
-    real = os.access
-    monkeypatch.setattr(checks.os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode))
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, dir=None, **kwargs):
+        if Path(dir) in (locked, trained_like_run):
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
     (tmp_path / "videos").mkdir()
     (tmp_path / "videos" / "a.mp4").write_bytes(b"x")
     lines = _problems(capsys, ["curate", "webvid", "--videos", str(tmp_path / "videos"),
                                "--out", str(locked / "new" / "curated")])
-    assert lines == [f"ic curate: --out {locked / 'new' / 'curated'}: cannot write in {locked} (no permission, "
-                     "or a read-only file system)"]
+    assert lines == [f"ic curate: --out {locked / 'new' / 'curated'}: cannot create files in {locked} (Permission "
+                     "denied)"]
     lines = _problems(capsys, ["evaluate", "camera", "--run", str(trained_like_run), "--mode", "none",
                                "--out", str(locked)])
-    assert lines == [f"ic evaluate: --out {locked}: cannot write in {locked} (no permission, or a read-only "
-                     "file system)"]
-    monkeypatch.setattr(checks.os, "access", lambda p, mode: False if Path(p) == trained_like_run
-                        else real(p, mode))
+    assert lines == [f"ic evaluate: --out {locked}: cannot create files in {locked} (Permission denied)"]
     lines = _problems(capsys, ["evaluate", "camera", "--run", str(trained_like_run), "--mode", "none"])
-    assert lines == [f"ic evaluate: --run {trained_like_run}: cannot write in {trained_like_run} (no permission, "
-                     "or a read-only file system)"]
+    assert lines == [f"ic evaluate: --run {trained_like_run}: cannot create files in {trained_like_run} "
+                     "(Permission denied)"]
+    assert not list(tmp_path.rglob(".ic-write-check-*"))
+    if Path("/proc/self/stat").exists():  # Linux: a file system that takes no new files, even from root
+        lines = _problems(capsys, ["evaluate", "camera", "--run", str(trained_like_run), "--mode", "none",
+                                   "--out", "/proc/ic-eval"])
+        assert len(lines) == 1 and lines[0].startswith("ic evaluate: --out /proc/ic-eval: cannot create files in "
+                                                       "/proc ("), lines
 
 
 def test_settings_a_run_would_trip_on_are_named_before_it_starts(capsys, tmp_path, monkeypatch, trained_like_run):

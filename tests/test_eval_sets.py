@@ -123,6 +123,25 @@ def test_what_is_not_a_set_file_is_named(tmp_path):
         assert str(err.value) == message
     with pytest.raises(EvalSetError, match=r"bin.json: not a readable JSON file \('utf-8' codec can't decode"):
         read_eval_set(str(tmp_path / "bin.json"))
+    (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)  # was a bare RecursionError
+    with pytest.raises(EvalSetError, match=r"deep.json: not a readable JSON file \(nested too deeply\)"):
+        read_eval_set(str(tmp_path / "deep.json"))
+
+
+def test_a_case_image_that_does_not_decode_is_named_when_the_set_is_read(tmp_path):
+    """Found before the weights load and the cases before it run (it was found when its case
+    came): a text file, a file cut short, a format not read."""
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "whole.jpg"), rng.integers(0, 255, (64, 96, 3), dtype=np.uint8))
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:600])
+    (tmp_path / "text.png").write_text("not an image")
+    for name, why in (("text.png", "text.png is not an image in a format read here"),
+                      ("cut.jpg", "cannot decode image")):
+        spec = _write(tmp_path / "s.json", {"kind": "object", "frame_size": [64, 64],
+                                              "cases": [dict(GOOD_CASE, image=name)]})
+        with pytest.raises(EvalSetError) as err:
+            read_eval_set(spec)
+        assert str(err.value).startswith(f"evaluation set {spec}, case 'a': image '{name}': ") and why in str(err.value)
 
 
 def test_an_image_and_its_trajectories_reach_the_model_together(tmp_path):

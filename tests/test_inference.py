@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from ic_data.errors import TrajectoryError
 from ic_model.models import lora
@@ -321,7 +323,8 @@ def test_bad_input_ends_generate_and_evaluate_in_one_line_naming_it(prefect_api,
                      return_state=True)
     assert state.is_failed()
     first, third = state.message.split("; ")
-    assert first.startswith(f"2 of 3 requests failed: BadInputError: cannot decode image {bad} (cannot identify")
+    assert first == (f"2 of 3 requests failed: BadInputError: {bad} is not an image in a format read here (JPEG, "
+                     "PNG, WebP, BMP, TIFF, GIF or PPM)")
     assert third == "BadInputError: request 3: steps must be a whole number from 1 to 1000, got 0"
     assert (tmp_path / "ok.mp4").is_file() and not (tmp_path / "no.mp4").exists() and not (tmp_path / "n2.mp4").exists()
 
@@ -330,7 +333,7 @@ def test_bad_input_ends_generate_and_evaluate_in_one_line_naming_it(prefect_api,
     (images / "a.png").write_bytes(bad.read_bytes())
     settings = dict(set_name="object", run=str(run), steps=1, max_cases=1, return_state=True)
     state = evaluate(out=str(tmp_path / "eval-images"), images=str(images), **settings)
-    assert state.is_failed() and state.message.startswith(f"cannot decode image {images / 'a.png'} (cannot identify")
+    assert state.is_failed() and state.message.startswith(f"{images / 'a.png'} is not an image in a format read here")
 
     reference = tmp_path / "reference"
     reference.mkdir()
@@ -406,3 +409,49 @@ def test_a_generation_request_whose_out_cannot_be_a_file_is_named_before_samplin
     (tmp_path / "notes").write_text("a file")
     assert request_problems({**GOOD_REQUEST, "out": str(tmp_path / "notes" / "v.mp4")}) == [
         f"out {tmp_path / 'notes' / 'v.mp4'}: a part of its folder is a file, not a folder"]
+    (tmp_path / "y.gif").mkdir()  # where the preview of y.mp4 goes: it was written after the video, and failed
+    assert request_problems({**GOOD_REQUEST, "out": str(tmp_path / "y.mp4")}) == [
+        f"out {tmp_path / 'y.mp4'}: {tmp_path / 'y.gif'} is a folder, not a file to write"]
+    if Path("/proc/self/stat").exists():  # Linux: no new files there, even for root (which os.access lets by)
+        (problem,) = request_problems({**GOOD_REQUEST, "out": "/proc/v.mp4"})
+        assert problem.startswith("out /proc/v.mp4: cannot create files in /proc (")
+
+
+def test_a_generation_that_cannot_write_keeps_nothing_and_says_so(pipe, tmp_path, monkeypatch):
+    """The disk fills up while the preview is written: one BadInputError naming the file, and the
+    video already written goes too (a video without its record passes for a finished one)."""
+    import ic_model.pipelines.generate as generate
+    from ic_data.errors import BadInputError
+
+    image = tmp_path / "frame.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 384, 3), dtype=np.uint8)).save(image)
+
+    def full(frames, tracks, indices, path, **kwargs):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(generate, "preview_gif", full)
+    out = tmp_path / "out" / "v.mp4"
+    with pytest.raises(BadInputError, match=rf"cannot write {tmp_path / 'out' / 'v.gif'} \(No space left on device\); "
+                                            "nothing was kept"):
+        generate.generate_to_files(pipe, image, "", [[[60, 60], [200, 120]]], out, steps=1)
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_what_generation_made_of_its_input_is_in_the_record(pipe, tmp_path):
+    """A transparent image (shown over white) and a prompt past the text encoder's 77 tokens (the
+    rest is not read): said in the record, where they used to go unmentioned."""
+    from ic_model.pipelines.generate import generate_to_files
+
+    rgba = np.random.default_rng(0).integers(0, 256, (256, 384, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "cutout.png")
+    prompt = "a red fox runs " * 30
+    tokens = len(pipe.comps.tokenizer(prompt, verbose=False).input_ids)
+    assert tokens > 77
+    record = generate_to_files(pipe, tmp_path / "cutout.png", prompt, [[[60, 60], [200, 120]]], tmp_path / "v.mp4",
+                               steps=1)
+    assert record["notes"] == ["cutout.png has transparent pixels: they are shown over white",
+                               f"the prompt is {tokens} tokens long: the text encoder reads its first 77"]
+    assert json.loads((tmp_path / "v.json").read_text())["notes"] == record["notes"]
+    plain = generate_to_files(pipe, tmp_path / "cutout.png", "a red fox", [[[60, 60], [200, 120]]],
+                              tmp_path / "w.mp4", steps=1)
+    assert plain["notes"] == ["cutout.png has transparent pixels: they are shown over white"]

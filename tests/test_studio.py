@@ -135,6 +135,18 @@ def test_point_collection_new_track_still_anchor_undo_clear():
     assert d.tracks == [] and "Click on the image" in d.summary()
 
 
+def test_a_click_that_is_not_a_point_is_refused_and_changes_nothing():
+    """A raw API call can send NaN: it was stored (np.clip keeps NaN), and every later action
+    failed on it until an undo."""
+    d = TrajectoryDrawing((0.0, 0.0, 383.0, 255.0))
+    d.click(10, 20)
+    for x, y in ((float("nan"), 5.0), (5.0, float("inf")), ("5", 5), (True, 5)):
+        with pytest.raises(DrawingError, match="is not a point of the image; nothing was added"):
+            d.click(x, y)
+    d.click(30, 40)
+    assert d.tracks == [[(10, 20), (30, 40)]]
+
+
 def test_at_most_eight_trajectories():
     d = TrajectoryDrawing((0.0, 0.0, 383.0, 255.0))
     for i in range(8):
@@ -154,6 +166,14 @@ def test_import_rejects_what_ic_generate_rejects():
     with pytest.raises(TrajectoryError, match="too many tracks"):
         d.load_source([[[1, 1]]] * 9, view)
     assert d.tracks == []
+    # Inside the image, outside the crop the model sees (a portrait photo's top): refused now,
+    # not at Generate.
+    portrait = ModelView.from_image(_image(256, 640), tiny_config(num_frames=8))
+    p = TrajectoryDrawing(portrait.display_bounds())
+    with pytest.raises(TrajectoryError, match=r"track 0, point 0 \(5, 5\) is outside the centre crop"):
+        p.load_source([[[5, 5], [10, 10]]], portrait)
+    p.load_source([[[100, 300], [150, 320]]], portrait)
+    assert len(p.tracks) == 1
 
 
 def test_render_draws_each_track_in_its_colour_with_an_arrow():
@@ -216,6 +236,11 @@ def test_page_messages_for_missing_image_trajectory_and_adapter(fake_run, tmp_pa
     session.drawing.click(100, 100)
     (msg,) = _generate_messages(studio, session)
     assert msg.startswith("**Problem:**") and "no trained object adapter" in msg and "ic train object" in msg
+    studio = _studio(fake_run("vae", "base", "dense", "sparse", "camera", "object"), tmp_path)
+    for seed, steps in ((float("inf"), 2), (float("nan"), 2), (1.5, 2), (0, 1001)):  # what a raw API call can send
+        (msg,) = [out[0] for out in studio.generate(session, "object", 1.0, 8.5, steps, seed, "")]
+        assert msg.startswith("**Problem:**") and ("seed" in msg or "steps must be a whole number from 1 to 1000"
+                                                   in msg), msg
     written = [p.name for p in (tmp_path / "studio_out").iterdir() if p.name != "exports"]
     assert written == []  # no generation folder for rejected requests
 
@@ -242,7 +267,7 @@ def test_page_message_for_unreadable_and_too_small_images(fake_run, tmp_path):
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
     *_, message = studio.load_image(str(bad), Session())
-    assert message.startswith("**Problem:**") and "cannot decode image" in message
+    assert message.startswith("**Problem:**") and "notes.png is not an image in a format read here" in message
     tiny = tmp_path / "tiny.png"
     cv2.imwrite(str(tiny), _image(12, 8))
     *_, message = studio.load_image(str(tiny), Session())
@@ -261,10 +286,10 @@ def test_page_message_for_a_bad_trajectory_file(fake_run, tmp_path):
         f.write_text(text)
         *_, message = studio.import_json(str(f), session)
         assert message.startswith("**Problem:**") and expected in message
-    f.write_text("[[[10, 10], [400, 200]], [[250, 150]]]")
+    f.write_text("[[[30, 10], [400, 200]], [[250, 150]]]")
     session, canvas, summary, tracks_json, _, message = studio.import_json(str(f), session)
     assert "Imported 2" in message and "2/8 trajectories" in summary
-    assert json.loads(tracks_json) == [[[10, 10], [400, 200]], [[250, 150]]]
+    assert json.loads(tracks_json) == [[[30, 10], [400, 200]], [[250, 150]]]
 
 
 def test_ic_studio_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):

@@ -351,6 +351,7 @@ def test_validate_accepts_valid_input():
         ([[[1, 1]]] * 9, "too many tracks"),
         ([[5, 5]], "track 0, point 0"),
         ([[[1, 1]], "abc"], "track 1"),
+        ([[[1, 10**400]]], "track 0, point 0: y is a 401-digit number, far outside the image"),
     ],
 )
 def test_validate_rejects_bad_input(obj, message):
@@ -376,6 +377,11 @@ def test_load_trajectory_file(tmp_path):
 
     with pytest.raises(TrajectoryError, match="missing.json"):
         load_trajectory_file(tmp_path / "missing.json", W, H)
+
+    deep = tmp_path / "deep.json"  # past the parser's recursion: was a bare RecursionError
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(TrajectoryError, match=r"deep.json: malformed JSON \(nested too deeply"):
+        load_trajectory_file(deep, W, H)
 
 
 def test_arguments_of_the_wrong_kind_are_named():

@@ -34,6 +34,7 @@ import numpy as np
 
 from ic_data.clips import visible_box  # re-exported: the box an eval set's points must lie in
 from ic_data.errors import BadInputError, TrajectoryError
+from ic_data.images import read_rgb
 from ic_data.synthetic import (
     TOY_OBJECT_SCALE,
     VIVID_BACKGROUND_CONTRAST,
@@ -90,8 +91,10 @@ def read_eval_set(spec: str) -> EvalSet:
                            f"{'it is a folder' if path.is_dir() else 'no such file'}")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON, an integer of 4300+ digits
         raise EvalSetError(f"evaluation set {path}: not a readable JSON file ({err})") from None
+    except RecursionError:
+        raise EvalSetError(f"evaluation set {path}: not a readable JSON file (nested too deeply)") from None
     return _parse(data, path.stem, path)
 
 
@@ -161,6 +164,10 @@ def _parse(data, name: str, path: Path | None) -> EvalSet:
                 raise EvalSetError(f"{cwhere}: image {image!r} is a folder, not an image file ({resolved})")
             if not resolved.is_file():
                 raise EvalSetError(f"{cwhere}: image {image!r} not found (looked at {resolved})")
+            try:  # decoded now, not after the weights have loaded and the cases before it have run
+                read_rgb(resolved)
+            except BadInputError as err:
+                raise EvalSetError(f"{cwhere}: image {image!r}: {err}") from None
             image = str(resolved.resolve())
         cases.append(EvalCase(cid, prompt, case["trajectories"], kind, i, (width, height), image))
     return EvalSet(name, kind, (width, height), cases, None if path is None else str(path))

@@ -1,6 +1,7 @@
 """One request end to end: image file + prompt + trajectory file → video + preview."""
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
@@ -8,10 +9,11 @@ import os
 import time
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from ic_data.errors import BadInputError
+from ic_data.images import read_rgb
+from ic_data.settings import cannot_write_in
 from ic_data.mp4 import write_mp4
 from ic_data.preview import preview_gif
 from ic_data.trajectories import load_trajectory_file, validate_trajectories
@@ -54,10 +56,15 @@ def request_problems(request, max_steps: int = 1000) -> list[str]:
     elif isinstance(request.get("out"), (str, os.PathLike)) and str(request["out"]):
         # Found now, not when the video is written after sampling.
         out = Path(request["out"])
+        beside = [path for path in output_paths(out)[1:] if path.is_dir()]  # the preview and the record
         if out.is_dir():
             problems.append(f"out {out} is a folder, not a file to write")
+        elif beside:
+            problems.append(f"out {out}: {' and '.join(map(str, beside))} is a folder, not a file to write")
         elif any(parent.exists() and not parent.is_dir() for parent in out.parents):
             problems.append(f"out {out}: a part of its folder is a file, not a folder")
+        elif problem := cannot_write_in(out.parent):
+            problems.append(f"out {out}: {problem}")
     if "prompt" in request and not isinstance(request["prompt"], str):
         problems.append(f"prompt must be a string, got {type(request['prompt']).__name__}")
     if "trajectories" in request and not isinstance(request["trajectories"], (str, os.PathLike, list)):
@@ -76,23 +83,10 @@ def request_problems(request, max_steps: int = 1000) -> list[str]:
     return problems
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """uint8 RGB (H, W, 3), upright (EXIF orientation applied); one clear error for a missing,
-    unreadable or cut-short file (OpenCV reads a JPEG cut short as grey with a warning)."""
-    from PIL import Image
-
-    path = Path(path)
-    if not path.is_file():
-        raise BadInputError(f"image not found: {path}")
-    try:
-        with Image.open(path) as whole:
-            whole.load()
-    except Exception as err:  # noqa: BLE001 - PIL's many decoder errors: the file is the problem
-        raise BadInputError(f"cannot decode image {path} ({err})") from err
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise BadInputError(f"cannot decode image {path} (not an image file?)")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+def read_image(path: str | os.PathLike, notes: list[str] | None = None) -> np.ndarray:
+    """uint8 RGB (H, W, 3), upright; one clear error for a missing, unreadable, cut-short,
+    unsupported or oversized file (:func:`ic_data.images.read_rgb`)."""
+    return read_rgb(path, notes)
 
 
 def generate_to_files(
@@ -124,7 +118,11 @@ def generate_to_files(
     )
     if problems:
         raise BadInputError("; ".join(problems))
-    rgb = read_image(image)
+    notes: list[str] = []  # what was made of the input, beyond the obvious
+    rgb = read_image(image, notes)
+    tokens = len(pipe.comps.tokenizer(prompt, verbose=False).input_ids)  # with the start and end tokens
+    if tokens > pipe.cfg.max_text_tokens:
+        notes.append(f"the prompt is {tokens} tokens long: the text encoder reads its first {pipe.cfg.max_text_tokens}")
     h, w = rgb.shape[:2] if trajectory_space == "image" else (pipe.cfg.height, pipe.cfg.width)
     if isinstance(trajectories, (str, os.PathLike)):
         tracks = load_trajectory_file(trajectories, w, h)
@@ -139,19 +137,37 @@ def generate_to_files(
     )
     seconds = time.perf_counter() - t0
     out = Path(out)
-    write_mp4(out, frames, fps=8.0)
-    gif = preview_gif(frames, prepared.tracks, np.arange(prepared.tracks.shape[1]), out.with_suffix(".gif"),
-                      scale=max(1.0, 384 / frames.shape[2]))
+    video, preview, record_file = output_paths(out)
     record = {
-        "video": str(out), "preview": str(gif), "mode": mode, "trajs_scale": trajs_scale,
+        "video": str(video), "preview": str(preview), "mode": mode, "trajs_scale": trajs_scale,
         "guidance_scale": guidance_scale, "steps": steps, "seed": seed, "prompt": prompt,
         "num_frames": int(frames.shape[0]), "size": [int(frames.shape[2]), int(frames.shape[1])],
         "num_tracks": int(prepared.tracks.shape[1]), "seconds": round(seconds, 3),
         "trajectory_space": trajectory_space,
         "device": str(pipe.device), "dtype": str(pipe.dtype).removeprefix("torch."),
+        **({"notes": notes} if notes else {}),
     }
-    out.with_suffix(".json").write_text(json.dumps(record, indent=1))
+    written: list[Path] = []
+    try:  # all three or none: a video without its record would pass for a finished one
+        write_mp4(video, frames, fps=8.0)
+        written.append(video)
+        preview_gif(frames, prepared.tracks, np.arange(prepared.tracks.shape[1]), preview,
+                    scale=max(1.0, 384 / frames.shape[2]))
+        written.append(preview)
+        record_file.write_text(json.dumps(record, indent=1))
+    except OSError as err:  # the disk filled up, the folder went away or turned read-only
+        for path in written:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+        raise BadInputError(f"cannot write {err.filename or out} ({err.strerror or err}); nothing was kept") from err
     return record
 
 
-__all__ = ["generate_to_files", "read_image", "request_problems"]
+def output_paths(out: str | os.PathLike) -> tuple[Path, Path, Path]:
+    """What one generation writes: the video ``out`` (.mp4), its preview (.gif, the trajectories
+    drawn over it) and its record (.json)."""
+    out = Path(out)
+    return out, out.with_suffix(".gif"), out.with_suffix(".json")
+
+
+__all__ = ["generate_to_files", "output_paths", "read_image", "request_problems"]

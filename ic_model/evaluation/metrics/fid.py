@@ -405,9 +405,11 @@ def list_images(directory: str | os.PathLike) -> list[Path]:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image
+    """8-bit RGB, as Pillow converts it (FID's usual reader); only the formats of
+    :data:`ic_data.images.IMAGE_FORMATS`, never a file's own choice of reader."""
+    from ic_data.images import open_image
 
-    with Image.open(path) as im:
+    with open_image(path) as im:
         return np.asarray(im.convert("RGB"), dtype=np.uint8)
 
 
