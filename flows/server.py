@@ -112,19 +112,21 @@ def serve_child(uvicorn_args: list[str]) -> None:
     exec_tied_to_parent([sys.executable, "-m", "uvicorn", *uvicorn_args], int(os.environ.pop(PARENT_ENV, "0")))
 
 
-def exec_tied_to_parent(argv: list[str], parent: int, own_session: bool = False) -> None:
-    """Ask Linux for SIGTERM when the parent dies (a no-op elsewhere), give up if ``parent`` is
-    already gone, then become ``argv`` (the request survives the exec); ``own_session``: in a
-    session of its own first, out of reach of the terminal's signals."""
+def exec_tied_to_parent(argv: list[str], parent: int | None, own_session: bool = False) -> None:
+    """Become ``argv`` (an exec: the pid stays). ``parent``: ask Linux for SIGTERM when the parent
+    dies (a no-op elsewhere; the request survives the exec), and give up if ``parent`` is already
+    gone; None: not tied. ``own_session``: in a session of its own first, out of reach of the
+    terminal's signals."""
     if own_session:
         with contextlib.suppress(OSError):  # already a session leader
             os.setsid()
-    with contextlib.suppress(OSError, AttributeError):
-        import ctypes
+    if parent is not None:
+        with contextlib.suppress(OSError, AttributeError):
+            import ctypes
 
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if parent and os.getppid() != parent:
-        sys.exit(0)
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if parent and os.getppid() != parent:
+            sys.exit(0)
     os.execvp(argv[0], argv)
 
 
@@ -139,10 +141,6 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--exec"]:
         if len(sys.argv) < 4 or not (sys.argv[2].isdigit() or sys.argv[2] == "-"):
             sys.exit(USAGE)
-        if sys.argv[2] == "-":
-            with contextlib.suppress(OSError):
-                os.setsid()
-            os.execvp(sys.argv[3], sys.argv[3:])
-        exec_tied_to_parent(sys.argv[3:], int(sys.argv[2]), own_session=True)
+        exec_tied_to_parent(sys.argv[3:], None if sys.argv[2] == "-" else int(sys.argv[2]), own_session=True)
     else:
         serve_child(sys.argv[1:])
