@@ -13,9 +13,9 @@ import numpy as np
 
 from ic_data.errors import BadInputError
 from ic_data.images import read_rgb
-from ic_data.settings import cannot_write_in
 from ic_data.mp4 import write_mp4
 from ic_data.preview import preview_gif
+from ic_data.settings import cannot_write_in
 from ic_data.trajectories import load_trajectory_file, validate_trajectories
 from ic_model.pipelines.image_conductor import (
     MODES,
