@@ -264,21 +264,20 @@ class Studio:
                  or (name in ("steps", "seed") and value != int(value))]
         if wrong:  # a raw API call can send what the number fields never would
             raise StudioError(f"{', '.join(wrong)}: each setting is a finite number, steps and seed whole ones")
-        wrong = request_problems(dict(trajs_scale=float(trajs_scale), guidance_scale=float(guidance), steps=int(steps),
-                                      seed=int(seed)), max_steps=self.cfg.num_train_timesteps)
-        if wrong:  # before a folder is made for it
-            raise StudioError("; ".join(wrong))
         folder = self.out / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-        folder.mkdir(parents=True)
         # The request reads its own copy: the upload cache may be cleaned, and the replay needs it.
         image = folder / f"input{Path(session.image_path).suffix.lower() or '.png'}"
-        shutil.copyfile(session.image_path, image)
         tracks = session.drawing.to_source(session.view)
-        (folder / "trajectories.json").write_text(json.dumps(tracks))
         request = dict(
             image=str(image), prompt=prompt or "", trajectories=tracks, out=str(folder / "video.mp4"), mode=mode,
             trajs_scale=float(trajs_scale), guidance_scale=float(guidance), steps=int(steps), seed=int(seed),
         )
+        wrong = request_problems(request, max_steps=self.cfg.num_train_timesteps)
+        if wrong:  # before a folder is made for it
+            raise StudioError("; ".join(wrong))
+        folder.mkdir(parents=True)
+        shutil.copyfile(session.image_path, image)
+        (folder / "trajectories.json").write_text(json.dumps(tracks))
         return request, folder
 
     def _replay_command(self, request: dict, folder: Path) -> str:

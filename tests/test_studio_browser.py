@@ -111,7 +111,7 @@ def test_studio_draw_generate_and_replay(studio, prefect_api, tmp_path):
             page.locator("#studio-generate").click()
             _message(page, "upload or pick an image first")
             _upload(page, "#studio-upload", not_an_image)
-            _message(page, "cannot decode image")
+            _message(page, "is not an image in a format read here")
 
             # An example, then the upload that is drawn on.
             page.locator("#studio-examples button.thumbnail-item").first.click()
