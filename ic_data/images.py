@@ -72,12 +72,14 @@ def read_rgb(path: str | os.PathLike, notes: list[str] | None = None) -> np.ndar
     path = Path(path)
     with open_image(path) as im:
         frames = getattr(im, "n_frames", 1)
-        transparent = im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
+        has_alpha = im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
+        transparent, rgb = False, None
         try:
             im.load()
-            rgb = None
-            if transparent:
+            if has_alpha:  # an alpha channel or a transparent colour, perhaps on no pixel at all
                 rgba = ImageOps.exif_transpose(im).convert("RGBA")
+                transparent = rgba.getextrema()[3][0] < 255
+            if transparent:
                 white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 rgb = np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8)
         except Exception as err:  # noqa: BLE001 - PIL's many decoder errors: the file is the problem

@@ -81,8 +81,10 @@ def test_transparent_pixels_are_shown_over_white_and_said(tmp_path):
     assert np.abs(read_rgb(tmp_path / "half.png", half).astype(int) - expected).max() <= 1
     assert half == ["half.png has transparent pixels: they are shown over white"]
     Image.new("RGB", (8, 4), (1, 2, 3)).save(tmp_path / "plain.png")
-    plain: list[str] = []
-    assert (read_rgb(tmp_path / "plain.png", plain) == [1, 2, 3]).all() and plain == []
+    Image.new("RGBA", (8, 4), (1, 2, 3, 255)).save(tmp_path / "opaque.png")  # a screenshot: alpha, all opaque
+    for name in ("plain.png", "opaque.png"):
+        plain: list[str] = []
+        assert (read_rgb(tmp_path / name, plain) == [1, 2, 3]).all() and plain == []
 
 
 @pytest.mark.parametrize("name", ["anim.gif", "pages.tiff"])
