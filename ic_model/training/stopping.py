@@ -30,19 +30,18 @@ class StopBetweenSteps:
     """A context manager: ``pending`` is the signal received (None until one is), ``deliver()``
     gives it its previous effect. Acts only in the main thread of the process that entered it
     (signal handlers can be set nowhere else), and leaves alone a signal that is ignored (a job
-    started with ``nohup``) or handled outside Python; ``enabled=False`` makes it a no-op.
+    started with ``nohup``) or handled outside Python.
     ``repeat_acts=False`` (the ranks of a multi-process run): a repeated signal is recorded, not
     acted on, since the launcher forwards the one its job got."""
 
-    def __init__(self, enabled: bool = True, repeat_acts: bool = True):
-        self.enabled = enabled
+    def __init__(self, repeat_acts: bool = True):
         self.repeat_acts = repeat_acts
         self.pending: int | None = None
         self._previous: dict[int, object] = {}
         self._owner = os.getpid()
 
     def __enter__(self) -> "StopBetweenSteps":
-        if self.enabled and threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread():
             self._owner = os.getpid()
             for signum in SIGNALS:
                 current = signal.getsignal(signum)
