@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One device call on the lent GPU box (an H200: no network, Python 3.12, torch 2.11 + CUDA), prepared
+# One device call on the lent GPU box (an H100 or H200: no network, Python 3.12, torch 2.11 + CUDA), prepared
 # and rehearsed here. What it lacks travels as wheels: `bash benchmarks/gpu_wheels.sh` here first, then
 # call the device tool with carry [".whl"] and the command `bash benchmarks/gpu_session.sh WHAT [ARGS]`:
 #
@@ -17,6 +17,8 @@
 #
 # Rehearsal here, on the CPU, with only the packages the box has importable (benchmarks/gpu_like.py) and
 # the smallest scale:  DRY=1 OUT=/tmp/gpu-out bash benchmarks/gpu_session.sh calibrate-proof
+# With the box's own versions of torch, transformers, accelerate… (benchmarks/box_env.sh builds them):
+#   BOX_PYTHON=/tmp/boxenv/bin/python DRY=1 OUT=/tmp/gpu-out bash benchmarks/gpu_session.sh calibrate-proof
 set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${OUT:?OUT must name the folder whose files come back}"
@@ -25,7 +27,7 @@ shift
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 if [ -n "${DRY:-}" ]; then
-  PY=(.venv/bin/python benchmarks/gpu_like.py)
+  PY=("${BOX_PYTHON:-.venv/bin/python}" benchmarks/gpu_like.py)  # BOX_PYTHON: benchmarks/box_env.sh's
   SCALE=test DEVICE=cpu DTYPE=fp32 WORK=${WORK:-/tmp/gpu-session}
   CHECK=(--dry-run) REHEARSAL=(--videos 2 --rehearsal-steps 5 --widths 16,32,32 --budget-min 2)
   ONE_CALL=(--deadline-min 6)  # this CPU: the rehearsal alone takes 2.5–3 min
