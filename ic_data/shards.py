@@ -29,6 +29,7 @@ import numpy as np
 
 from ic_data.errors import ShardError
 from ic_data.mp4 import decode_mp4, encode_mp4
+from ic_data.video_io import decoder_message
 
 __all__ = [
     "shard_paths",
@@ -141,7 +142,7 @@ def _probe_mp4(data: bytes) -> tuple[int, int, int]:
             if num_frames == 0:  # no frame count in the header: count packets instead
                 num_frames = sum(1 for packet in container.demux(stream) if packet.size)
     except av.error.FFmpegError as error:
-        raise ValueError(f"mp4 bytes are not a readable video: {error}") from error
+        raise ValueError(f"mp4 bytes are not a readable video: {decoder_message(error)}") from error
     return num_frames, height, width
 
 

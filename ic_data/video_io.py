@@ -93,6 +93,21 @@ def _check_file(path: str) -> None:
         raise VideoDecodeError(f"empty file: {path}", reason="empty_file")
 
 
+def decoder_message(exc: BaseException) -> str:
+    """What a decoder's exception says, the same in every process.
+
+    PyAV appends FFmpeg's last logged error to its exceptions ("; last error log: …") only while
+    its log callback is installed, which other libraries switch on when imported (torchvision ≤ 0.21
+    does, for instance): the same file would then fail with other words in a worker process than in
+    the main one, and the manifest would not be byte-identical. FFmpeg errors are told by their
+    error text alone (the caller names the file).
+    """
+    strerror = getattr(exc, "strerror", None)
+    if type(exc).__module__.startswith("av.") and isinstance(strerror, str) and strerror:
+        return strerror
+    return str(exc)
+
+
 def _interpolation(src_width: int, dst_width: int) -> int:
     # Bilinear is ~6x faster than area averaging and aliases little down to half size; below
     # that (e.g. 1080p sources) area averaging is needed. Both map pixel centres.
@@ -397,7 +412,7 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
     try:
         container = av.open(path, metadata_errors="ignore")
     except Exception as exc:
-        raise VideoDecodeError(f"PyAV cannot open {path}: {exc}") from exc
+        raise VideoDecodeError(f"PyAV cannot open {path}: {decoder_message(exc)}") from exc
     with container:
         if not container.streams.video:
             raise VideoDecodeError(f"no video stream in {path}", reason="no_video_stream")
@@ -439,7 +454,7 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
         except Exception as exc:
             # A truncated file decodes up to the damage; keep what was read if anything was.
             if store is None or not len(store):
-                raise VideoDecodeError(f"PyAV failed to decode {path}: {exc}") from exc
+                raise VideoDecodeError(f"PyAV failed to decode {path}: {decoder_message(exc)}") from exc
     if store is None or not len(store):
         raise VideoDecodeError(f"no decodable frames in {path}", reason="no_frames")
     n = len(store) if not truncated else max(stream.frames, len(store))
@@ -515,7 +530,7 @@ def decode_video(
         except CurationError:  # e.g. the size function rejected the resolution: not a decoder issue
             raise
         except Exception as exc:  # any other decoder failure is still a property of the file
-            errors.append(VideoDecodeError(f"{name} failed on {path}: {exc}"))
+            errors.append(VideoDecodeError(f"{name} failed on {path}: {decoder_message(exc)}"))
             continue
         if info.width <= 0 or info.height <= 0:
             errors.append(VideoDecodeError(f"{name} reports no frame size for {path}"))
@@ -562,4 +577,4 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     except VideoDecodeError:
         raise
     except Exception as exc:
-        raise VideoDecodeError(f"cannot probe {path}: {exc}") from exc
+        raise VideoDecodeError(f"cannot probe {path}: {decoder_message(exc)}") from exc

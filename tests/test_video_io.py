@@ -86,6 +86,39 @@ def test_truncated_file_decodes_what_is_there_or_fails_cleanly(bad_inputs):
         assert 0 < dec.num_frames < 48
 
 
+@pytest.mark.parametrize("name", ["notes.mp4", "random.mp4", "truncated.mp4"])
+def test_decode_errors_say_the_same_whatever_pyav_logs(bad_inputs, name):
+    """PyAV adds FFmpeg's last logged error to its exceptions only while its log callback is on,
+    which an import elsewhere can switch on (torchvision ≤ 0.21 does): the text that goes into the
+    manifest must not depend on it, or worker processes write other bytes than the main one."""
+    import av.logging
+
+    from ic_data.shards import _probe_mp4
+
+    def failures():
+        said = []
+        for call in (lambda: decode_video(bad_inputs / name, backend="pyav"),
+                     lambda: probe_video(bad_inputs / name),
+                     lambda: _probe_mp4((bad_inputs / name).read_bytes())):
+            try:
+                call()
+                said.append(None)
+            except (CurationError, ValueError) as exc:
+                said.append(str(exc))
+        return said
+
+    before = av.logging.get_level()
+    try:
+        av.logging.set_level(None)
+        quiet = failures()
+        av.logging.set_level(av.logging.ERROR)
+        logged = failures()
+    finally:
+        av.logging.set_level(before)
+    assert quiet == logged
+    assert name == "truncated.mp4" or all(s and "last error log" not in s for s in quiet)
+
+
 def test_too_small_is_a_rejection_not_a_decode_error(bad_inputs):
     with pytest.raises(VideoTooSmall):
         decode_video(bad_inputs / "tiny.mp4", lambda w, h: resized_size(w, h))
