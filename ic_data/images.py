@@ -63,9 +63,10 @@ def open_image(path: str | os.PathLike) -> Iterator:
 def read_rgb(path: str | os.PathLike, notes: list[str] | None = None) -> np.ndarray:
     """uint8 RGB (H, W, 3), upright (EXIF orientation applied), decoded whole (a file cut short is
     one BadInputError: OpenCV alone reads it as grey rows with a warning). Opaque images are
-    decoded by OpenCV, as video frames are (16-bit ones scaled to 8); transparent pixels are shown
-    over white, as a viewer shows them (their hidden colour is arbitrary); of an animation or a
-    multi-page file, the first frame is read. Both are said in ``notes`` when given."""
+    decoded by OpenCV, as video frames are (16-bit ones scaled to 8), or by PIL where this OpenCV
+    build lacks the format (OpenCV 4.9 reads no GIF); transparent pixels are shown over white, as a
+    viewer shows them (their hidden colour is arbitrary); of an animation or a multi-page file, the
+    first frame is read. Both are said in ``notes`` when given."""
     import cv2
     from PIL import Image, ImageOps
 
@@ -86,9 +87,16 @@ def read_rgb(path: str | os.PathLike, notes: list[str] | None = None) -> np.ndar
             raise BadInputError(f"cannot decode image {path} ({err})") from err
     if rgb is None:
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise BadInputError(f"cannot decode image {path}")
-        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        if bgr is not None:
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+        else:  # a format this OpenCV build lacks (GIF before OpenCV 4.11, say): PIL decoded it above
+            try:
+                with open_image(path) as im:
+                    rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)
+            except BadInputError:
+                raise
+            except Exception as err:  # noqa: BLE001 - as above
+                raise BadInputError(f"cannot decode image {path} ({err})") from err
     if notes is not None:
         if frames > 1:
             notes.append(f"{path.name} holds {frames} frames or pages: the first is used")

@@ -97,6 +97,19 @@ def test_of_an_animation_or_a_multi_page_file_the_first_frame_is_read_and_said(t
     assert notes == [f"{name} holds 2 frames or pages: the first is used"]
 
 
+@pytest.mark.parametrize("name", ["photo.gif", "photo.png"])
+def test_a_format_this_opencv_cannot_read_is_decoded_by_pil(tmp_path, monkeypatch, name):
+    """OpenCV 4.9 reads no GIF: what PIL has already checked is decoded by PIL then, pixel for pixel."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)
+    Image.fromarray(pixels).quantize(64).convert("RGB").save(tmp_path / name)  # ≤ 256 colours: GIF keeps them
+    expected = np.asarray(Image.open(tmp_path / name).convert("RGB"))
+    monkeypatch.setattr(cv2, "imread", lambda *args, **kwargs: None)
+    assert np.array_equal(read_rgb(tmp_path / name), expected)
+
+
 def test_sixteen_bit_images_are_scaled_to_eight_bits_not_clipped(tmp_path):
     grey = np.array([[0, 257 * 128, 65535]], np.uint16)
     Image.fromarray(grey).save(tmp_path / "g16.png")
