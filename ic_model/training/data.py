@@ -88,7 +88,7 @@ class TrainBatch:
 
 def _seed_int(*entropy: int) -> int:
     """A 63-bit integer seed from several integers (stable across processes, unlike ``hash``)."""
-    return int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0] >> 1)
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0]) >> 1
 
 
 def _worker_skip(skip_batches: int, role: int, num_workers: int) -> int:
