@@ -282,8 +282,9 @@ def test_base_loras_load_scale_and_stack(comps, pipe, tmp_path):
     style = kohya_lora(unet, kohya_modules, seed=1, alpha=[1.0, 1.0, 4.0])  # mixed alphas, rank 2
     save_file(style, str(tmp_path / "style.safetensors"))
     # A text-encoder part as kohya writes it (CLIP's module names with "_").
-    te = kohya_lora(comps.text_encoder, ["encoder.layers.0.self_attn.q_proj", "encoder.layers.1.self_attn.out_proj"],
-                    seed=4)
+    # transformers < 5.6 nests CLIP's layers under text_model; kohya's names always include it.
+    clip = getattr(comps.text_encoder, "text_model", comps.text_encoder)
+    te = kohya_lora(clip, ["encoder.layers.0.self_attn.q_proj", "encoder.layers.1.self_attn.out_proj"], seed=4)
     te = {k.replace("lora_unet_", "lora_te_text_model_"): v for k, v in te.items()}
     save_file({**kohya_lora(unet, kohya_modules, seed=1), **te}, str(tmp_path / "with_te.safetensors"))
     save_file(diffusers_lora(unet, [ATTN.format(0, "ff.net.2"), "up_blocks.1.attentions.0.proj_out"], seed=2),
@@ -327,7 +328,7 @@ def test_base_loras_load_scale_and_stack(comps, pipe, tmp_path):
         # … and loaded into it when one is given.
         load_base_lora(unet, tmp_path / "with_te.safetensors", 1.0, name="te", text_encoder=comps.text_encoder)
         assert base_lora_scales(comps.text_encoder) == {"te": 1.0}
-        q_proj = comps.text_encoder.get_submodule("encoder.layers.0.self_attn.q_proj")
+        q_proj = clip.get_submodule("encoder.layers.0.self_attn.q_proj")
         assert "te" in q_proj.lora_A and q_proj.scaling["te"] == 1.0  # alpha / rank folded into lora_B
         ids = torch.tensor([[49406, 320, 1125, 49407]])
         with torch.no_grad():
