@@ -10,6 +10,7 @@ pipeline can import this module.
 """
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import os
 import threading
@@ -132,13 +133,18 @@ _PARENT_POLL_S = 1.0
 def leave_stopping_to_the_parent() -> None:
     """Ctrl-C and SIGTERM sent to the whole process group are the parent's to act on: a worker
     killed by them would break the pool, and its jobs would be rerun in new workers as if a
-    decoder had crashed. The parent stops the pool as it exits; a worker whose parent is gone
-    (killed outright, or by the out-of-memory killer) exits within a second instead of running
-    on, orphaned."""
+    decoder had crashed. So a worker leaves its parent's process group for one of its own, which
+    the terminal's Ctrl-C and ``kill -TERM -PGID`` do not reach. A SIGTERM sent to the worker
+    itself still ends it: that is how Python ≥ 3.12 ends the workers of a broken pool, waiting
+    for them to exit (a worker that ignored SIGTERM hung the pool, and curation, for good). The
+    parent stops the pool as it exits; a worker whose parent is gone (killed outright, or by the
+    out-of-memory killer) exits within a second instead of running on, orphaned."""
     import signal
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, signal.SIG_IGN)
+    with contextlib.suppress(AttributeError, OSError):  # no process groups here (not POSIX)
+        os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C that still arrives is the parent's
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
     parent = os.getppid()
 
     def watch() -> None:

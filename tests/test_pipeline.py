@@ -201,22 +201,53 @@ def test_a_crashing_worker_costs_only_its_own_job():
     assert run_in_workers([(_square_or_die, (5,))], processes=2) == [25]  # a fresh pool
 
 
-def _signal_self_then_pid(signum: int) -> int | str:
-    try:
-        os.kill(os.getpid(), signum)  # what Ctrl-C or `kill -TERM -PGID` sends every process of the group
-        time.sleep(0.2)
-    except KeyboardInterrupt:
-        return "the worker was interrupted"
+def _signal_parents_group_then_pid(signum: int) -> int:
+    os.killpg(os.getpgid(os.getppid()), signum)  # what Ctrl-C or `kill -TERM -PGID` sends the parent's group
+    time.sleep(0.3)
     return os.getpid()
 
 
+@pytest.mark.skipif(not hasattr(os, "killpg"), reason="process groups are POSIX")
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_group_signals_leave_the_workers_to_the_parent(signum):
-    """A worker survives a signal sent to the whole group: the pool is not broken and its job is
-    not rerun in a new worker as if a decoder had crashed; the parent decides what to stop."""
-    pid, = run_in_workers([(_signal_self_then_pid, (signum,))], processes=1)
-    assert isinstance(pid, int), pid
-    assert run_in_workers([(os.getpid, ())], processes=1) == [pid], "the same worker serves the next job"
+    """A signal sent to the parent's whole process group (Ctrl-C, `kill -TERM -PGID`) does not reach
+    the workers: the pool is not broken and its job is not rerun in a new worker as if a decoder
+    had crashed; the parent decides what to stop (here, to go on)."""
+    code = ("import os, signal; from ic_data.workers import run_in_workers;"
+            "from tests.test_pipeline import _signal_parents_group_then_pid as job;"
+            f"signal.signal({int(signum)}, lambda *a: print('parent signalled', flush=True));"
+            f"first, = run_in_workers([(job, ({int(signum)},))], processes=1);"
+            "second, = run_in_workers([(os.getpid, ())], processes=1);"
+            "print(first, second, os.getpgid(first) != os.getpgid(0), flush=True)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1], capture_output=True,
+                       text=True, timeout=120, start_new_session=True)  # a group of its own, as a shell's job
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    signalled, result = r.stdout.strip().splitlines()[-2:]
+    assert signalled == "parent signalled"
+    first, second, own_group = result.split()
+    assert first == second, "the same worker serves the next job"
+    assert own_group == "True"
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a process that has not ended (an unreaped one has ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from Linux's /proc")
+def test_a_worker_sent_sigterm_ends_and_the_next_batch_gets_a_new_pool():
+    """Python ≥ 3.12 ends the workers of a broken pool (a decoder crashed in one) with SIGTERM and
+    waits for them: a worker that ignored SIGTERM hung the pool, and curation, for good."""
+    pid, = run_in_workers([(os.getpid, ())], processes=1)
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.time() + 10
+    while _running(pid) and time.time() < deadline:
+        time.sleep(0.05)
+    assert not _running(pid), "the worker ignored SIGTERM"
+    assert run_in_workers([(_square_or_die, (6,))], processes=1) == [36]
 
 
 def _note_then_sleep(path: str, i: int) -> int:
