@@ -229,14 +229,6 @@ def test_group_signals_leave_the_workers_to_the_parent(signum):
     assert own_group == "True"
 
 
-def _running(pid: int) -> bool:
-    """Whether ``pid`` is a process that has not ended (an unreaped one has ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError):
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads process states from Linux's /proc")
 def test_a_worker_sent_sigterm_ends_and_the_next_batch_gets_a_new_pool():
     """Python ≥ 3.12 ends the workers of a broken pool (a decoder crashed in one) with SIGTERM and
