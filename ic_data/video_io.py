@@ -108,6 +108,20 @@ def decoder_message(exc: BaseException) -> str:
     return str(exc)
 
 
+def open_video_container(path: str):
+    """``av.open(path)`` for reading, where metadata in a broken text encoding does not fail the
+    file: PyAV before 19 raises on it unless told ``metadata_errors="ignore"``; PyAV 19 dropped
+    that option (and takes no unknown keyword)."""
+    import av
+
+    try:
+        return av.open(path, metadata_errors="ignore")
+    except TypeError as exc:
+        if "metadata_errors" not in str(exc):
+            raise
+        return av.open(path)
+
+
 def _interpolation(src_width: int, dst_width: int) -> int:
     # Bilinear is ~6x faster than area averaging and aliases little down to half size; below
     # that (e.g. 1080p sources) area averaging is needed. Both map pixel centres.
@@ -284,9 +298,7 @@ def _pyav_display(path: str) -> tuple[int, float]:
     """(``display_quarter_turns`` of the first frame, ``sample_aspect``), read with PyAV;
     (0, 1.0) when PyAV cannot read them."""
     try:
-        import av
-
-        with av.open(path, metadata_errors="ignore") as container:
+        with open_video_container(path) as container:
             stream = video_stream(container)
             stream.codec_context.thread_count = 1
             return display_quarter_turns(next(container.decode(stream))), sample_aspect(stream)
@@ -407,10 +419,8 @@ class _FrameStore:
 
 
 def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thumb_width: int | None):
-    import av
-
     try:
-        container = av.open(path, metadata_errors="ignore")
+        container = open_video_container(path)
     except Exception as exc:
         raise VideoDecodeError(f"PyAV cannot open {path}: {decoder_message(exc)}") from exc
     with container:
@@ -423,6 +433,7 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
         w, h = stream.codec_context.width, stream.codec_context.height
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
+        declared_frames = stream.frames  # PyAV 19 answers nothing of a closed container's streams
         store: _FrameStore | None = None
         turns, sar, size, truncated = 0, 1.0, None, False
         try:
@@ -457,7 +468,7 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
                 raise VideoDecodeError(f"PyAV failed to decode {path}: {decoder_message(exc)}") from exc
     if store is None or not len(store):
         raise VideoDecodeError(f"no decodable frames in {path}", reason="no_frames")
-    n = len(store) if not truncated else max(stream.frames, len(store))
+    n = len(store) if not truncated else max(declared_frames, len(store))
     if turns % 2:
         w, h = h, w
     info = VideoInfo(path=path, num_frames=n, fps=fps, width=w, height=h, backend="pyav", rotation=90 * turns,
@@ -561,10 +572,8 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
         return VideoInfo(path, len(vr), float(vr.get_avg_fps() or 0.0), w, h, "decord", 90 * turns, sar)
     except Exception:
         pass
-    import av
-
     try:
-        with av.open(path, metadata_errors="ignore") as c:
+        with open_video_container(path) as c:
             if not c.streams.video:
                 raise VideoDecodeError(f"no video stream in {path}", reason="no_video_stream")
             s = video_stream(c)

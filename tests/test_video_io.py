@@ -51,6 +51,26 @@ def test_thumbnails_are_the_frames_shrunk(two_shot_video, backend):
     assert decode_video(path, backend=backend, max_frames=5).thumbnails is None
 
 
+def test_pyav_19_without_the_metadata_errors_option(two_shot_video, monkeypatch):
+    """PyAV 19 (what pip installs on Python ≥ 3.12 today) takes no ``metadata_errors``: reading
+    must not depend on it, nor on a stream's attributes once its container is closed."""
+    import av
+
+    real_open = av.open
+
+    def open_like_19(file, mode="r", **kwargs):
+        if "metadata_errors" in kwargs:
+            raise TypeError("open() got an unexpected keyword argument 'metadata_errors'")
+        return real_open(file, mode, **kwargs)
+
+    monkeypatch.setattr(av, "open", open_like_19)
+    path, video = two_shot_video
+    assert decode_video(path, backend="pyav").num_frames == len(video.frames)
+    cut = decode_video(path, backend="pyav", max_frames=5)
+    assert cut.truncated and cut.num_frames == 5 and cut.info.num_frames == len(video.frames)  # as declared
+    assert probe_video(path).num_frames == len(video.frames)
+
+
 def test_max_frames_truncates(two_shot_video):
     path, _ = two_shot_video
     dec = decode_video(path, max_frames=30)
