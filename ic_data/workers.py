@@ -1,6 +1,6 @@
 """The worker processes of a curation run: one spawned process pool per process, shared by every
 chunk running in it, and what each worker sets up (one OpenCV thread, an allocator that keeps
-freed frame memory).
+freed frame memory, a process group of its own that group signals do not reach).
 
 :func:`run_in_workers` runs ``(fn, args)`` jobs in the pool, surviving workers that crash;
 ``fn`` must be importable at module level (the stage functions it runs, such as

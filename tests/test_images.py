@@ -104,8 +104,8 @@ def test_a_format_this_opencv_cannot_read_is_decoded_by_pil(tmp_path, monkeypatc
 
     rng = np.random.default_rng(0)
     pixels = rng.integers(0, 256, (12, 20, 3), dtype=np.uint8)
-    Image.fromarray(pixels).quantize(64).convert("RGB").save(tmp_path / name)  # ≤ 256 colours: GIF keeps them
-    expected = np.asarray(Image.open(tmp_path / name).convert("RGB"))
+    expected = np.asarray(Image.fromarray(pixels).quantize(64).convert("RGB"))  # ≤ 256 colours: GIF keeps them
+    Image.fromarray(expected).save(tmp_path / name)
     monkeypatch.setattr(cv2, "imread", lambda *args, **kwargs: None)
     assert np.array_equal(read_rgb(tmp_path / name), expected)
 
