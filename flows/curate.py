@@ -14,9 +14,11 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import FlowRunContext
 from prefect.futures import as_completed
+from prefect.states import Failed
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
+from ic_data.errors import BadInputError
 from ic_data.pipeline import CurationConfig, discover_videos, plan_chunks
 from ic_data.workers import default_processes
 from tasks.curation import assemble_manifest, finish_chunk, motion_threshold, publish_summary, score_chunk
@@ -89,7 +91,10 @@ def curate(
         cpu_only = flow_backend == "dis" and tracker == "lk" and captioner == "none"
         if local and cpu_only:
             config = dataclasses.replace(config, processes=default_processes(config.max_decode_frames))
-    chunks = plan_chunks(discover_videos(videos), config, chunk_size)
+    try:
+        chunks = plan_chunks(discover_videos(videos, out_dir=out), config, chunk_size)
+    except BadInputError as err:  # a captions CSV that breaks further in than the arguments' check read
+        return Failed(message=str(err))
     log.info("%d videos from %s in %d chunks → %s (%d worker processes)", sum(len(c.videos) for c in chunks), videos,
              len(chunks), out, config.processes)
     progress = create_progress_artifact(0.0, key=f"curate-{source}-progress", description=f"Curating {videos}")
@@ -101,6 +106,6 @@ def curate(
     publish_summary(summary, source, time.perf_counter() - t0)
     update_progress_artifact(progress, 100.0)
 
-    failed = summary.counts.get("failed", 0)
-    log.info("curated %d videos: %s; %d failed (%s)", summary.num_videos, summary.counts, failed, summary.reasons)
+    log.info("curated %d videos: %s; reasons filtered or failed: %s", summary.num_videos, summary.counts,
+             summary.reasons)
     return summary.to_json()

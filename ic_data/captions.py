@@ -12,13 +12,18 @@ from pathlib import Path
 
 import numpy as np
 
-from ic_data.errors import MissingWeightsError
+from ic_data.errors import BadInputError, MissingWeightsError
 
-__all__ = ["BLIP2_PATH_ENV", "Blip2Captioner", "caption_for", "load_webvid_captions", "webvid_csv_header"]
+__all__ = ["BLIP2_PATH_ENV", "Blip2Captioner", "CaptionsError", "caption_for", "load_webvid_captions",
+           "webvid_csv_header"]
 
 BLIP2_PATH_ENV = "IC_BLIP2_PATH"
 
 _WEBVID_COLUMNS = ("videoid", "name")
+
+
+class CaptionsError(BadInputError):
+    """A WebVid captions CSV that cannot be read: not UTF-8, malformed CSV, missing columns."""
 
 
 def load_webvid_captions(csv_path: str | os.PathLike, only: Collection[str] | None = None) -> dict[str, str]:
@@ -26,17 +31,28 @@ def load_webvid_captions(csv_path: str | os.PathLike, only: Collection[str] | No
 
     ``only``: keep just these video ids. The CSV is read row by row, so memory follows the
     selection, not WebVid's 10M rows (gigabytes as a dict). Other columns (``contentUrl``,
-    ``duration``, ``page_dir``, …) are ignored. Raises ``ValueError`` naming the missing columns
-    if ``videoid`` or ``name`` is absent.
+    ``duration``, ``page_dir``, …) are ignored. Raises :class:`CaptionsError` (a
+    ``ValueError``) naming the file and the line where it is not UTF-8 or not well-formed CSV (an
+    unclosed quote would swallow the rows after it), or the missing columns if ``videoid`` or
+    ``name`` is absent.
     """
     with open(csv_path, newline="", encoding="utf-8") as handle:
-        reader = csv.DictReader(handle)
-        reader.fieldnames = _checked_header(reader, csv_path)
+        reader = csv.DictReader(handle, strict=True)
         captions: dict[str, str] = {}
-        for record in reader:
-            video_id = (record.get("videoid") or "").strip()
-            if video_id and (only is None or video_id in only):
-                captions[video_id] = (record.get("name") or "").strip()
+        line = 0  # the last line read whole
+        try:
+            reader.fieldnames = _checked_header(reader, csv_path)
+            line = reader.line_num
+            for record in reader:
+                line = reader.line_num
+                video_id = (record.get("videoid") or "").strip()
+                if video_id and (only is None or video_id in only):
+                    captions[video_id] = (record.get("name") or "").strip()
+        except UnicodeDecodeError as err:
+            # Text is decoded ahead of the rows, so the bad byte lies somewhere after this line.
+            raise CaptionsError(f"{csv_path}: not UTF-8 text ({err.reason}, past line {line})") from None
+        except csv.Error as err:  # an unclosed quote, a field past csv's size limit
+            raise CaptionsError(f"{csv_path}: the row after line {line} is not well-formed CSV ({err})") from None
     return captions
 
 
@@ -51,7 +67,7 @@ def _checked_header(reader: csv.DictReader, csv_path: str | os.PathLike) -> list
     header = [column.strip() for column in (reader.fieldnames or [])]
     missing = [column for column in _WEBVID_COLUMNS if column not in header]
     if missing:
-        raise ValueError(f"{csv_path}: WebVid CSV lacks columns {missing} (found {header})")
+        raise CaptionsError(f"{csv_path}: WebVid CSV lacks columns {missing} (found {header})")
     return header
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "reason_counts",
     "status_counts",
     "video_id_for",
+    "printable_path",
     "write_manifest",
 ]
 
@@ -103,6 +104,8 @@ def _column(rows: list[ManifestRow], name: str) -> list:
     values = [getattr(row, name) for row in rows]
     if name == "cuts":
         return [[int(c) for c in value] if value is not None else None for value in values]
+    if name in ("path", "error"):  # they name files, whose names need not be UTF-8
+        return [printable_path(value) if value is not None else None for value in values]
     return values
 
 
@@ -155,6 +158,17 @@ def reason_counts(rows: list[ManifestRow]) -> dict[str, int]:
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
+def printable_path(path: str) -> str:
+    """``path`` as UTF-8 text: a name the file system holds in another encoding (its bytes
+    come through as surrogate escapes, which Parquet and JSON files cannot hold) shows its
+    undecodable bytes as ``\\xNN``."""
+    try:
+        path.encode("utf-8")
+        return path
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def video_id_for(path: str | os.PathLike, root: str | os.PathLike) -> str:
     """A stable, WebDataset-safe id for the video at ``path`` under the input ``root``.
 
@@ -170,5 +184,6 @@ def video_id_for(path: str | os.PathLike, root: str | os.PathLike) -> str:
     relative_posix = PurePosixPath(*relative.split(os.sep))
     stem = str(relative_posix.with_suffix("")) if relative_posix.suffix else str(relative_posix)
     readable = _UNSAFE.sub("_", stem).strip("_") or "video"
-    digest = hashlib.sha1(str(relative_posix).encode("utf-8")).hexdigest()[:8]
+    # A name that is not UTF-8 comes from the file system as surrogate escapes: hash its bytes.
+    digest = hashlib.sha1(str(relative_posix).encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{readable}-{digest}"

@@ -38,6 +38,7 @@ STAGE1_DIR = "work/scores"
 STAGE2_DIR = "work/rows"
 STAGING_DIR = "work/clips"
 SHARD_DIR = "shards"
+OUTPUT_DIRS = ("work", SHARD_DIR, "previews")  # the folders a curation writes under OUT
 
 
 @dataclass(frozen=True)
@@ -156,11 +157,17 @@ class Candidate:
 # ----------------------------------------------------------------------------- discovery
 
 
-def discover_videos(root: str | os.PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> list[tuple[str, str]]:
-    """(video_id, absolute path) of every file under ``root`` whose suffix looks like a video.
+def discover_videos(
+    root: str | os.PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS, out_dir: str | os.PathLike | None = None,
+) -> list[tuple[str, str]]:
+    """(video_id, absolute path) of every entry under ``root`` whose suffix looks like a video.
 
-    Files are matched by extension only, so a corrupt or fake ``.mp4`` is still an input and
-    gets its ``failed`` row. Sorted by video id.
+    Entries are matched by extension only, so a corrupt or fake ``.mp4`` is still an input and
+    gets its ``failed`` row, and so does one that is no regular file (a FIFO, a device, a link to
+    one): only folders are walked into rather than listed. A symbolic link is listed by its own
+    path (its name is the WebVid id its caption is looked up by), not its target's. With
+    ``out_dir`` inside ``root``, the curation's own files there (staged clips, shards, previews)
+    are not inputs. Sorted by video id.
     """
     from ic_data.manifest import video_id_for
 
@@ -168,10 +175,15 @@ def discover_videos(root: str | os.PathLike, extensions: Sequence[str] = VIDEO_E
     if not root.is_dir():
         raise FileNotFoundError(f"video folder not found: {root}")
     exts = {e.lower() for e in extensions}
+    own = [] if out_dir is None else [os.path.realpath(Path(out_dir) / d) for d in OUTPUT_DIRS]
     found = []
     for p in sorted(root.rglob("*")):
-        if p.suffix.lower() in exts and (p.is_file() or p.is_symlink()):
-            found.append((video_id_for(str(p), str(root)), str(p.resolve() if p.exists() else p.absolute())))
+        if p.suffix.lower() not in exts or (p.is_dir() and not p.is_symlink()):
+            continue
+        where = os.path.realpath(p.parent)
+        if any(where == d or where.startswith(d + os.sep) for d in own):
+            continue
+        found.append((video_id_for(str(p), str(root)), str(p.absolute())))
     return sorted(found)  # ids embed a hash of the relative path: unique per input
 
 
@@ -402,6 +414,7 @@ class Stage2:
 
     def sample(self, c: Candidate, shard_name: str):
         """Build the shard sample of a kept candidate (raises on failure)."""
+        from ic_data.manifest import printable_path
         from ic_data.mp4 import decode_mp4
         from ic_data.shards import ClipSample
         from ic_data.tracking import grid_points
@@ -421,7 +434,7 @@ class Stage2:
             caption = self.captioner().caption(frames)
         laps.lap("sparse_caption")
         meta = {
-            "source_path": c.path,
+            "source_path": printable_path(c.path),
             "video_id": c.video_id,
             "fps": c.fps,
             "clip_fps": c.clip_fps,
@@ -532,8 +545,11 @@ def run_stage2_chunk(
     result = stage2_result_path(out_dir, chunk)
     if result.exists():
         saved = json.loads(result.read_text())
-        if saved.get("threshold") == _json_float(threshold):
-            return result  # finished by an earlier run with the same dataset-wide decision
+        shards = {r["shard"] for r in saved["rows"] if r["status"] == "ok"}
+        if saved.get("threshold") == _json_float(threshold) and all((out_dir / s).is_file() for s in shards):
+            # Finished by an earlier run with the same dataset-wide decision. (A run between may
+            # have removed its shard as stale, if it split the videos into other chunks.)
+            return result
     stage = stage or Stage2(config, out_dir)
     shard_name = f"{chunk.key}.tar"
     rows, samples = [], []
@@ -683,7 +699,7 @@ def curate(
     """Run the whole chain in this process (no orchestrator): what the flows do, sequentially."""
     say = progress or (lambda msg: None)
     out_dir = Path(out_dir)
-    videos = discover_videos(videos_dir)
+    videos = discover_videos(videos_dir, out_dir=out_dir)
     chunks = plan_chunks(videos, config, chunk_size)
     say(f"{len(videos)} videos in {len(chunks)} chunks")
     # One backend instance for every chunk (RAFT/CoTracker weights load once); the run_* calls

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -105,7 +106,13 @@ def decoder_message(exc: BaseException) -> str:
     strerror = getattr(exc, "strerror", None)
     if type(exc).__module__.startswith("av.") and isinstance(strerror, str) and strerror:
         return strerror
+    if type(exc).__module__.startswith("decord"):
+        # decord's log prefix: the wall-clock time and its source line ("[12:20:20] /…/video_reader.cc:151: ").
+        return _DECORD_PREFIX.sub("", str(exc)).strip()
     return str(exc)
+
+
+_DECORD_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] (\S+:\d+: )?")
 
 
 def open_video_container(path: str):
@@ -134,7 +141,7 @@ def _decode_decord(path: str, size_fn: SizeFn | None, max_frames: int | None, th
     try:
         vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
     except Exception as exc:  # decord raises its own DECORDError and RuntimeErrors
-        raise VideoDecodeError(f"decord cannot open {path}: {exc}") from exc
+        raise VideoDecodeError(f"decord cannot open {path}: {decoder_message(exc)}") from exc
     n = len(vr)
     if n <= 0:
         raise VideoDecodeError(f"decord found no frames in {path}", reason="no_frames")
@@ -549,13 +556,15 @@ def decode_video(
         sx = store.size[0] / info.width
         sy = store.size[1] / info.height
         return DecodedVideo(info=info, store=store, scale=(sx, sy), truncated=truncated, thumbnails=store.thumbnails())
-    # Report the most specific error: a timeout or a "no frames" beats a generic open failure.
+    # Report the most specific error: a timeout, then a named reason ("no_video_stream",
+    # "no_frames") beat a generic open failure, whichever decoder met it.
     for exc in errors:
         if isinstance(exc, DecodeTimeout):
             raise exc
-    last = errors[-1]
-    detail = " | ".join(str(e) for e in errors)
-    raise type(last)(detail, reason=last.reason)
+    specific = [e for e in errors if e.reason != VideoDecodeError.reason]
+    chosen = specific[0] if specific else errors[-1]
+    detail = " | ".join(Exception.__str__(e) if e is chosen else str(e) for e in errors)  # its reason leads
+    raise type(chosen)(detail, reason=chosen.reason)
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:

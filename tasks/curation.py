@@ -114,6 +114,11 @@ def _preview_markdown(out: Path, limit: int) -> str:
     from ic_data.shards import read_shard
 
     rows = [r for r in read_manifest(out / "manifest.parquet") if r.status == "ok"][:limit]
+    # Previews of an earlier run's clips (ids have no dots: "<id>.png", "<id>.small.gif") go.
+    shown = {r.key for r in rows}
+    for old in sorted((out / "previews").glob("*")) if (out / "previews").is_dir() else []:
+        if old.is_file() and old.suffix in (".png", ".gif") and old.name.split(".")[0] not in shown:
+            old.unlink()
     lines = [f"# Curated clips: {out}", ""]
     if not rows:
         return "\n".join(lines + ["No clip passed curation."])

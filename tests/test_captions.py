@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +166,44 @@ def test_tiny_blip2_captions_through_the_real_loader(tiny_blip2_dir, monkeypatch
     assert isinstance(caption, str) and caption
     assert set(caption.split("; ")) == set(descriptions)
     assert "<image>" not in caption
+
+
+def test_a_symlinked_video_is_listed_and_captioned_by_its_own_name(tmp_path):
+    """A crawl that stores blobs once and links them under their WebVid ids: the link's name is
+    the id, and the manifest names the input path, not the blob's."""
+    from ic_data.pipeline import CurationConfig, discover_videos, plan_chunks
+
+    (tmp_path / "vids").mkdir()
+    (tmp_path / "blobs").mkdir()
+    (tmp_path / "blobs" / "abc.mp4").write_bytes(b"not decoded here")
+    (tmp_path / "vids" / "1002.mp4").symlink_to("../blobs/abc.mp4")
+    csv_path = tmp_path / "captions.csv"
+    csv_path.write_text("videoid,name\n1002,a dog\nabc,a blob\n", encoding="utf-8")
+    videos = discover_videos(tmp_path / "vids")
+    assert [p for _, p in videos] == [str(tmp_path / "vids" / "1002.mp4")]
+    (chunk,) = plan_chunks(videos, CurationConfig(captions_csv=str(csv_path)), chunk_size=4)
+    assert dict(chunk.captions) == {videos[0][0]: "a dog"}
+
+
+@pytest.mark.parametrize("case", ["unclosed quote", "not UTF-8 after the first 8 KiB", "a huge field"])
+def test_a_broken_csv_body_is_one_error_naming_the_file(tmp_path, case):
+    """The arguments' check reads the header only (WebVid's CSV is gigabytes); what breaks
+    further in is still one error naming the file, which the curate flow ends Failed with, not
+    a silently swallowed row or a traceback."""
+    from ic_data.errors import BadInputError
+    from ic_data.pipeline import CurationConfig, plan_chunks
+
+    csv_path = tmp_path / "captions.csv"
+    rows = "".join(f"{i},caption {i}\n" for i in range(2000, 3000)).encode()
+    body = {
+        # Without strict parsing 1001's caption would swallow the rest of the file, 1002's row too.
+        "unclosed quote": b'videoid,name\n1000,fine\n1001,"never closed\n1002,dog\n',
+        "not UTF-8 after the first 8 KiB": b"videoid,name\n" + rows + b"1001,caf\xe9\n",
+        "a huge field": b"videoid,name\n1001," + b"x" * 200_000 + b"\n",
+    }[case]
+    csv_path.write_bytes(body)
+    with pytest.raises(BadInputError, match=f"^{re.escape(str(csv_path))}: ") as err:
+        load_webvid_captions(csv_path)
+    assert len(str(err.value)) < 300 and "\n" not in str(err.value)
+    with pytest.raises(BadInputError):
+        plan_chunks([("v-1", str(tmp_path / "1001.mp4"))], CurationConfig(captions_csv=str(csv_path)))

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import platform
@@ -519,3 +520,83 @@ def test_a_curation_config_takes_every_backend_its_factories_take():
         assert CurationConfig(tracker=tracker).tracker == tracker
     for detector in DETECTORS:
         assert CurationConfig(cut_detector=detector).cut_detector == detector
+
+
+def _ok_shards_exist(out: Path) -> bool:
+    rows = [r for r in read_manifest(out / "manifest.parquet") if r.status == "ok"]
+    return bool(rows) and all((out / r.shard).is_file() for r in rows)
+
+
+def test_resuming_after_another_chunking_rebuilds_the_shards_it_removed(input_dir, tmp_path):
+    """Chunk size 2, then 1, then 2 into one folder: the second run removes the first's shard
+    as stale, and the third, whose chunk is the first's again, writes it anew rather than
+    taking the saved result of a shard that is gone. Its manifest is the first run's."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("good_2_speed1.mp4", "good_5_speed4.mp4"):
+        shutil.copy(input_dir / name, videos / name)
+    config = dataclasses.replace(CFG, drop_fraction=0.0)
+    manifests = []
+    for size in (2, 1, 2):
+        summary = curate(videos, tmp_path / "out", config, chunk_size=size)
+        assert summary.counts == {"ok": 2, "filtered": 0, "failed": 0}
+        assert _ok_shards_exist(tmp_path / "out"), size
+        manifests.append((tmp_path / "out" / "manifest.parquet").read_bytes())
+    assert manifests[2] == manifests[0] != manifests[1]
+
+
+def test_a_file_name_that_is_not_utf8_is_curated_and_shown_escaped(input_dir, tmp_path):
+    """A name in another encoding (Latin-1 "café", as an old crawl may hold) reaches Python as
+    surrogate escapes, which Parquet and JSON cannot store: it gets its id and row, and the
+    manifest and the shard show its undecodable byte as \\xe9."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    name = os.fsdecode(b"caf\xe9.mp4")
+    try:
+        shutil.copy(input_dir / "good_5_speed4.mp4", videos / name)
+    except (UnicodeEncodeError, OSError):
+        pytest.skip("this file system takes UTF-8 names only")
+    summary = curate(videos, tmp_path / "out", dataclasses.replace(CFG, drop_fraction=0.0))
+    assert summary.counts == {"ok": 1, "filtered": 0, "failed": 0}
+    (row,) = read_manifest(tmp_path / "out" / "manifest.parquet")
+    assert row.path == str(videos) + "/caf\\xe9.mp4"
+    assert row.video_id == "caf-" + hashlib.sha1(b"caf\xe9.mp4").hexdigest()[:8]  # the name's own bytes
+    (sample,) = read_shard(tmp_path / "out" / row.shard)
+    assert sample.meta["source_path"] == row.path
+
+
+def test_discovery_lists_what_is_no_file_and_skips_the_curations_own_folders(tmp_path):
+    """A FIFO named like a video is an input (its row says not_a_file, without blocking on it);
+    a folder named x.mp4 is walked into, not listed; with OUT inside the input folder, OUT's
+    staged clips are not inputs, while other videos there are."""
+    root = tmp_path / "videos"
+    (root / "x.mp4").mkdir(parents=True)
+    (root / "x.mp4" / "inside.mp4").write_bytes(b"v")
+    os.mkfifo(root / "pipe.mp4")
+    out = root / "out"
+    (out / "work" / "clips").mkdir(parents=True)
+    (out / "work" / "clips" / "staged.mp4").write_bytes(b"v")
+    (out / "mine.mp4").write_bytes(b"v")
+    found = sorted(Path(p).relative_to(root).as_posix() for _, p in discover_videos(root, out_dir=out))
+    assert found == ["out/mine.mp4", "pipe.mp4", "x.mp4/inside.mp4"]
+    assert len(discover_videos(root)) == 4  # without out_dir, the staged clip is listed too
+    with pytest.raises(Exception) as err:
+        decode_video(root / "pipe.mp4", timeout_s=10)
+    assert err.value.reason == "not_a_file"
+
+
+def test_previews_of_an_earlier_runs_clips_are_removed(curated, tmp_path):
+    """The previews folder holds the clips the summary shows, none of an earlier run's (whose
+    video may be gone from the input)."""
+    from tasks.curation import _preview_markdown
+
+    out = tmp_path / "out"
+    shutil.copytree(curated[0], out)
+    (out / "previews").mkdir(exist_ok=True)
+    for name in ("gone-0123abcd.png", "gone-0123abcd.gif", "gone-0123abcd.small.gif"):
+        (out / "previews" / name).write_bytes(b"old")
+    (out / "previews" / "notes.txt").write_text("not ours")
+    _preview_markdown(out, 3)
+    shown = sorted(r.key for r in read_manifest(out / "manifest.parquet") if r.status == "ok")[:3]
+    assert sorted(p.name for p in (out / "previews").iterdir()) == sorted(
+        [f"{k}{ext}" for k in shown for ext in (".gif", ".png", ".small.gif")] + ["notes.txt"])

@@ -393,3 +393,40 @@ def test_a_cover_picture_stream_before_the_video_is_passed_over(tmp_path, backen
     assert abs(int(dec.frames[39].mean()) - 195) <= 4  # the video's last frame, not the cover
     info = probe_video(path)
     assert (info.width, info.height) == (96, 64)
+
+
+def test_decord_errors_carry_no_clock_time(bad_inputs):
+    """decord prefixes its errors with the wall-clock time ("[11:45:03] …/video_reader.cc:151: "):
+    kept, two runs over the same corrupt file would write different manifests."""
+    import re
+
+    with pytest.raises(VideoDecodeError) as err:
+        decode_video(bad_inputs / "notes.mp4", backend="decord")
+    text = str(err.value)
+    assert "decord cannot open" in text
+    assert not re.search(r"\[\d\d:\d\d:\d\d\]|\.cc:\d+", text), text
+
+
+@pytest.mark.parametrize("first", ["pyav", "decord"])
+def test_the_most_specific_reason_wins_whichever_decoder_met_it(bad_inputs, monkeypatch, first):
+    """An audio-only file: PyAV says there is no video stream, decord only that it cannot open
+    it. The row says no_video_stream, and its error keeps both decoders' words."""
+    from ic_data import video_io
+
+    said = {
+        first: VideoDecodeError("no video stream in x.mp4", reason="no_video_stream"),
+        ({"pyav", "decord"} - {first}).pop(): VideoDecodeError("cannot open x.mp4"),
+    }
+
+    def failing(name):
+        def decode(*args, **kwargs):
+            raise said[name]
+        return decode
+
+    monkeypatch.setattr(video_io, "_decode_pyav", failing("pyav"))
+    monkeypatch.setattr(video_io, "_decode_decord", failing("decord"))
+    with pytest.raises(VideoDecodeError) as err:
+        decode_video(bad_inputs / "notes.mp4")
+    assert err.value.reason == "no_video_stream"
+    assert str(err.value).startswith("no_video_stream: ") and str(err.value).count("no_video_stream") == 1
+    assert "decode_error: cannot open x.mp4" in str(err.value)
