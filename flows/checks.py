@@ -372,16 +372,28 @@ def check_generate(args) -> list[str]:
     for beside in output_paths(Path(args.out).expanduser())[1:]:  # the preview and the record
         if beside.is_dir():
             problems.append(f"--out {args.out}: {beside} is a folder, and the output's {beside.suffix} goes there")
-    _existing(problems, "--base-model", args.base_model)
+    if _existing(problems, "--base-model", args.base_model):
+        _checkpoint_suffix(problems, "--base-model", args.base_model)
     for spec in args.base_lora or []:
         file, _, scale = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else (spec, "", "")
-        _existing(problems, "--base-lora", file or spec, "file")
+        if _existing(problems, "--base-lora", file or spec, "file"):
+            _checkpoint_suffix(problems, "--base-lora", file or spec)
         if scale:
             try:
-                float(scale)
+                if not math.isfinite(float(scale)):
+                    problems.append(f"--base-lora {spec}: the scale after ':' must be a finite number")
             except ValueError:
                 problems.append(f"--base-lora {spec}: the scale after ':' must be a number")
     return problems
+
+
+def _checkpoint_suffix(problems: list[str], flag: str, value: str) -> None:
+    """A weights file must be one the loaders read (a folder is read as diffusers')."""
+    from ic_model.models.sd15 import CHECKPOINT_SUFFIXES
+
+    path = Path(value).expanduser()
+    if path.is_file() and path.suffix.lower() not in CHECKPOINT_SUFFIXES:
+        problems.append(f"{flag} {value}: not a weights file ({'/'.join(CHECKPOINT_SUFFIXES)}) or a diffusers folder")
 
 
 def check_evaluate(args) -> list[str]:
@@ -449,10 +461,11 @@ def check_convert_official(args) -> list[str]:
         _writable_target(problems, "--out", args.out, want_dir=True)
     if args.sd15_path:
         _existing(problems, "--sd15-path", args.sd15_path)
+    typed = len(problems)
     overrides = _json_object(problems, "--model", args.model, ModelConfig)
     if overrides.get("preset", "sd15") != "sd15":
         problems.append("--model: the released weights are the sd15 preset's architecture; 'preset' cannot change")
-    elif overrides:
+    elif overrides and len(problems) == typed:  # each field's own problem is said once
         try:
             preset_config("sd15", **overrides)
         except (ValueError, TypeError) as err:

@@ -60,6 +60,26 @@ def open_image(path: str | os.PathLike) -> Iterator:
         yield im
 
 
+def _eight_bit(im):
+    """A PIL image of 16-bit or float grey (modes ``I;16*``, ``I``, ``F``) as 8-bit ``L`` (``LA``
+    where a transparent grey level is set): 16-bit values by their high byte, as OpenCV reads
+    them, float ones from 0..1. PIL's own ``convert`` clips them instead (a 16-bit gradient turns
+    white). Any other image is returned as it is."""
+    from PIL import Image
+
+    if im.mode not in ("I", "F") and not im.mode.startswith("I;16"):
+        return im
+    values = np.asarray(im)
+    if im.mode == "F":
+        grey = np.rint(np.clip(np.nan_to_num(values.astype(np.float64) * 255.0), 0, 255)).astype(np.uint8)
+    else:
+        grey = (np.clip(values.astype(np.int64), 0, 65535) >> 8).astype(np.uint8)
+    key = im.info.get("transparency")
+    if isinstance(key, (int, float)) and not isinstance(key, bool):
+        return Image.fromarray(np.stack([grey, np.where(values == key, 0, 255).astype(np.uint8)], axis=-1), "LA")
+    return Image.fromarray(grey, "L")
+
+
 def read_rgb(path: str | os.PathLike, notes: list[str] | None = None) -> np.ndarray:
     """uint8 RGB (H, W, 3), upright (EXIF orientation applied), decoded whole (a file cut short is
     one BadInputError: OpenCV alone reads it as grey rows with a warning). Opaque images are
@@ -78,11 +98,13 @@ def read_rgb(path: str | os.PathLike, notes: list[str] | None = None) -> np.ndar
         try:
             im.load()
             if has_alpha:  # an alpha channel or a transparent colour, perhaps on no pixel at all
-                rgba = ImageOps.exif_transpose(im).convert("RGBA")
+                rgba = _eight_bit(ImageOps.exif_transpose(im)).convert("RGBA")
                 transparent = rgba.getextrema()[3][0] < 255
             if transparent:
                 white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 rgb = np.asarray(Image.alpha_composite(white, rgba).convert("RGB"), dtype=np.uint8)
+            elif im.mode == "F":  # OpenCV reads a float image's 0..1 as 0 and 1 of 255
+                rgb = np.asarray(_eight_bit(ImageOps.exif_transpose(im)).convert("RGB"), dtype=np.uint8)
         except Exception as err:  # noqa: BLE001 - PIL's many decoder errors: the file is the problem
             raise BadInputError(f"cannot decode image {path} ({err})") from err
     if rgb is None:

@@ -458,8 +458,32 @@ def field_problems(data, cls, where: str) -> list[str]:
         else:
             ok = True
         if not ok:
-            problems.append(f"{where}: {key!r} must be {type(expected).__name__}, got {json.dumps(value, default=str)}")
+            problems.append(f"{where}: {key!r} must be {type(expected).__name__}, got {shown(value)}")
     return problems
+
+
+def shown(value, limit: int = 120) -> str:
+    """``value`` as JSON for a message, cut short: a few items of each list or mapping, three
+    levels deep, long text elided (a YAML file's aliases can make a small file a huge value)."""
+
+    def cut(v, depth: int):
+        if isinstance(v, str):
+            return v if len(v) <= 60 else v[:60] + "…"
+        if isinstance(v, dict):
+            if depth == 0:
+                return "{…}"
+            out = {str(k): cut(x, depth - 1) for k, x in list(v.items())[:5]}
+            if len(v) > 5:
+                out["…"] = f"{len(v) - 5} more"
+            return out
+        if isinstance(v, (list, tuple)):
+            if depth == 0:
+                return "[…]"
+            return [cut(x, depth - 1) for x in v[:5]] + ([f"… {len(v) - 5} more"] if len(v) > 5 else [])
+        return v
+
+    text = json.dumps(cut(value, 3), default=str, ensure_ascii=False)
+    return text if len(text) <= limit else text[:limit] + "…"
 
 
 # The sections of a training config file (``ic train STAGE --config FILE``).
@@ -491,7 +515,7 @@ def read_config_file(path: str | os.PathLike, stage: str) -> dict:
         problems.append(f"preset: {data['preset']!r} is not one of {sorted(PRESETS)}")
     for key, kind in (("run", str), ("shards", (str, list)), ("num_processes", int)):
         if key in data and (not isinstance(data[key], kind) or isinstance(data[key], bool)):
-            problems.append(f"{key}: wrong type, got {json.dumps(data[key], default=str)}")
+            problems.append(f"{key}: wrong type, got {shown(data[key])}")
     model = data.get("model") or {}
     problems += field_problems(model, ModelConfig, "model")
     if isinstance(model, dict):
@@ -501,7 +525,7 @@ def read_config_file(path: str | os.PathLike, stage: str) -> dict:
         problems.append("weights: must be a mapping of " + ", ".join(WEIGHT_ENV))
         weights = {}
     problems += [f"weights: {k!r} is not one of {', '.join(WEIGHT_ENV)}" for k in weights if k not in WEIGHT_ENV]
-    problems += [f"weights: {k!r} must be a path, got {json.dumps(v, default=str)}"
+    problems += [f"weights: {k!r} must be a path, got {shown(v)}"
                  for k, v in weights.items() if k in WEIGHT_ENV and not isinstance(v, str)]
     train = data.get("train") or {}
     problems += field_problems(train, TrainConfig, "train")

@@ -648,3 +648,29 @@ def test_a_run_whose_first_stage_never_trained_takes_new_model_settings(capsys, 
     assert lines == ["ic train: --model: the run has num_frames=8, not 4"]
     with pytest.raises(ValueError, match="has num_frames=8, not 4"):
         run_model_config(run, "tiny", codec="space_to_depth", num_frames=4)
+
+
+def test_generate_refuses_weights_files_it_cannot_read_and_a_scale_that_is_no_number(capsys, tmp_path,
+                                                                                     trained_like_run):
+    """--base-lora and --base-model are checked before anything loads: a file the loaders do not
+    read (a .txt) and a LoRA scale of nan or inf, which sampled to NaN latents and then blamed
+    the guidance scales."""
+    import cv2
+    import numpy as np
+
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), np.zeros((256, 384, 3), np.uint8))
+    tracks = tmp_path / "tracks.json"
+    tracks.write_text(json.dumps([[[10, 10], [50, 60]]]))
+    notes = tmp_path / "notes.txt"
+    notes.write_text("hi")
+    lora = tmp_path / "style.safetensors"
+    lora.write_bytes(b"not read by the check")
+    gen = ["generate", "--image", str(image), "--trajectories", str(tracks), "--run", str(trained_like_run),
+           "--mode", "none", "--out", str(tmp_path / "v.mp4")]
+    assert _problems(capsys, gen + ["--base-lora", str(notes), "--base-model", str(notes)]) == [
+        f"ic generate: --base-model {notes}: not a weights file (.ckpt/.safetensors/.pt/.pth/.bin) or a diffusers folder",
+        f"ic generate: --base-lora {notes}: not a weights file (.ckpt/.safetensors/.pt/.pth/.bin) or a diffusers folder"]
+    for scale in ("nan", "inf", "-inf"):
+        assert _problems(capsys, gen + ["--base-lora", f"{lora}:{scale}"]) == [
+            f"ic generate: --base-lora {lora}:{scale}: the scale after ':' must be a finite number"]

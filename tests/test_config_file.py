@@ -91,3 +91,17 @@ def test_ic_train_merges_the_file_under_the_flags(tmp_path, training_shards, mon
         "ic train: --grad-accum must be at least 1, got 0",
         "ic train: --lr must be > 0.0, got -1.0",
     ]
+
+
+def test_a_wrong_value_is_shown_short_whatever_its_size(tmp_path):
+    """YAML aliases make a few lines a value of 10⁵ items (10⁹ in a few more): the problem
+    names it in one short line, not its whole text."""
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    for prev, name in zip("abcd", "bcde"):
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{prev}"] * 10) + "]")
+    path = tmp_path / "aliases.yaml"
+    path.write_text("\n".join(["x:"] + ["  " + line for line in lines]) + "\nrun: *e\n")
+    with pytest.raises(ConfigFileError) as err:
+        read_config_file(path, "dense")
+    (problem,) = [p for p in err.value.problems if "run: wrong type" in p]
+    assert len(problem) < 300 and "more" in problem, problem[:300]

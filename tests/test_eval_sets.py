@@ -219,3 +219,29 @@ def test_a_missing_reference_is_named_before_any_video_is_generated(tmp_path):
     with pytest.raises(BadInputError, match=f"^reference {tmp_path / 'nope'}: .*does not exist"):
         evaluate_set(pipe, "object", tmp_path / "out", EvalSettings(steps=2, reference=str(tmp_path / "nope")))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_first_frame_is_enlarged_no_more_than_generation_enlarges_one(tmp_path):
+    """ic generate refuses a 1×1 image (it would need 384× upscaling, limit 16×); an evaluation
+    case with one is refused alike, naming the case and the image, not scored on a flat frame."""
+    from ic_data.errors import BadInputError
+
+    cv2.imwrite(str(tmp_path / "dot.png"), np.full((1, 1, 3), 200, np.uint8))
+    cv2.imwrite(str(tmp_path / "small.png"), np.full((16, 24, 3), 200, np.uint8))  # 16×: the limit
+    spec = _write(tmp_path / "s.json", {"kind": "object", "frame_size": [384, 256], "cases": [
+        {"id": "small", "trajectories": [[[10, 10], [20, 20]]], "image": "small.png"},
+        {"id": "dot", "trajectories": [[[10, 10], [20, 20]]], "image": "dot.png"}]})
+    cases = read_eval_set(spec).cases
+    assert _first_frames(cases[:1], None, seed=0)[0].shape == (256, 384, 3)
+    with pytest.raises(BadInputError, match=r"case dot: the image .*dot\.png is 1x1, .*384\.0x .*limit 16x"):
+        _first_frames(cases, None, seed=0)
+
+
+def test_an_ablation_sweep_with_a_trajs_scale_of_its_own_is_refused():
+    """--ablation sweeps λ_trajs over 1, 1.1, 1.3, 1.5 itself: a --trajs-scale beside it would be
+    used by no video, yet recorded in metrics.json."""
+    from ic_model.evaluation.evaluate import guidance_problems
+
+    assert guidance_problems("object", 1.0, True) == [] and guidance_problems("object", 1.3, False) == []
+    (problem,) = guidance_problems("object", 1.2, True)
+    assert problem.startswith("trajs_scale 1.2 with ablation: the sweep sets λ_trajs itself (1, 1.1, 1.3, 1.5)")

@@ -121,3 +121,20 @@ def test_open_image_leaves_the_decoding_to_the_caller(tmp_path):
     Image.new("RGB", (30, 20)).save(tmp_path / "a.jpg")
     with open_image(tmp_path / "a.jpg") as im:
         assert im.size == (30, 20) and im.format == "JPEG"
+
+
+def test_sixteen_bit_grey_with_a_transparent_level_and_float_images_keep_their_tones(tmp_path):
+    """PIL's own conversion clips 16-bit and float grey to 255 and 1 (a 16-bit gradient with a
+    transparent level turned white, a 0..1 float TIFF black): they read as OpenCV reads the
+    opaque 16-bit gradient, the transparent level over white."""
+    ramp = np.tile(np.linspace(0, 65535, 64).round().astype(np.uint16), (4, 1))
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    Image.fromarray(ramp).save(tmp_path / "g16_key.png", transparency=0)
+    Image.fromarray((ramp / 65535.0).astype(np.float32), mode="F").save(tmp_path / "f32.tiff")
+    expected = read_rgb(tmp_path / "g16.png")
+    assert np.array_equal(expected[0, :, 0], ramp[0] >> 8)
+    notes: list[str] = []
+    keyed = read_rgb(tmp_path / "g16_key.png", notes)
+    assert (keyed[:, 0] == 255).all() and np.abs(keyed[:, 1:].astype(int) - expected[:, 1:]).max() <= 1
+    assert notes == ["g16_key.png has transparent pixels: they are shown over white"]
+    assert np.abs(read_rgb(tmp_path / "f32.tiff").astype(int) - expected).max() <= 1

@@ -430,3 +430,17 @@ def test_a_converted_run_fine_tunes_a_new_object_adapter(converted, training_sha
     # The camera adapter it trained against is the released one.
     assert (run / "object" / "camera_lora.safetensors").read_bytes() == \
         (converted[0] / "camera" / "camera_lora.safetensors").read_bytes()
+
+
+def test_convert_official_says_each_model_problem_once(capsys, tmp_path):
+    """A wrong --model field is one line (it was also said again by the preset's constructor)."""
+    from flows import cli
+
+    argv = ["convert-official", str(tmp_path / "nowhere"), "--out", str(tmp_path / "r"),
+            "--model", '{"nope": 1, "num_frames": "16"}']
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if "nope" in line] == [
+        "ic convert-official: --model: 'nope' is not a ModelConfig field"]
+    assert len([line for line in err.splitlines() if "num_frames" in line]) == 1

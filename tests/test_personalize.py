@@ -6,6 +6,7 @@ the original LDM key names (as community checkpoints ship) or as a diffusers fol
 """
 from __future__ import annotations
 
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -425,3 +426,31 @@ def test_lora_saved_by_diffusers_keeps_its_alpha(comps, pipe, tmp_path):
                 assert not torch.allclose(ours(x), ours.base_layer(x), atol=1e-3)
     finally:
         remove_base_loras(comps.unet)
+
+
+class _Runs:
+    """Unpickling this would run ``open(path, "w")``: a stand-in for a hostile checkpoint."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_a_checkpoint_with_python_objects_is_refused_as_bad_input_without_running_them(tmp_path):
+    """The refusal is bad input (the flow ends Failed with its one line, no traceback), it says
+    why, and the object's code never ran."""
+    from ic_data.errors import BadInputError
+    from ic_model.pipelines.personalize import _read_file, parse_lora_spec
+
+    marker = tmp_path / "ran"
+    torch.save({"w": torch.zeros(2), "x": _Runs(marker)}, tmp_path / "hostile.ckpt")
+    with pytest.raises(BadInputError) as err:
+        _read_file(tmp_path / "hostile.ckpt")
+    assert isinstance(err.value, IncompatibleWeightsError) and "\n" not in str(err.value)
+    assert "other Python objects in it are refused, never run" in str(err.value)
+    assert not marker.exists()
+    assert parse_lora_spec("a:b.safetensors:0.5") == (Path("a:b.safetensors"), 0.5)
+    with pytest.raises(BadInputError, match="finite number"):
+        parse_lora_spec("style.safetensors:nan")

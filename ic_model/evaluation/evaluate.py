@@ -27,6 +27,7 @@ from ic_model.evaluation.evalsets import EvalCase, EvalSet, read_eval_set, synth
 from ic_model.evaluation.metrics.motion_control import motion_control_error
 from ic_model.pipelines.generate import read_image
 from ic_model.pipelines.image_conductor import (
+    GENERATE_MAX_UPSCALE,
     MODES,
     ImageConductorPipeline,
     prepare_image_and_tracks,
@@ -87,8 +88,15 @@ def _first_frames(cases: list[EvalCase], images: str | None, seed: int) -> list[
         if case.image is None and images is None:
             frames.append(synthetic_first_frame(case, seed=seed))
             continue
-        img = read_image(case.image or paths[i % len(paths)])
-        # The set's trajectories are in frame_size pixels: bring the image to that frame first.
+        path = case.image or paths[i % len(paths)]
+        img = read_image(path)
+        # The set's trajectories are in frame_size pixels: bring the image to that frame first,
+        # enlarged no more than generation enlarges an image (a 1×1 picture is no first frame).
+        (fw, fh), (h, w) = case.frame_size, img.shape[:2]
+        if max(fw / w, fh / h) > GENERATE_MAX_UPSCALE:
+            raise BadInputError(f"case {case.id}: the image {path} is {w}x{h}, which would need "
+                                f"{max(fw / w, fh / h):.1f}x upscaling to the set's {fw}x{fh} frames "
+                                f"(limit {GENERATE_MAX_UPSCALE:g}x)")
         frames.append(cv2.resize(img, case.frame_size, interpolation=cv2.INTER_AREA))
     return frames
 
@@ -118,6 +126,9 @@ def guidance_problems(mode: str, trajs_scale: float, ablation: bool,
     adapter: in any other mode it is a problem (``ablation`` used to be ignored silently).
     ``names``: what the caller calls the two settings."""
     if mode == "object":
+        if ablation and trajs_scale != 1.0:  # the sweep would run without it, yet the record name it
+            return [f"{names[0]} {trajs_scale:g} with {names[1]}: the sweep sets λ_trajs itself "
+                    f"({', '.join(f'{x:g}' for x in ABLATION_TRAJS_SCALES)}); give one or the other"]
         return []
     problems = []
     if trajs_scale != 1.0:

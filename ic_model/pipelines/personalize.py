@@ -61,6 +61,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import math
 import re
 import warnings
 from collections.abc import Sequence
@@ -78,7 +79,7 @@ from diffusers.utils import logging as diffusers_logging
 from torch import nn
 from transformers import CLIPTextModel
 
-from ic_data.errors import MissingWeightsError
+from ic_data.errors import BadInputError, MissingWeightsError
 from ic_model.models.lora import input_kwarg_to_positional
 from ic_model.models.sd15 import (
     CHECKPOINT_SUFFIXES,
@@ -127,8 +128,9 @@ _MODEL_TYPE_HINTS = {
 _SCALES_ATTR = "_ic_base_lora_scales"
 
 
-class IncompatibleWeightsError(ValueError):
-    """A personalised base model or LoRA does not fit the model (architecture or format)."""
+class IncompatibleWeightsError(BadInputError):
+    """A personalised base model or LoRA does not fit the model (architecture or format): bad
+    input (a ``ValueError``), which a flow ends Failed with in one line."""
 
 
 # --------------------------------------------------------------------------- the spatial UNet
@@ -257,7 +259,10 @@ def _read_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         return read_checkpoint(path)
     except Exception as error:
-        raise IncompatibleWeightsError(f"{path}: cannot read the checkpoint ({error})") from error
+        said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        hint = ("" if path.suffix.lower() == ".safetensors" else
+                "; a pickled checkpoint must hold tensors alone: other Python objects in it are refused, never run")
+        raise IncompatibleWeightsError(f"{path}: cannot read the checkpoint ({said}){hint}") from error
 
 
 def _looks_like_diffusers_unet(keys) -> bool:
@@ -378,9 +383,12 @@ def parse_lora_spec(spec: str | Path) -> tuple[Path, float]:
     head, sep, tail = text.rpartition(":")
     if sep and head:
         try:
-            return Path(head), float(tail)
+            scale = float(tail)
         except ValueError:
-            pass
+            return Path(text), 1.0
+        if not math.isfinite(scale):
+            raise BadInputError(f"base LoRA {text!r}: the scale after ':' must be a finite number")
+        return Path(head), scale
     return Path(text), 1.0
 
 
