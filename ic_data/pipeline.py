@@ -183,7 +183,7 @@ def discover_videos(
         where = os.path.realpath(p.parent)
         if any(where == d or where.startswith(d + os.sep) for d in own):
             continue
-        found.append((video_id_for(str(p), str(root)), str(p.absolute())))
+        found.append((video_id_for(str(p), str(root)), os.path.abspath(p)))  # ".." folded, links kept
     return sorted(found)  # ids embed a hash of the relative path: unique per input
 
 
