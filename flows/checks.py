@@ -192,6 +192,14 @@ def _dask_address(problems: list[str], value: str | None) -> None:
     if not parts.hostname or port is None:
         problems.append(f"--dask-address {value}: not a scheduler address (host and port needed), "
                         "e.g. tcp://scheduler:8786")
+    elif parts.scheme in ("tcp", "tls"):  # else the flow waits 30 s for it and fails with tracebacks
+        import socket
+
+        try:
+            socket.create_connection((parts.hostname, port), timeout=5).close()
+        except OSError as err:
+            problems.append(f"--dask-address {value}: no scheduler answers there ({err.strerror or err}); "
+                            "is `dask scheduler` running?")
 
 
 def check_curate(args) -> list[str]:

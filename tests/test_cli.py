@@ -674,3 +674,22 @@ def test_generate_refuses_weights_files_it_cannot_read_and_a_scale_that_is_no_nu
     for scale in ("nan", "inf", "-inf"):
         assert _problems(capsys, gen + ["--base-lora", f"{lora}:{scale}"]) == [
             f"ic generate: --base-lora {lora}:{scale}: the scale after ':' must be a finite number"]
+
+
+def test_a_dask_address_where_no_scheduler_answers_is_refused_up_front():
+    """An address nothing listens at was a 30 s wait, then the flow's tracebacks."""
+    import socket
+
+    from flows.checks import _dask_address
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        problems: list[str] = []
+        _dask_address(problems, f"tcp://127.0.0.1:{listening.getsockname()[1]}")
+        assert problems == []
+    with socket.socket() as closed:  # a port just free: nothing listens there
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    _dask_address(problems, f"127.0.0.1:{port}")
+    assert len(problems) == 1 and problems[0].startswith(f"--dask-address 127.0.0.1:{port}: no scheduler answers there (")
