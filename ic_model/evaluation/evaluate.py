@@ -126,7 +126,7 @@ def guidance_problems(mode: str, trajs_scale: float, ablation: bool,
     adapter: in any other mode it is a problem (``ablation`` used to be ignored silently).
     ``names``: what the caller calls the two settings."""
     if mode == "object":
-        if ablation and trajs_scale != 1.0:  # the sweep would run without it, yet the record name it
+        if ablation and trajs_scale != 1.0:  # no video would use it, yet metrics.json would record it
             return [f"{names[0]} {trajs_scale:g} with {names[1]}: the sweep sets λ_trajs itself "
                     f"({', '.join(f'{x:g}' for x in ABLATION_TRAJS_SCALES)}); give one or the other"]
         return []
