@@ -176,12 +176,15 @@ def discover_videos(
         raise FileNotFoundError(f"video folder not found: {root}")
     exts = {e.lower() for e in extensions}
     own = [] if out_dir is None else [os.path.realpath(Path(out_dir) / d) for d in OUTPUT_DIRS]
+    ours: dict[Path, bool] = {}  # folder → whether it is one of ``own`` or inside one (once per folder)
     found = []
     for p in sorted(root.rglob("*")):
         if p.suffix.lower() not in exts or (p.is_dir() and not p.is_symlink()):
             continue
-        where = os.path.realpath(p.parent)
-        if any(where == d or where.startswith(d + os.sep) for d in own):
+        if own and p.parent not in ours:
+            where = os.path.realpath(p.parent)
+            ours[p.parent] = any(where == d or where.startswith(d + os.sep) for d in own)
+        if own and ours[p.parent]:
             continue
         found.append((video_id_for(str(p), str(root)), os.path.abspath(p)))  # ".." folded, links kept
     return sorted(found)  # ids embed a hash of the relative path: unique per input

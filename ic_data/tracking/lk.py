@@ -147,8 +147,8 @@ def _apply_homography(h: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np
 def _homography_jacobian(h: np.ndarray, points: np.ndarray) -> np.ndarray:
     """(Q, 2, 2) derivative of the homography ``h`` (3, 3) at points (Q, 2): its local linear
     part there."""
-    mapped, _ = _apply_homography(h, points)
     w = h[2, 0] * points[:, 0] + h[2, 1] * points[:, 1] + h[2, 2]
+    mapped = (points @ h[:2, :2].T + h[:2, 2]) / w[:, None]
     jac = h[None, :2, :2] - mapped[:, :, None] * h[None, 2, None, :2]
     return jac / w[:, None, None]
 
@@ -364,7 +364,7 @@ class LKTracker:
                 past = np.maximum(seen - self.history_frames, 0)
                 anchors = vis & visible[seen] & visible[past]
                 ref_pos = tracks[seen]
-                motion = self._neighbour_motion(ref_pos, np.broadcast_to(cur, ref_pos.shape), anchors,
+                motion, _ = self._neighbour_motion(ref_pos, np.broadcast_to(cur, ref_pos.shape), anchors,
                                                 group, hidden, ref_pos - tracks[past],
                                                 between(seen, [t] * len(seen)))
                 steps = (t - last_t[hidden]).astype(np.float32)[:, None]
@@ -390,7 +390,7 @@ class LKTracker:
         anchors = visible[ks] & visible[ks + 1] & visible[past]
         group = np.repeat(np.arange(len(ks)), len(sel))
         query = np.tile(sel, len(ks))
-        motion = self._neighbour_motion(tracks[ks], tracks[ks + 1], anchors, group, query,
+        motion, _ = self._neighbour_motion(tracks[ks], tracks[ks + 1], anchors, group, query,
                                         tracks[ks] - tracks[past], between(ks, ks + 1))
         own = tracks[ks + 1][:, sel] - tracks[ks][:, sel]
         return own - motion.reshape(len(ks), len(sel), 2)
@@ -416,8 +416,7 @@ class LKTracker:
         anchors &= visible[past]
         history = (cur - tracks[past])[None]
         motion, fitted = self._neighbour_motion(points[None], cur[None], anchors[None], np.zeros(len(edge), np.intp),
-                                                edge, history, None if scene is None else scene[None],
-                                                fitted_only=True)
+                                                edge, history, None if scene is None else scene[None])
         edge, predicted = edge[fitted], points[edge[fitted]] + motion[fitted]
         if len(edge) == 0:
             return
@@ -583,8 +582,8 @@ class LKTracker:
             out[bad[use]] = jac[use]
         return out
 
-    def _neighbour_motion(self, ref_pos, cur_pos, anchor_mask, group, query, history=None, homographies=None,
-                          fitted_only=False):
+    def _neighbour_motion(self, ref_pos, cur_pos, anchor_mask, group, query, history=None,
+                          homographies=None) -> tuple[np.ndarray, np.ndarray]:
         """Displacement ref → cur at each query point, from its nearest anchors' displacements.
 
         An affine fit where it explains them (smooth camera motion: zoom, rotation); else the
@@ -593,8 +592,8 @@ class LKTracker:
         when the neighbours straddle two motions). All arguments but ``group`` and ``query``
         (Q,) are per group: positions (G, N, 2) in the reference and the current frame, anchors
         (G, N), recent displacements (G, N, 2) and homographies (G, 3, 3), so that predictions
-        from several reference frames are made in one batch. With ``fitted_only``, also
-        whether each displacement came from a fit (affine or homography) rather than a median.
+        from several reference frames are made in one batch. Returns the (Q, 2) displacements
+        and whether each came from a fit (affine or homography) rather than a median.
         """
         ref64 = ref_pos.astype(np.float64)
         features = ref64 if history is None else np.concatenate([ref64, self.motion_weight * history], axis=2)
@@ -637,9 +636,7 @@ class LKTracker:
             agree = ahead & (typical <= self.max_affine_residual_px)
             motion[rows[agree]] = (moved - here)[agree]
             fitted[rows[agree]] = True
-        if fitted_only:
-            return motion.astype(np.float32), fitted
-        return motion.astype(np.float32)
+        return motion.astype(np.float32), fitted
 
     # -- frame-0 reference patches ------------------------------------------------------------
 
