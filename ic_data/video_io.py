@@ -129,6 +129,19 @@ def open_video_container(path: str):
         return av.open(path)
 
 
+def _sized(size_fn: SizeFn | None, shown: tuple[int, int], upright: tuple[int, int], fps: float):
+    """``size_fn(*shown)``; a size it refuses (``CurationError``) carries the upright frame's
+    size and the frame rate, so the manifest's row for a too-small video still says what it is."""
+    if size_fn is None:
+        return None
+    try:
+        return size_fn(*shown)
+    except CurationError as exc:
+        exc.width, exc.height = (int(x) for x in upright)
+        exc.fps = fps
+        raise
+
+
 def _interpolation(src_width: int, dst_width: int) -> int:
     # Bilinear is ~6x faster than area averaging and aliases little down to half size; below
     # that (e.g. 1080p sources) area averaging is needed. Both map pixel centres.
@@ -152,7 +165,7 @@ def _decode_decord(path: str, size_fn: SizeFn | None, max_frames: int | None, th
     # It ignores the sample aspect ratio: that stretch is made here, as for PyAV.
     turns, sar = _pyav_display(path)
     shown = _shown_size(w, h, sar, turns % 2 == 1)
-    size = (size_fn(*shown) if size_fn else None) or shown
+    size = _sized(size_fn, shown, (w, h), fps) or shown
     store = _FrameStore(size, thumbnail_size(*size, thumb_width))
     total = min(n, max_frames) if max_frames else n
     for start in range(0, total, batch):
@@ -448,7 +461,7 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
                 if store is None:  # the first frame says how the video is to be shown
                     turns, sar = display_quarter_turns(frame), sample_aspect(stream)
                     shown = _shown_size(*((h, w) if turns % 2 else (w, h)), sar, turns % 2 == 1)
-                    size = size_fn(*shown) if size_fn else None
+                    size = _sized(size_fn, shown, (h, w) if turns % 2 else (w, h), fps)
                     out_size = size or shown
                     store = _FrameStore(out_size, thumbnail_size(*out_size, thumb_width), frame_colour(frame))
                 if max_frames and len(store) >= max_frames:

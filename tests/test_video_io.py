@@ -139,9 +139,12 @@ def test_decode_errors_say_the_same_whatever_pyav_logs(bad_inputs, name):
     assert name == "truncated.mp4" or all(s and "last error log" not in s for s in quiet)
 
 
-def test_too_small_is_a_rejection_not_a_decode_error(bad_inputs):
-    with pytest.raises(VideoTooSmall):
-        decode_video(bad_inputs / "tiny.mp4", lambda w, h: resized_size(w, h))
+@pytest.mark.parametrize("backend", ["auto", "decord", "pyav"])
+def test_too_small_is_a_rejection_not_a_decode_error(bad_inputs, backend):
+    with pytest.raises(VideoTooSmall) as info:
+        decode_video(bad_inputs / "tiny.mp4", lambda w, h: resized_size(w, h), backend=backend)
+    assert (info.value.width, info.value.height) == (96, 64)  # the manifest's row says what it is
+    assert info.value.fps == pytest.approx(24.0, rel=1e-3)
 
 
 def test_frames_are_converted_when_read_and_agree_across_storage(tmp_path):
@@ -258,8 +261,9 @@ def test_the_size_function_sees_the_upright_frame(tmp_path):
     assert _corner_colours(dec.frames[0])["top_right"] == WHITE
     small = tmp_path / "small.mp4"
     _marked_video(small, -90, "yuv420p", width=96, height=64, frames=2)
-    with pytest.raises(VideoTooSmall):
+    with pytest.raises(VideoTooSmall) as info:
         decode_video(small, lambda w, h: resized_size(w, h))
+    assert (info.value.width, info.value.height) == (64, 96)  # upright
 
 
 def _yuv_frame(y: np.ndarray, u: np.ndarray, v: np.ndarray, fmt: str, colorspace: int, color_range: int):
