@@ -204,12 +204,18 @@ def _dask_address(problems: list[str], value: str | None) -> None:
 
 def check_curate(args) -> list[str]:
     from ic_data.captions import webvid_csv_header
+    from ic_data.errors import BadInputError
     from ic_data.pipeline import VIDEO_EXTENSIONS, discover_videos
 
     problems: list[str] = []
     videos = _existing(problems, "--videos", args.videos, "dir")
-    if videos and not discover_videos(videos, out_dir=Path(args.out).expanduser()):
-        problems.append(f"--videos {args.videos}: no video files in it (looked for {', '.join(VIDEO_EXTENSIONS)})")
+    try:
+        found = videos and discover_videos(videos, out_dir=Path(args.out).expanduser())
+    except BadInputError as err:  # the folder cannot be listed
+        problems.append(f"--videos: {err}")
+    else:
+        if videos and not found:
+            problems.append(f"--videos {args.videos}: no video files in it (looked for {', '.join(VIDEO_EXTENSIONS)})")
     _writable_target(problems, "--out", args.out, want_dir=True)
     if _existing(problems, "--captions", args.captions, "file"):
         try:

@@ -164,29 +164,39 @@ def discover_videos(
 
     Entries are matched by extension only, so a corrupt or fake ``.mp4`` is still an input and
     gets its ``failed`` row, and so does one that is no regular file (a FIFO, a device, a link to
-    one): only folders are walked into rather than listed. A symbolic link is listed by its own
-    path (its name is the WebVid id its caption is looked up by), not its target's. With
-    ``out_dir`` inside ``root``, the curation's own files there (staged clips, shards, previews)
-    are not inputs. Sorted by video id.
+    one): only folders are walked into rather than listed. A folder below ``root`` that cannot be
+    listed (no permission) is an entry itself, so its ``failed`` row says its videos were not
+    curated; ``root`` itself unlistable is a ``BadInputError``. A symbolic link is listed by its
+    own path (its name is the WebVid id its caption is looked up by), not its target's, and a
+    linked folder is not walked into. With ``out_dir`` inside ``root``, the curation's own files
+    there (staged clips, shards, previews) are not inputs. Sorted by video id.
     """
+    from ic_data.errors import BadInputError
     from ic_data.manifest import video_id_for
 
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"video folder not found: {root}")
     exts = {e.lower() for e in extensions}
-    own = [] if out_dir is None else [os.path.realpath(Path(out_dir) / d) for d in OUTPUT_DIRS]
-    ours: dict[Path, bool] = {}  # folder → whether it is one of ``own`` or inside one (once per folder)
+    own = set() if out_dir is None else {os.path.realpath(Path(out_dir) / d) for d in OUTPUT_DIRS}
+    inside = os.path.realpath(root)
+    if any(inside == d or inside.startswith(d + os.sep) for d in own):
+        return []  # ``root`` is one of OUT's own folders
+    unlisted: list[OSError] = []
     found = []
-    for p in sorted(root.rglob("*")):
-        if p.suffix.lower() not in exts or (p.is_dir() and not p.is_symlink()):
-            continue
-        if own and p.parent not in ours:
-            where = os.path.realpath(p.parent)
-            ours[p.parent] = any(where == d or where.startswith(d + os.sep) for d in own)
-        if own and ours[p.parent]:
-            continue
-        found.append((video_id_for(str(p), str(root)), os.path.abspath(p)))  # ".." folded, links kept
+    for folder, dirs, files in os.walk(root, onerror=unlisted.append):  # links to folders: in dirs, not walked
+        if own:  # OUT's own folders (and what is below them) are never walked into
+            dirs[:] = [d for d in dirs if os.path.islink(os.path.join(folder, d))
+                       or os.path.realpath(os.path.join(folder, d)) not in own]
+        for name in dirs + files:
+            p = Path(folder, name)
+            if p.suffix.lower() in exts and (p.is_symlink() or not p.is_dir()):
+                found.append((video_id_for(str(p), str(root)), os.path.abspath(p)))  # ".." folded, links kept
+    for err in unlisted:
+        where = Path(err.filename) if err.filename else root
+        if where == root:
+            raise BadInputError(f"cannot list the video folder {root}: {err.strerror or err}")
+        found.append((video_id_for(str(where), str(root)), os.path.abspath(where)))
     return sorted(found)  # ids embed a hash of the relative path: unique per input
 
 

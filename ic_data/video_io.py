@@ -88,8 +88,20 @@ class DecodedVideo:
 def _check_file(path: str) -> None:
     if not os.path.exists(path):
         raise VideoDecodeError(f"no such file: {path}", reason="missing_file")
+    if os.path.isdir(path):  # a folder discovery could not list, or a link to one named like a video
+        try:
+            with os.scandir(path):
+                pass
+        except OSError as exc:
+            raise VideoDecodeError(f"cannot list the folder {path} ({exc.strerror or exc}), so its videos "
+                                   "are not curated", reason="unreadable") from exc
     if not os.path.isfile(path):
         raise VideoDecodeError(f"not a regular file: {path}", reason="not_a_file")
+    try:
+        with open(path, "rb"):  # the decoders would each say it in their own words
+            pass
+    except OSError as exc:
+        raise VideoDecodeError(f"cannot read {path}: {exc.strerror or exc}", reason="unreadable") from exc
     if os.path.getsize(path) == 0:
         raise VideoDecodeError(f"empty file: {path}", reason="empty_file")
 
@@ -576,7 +588,10 @@ def decode_video(
             raise exc
     specific = [e for e in errors if e.reason != VideoDecodeError.reason]
     chosen = specific[0] if specific else errors[-1]
-    detail = " | ".join(Exception.__str__(e) if e is chosen else str(e) for e in errors)  # its reason leads
+    # The chosen error's words first (its reason leads the whole), then each other decoder's,
+    # with its reason where that is another.
+    others = [Exception.__str__(e) if e.reason == chosen.reason else str(e) for e in errors if e is not chosen]
+    detail = " | ".join([Exception.__str__(chosen)] + others)
     raise type(chosen)(detail, reason=chosen.reason)
 
 

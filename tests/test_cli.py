@@ -279,6 +279,23 @@ def test_curate_refuses_a_folder_without_videos_and_an_unreadable_captions_csv(c
     assert not (tmp_path / "o").exists()
 
 
+def test_curate_refuses_a_video_folder_it_cannot_list(capsys, tmp_path, monkeypatch):
+    """Without permission to list --videos, one line says so (a walk would find no videos and
+    blame the folder's contents). The refusal is simulated: the tests may run as root."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    scandir = os.scandir
+
+    def refuse(path="."):
+        if os.fspath(path) == str(videos):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refuse)
+    lines = _problems(capsys, ["curate", "webvid", "--videos", str(videos), "--out", str(tmp_path / "o")])
+    assert lines == [f"ic curate: --videos: cannot list the video folder {videos}: Permission denied"]
+
+
 def test_curating_an_empty_folder_writes_an_empty_manifest(tmp_path):
     (tmp_path / "empty").mkdir()
     summary = curate(tmp_path / "empty", tmp_path / "out" / "nested")

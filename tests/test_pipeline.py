@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from ic_data.clips import resized_size
+from ic_data.errors import VideoDecodeError
 from ic_data.manifest import read_manifest
 from ic_data.pipeline import (
     CurationConfig,
@@ -602,3 +603,51 @@ def test_previews_of_an_earlier_runs_clips_are_removed(curated, tmp_path):
     shown = sorted(r.key for r in read_manifest(out / "manifest.parquet") if r.status == "ok")[:3]
     assert sorted(p.name for p in (out / "previews").iterdir()) == sorted(
         [f"{k}{ext}" for k in shown for ext in (".gif", ".png", ".small.gif")] + ["notes.txt"])
+
+
+def test_what_cannot_be_read_is_a_row_that_says_so(tmp_path, monkeypatch):
+    """A video without read permission fails as ``unreadable``, not as the decoders' guesses; a
+    folder that cannot be listed is a row of its own (its videos are not curated), where a walk
+    would pass it by in silence; the input folder itself unlistable is one error. Permissions are
+    simulated (the tests may run as root, whom chmod does not stop)."""
+    import builtins
+
+    from ic_data.errors import BadInputError
+
+    root = tmp_path / "videos"
+    (root / "locked").mkdir(parents=True)
+    (root / "locked" / "inside.mp4").write_bytes(b"v")
+    (root / "secret.mp4").write_bytes(b"v")
+    (root / "plain.mp4").write_bytes(b"v")
+    denied = {str(root / "locked"), str(root / "secret.mp4")}
+
+    def refuse(name):
+        if os.fspath(name) in denied:
+            raise PermissionError(13, "Permission denied", os.fspath(name))
+
+    scandir, open_ = os.scandir, builtins.open
+    monkeypatch.setattr(os, "scandir", lambda path=".": refuse(path) or scandir(path))
+    monkeypatch.setattr(builtins, "open", lambda file, *a, **k: refuse(file) or open_(file, *a, **k))
+    found = sorted(Path(p).relative_to(root).as_posix() for _, p in discover_videos(root))
+    assert found == ["locked", "plain.mp4", "secret.mp4"]
+    for name, words in (("locked", "cannot list the folder"), ("secret.mp4", "cannot read")):
+        with pytest.raises(VideoDecodeError) as err:
+            decode_video(root / name, timeout_s=10)
+        assert err.value.reason == "unreadable" and f"{words} {root / name}" in str(err.value)
+        assert "Permission denied" in str(err.value)
+    with pytest.raises(VideoDecodeError) as err:
+        decode_video(root / "plain.mp4", timeout_s=10)
+    assert err.value.reason == "decode_error"
+    denied.add(str(root))
+    with pytest.raises(BadInputError, match="cannot list the video folder .*Permission denied"):
+        discover_videos(root)
+
+
+def test_a_decode_error_names_its_reason_once_and_the_chosen_decoder_first(bad_inputs):
+    """Both decoders fail on random bytes: the row's error leads with the reason once, then what
+    each decoder said, the chosen one first."""
+    with pytest.raises(VideoDecodeError) as err:
+        decode_video(bad_inputs / "random.mp4", timeout_s=30)
+    text = str(err.value)
+    assert text.count("decode_error") == 1 and text.startswith("decode_error: decord ")
+    assert " | PyAV " in text
