@@ -245,9 +245,9 @@ def _failure(c: Candidate, exc: BaseException) -> Candidate:
         c.reason = exc.reason
         c.error = str(exc)
         # A refusal of the size (too_small) comes before the decoder's info: it carries the size.
-        for field in ("width", "height", "fps"):
-            if getattr(c, field) is None and getattr(exc, field, None) is not None:
-                setattr(c, field, getattr(exc, field))
+        for name in ("width", "height", "fps"):
+            if getattr(c, name) is None and getattr(exc, name, None) is not None:
+                setattr(c, name, getattr(exc, name))
     else:  # an unexpected error (a bug, an odd file) is still recorded against the video
         c.reason = f"error_{type(exc).__name__}"
         c.error = "".join(traceback.format_exception_only(type(exc), exc)).strip()

@@ -6,7 +6,6 @@ use Prefect's input-hash cache.
 """
 from __future__ import annotations
 
-import base64
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 
 from ic_data import pipeline
 from ic_data.pipeline import Chunk, CurationConfig, MotionDecision
+from tasks.artifacts import Embedder
 
 
 # No task-level timeout: these sync tasks run in worker threads, which Prefect cannot interrupt
@@ -122,20 +122,24 @@ def _preview_markdown(out: Path, limit: int) -> str:
     lines = [f"# Curated clips: {out}", ""]
     if not rows:
         return "\n".join(lines + ["No clip passed curation."])
-    for r in rows:
+    embed = Embedder()
+    for i, r in enumerate(rows):
         sample = next(s for s in read_shard(out / r.shard) if s.key == r.key)
         frames = sample.decode_frames()
         png = preview_png(frames, sample.tracks, sample.sparse, out / "previews" / f"{r.key}.png")
         gif = preview_gif(frames, sample.tracks, sample.sparse, out / "previews" / f"{r.key}.gif", scale=0.5)
-        # The artifact embeds a lighter copy (every other frame) to keep the run's record small.
-        small = preview_gif(frames[::2], sample.tracks[::2], sample.sparse, out / "previews" / f"{r.key}.small.gif",
-                            fps=4.0, scale=0.5)
-        data = base64.b64encode(small.read_bytes()).decode()
+        # The artifact embeds a lighter copy (every other frame at half size; every fourth at a
+        # quarter where detailed footage would leave too little room for the other clips).
+        small = out / "previews" / f"{r.key}.small.gif"
+        for step, scale in ((2, 0.5), (4, 0.25)):
+            preview_gif(frames[::step], sample.tracks[::step], sample.sparse, small, fps=8.0 / step, scale=scale)
+            if embed.fits(small, share=len(rows) - i):
+                break
         lines += [
             f"## {r.key}",
             f"motion score {r.motion_score:.3f} px · {len(sample.sparse)} sparse tracks · caption: {sample.caption or '—'}",
             "",
-            f"![{r.key}](data:image/gif;base64,{data})",
+            embed.image(small, r.key),
             "",
             f"Files: `{png}`, `{gif}`",
             "",

@@ -4,7 +4,6 @@ reference clips, the probe, the report) that add the Prefect artifacts. The scal
 """
 from __future__ import annotations
 
-import base64
 from pathlib import Path
 
 from prefect import task
@@ -16,6 +15,7 @@ from ic_demo.chain import probe_response as _probe_response, write_demo_report
 from ic_demo.report import metric_rows, response_rows, sweep_rows
 from ic_demo.scales import SCALES, STAGES, DemoScale, demo_model_config, stage_shards
 from ic_demo.world import finished_evaluation
+from tasks.artifacts import Embedder
 
 
 @task(name="toy-world", cache_policy=NO_CACHE)
@@ -33,8 +33,8 @@ def probe_response(run: str, heldout: str, scale: DemoScale, seed: int) -> dict:
     return _probe_response(run, heldout, scale, seed)
 
 
-def _gif_md(path: Path, title: str) -> str:
-    return f"**{title}**\n\n![{title}](data:image/gif;base64,{base64.b64encode(path.read_bytes()).decode()})\n"
+def _gif_md(path: Path, title: str, embed: Embedder) -> str:
+    return f"**{title}**\n\n{embed.image(path, title)}\n"
 
 
 @task(name="demo-report", cache_policy=NO_CACHE)
@@ -55,9 +55,9 @@ def publish_report(outs: list[str], run: str, scale_name: str, seed: int, comman
     headline = "\n".join(f"- **{k}**: {v}" for k, v in (
         ("objmc_ratio", summary["objmc_ratio"]), ("background_ratio", summary["background_ratio"]),
         *summary["targets"].items()))
-    md = [f"# Image Conductor demo ({scale_name})", "", headline, "",
-          f"![training curves](data:image/png;base64,{base64.b64encode(curves_png.read_bytes()).decode()})", ""]
-    md += [_gif_md(out_dir / rel, title) for title, rel in gifs[:3]]
+    embed = Embedder()
+    md = [f"# Image Conductor demo ({scale_name})", "", headline, "", embed.image(curves_png, "training curves"), ""]
+    md += [_gif_md(out_dir / rel, title, embed) for title, rel in gifs[:3]]
     create_markdown_artifact("\n".join(md), key="demo-report", description=f"Report: {paths['md']}")
     return {"report": str(paths["md"]), "html": str(paths["html"]), "metrics": str(paths["metrics"]),
             "objmc_ratio": summary["objmc_ratio"], "background_ratio": summary["background_ratio"],

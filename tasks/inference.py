@@ -1,7 +1,6 @@
 """Prefect tasks around generation and evaluation: progress, tables, preview GIFs."""
 from __future__ import annotations
 
-import base64
 import re
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from ic_model.evaluation.evalsets import read_eval_set
 from ic_model.evaluation.evaluate import EvalSettings, check_guidance, evaluate_set
 from ic_model.pipelines.generate import generate_to_files, request_problems
 from ic_model.pipelines.image_conductor import ImageConductorPipeline
+from tasks.artifacts import Embedder
 from tasks.failures import bad_input_fails
 
 
@@ -42,9 +42,8 @@ def _pipeline(run: str, device: str, base_model: str | None, base_loras: list[st
     return pipe
 
 
-def _gif_markdown(path: Path, title: str) -> str:
-    data = base64.b64encode(path.read_bytes()).decode()
-    return f"### {title}\n\n![{title}](data:image/gif;base64,{data})\n"
+def _gif_markdown(path: Path, title: str, embed: Embedder) -> str:
+    return f"### {title}\n\n{embed.image(path, title)}\n"
 
 
 @task(name="generate-videos", cache_policy=NO_CACHE)
@@ -77,10 +76,11 @@ def generate_videos(
         update_progress_artifact(progress, 100.0 * i / len(requests))
     table = [{k: r.get(k) for k in ("status", "video", "mode", "trajs_scale", "seconds", "error")} for r in records]
     create_table_artifact(table, key="generate-results", description="Generated videos")
-    ok = [r for r in records if r["status"] == "ok"][:4]
+    ok, embed = [r for r in records if r["status"] == "ok"][:4], Embedder()
     if ok:
         create_markdown_artifact(
-            "# Generated videos\n\n" + "\n".join(_gif_markdown(Path(r["preview"]), Path(r["video"]).name) for r in ok),
+            "# Generated videos\n\n" + "\n".join(
+                _gif_markdown(Path(r["preview"]), Path(r["video"]).name, embed) for r in ok),
             key="generate-previews", description="Generated videos with their trajectories",
         )
     if problems:  # recorded in the table above; the flow run ends Failed with them
@@ -121,6 +121,8 @@ def publish_evaluation(metrics: dict, out: str, previews: int = 3) -> None:
                               description="Camera-free guidance sweep (Figure 7): ObjMC and background motion")
     md = [f"# Evaluation: {metrics['set']} set, {metrics['mode']} mode", "",
           "Requested trajectories and the tracked ones are drawn over each video.", ""]
+    embed = Embedder()
     for r in metrics["cases"][:previews]:
-        md.append(_gif_markdown(Path(out) / r["gif"], f"{r['case']} (λ_trajs={r['trajs_scale']}): {r['mc_px']} px"))
+        md.append(_gif_markdown(Path(out) / r["gif"], f"{r['case']} (λ_trajs={r['trajs_scale']}): {r['mc_px']} px",
+                                embed))
     create_markdown_artifact("\n".join(md), key=f"{key}-samples", description="Sample generations")

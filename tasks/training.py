@@ -27,6 +27,7 @@ from prefect.cache_policies import NO_CACHE
 from ic_model.config import ModelConfig, TrainConfig
 from ic_model.training.run import stage_dir
 from ic_model.training.loop import launch_command, train_stage
+from tasks.artifacts import Embedder
 from tasks.failures import bad_input_fails
 
 # Tag-based concurrency limit: `prefect concurrency-limit create gpu N` (N GPUs on the worker)
@@ -156,13 +157,10 @@ def run_stage(
 def publish_validation(stage: str, records: list[dict]) -> None:
     """The validation sample of one step as an artifact: its metric and the GIF (requested and
     tracked paths drawn), so the UI shows whether control is emerging while the stage trains."""
-    import base64
-
-    parts = [f"# `{stage}` at step {records[0]['step']}\n"]
+    parts, embed = [f"# `{stage}` at step {records[0]['step']}\n"], Embedder()
     for r in records:
-        gif = base64.b64encode(Path(r["gif"]).read_bytes()).decode()
         parts.append(f"**{r['metric']} {r['value']:.2f} px** ({r['set']} set, case `{r['case']}`, mode `{r['mode']}`, "
-                     f"λ_trajs {r['trajs_scale']:g})\n\n![{r['case']}](data:image/gif;base64,{gif})\n")
+                     f"λ_trajs {r['trajs_scale']:g})\n\n{embed.image(r['gif'], r['case'])}\n")
     create_markdown_artifact("\n".join(parts), key=f"train-{stage}-validation",
                              description=f"{stage}: validation sample at step {records[0]['step']}")
 
