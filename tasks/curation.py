@@ -6,6 +6,7 @@ use Prefect's input-hash cache.
 """
 from __future__ import annotations
 
+import errno
 import time
 from pathlib import Path
 
@@ -28,12 +29,15 @@ def _transient(task, task_run, state) -> bool:
 
     Per-video problems (corrupt files, too short, …) never reach here: the library records
     them as failed rows. What escapes a chunk is an error writing our own outputs (disk full,
-    NFS hiccup) or a timeout raised by the I/O layer.
+    NFS hiccup) or a timeout raised by the I/O layer. A refusal of permission, or a read-only
+    file system, is the same on every try: the run fails at once with it.
     """
     try:
         state.result()
-    except (OSError, TimeoutError):
-        return True
+    except PermissionError:
+        return False
+    except OSError as exc:  # TimeoutError among them
+        return exc.errno != errno.EROFS
     except Exception:
         return False
     return False

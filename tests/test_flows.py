@@ -82,6 +82,8 @@ def test_only_transient_errors_are_retried():
     assert _transient(None, None, Failed(data=OSError(28, "No space left on device")))
     assert _transient(None, None, Failed(data=TimeoutError("chunk took too long")))
     assert not _transient(None, None, Failed(data=ValueError("a bug is not transient")))
+    assert not _transient(None, None, Failed(data=PermissionError(13, "Permission denied", "/out/shards/x.tar")))
+    assert not _transient(None, None, Failed(data=OSError(30, "Read-only file system", "/out/shards/x.tar")))
     assert not _transient(None, None, Completed(data=1))
 
 
