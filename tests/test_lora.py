@@ -303,6 +303,11 @@ def test_load_is_strict(tmp_path):
         assert problem in str(caught.value) and "\n" not in str(caught.value)
     with pytest.raises(WeightsFileError, match=f"^{tmp_path / 'gone.safetensors'}: no such weights file$"):
         load_adapter(tiny_controlnet(), "camera", tmp_path / "gone.safetensors")
+    # One that exists but cannot be opened: safetensors calls it missing; the error says why.
+    (tmp_path / "folder.safetensors").mkdir()
+    with pytest.raises(WeightsFileError, match=f"^{tmp_path / 'folder.safetensors'}: cannot read the weights "
+                                               r"file \(Is a directory\)$"):
+        load_adapter(tiny_controlnet(), "camera", tmp_path / "folder.safetensors")
 
 
 def two_layer_model(rank):

@@ -21,10 +21,21 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     try:
         with safe_open(os.fspath(path), framework="pt") as handle:
             return {key: handle.get_tensor(key) for key in handle.keys()}, handle.metadata() or {}
-    except FileNotFoundError:
-        raise WeightsFileError(f"{path}: no such weights file") from None
     except (SafetensorError, OSError) as err:
-        raise WeightsFileError(f"{path}: not a readable safetensors file ({err})") from err
+        raise _unreadable(path, err) from None  # its message names the cause
+
+
+def _unreadable(path: str | os.PathLike, err: Exception) -> WeightsFileError:
+    """What is wrong with a weights file safetensors could not open: its errors say "No such
+    file or directory" for any file it cannot open (one without read permission, too)."""
+    if not os.path.lexists(path):
+        return WeightsFileError(f"{path}: no such weights file")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as cause:
+        return WeightsFileError(f"{path}: cannot read the weights file ({cause.strerror or cause})")
+    return WeightsFileError(f"{path}: not a readable safetensors file ({err})")
 
 
 def load_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
