@@ -132,6 +132,9 @@ def _read_run(problems: list[str], run_arg: str) -> tuple[Path, ModelConfig | No
     except (ValueError, TypeError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
         problems.append(f"--run {run_arg}: config.json is not a ModelConfig ({err})")
         return run, None, False
+    except OSError as err:  # no permission to read it, an I/O error
+        problems.append(f"--run {run_arg}: cannot read config.json ({err.strerror or err})")
+        return run, None, False
 
 
 def _run_problems(problems: list[str], run_arg: str, mode: str | None) -> ModelConfig | None:

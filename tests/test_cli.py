@@ -542,6 +542,18 @@ def test_a_damaged_run_config_or_config_file_is_one_line_not_a_traceback(capsys,
         lines = _problems(capsys, gen)
         assert len(lines) == 1 and lines[0].startswith(f"ic generate: --run {trained_like_run}: config.json is not a "
                                                        "ModelConfig (") and says in lines[0], lines
+    config.write_text(json.dumps(good))
+    read_text = Path.read_text
+
+    def unreadable(path, *args, **kwargs):  # no read permission (simulated: the tests may run as root)
+        if path == config:
+            raise PermissionError(13, "Permission denied", str(path))
+        return read_text(path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Path, "read_text", unreadable)
+        assert _problems(capsys, gen) == [f"ic generate: --run {trained_like_run}: cannot read config.json "
+                                          "(Permission denied)"]
     noise = tmp_path / "noise.yaml"
     noise.write_bytes(bytes(range(256)) * 4)
     assert _problems(capsys, ["train", "dense", "--config", str(noise)]) == [
