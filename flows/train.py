@@ -13,6 +13,7 @@ from prefect.states import Failed
 from pydantic import Field
 
 from flows.params import ModelOptions, TrainOptions, WeightPaths, as_dict
+from ic_data.errors import BadInputError
 from ic_model.config import read_config_file, train_config
 from ic_model.training.run import check_prerequisite, run_model_config
 from tasks.training import publish_training, run_stage
@@ -58,25 +59,28 @@ def train_stage_flow(
     ``config``: a training config file (YAML, as ``ic train --config``) filling what the other
     parameters leave unset: a parameter wins over the file, ``options``/``model`` key by key.
     """
-    options, weights, model = as_dict(options), as_dict(weights), as_dict(model)
-    if config:
-        spec = read_config_file(config, stage)
-        shards = shards if shards is not None else spec.get("shards")
-        run = run if run is not None else spec.get("run")
-        preset = preset or spec.get("preset")
-        num_processes = num_processes or spec.get("num_processes")
-        options, weights, model = {**spec["train"], **options}, {**spec["weights"], **weights}, {**spec["model"], **model}
-    missing = [name for name, value in (("shards", shards), ("run", run)) if value is None]
-    if missing:
-        raise ValueError(f"train-stage needs {' and '.join(missing)} (as parameters or in the config file)")
-    model_cfg = run_model_config(run, preset, **model, **weights)
-    check_prerequisite(run, model_cfg, stage)  # fail in seconds, before any GPU is taken
-    # None: the preset's default (sd15: batch 1, bf16, gradient checkpointing; tiny: batch 4, fp32).
-    train_cfg = flow_train_config(
-        model_cfg.preset, options, stage=stage, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
-        grad_accum_steps=grad_accum_steps, mixed_precision=mixed_precision,
-        gradient_checkpointing=gradient_checkpointing, seed=seed, report_to=report_to, validate_every=validate_every,
-    )
+    try:  # parameters a deployment's Run form passed unchecked: a bad one ends Failed with its line
+        options, weights, model = as_dict(options), as_dict(weights), as_dict(model)
+        if config:
+            spec = read_config_file(config, stage)
+            shards = shards if shards is not None else spec.get("shards")
+            run = run if run is not None else spec.get("run")
+            preset = preset or spec.get("preset")
+            num_processes = num_processes or spec.get("num_processes")
+            options, weights, model = {**spec["train"], **options}, {**spec["weights"], **weights}, {**spec["model"], **model}
+        missing = [name for name, value in (("shards", shards), ("run", run)) if value is None]
+        if missing:
+            raise BadInputError(f"train-stage needs {' and '.join(missing)} (as parameters or in the config file)")
+        model_cfg = run_model_config(run, preset, **model, **weights)
+        check_prerequisite(run, model_cfg, stage)  # fail in seconds, before any GPU is taken
+        # None: the preset's default (sd15: batch 1, bf16, gradient checkpointing; tiny: batch 4, fp32).
+        train_cfg = flow_train_config(
+            model_cfg.preset, options, stage=stage, steps=steps, batch_size=batch_size, learning_rate=learning_rate,
+            grad_accum_steps=grad_accum_steps, mixed_precision=mixed_precision,
+            gradient_checkpointing=gradient_checkpointing, seed=seed, report_to=report_to, validate_every=validate_every,
+        )
+    except BadInputError as err:
+        return Failed(message=str(err))
     state = run_stage(stage, shards, run, train_cfg, model_cfg, num_processes or 1, return_state=True)
     if not state.is_completed():  # e.g. an unreadable shard: the task logged it
         return Failed(message=state.message)

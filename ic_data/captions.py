@@ -36,7 +36,11 @@ def load_webvid_captions(csv_path: str | os.PathLike, only: Collection[str] | No
     unclosed quote would swallow the rows after it), or the missing columns if ``videoid`` or
     ``name`` is absent.
     """
-    with open(csv_path, newline="", encoding="utf-8") as handle:
+    try:
+        handle = open(csv_path, newline="", encoding="utf-8")
+    except OSError as err:  # missing, a folder, no permission
+        raise CaptionsError(f"{csv_path}: cannot read the captions CSV ({err.strerror or err})") from None
+    with handle:
         reader = csv.DictReader(handle, strict=True)
         captions: dict[str, str] = {}
         line = 0  # the last line read whole

@@ -80,6 +80,15 @@ class BadInputError(ValueError):
         super().__init__(message)
 
 
+class MissingInputError(BadInputError, FileNotFoundError):
+    """A file or folder the user named is not there (or holds nothing usable): a bad input, so a
+    flow started from a deployment's Run form ends Failed with its line, and still a
+    ``FileNotFoundError`` for code that catches that."""
+
+    def __str__(self) -> str:  # the message, not OSError's "[Errno …]" form
+        return str(self.args[0]) if self.args else ""
+
+
 class ShardError(BadInputError):
     """A WebDataset shard breaks the data contract: not a readable tar, a sample lacking members,
     or no sample a stage can use. Curated data never does: it fails loudly."""

@@ -171,12 +171,12 @@ def discover_videos(
     linked folder is not walked into. With ``out_dir`` inside ``root``, the curation's own files
     there (staged clips, shards, previews) are not inputs. Sorted by video id.
     """
-    from ic_data.errors import BadInputError
+    from ic_data.errors import BadInputError, MissingInputError
     from ic_data.manifest import video_id_for
 
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"video folder not found: {root}")
+        raise MissingInputError(f"video folder not found: {root}")
     exts = {e.lower() for e in extensions}
     own = set() if out_dir is None else {os.path.realpath(Path(out_dir) / d) for d in OUTPUT_DIRS}
     inside = os.path.realpath(root)

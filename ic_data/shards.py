@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator, Sequence
 import av
 import numpy as np
 
-from ic_data.errors import ShardError
+from ic_data.errors import MissingInputError, ShardError
 from ic_data.mp4 import decode_mp4, encode_mp4
 from ic_data.video_io import decoder_message
 
@@ -452,19 +452,19 @@ def shard_paths(urls: str | os.PathLike | Sequence[str | os.PathLike]) -> list[s
     """
     if isinstance(urls, (list, tuple)):
         if not urls:
-            raise FileNotFoundError("no shards: the list of shard paths is empty")
+            raise MissingInputError("no shards: the list of shard paths is empty")
         return [path for url in urls for path in shard_paths(url)]
     url = os.fspath(urls)
     if os.path.isdir(url):
         paths = sorted(glob.glob(os.path.join(glob.escape(url), "*.tar")))
         if not paths:
-            raise FileNotFoundError(f"no *.tar shards in directory {url}")
+            raise MissingInputError(f"no *.tar shards in directory {url}")
         return paths
     if glob.has_magic(url):
         paths = sorted(glob.glob(url))
         if not paths:
-            raise FileNotFoundError(f"no shards match {url}")
+            raise MissingInputError(f"no shards match {url}")
         return paths
     if not os.path.isfile(url):
-        raise FileNotFoundError(f"shard {url} does not exist")
+        raise MissingInputError(f"shard {url} does not exist")
     return [url]

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ic_data.errors import BadInputError
 from ic_data.settings import number, one_of, refuse, text, truth, whole
 
 # Stage order. ``vae`` and ``base`` exist only for presets that train their own base model.
@@ -396,7 +397,7 @@ def train_config(preset: str, **fields) -> TrainConfig:
     return TrainConfig.from_dict({**PRESET_TRAIN_DEFAULTS[preset], **given})
 
 
-class ConfigFileError(ValueError):
+class ConfigFileError(BadInputError):
     """A training config file with problems; ``problems`` holds one line for each."""
 
     def __init__(self, path: str | os.PathLike, problems: list[str]):

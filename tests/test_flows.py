@@ -116,3 +116,31 @@ def test_a_deployment_run_with_a_value_out_of_bounds_is_refused_before_it_starts
         with pytest.raises(ParameterTypeError, match=name):
             flow_fn.validate_parameters({**good, name: value})
         assert "minimum" in json.dumps(properties[name]) or "exclusiveMaximum" in json.dumps(properties[name]), name
+
+
+def test_a_deployment_run_with_a_missing_path_fails_with_its_line(prefect_api, tmp_path, caplog):
+    """A deployment's Run form passes its parameters to the flow unchecked (`ic` checks them
+    first): a folder, CSV, run or shard set that is not there ends the run Failed with one
+    line naming it, not "Flow run encountered an exception" and a traceback."""
+    from flows.cache import cache_latents
+    from flows.evaluate import evaluate
+    from flows.generate import generate
+
+    gone = tmp_path / "gone"
+    (tmp_path / "videos").mkdir()
+    cases = [
+        (curate, dict(videos=str(gone), out=str(tmp_path / "o1")), f"video folder not found: {gone}"),
+        (curate, dict(videos=str(tmp_path / "videos"), out=str(tmp_path / "o2"), captions=str(gone / "c.csv")),
+         f"{gone / 'c.csv'}: cannot read the captions CSV (No such file or directory)"),
+        (generate, dict(run=str(gone), requests=[{"prompt": "", "image": "x.png", "trajectories": [], "out": "x.mp4"}]),
+         f"{gone} is not a run folder (it has no config.json): train a stage into it first"),
+        (evaluate, dict(set_name="object", run=str(gone)),
+         f"{gone} is not a run folder (it has no config.json): train a stage into it first"),
+        (cache_latents, dict(shards=str(gone), run=str(gone)),
+         f"run {gone} has no trained VAE yet (its vae stage is not done)"),
+    ]
+    for fn, kwargs, line in cases:
+        caplog.clear()
+        state = fn(**kwargs, return_state=True)
+        assert state.is_failed() and state.message == line, (fn.name, state.message)
+        assert "Traceback" not in caplog.text, fn.name

@@ -42,6 +42,7 @@ def test_flow_trains_a_stage_and_publishes_its_metrics(prefect_api, training_sha
 def test_stage_without_prerequisite_fails_with_a_clear_message(prefect_api, training_shards, tmp_path, capsys):
     state = train_stage_flow(stage="object", shards=str(training_shards), run=str(tmp_path / "r"), return_state=True)
     assert state.is_failed()
+    assert state.message.startswith("stage 'object' needs the finished 'camera' stage")  # its line alone
     with pytest.raises(Exception, match="needs the finished 'camera' stage"):
         state.result()
     # `ic train` finds it before the flow starts: one line, exit 2.

@@ -32,7 +32,7 @@ from ic_data.clips import (
     center_crop_box,
     resized_size,
 )
-from ic_data.errors import BadInputError
+from ic_data.errors import BadInputError, MissingInputError
 from ic_data import settings
 from ic_data.trajectories import (
     require_in_view,
@@ -169,7 +169,7 @@ class ImageConductorPipeline:
         """Everything a run has finished: base, motion ControlNet, and the adapters it trained.
         ``dtype``: a torch dtype or "fp32" / "bf16" / "fp16"; sd15 weights load straight into it."""
         if not (Path(run) / "config.json").is_file():
-            raise FileNotFoundError(f"{run} is not a run folder (it has no config.json): train a stage into it first")
+            raise MissingInputError(f"{run} is not a run folder (it has no config.json): train a stage into it first")
         if isinstance(dtype, str) and dtype not in DTYPES:
             raise ValueError(f"dtype must be a torch dtype or one of {sorted(DTYPES)}, got {dtype!r}")
         problem = device_problem(str(device))  # before the weights load, not when they are moved

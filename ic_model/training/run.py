@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from ic_data.errors import BadInputError
 from ic_model.config import ModelConfig, load_json, preset_config, save_json
 from ic_model.models.components import Components
 from ic_model.models.files import WeightsFileError, load_safetensors, write_safetensors
@@ -40,7 +41,7 @@ STAGE_WEIGHTS = {
 LORA_FILES = {"camera": "camera_lora.safetensors", "object": "object_lora.safetensors"}
 
 
-class MissingPrerequisiteError(RuntimeError):
+class MissingPrerequisiteError(BadInputError, RuntimeError):
     """A stage was asked to start before the stage it builds on finished."""
 
 
@@ -96,7 +97,7 @@ def run_model_config(
     """
     unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(ModelConfig)})
     if unknown:
-        raise ValueError(f"unknown ModelConfig fields: {unknown}")
+        raise BadInputError(f"unknown ModelConfig fields: {unknown}")
     path = Path(run) / "config.json"
     if path.exists():
         cfg = ModelConfig.from_dict(load_json(path))
@@ -104,8 +105,8 @@ def run_model_config(
         if clashes and has_trained(run):
             key, have, want = clashes[0]
             if key == "preset":
-                raise ValueError(f"run {run} was created with preset {have!r}, not {want!r}")
-            raise ValueError(f"run {run} has {key}={have!r}, not {want!r}")
+                raise BadInputError(f"run {run} was created with preset {have!r}, not {want!r}")
+            raise BadInputError(f"run {run} has {key}={have!r}, not {want!r}")
         if not clashes:
             for key in WEIGHT_PATH_FIELDS & set(overrides):
                 setattr(cfg, key, overrides[key])
