@@ -20,6 +20,7 @@ from pydantic import Field
 
 from ic_data.errors import BadInputError
 from ic_data.pipeline import CurationConfig, discover_videos, plan_chunks
+from ic_data.settings import require_writable
 from ic_data.workers import default_processes
 from tasks.curation import assemble_manifest, finish_chunk, motion_threshold, publish_summary, score_chunk
 
@@ -92,6 +93,7 @@ def curate(
         if local and cpu_only:
             config = dataclasses.replace(config, processes=default_processes(config.max_decode_frames))
     try:
+        require_writable(out, "out")
         chunks = plan_chunks(discover_videos(videos, out_dir=out), config, chunk_size)
     except BadInputError as err:  # a captions CSV that breaks further in than the arguments' check read
         return Failed(message=str(err))

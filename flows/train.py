@@ -14,6 +14,7 @@ from pydantic import Field
 
 from flows.params import ModelOptions, TrainOptions, WeightPaths, as_dict
 from ic_data.errors import BadInputError
+from ic_data.settings import require_writable
 from ic_model.config import read_config_file, train_config
 from ic_model.training.run import check_prerequisite, run_model_config
 from tasks.training import publish_training, run_stage
@@ -71,6 +72,7 @@ def train_stage_flow(
         missing = [name for name, value in (("shards", shards), ("run", run)) if value is None]
         if missing:
             raise BadInputError(f"train-stage needs {' and '.join(missing)} (as parameters or in the config file)")
+        require_writable(run, "run")
         model_cfg = run_model_config(run, preset, **model, **weights)
         check_prerequisite(run, model_cfg, stage)  # fail in seconds, before any GPU is taken
         # None: the preset's default (sd15: batch 1, bf16, gradient checkpointing; tiny: batch 4, fp32).

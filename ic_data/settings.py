@@ -70,6 +70,17 @@ def refuse(owner: str, problems: Iterable[str | None]) -> None:
         raise ValueError(f"{owner}: " + "; ".join(found))
 
 
+def require_writable(folder: str | os.PathLike, what: str) -> None:
+    """A ``BadInputError`` naming ``what`` (the parameter) where no file can be created in
+    ``folder``: an output folder that a flow's caller passed unchecked (a deployment's Run form)
+    fails in its first second with that line, not at its first write."""
+    from ic_data.errors import BadInputError
+
+    problem = cannot_write_in(folder)
+    if problem:
+        raise BadInputError(f"{what} {folder}: {problem}")
+
+
 def cannot_write_in(folder: str | os.PathLike) -> str | None:
     """Why no file can be created in ``folder`` (or, while it does not exist yet, in its nearest
     existing ancestor, where it would be made), or None. Tried with a file created and removed at

@@ -15,6 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
 from ic_data.errors import BadInputError
+from ic_data.settings import require_writable
 from ic_model.evaluation.evalsets import read_eval_set
 from ic_model.evaluation.evaluate import EvalSettings, check_guidance, evaluate_set
 from ic_model.pipelines.generate import generate_to_files, request_problems
@@ -93,6 +94,7 @@ def generate_videos(
 def evaluate_task(run: str, set_name: str, out: str, settings: EvalSettings, device: str = "cpu",
                   base_model: str | None = None, base_loras: list[str] | None = None, dtype: str = "fp32") -> dict:
     evalset = read_eval_set(set_name)  # a bad set file fails here, before the weights load
+    require_writable(out, "out")
     check_guidance(evalset, settings)  # and so does guidance outside the object mode
     pipe = _pipeline(run, device, base_model, base_loras, dtype)
     progress = create_progress_artifact(0.0, key=_artifact_key(f"evaluate-{evalset.name}-progress"),

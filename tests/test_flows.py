@@ -125,6 +125,7 @@ def test_a_deployment_run_with_a_missing_path_fails_with_its_line(prefect_api, t
     from flows.cache import cache_latents
     from flows.evaluate import evaluate
     from flows.generate import generate
+    from flows.train import train_stage_flow
 
     gone = tmp_path / "gone"
     (tmp_path / "videos").mkdir()
@@ -138,6 +139,11 @@ def test_a_deployment_run_with_a_missing_path_fails_with_its_line(prefect_api, t
          f"{gone} is not a run folder (it has no config.json): train a stage into it first"),
         (cache_latents, dict(shards=str(gone), run=str(gone)),
          f"run {gone} has no trained VAE yet (its vae stage is not done)"),
+        # An output folder where nothing can be made: in the first second, not at the first write.
+        (curate, dict(videos=str(tmp_path / "videos"), out="/proc/ic/out"),
+         "out /proc/ic/out: cannot create files in /proc (No such file or directory)"),
+        (train_stage_flow, dict(stage="vae", shards=str(gone), run="/proc/ic/run"),
+         "run /proc/ic/run: cannot create files in /proc (No such file or directory)"),
     ]
     for fn, kwargs, line in cases:
         caplog.clear()

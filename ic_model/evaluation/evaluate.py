@@ -17,7 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ic_data.errors import BadInputError
+from ic_data.errors import BadInputError, MissingInputError
 from ic_data.mp4 import write_mp4
 from ic_data.preview import preview_gif
 from ic_data.settings import number, one_of, refuse, text, truth, whole
@@ -80,6 +80,8 @@ def _first_frames(cases: list[EvalCase], images: str | None, seed: int) -> list[
     folder's (sorted, one per case, reused in turn), else a synthetic one."""
     paths = []
     if images is not None and any(c.image is None for c in cases):
+        if not Path(images).is_dir():
+            raise MissingInputError(f"images {images}: no such folder")
         paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in FIRST_FRAME_SUFFIXES)
         if not paths:
             raise BadInputError(f"no images ({'/'.join(FIRST_FRAME_SUFFIXES)}) in {images}")

@@ -174,7 +174,7 @@ class ImageConductorPipeline:
             raise ValueError(f"dtype must be a torch dtype or one of {sorted(DTYPES)}, got {dtype!r}")
         problem = device_problem(str(device))  # before the weights load, not when they are moved
         if problem:
-            raise ValueError(f"device {device!r}: {problem}")
+            raise BadInputError(f"device {device!r}: {problem}")
         dtype = DTYPES.get(dtype, dtype)
         cfg = run_model_config(run, None, **weights) if weights else run_model_config(run)
         if cfg.preset == "tiny" and not is_done(run, "base"):  # sd15's base is the pretrained one

@@ -34,6 +34,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from ic_data.errors import BadInputError
+from ic_data.settings import require_writable
 from ic_model.config import ModelConfig, load_json, save_json
 from ic_model.models.files import write_safetensors
 
@@ -208,6 +209,7 @@ def cache_run_latents(
     vae, cfg = load_run_vae(run, dtype)
     paths = shard_paths(shards)
     folder = Path(out) if out else default_cache_dir(run, cache_info(vae, cfg))
+    require_writable(folder, "out")
     stats = build_latent_cache(paths, vae, cfg, folder, device=device, progress=progress)
     return {**stats, "cache": str(folder)}
 
