@@ -292,6 +292,44 @@ def test_lk_follows_camera_motion_over_real_footage_with_little_texture(lk, case
     assert precision >= 0.97
 
 
+OBJECT_CASES = {
+    # The road above with two textured objects crossing it (a disc, a square): the flat asphalt
+    # beside them has no anchors of its own nearer than theirs.
+    "road + 2 objects, pan": CameraMotion((-2.0, 0.5)),
+    "road + 2 objects, roll 0.6°/frame": CameraMotion((0.5, 0.0), rotation_deg_per_frame=0.6),
+}
+
+
+@pytest.mark.parametrize("case", list(OBJECT_CASES))
+def test_flat_ground_beside_a_moving_object_moves_with_the_scene(lk, case):
+    """Points on flat ground (no texture: predictions only) whose nearest anchors are a moving
+    object's move with the scene, not the object. Before version 5, the asphalt around each
+    object followed it: 29–37 % of the background's point-frames were more than 4 px off,
+    p90 41–55 px."""
+    objects = [MovingObject(linear_path((100.0, 90.0), (3.0, 1.0), T), radius_px=30.0, texture_seed=3),
+               MovingObject(linear_path((290.0, 180.0), (-2.5, -1.0), T), radius_px=22.0, texture_seed=4,
+                            shape="square")]
+    shot = render_shot(T, W, H, camera=OBJECT_CASES[case], objects=objects, background=real_frame("bikes.mp4", 10))
+    shot = noisy(shot, seed=10 + list(OBJECT_CASES).index(case))
+    tracks, visible = lk.track(shot.frames, GRID)
+    truth, truly_visible = shot.track(GRID)
+    on_object = np.zeros(len(GRID), bool)
+    for obj in objects:
+        on_object |= obj.covers(GRID.astype(np.float64), 0)
+    err = errors_px(tracks, truth)[1:]
+    background = err[:, ~on_object][truly_visible[1:, ~on_object]]
+    on = err[:, on_object][truly_visible[1:, on_object]]
+    precision = (visible & truly_visible)[1:].sum() / visible[1:].sum()
+    MEASURED.append(
+        f"{case:34s} background >4 px {(background > 4).mean():.1%}, p90 {np.percentile(background, 90):.2f} px; "
+        f"object >4 px {(on > 4).mean():.1%}; precision {precision:.3f}"
+    )
+    assert (background > 4).mean() <= 0.12
+    assert np.percentile(background, 90) <= 4.0
+    assert (on > 4).mean() <= 0.2  # rim points are lost and predicted (unchanged by version 5)
+    assert precision >= 0.95
+
+
 def test_lk_numpy_sampling_matches_remap(monkeypatch):
     """OpenCV < 5 rounds cv2.remap positions to 1/32 px, so there patches are sampled in numpy
     instead: both paths must give the same bilinear samples and the same tracks."""
