@@ -350,13 +350,17 @@ class Studio:
 
             drawing_outputs = [session, canvas, drawing_info, tracks_json, export_btn, message]
             image_outputs = [session, canvas, image_info, drawing_info, tracks_json, export_btn, message]
-            upload.upload(self.load_image, [upload, session], image_outputs)
-            gallery.select(self.load_example, [session], image_outputs)
-            canvas.select(self.click, [session], drawing_outputs)
+            # Every edit of the session's image and drawing in one queue, in the order made: as
+            # separate events they ran side by side, so a click right after "Still anchor" could
+            # be handled first (it joined the open track) and one edit's state overwrote another's.
+            edits = dict(concurrency_id="drawing", concurrency_limit=1)
+            upload.upload(self.load_image, [upload, session], image_outputs, **edits)
+            gallery.select(self.load_example, [session], image_outputs, **edits)
+            canvas.select(self.click, [session], drawing_outputs, **edits)
             for button, action in ((new_btn, "new_track"), (still_btn, "still_anchor"), (undo_btn, "undo"),
                                    (clear_btn, "clear")):
-                button.click(self.edit(action), [session], drawing_outputs)
-            import_btn.upload(self.import_json, [import_btn, session], drawing_outputs)
+                button.click(self.edit(action), [session], drawing_outputs, **edits)
+            import_btn.upload(self.import_json, [import_btn, session], drawing_outputs, **edits)
             generate_btn.click(self.generate, [session, mode, trajs_scale, guidance, steps, seed, prompt],
                                [message, result_input, result_video, metrics, files])
         return page

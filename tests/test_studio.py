@@ -297,3 +297,20 @@ def test_ic_studio_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
 
     assert ic_main(["studio", "--run", str(tmp_path / "nope")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_edits_of_the_drawing_are_handled_one_at_a_time_in_order(fake_run, tmp_path):
+    """Gradio runs each event listener in a queue of its own: a click on the canvas right after
+    "Still anchor" could be handled first (and join the open track), and two edits of the same
+    session state could overwrite each other. Every edit shares one queue of one; generation
+    keeps its own, so drawing stays responsive while a video is made."""
+    page = _studio(fake_run("vae", "base", "dense", "sparse", "camera", "object"), tmp_path).build()
+    by_id = {block._id: getattr(block, "elem_id", None) for block in page.blocks.values()}
+    queues = {}
+    for fn in page.fns.values():
+        for target_id, event in fn.targets:
+            queues[(by_id.get(target_id), event)] = (fn.concurrency_id, fn.concurrency_limit)
+    edits = [("studio-canvas", "select"), ("studio-still", "click"), ("studio-upload", "upload")]
+    assert all(key in queues for key in edits), sorted(map(str, queues))
+    assert {queues[key] for key in edits} == {("drawing", 1)}
+    assert queues[("studio-generate", "click")][0] != "drawing"
