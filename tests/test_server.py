@@ -54,8 +54,14 @@ def _http_ok(url: str) -> bool:
         return False
 
 
-def _start(cmd, env, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+def _start(cmd, env, log: Path, terminal: bool = False) -> subprocess.Popen:
+    """``cmd`` in a session of its own. ``terminal``: with Ctrl-C's SIGINT at its default, as a
+    terminal's foreground job has it, however the tests were started (a shell script's
+    background job, `cmd &`, ignores SIGINT, and its children inherit that: a shell cannot trap
+    a signal ignored when it started)."""
+    reset = (lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)) if terminal else None
+    return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            start_new_session=True, preexec_fn=reset)
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -205,7 +211,7 @@ def test_ctrl_c_of_make_serve_records_the_run_in_progress_and_leaves_nothing_run
     env.update(PREFECT_HOME=str(home), IC_PREFECT_PORT=str(port), PY=sys.executable)
     api = {**env, "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
     log = tmp_path / "serve.log"
-    proc = _start(["bash", "deployments/serve.sh"], env, log)
+    proc = _start(["bash", "deployments/serve.sh"], env, log, terminal=True)
     started = set()
     try:
         _wait(lambda: _deployments_exist(api), 240, "make serve", proc, log)
