@@ -24,20 +24,20 @@ mkdir -p "$PREFECT_HOME"
 own_session=("$PY" -m flows.server --exec -)
 tied=("$PY" -m flows.server --exec $$)  # commands, not functions: $! must be their process
 server= serve_pid= watchdog=
+ended_within() {  # SIGTERM to process $1, then wait for it: SIGKILL after $2 s
+  kill -TERM "$1" 2>/dev/null || true
+  ( sleep "$2"; kill -KILL "$1" 2>/dev/null ) & local timer=$!
+  wait "$1" 2>/dev/null || true
+  kill "$timer" 2>/dev/null || true
+}
 stop() {
   trap - INT TERM HUP EXIT
   [ -z "$watchdog" ] || kill -KILL "$watchdog" 2>/dev/null || true
-  if [ -n "$serve_pid" ]; then
-    kill -TERM "$serve_pid" 2>/dev/null || true
-    # Prefect's runner gives a flow run 30 s to end before it kills it; past 60 s, kill the runner.
-    ( sleep 60; kill -KILL "$serve_pid" 2>/dev/null ) & timer=$!
-    wait "$serve_pid" 2>/dev/null || true
-    kill "$timer" 2>/dev/null || true
-  fi
-  if [ -n "$server" ]; then
-    kill -TERM "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
-  fi
+  # Prefect's runner gives a flow run 30 s to end before it kills it; past 60 s, kill the runner.
+  [ -z "$serve_pid" ] || ended_within "$serve_pid" 60
+  # The server's graceful shutdown waits for its open connections: bounded, so that Ctrl-C
+  # always ends within 80 s (the runs are recorded by then; SQLite's journal keeps a kill safe).
+  [ -z "$server" ] || ended_within "$server" 20
 }
 trap 'echo "stopping: the deployments (their runs are recorded as stopped), then the server"; stop; exit 130' INT
 trap 'stop; exit 143' TERM
