@@ -494,6 +494,14 @@ class LKTracker:
         cur[candidates[back]] = pos[back]
         return candidates[back]
 
+    def _against_scene(self, h, src, dst) -> tuple[np.ndarray, np.ndarray]:
+        """For points moved ``src`` → ``dst``: whether the homography ``h`` explains each (within
+        ``max_affine_residual_px``), and whether each moves on its own, an object's point (missed
+        by more than ``independent_motion_px``)."""
+        mapped, front = _apply_homography(h, np.asarray(src, np.float64))
+        residual = np.linalg.norm(mapped - dst, axis=1)
+        return front & (residual <= self.max_affine_residual_px), front & (residual > self.independent_motion_px)
+
     def _mover_starts(self, points, cur, vis, candidates, scene, tried) -> tuple[np.ndarray, np.ndarray]:
         """(indices into ``candidates``, starts): where each hidden point would be had it moved
         as the nearest independently moving anchor did since frame 0 (one the scene's homography
@@ -510,8 +518,7 @@ class LKTracker:
         anchors = np.flatnonzero(vis)
         if scene is None or len(candidates) == 0 or len(anchors) == 0:
             return none
-        mapped, front = _apply_homography(scene, points[anchors].astype(np.float64))
-        movers = anchors[front & (np.linalg.norm(mapped - cur[anchors], axis=1) > self.independent_motion_px)]
+        movers = anchors[self._against_scene(scene, points[anchors], cur[anchors])[1]]
         if len(movers) == 0:
             return none
         dist = np.linalg.norm(points[candidates][:, None] - points[movers][None], axis=2)
@@ -723,16 +730,14 @@ class LKTracker:
                 continue
             anchors = np.flatnonzero(anchor_mask[g])
             pos = ref64[g, anchors]
-            mapped, front = _apply_homography(h, pos)
-            residual = np.linalg.norm(mapped - (pos + disp[g, anchors]), axis=1)
+            explained, moving = self._against_scene(h, pos, pos + disp[g, anchors])
             lo, hi = ref64[g].min(axis=0), ref64[g].max(axis=0)
             margin = (hi - lo).min() / 8
             border = ((pos - lo).min(axis=1) < margin) | ((hi - pos).min(axis=1) < margin)
-            explained = front & (residual <= self.max_affine_residual_px)
             if border.sum() < 4 or explained[border].mean() < 0.5:
                 continue  # the homography is not the background's
             mover = np.zeros(anchor_mask.shape[1], bool)
-            mover[anchors[residual > self.independent_motion_px]] = True
+            mover[anchors[moving]] = True
             r = rows[group[rows] == g]
             valid = np.arange(nn.shape[1])[None] < count[r, None]
             r = r[(valid & mover[nn[r]]).any(axis=1)]  # a mover among the nearest anchors
