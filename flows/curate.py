@@ -108,6 +108,6 @@ def curate(
     publish_summary(summary, source, time.perf_counter() - t0)
     update_progress_artifact(progress, 100.0)
 
-    log.info("curated %d videos: %s; reasons filtered or failed: %s", summary.num_videos, summary.counts,
-             summary.reasons)
+    log.info("curated %d videos: %s; reasons filtered or failed: %s; damaged: %d", summary.num_videos, summary.counts,
+             summary.reasons, summary.damaged)
     return summary.to_json()

@@ -39,6 +39,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("status", pa.string(), nullable=False),
         pa.field("reason", pa.string()),
         pa.field("error", pa.string()),
+        pa.field("damage", pa.string()),
         pa.field("cuts", pa.list_(pa.int64())),
         pa.field("scene_start", pa.int64()),
         pa.field("scene_end", pa.int64()),
@@ -67,6 +68,9 @@ class ManifestRow:
     status: str
     reason: str | None = None  # a stable code: decode_error, too_short, low_motion, …
     error: str | None = None  # the full message of a failure, for a human
+    # What a damaged file lost in decoding (packets that failed, corrupt frames, an early end),
+    # whatever its status: a clip from such a file never spans the frames lost.
+    damage: str | None = None
     cuts: list[int] | None = None  # None: never decoded; []: decoded, no cuts
     scene_start: int | None = None
     scene_end: int | None = None
@@ -85,6 +89,7 @@ class ManifestRow:
 
 
 _COLUMNS = [f.name for f in dataclasses.fields(ManifestRow)]
+_ADDED_LATER = {"damage"}  # a manifest written before them reads back with None there
 assert _COLUMNS == MANIFEST_SCHEMA.names, "ManifestRow and MANIFEST_SCHEMA must list the same columns"
 
 
@@ -104,7 +109,7 @@ def _column(rows: list[ManifestRow], name: str) -> list:
     values = [getattr(row, name) for row in rows]
     if name == "cuts":
         return [[int(c) for c in value] if value is not None else None for value in values]
-    if name in ("path", "error"):  # they name files, whose names need not be UTF-8
+    if name in ("path", "error", "damage"):  # they name files, whose names need not be UTF-8
         return [printable_path(value) if value is not None else None for value in values]
     return values
 
@@ -137,10 +142,11 @@ def read_manifest(path: str | os.PathLike) -> list[ManifestRow]:
     if os.path.isdir(path):  # pyarrow would read the folder's parquet files as one table
         raise ValueError(f"{path} is a folder, not a manifest file (the curation's is OUT/manifest.parquet)")
     table = pq.read_table(os.fspath(path))
-    missing = [name for name in _COLUMNS if name not in table.column_names]
+    missing = [name for name in _COLUMNS if name not in table.column_names and name not in _ADDED_LATER]
     if missing:
         raise ValueError(f"{path} is not a manifest: columns {missing} are missing")
-    return [ManifestRow(**{name: record[name] for name in _COLUMNS}) for record in table.to_pylist()]
+    present = [name for name in _COLUMNS if name in table.column_names]
+    return [ManifestRow(**{name: record[name] for name in present}) for record in table.to_pylist()]
 
 
 def status_counts(rows: list[ManifestRow]) -> dict[str, int]:

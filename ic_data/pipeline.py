@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ic_data import clips as clipmod
-from ic_data.errors import CurationError
+from ic_data.errors import CurationError, VideoDecodeError, VideoTooShort
 from ic_data.settings import number, one_of, refuse, text, truth, whole
 from ic_data.workers import DEFAULT_MAX_DECODE_FRAMES, run_in_workers
 
@@ -138,6 +138,7 @@ class Candidate:
     rotation: int = 0  # clockwise degrees the stored frames were turned to show them upright
     decoder: str | None = None
     truncated: bool = False
+    damage: str | None = None  # what a damaged file lost in decoding (see video_io.DecodedVideo)
     cuts: list[int] = field(default_factory=list)
     scene_start: int | None = None
     scene_end: int | None = None
@@ -295,7 +296,7 @@ class Stage1:
         self.flow = make_flow_backend(config.flow, **config.flow_options)
 
     def analyse(self, video_id: str, path: str) -> Candidate:
-        from ic_data.cuts import ANALYSIS_WIDTH, detect_cuts, longest_scene
+        from ic_data.cuts import ANALYSIS_WIDTH, detect_cuts, longest_scene, scenes_from_cuts
         from ic_data.motion import motion_score
         from ic_data.mp4 import MAX_FPS, MIN_FPS, write_mp4
         from ic_data.video_io import decode_video
@@ -315,16 +316,27 @@ class Stage1:
             info = video.info
             c.num_frames, c.fps, c.width, c.height = video.num_frames, info.fps, info.width, info.height
             c.decoder, c.truncated, c.scale = info.backend, video.truncated, [float(s) for s in video.scale]
-            c.rotation = info.rotation
+            c.rotation, c.damage = info.rotation, video.damage
             laps.lap("decode")
             thumbs = video.thumbnails if video.thumbnails is not None else video.frames  # already narrow
             scenes = detect_cuts(thumbs, info.fps, detector=cfg.cut_detector)
             laps.lap("cuts")
             c.cuts = [int(x) for x in scenes.cuts]
-            c.scene_start, c.scene_end = (int(x) for x in longest_scene(scenes.scenes))
-            idx = clipmod.sample_clip_indices(
-                (c.scene_start, c.scene_end), video_rng(cfg.seed, video_id, 0), cfg.clip_frames, cfg.max_stride
-            )
+            # Where a damaged file lost frames, the frames either side are not neighbours: a
+            # clip never spans that gap, as it never spans a cut.
+            bounds = sorted(set(c.cuts) | set(video.breaks))
+            c.scene_start, c.scene_end = (int(x) for x in longest_scene(scenes_from_cuts(bounds, video.num_frames)))
+            try:
+                idx = clipmod.sample_clip_indices(
+                    (c.scene_start, c.scene_end), video_rng(cfg.seed, video_id, 0), cfg.clip_frames, cfg.max_stride
+                )
+            except VideoTooShort as exc:
+                if video.damage is None:
+                    raise
+                # Too short because the file is damaged: that is the failure to report.
+                raise VideoDecodeError(
+                    f"{path}: {video.damage}; what decodes unbroken is too short: {Exception.__str__(exc)}"
+                ) from exc
             c.frame_indices = [int(i) for i in idx]
             frames = video.select(idx)
             del video  # the full decoded video is the largest thing in memory: drop it early
@@ -473,6 +485,8 @@ class Stage2:
             "versions": {**self.versions, "flow": c.flow_version, "tracker": self.tracker.version},
             "shard": shard_name,
         }
+        if c.damage is not None:  # frames were lost before the clip: frame_indices count decoded frames
+            meta["damage"] = c.damage
         return ClipSample(
             key=c.video_id,
             mp4=mp4_bytes,
@@ -594,6 +608,7 @@ def run_stage2_chunk(
             status="failed",
             reason=c.reason,
             error=c.error,
+            damage=c.damage,
             cuts=c.cuts,
             scene_start=c.scene_start,
             scene_end=c.scene_end,
@@ -654,6 +669,7 @@ class CurationSummary:
     threshold: float | None
     score_percentiles: dict[str, float]
     removed_stale_shards: list[str]
+    damaged: int = 0  # videos whose decoding lost frames (the manifest's ``damage``), whatever their status
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -698,6 +714,7 @@ def assemble_manifest(out_dir: str | os.PathLike, chunks: Sequence[Chunk], thres
         threshold=_json_float(threshold),
         score_percentiles=pct,
         removed_stale_shards=stale,
+        damaged=sum(r.damage is not None for r in rows),
     )
     _atomic_write_text(out_dir / "summary.json", json.dumps(summary.to_json(), indent=1, sort_keys=True))
     return summary

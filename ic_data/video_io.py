@@ -70,6 +70,10 @@ class DecodedVideo:
     # uint8 (N, th, tw, 3) RGB copies ``thumbnail_width`` wide (for cut detection), made while
     # decoding; None when none were asked for or the frames are no wider.
     thumbnails: np.ndarray | None = None
+    # A damaged file: positions (0 < p < num_frames) where frames were lost between p - 1 and p
+    # (frames p - 1 and p are not neighbours in the source), and what was lost, for a human.
+    breaks: tuple[int, ...] = ()
+    damage: str | None = None
 
     @property
     def num_frames(self) -> int:
@@ -185,7 +189,7 @@ def _decode_decord(path: str, size_fn: SizeFn | None, max_frames: int | None, th
             store.add_rgb(frame)
     info = VideoInfo(path=path, num_frames=n, fps=fps, width=w, height=h, backend="decord", rotation=90 * turns,
                      sample_aspect=sar)
-    return info, store, total < n
+    return info, store, total < n, None
 
 
 @dataclass(frozen=True)
@@ -468,8 +472,9 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
         declared_frames = stream.frames  # PyAV 19 answers nothing of a closed container's streams
         store: _FrameStore | None = None
         turns, sar, size, truncated = 0, 1.0, None, False
+        damage = _Damage()
         try:
-            for frame in container.decode(stream):
+            for frame in _decoded_frames(container, stream, damage):
                 if store is None:  # the first frame says how the video is to be shown
                     turns, sar = display_quarter_turns(frame), sample_aspect(stream)
                     shown = _shown_size(*((h, w) if turns % 2 else (w, h)), sar, turns % 2 == 1)
@@ -494,18 +499,132 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
                     store.add_rgb(np.ascontiguousarray(np.rot90(rgb, -turns)) if turns else rgb)
         except CurationError:  # ours (a size change, a size the caller refuses): as raised
             raise
-        except Exception as exc:
-            # A truncated file decodes up to the damage; keep what was read if anything was.
-            if store is None or not len(store):
-                raise VideoDecodeError(f"PyAV failed to decode {path}: {decoder_message(exc)}") from exc
+        except Exception as exc:  # not the packets' damage (that is recorded): the decoder itself
+            damage.stop(exc)
     if store is None or not len(store):
+        if damage.first_error is not None:
+            raise VideoDecodeError(f"PyAV failed to decode {path}: {damage.first_error}")
         raise VideoDecodeError(f"no decodable frames in {path}", reason="no_frames")
     n = len(store) if not truncated else max(declared_frames, len(store))
     if turns % 2:
         w, h = h, w
     info = VideoInfo(path=path, num_frames=n, fps=fps, width=w, height=h, backend="pyav", rotation=90 * turns,
                      sample_aspect=sar)
-    return info, store, truncated
+    damage.declared = 0 if truncated else declared_frames  # stopping at max_frames loses nothing
+    return info, store, truncated, damage
+
+
+# Packets in a row that fail to decode before the rest of a file is given up on.
+MAX_FAILED_PACKETS_IN_A_ROW = 64
+
+
+class _Damage:
+    """What decoding a damaged file lost, recorded as it goes: packets the decoder refused,
+    frames it marked corrupt (decoded with the errors concealed), where the rest of the file
+    became unreachable, and where frames were lost between two kept ones (``breaks``)."""
+
+    def __init__(self):
+        self.failed_packets = 0
+        self.corrupt_frames = 0
+        self.first_error: str | None = None
+        self.first_at = 0  # frames kept before the first loss
+        self.stopped: str | None = None
+        self.breaks: list[int] = []
+        self.times: list[float | None] = []  # presentation time of each kept frame
+        self.kept = 0
+        self.declared = 0  # frames the container says it holds (0: it does not say)
+        self._lost_since_kept = False
+
+    def _lost(self, what: str) -> None:
+        if self.first_error is None:
+            self.first_error, self.first_at = what, self.kept
+        self._lost_since_kept = True
+
+    def packet_failed(self, exc: BaseException) -> None:
+        self.failed_packets += 1
+        self._lost(decoder_message(exc))
+
+    def corrupt_frame(self) -> None:
+        self.corrupt_frames += 1
+        self._lost("a frame decoded with errors")
+
+    def stop(self, exc: BaseException | str) -> None:
+        self.stopped = exc if isinstance(exc, str) else decoder_message(exc)
+        self._lost(self.stopped)
+
+    def keep(self, time: float | None) -> None:
+        """A frame is kept: after a loss, it starts a new run of neighbouring frames."""
+        if self._lost_since_kept and self.kept:
+            self.breaks.append(self.kept)
+        self._lost_since_kept = False
+        self.times.append(time)
+        self.kept += 1
+
+    def all_breaks(self, n: int) -> tuple[int, ...]:
+        """Where frames were lost among the first ``n`` kept: where a loss was met, and, since a
+        decoder hands frames out in display order a few packets after it reads them, wherever
+        the kept frames' presentation times jump by over 1.5 frame steps or go backwards."""
+        found = {b for b in self.breaks if 0 < b < n}
+        times = self.times[:n]
+        if self.first_error is not None and n > 2 and None not in times:
+            steps = np.diff(np.asarray(times, np.float64))
+            forward = steps[steps > 0]
+            if len(forward):
+                typical = float(np.median(forward))
+                found |= {i + 1 for i, step in enumerate(steps) if step <= 0 or step > 1.5 * typical}
+        return tuple(sorted(found))
+
+    def describe(self) -> str | None:
+        """One line for the manifest; None for a clean decode of every declared frame."""
+        declared = self.declared
+        parts = []
+        losses = [f"{n} {what}{'s' * (n != 1)}{how}" for n, what, how in (
+            (self.failed_packets, "packet", " failed to decode"),
+            (self.corrupt_frames, "frame", " decoded with errors (dropped)"),
+        ) if n]
+        if losses:
+            parts.append(f"{', '.join(losses)}, the first after frame {self.first_at}: {self.first_error}")
+        if self.stopped is not None:
+            parts.append(f"nothing after frame {self.kept} could be read ({self.stopped})")
+        # A container's count can be off by a frame or two (edit lists, a last frame without a
+        # duration); a larger shortfall is a file that ends early, such as a cut-off download.
+        if declared > self.kept + max(2, declared // 100):
+            parts.append(f"{self.kept} of its {declared} declared frames decoded")
+        return "damaged: " + "; ".join(parts) if parts else None
+
+
+def _decoded_frames(container, stream, damage: _Damage):
+    """The stream's frames as ``container.decode(stream)`` gives them, going on past damage as a
+    player does: a packet the decoder refuses is skipped and a frame it marks corrupt dropped,
+    both recorded in ``damage``. The demuxer failing ends the stream (what follows cannot be
+    reached), and so do ``MAX_FAILED_PACKETS_IN_A_ROW`` refused packets. Every frame yielded
+    must be kept by the caller (or the decode ended): ``damage`` counts them as kept."""
+    packets = container.demux(stream)
+    failed_in_a_row = 0
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            return
+        except Exception as exc:
+            damage.stop(exc)
+            return
+        try:
+            frames = packet.decode()
+        except Exception as exc:
+            damage.packet_failed(exc)
+            failed_in_a_row += 1
+            if failed_in_a_row >= MAX_FAILED_PACKETS_IN_A_ROW:
+                damage.stop(f"{failed_in_a_row} packets in a row failed to decode")
+                return
+            continue
+        failed_in_a_row = 0
+        for frame in frames:
+            if getattr(frame, "is_corrupt", False):  # PyAV ≥ 9
+                damage.corrupt_frame()
+                continue
+            damage.keep(frame.time)
+            yield frame
 
 
 def _with_timeout(fn, timeout_s: float | None, path: str, backend: str):
@@ -548,6 +667,11 @@ def decode_video(
     much). PyAV's frames are turned here; decord (0.6) turns them itself. Non-square pixels
     (``info.sample_aspect``) are stretched likewise: the size function gets the shown size.
 
+    A damaged file is read past what it lost, as a player reads it (PyAV): a packet the decoder
+    refuses is skipped, a frame it marks corrupt dropped, and ``breaks``/``damage`` say where
+    frames are missing and what was lost (also a file ending before its declared frame count).
+    Frame numbers after a loss count decoded frames, not the source's.
+
     backend: "pyav", "decord", or "auto" (PyAV, then decord if PyAV fails or hangs).
     max_frames: stop after this many frames (a memory guard for very long videos).
     thumbnail_width: also keep a copy of every frame this many pixels wide (``thumbnails``),
@@ -564,7 +688,7 @@ def decode_video(
     for name in order:
         fn = {"decord": _decode_decord, "pyav": _decode_pyav}[name]
         try:
-            info, store, truncated = _with_timeout(
+            info, store, truncated, damage = _with_timeout(
                 lambda: fn(path, size_fn, max_frames, thumbnail_width), timeout_s, path, name
             )
         except VideoDecodeError as exc:
@@ -580,7 +704,9 @@ def decode_video(
             continue
         sx = store.size[0] / info.width
         sy = store.size[1] / info.height
-        return DecodedVideo(info=info, store=store, scale=(sx, sy), truncated=truncated, thumbnails=store.thumbnails())
+        lost = damage.describe() if damage is not None else None
+        return DecodedVideo(info=info, store=store, scale=(sx, sy), truncated=truncated, thumbnails=store.thumbnails(),
+                            breaks=damage.all_breaks(len(store)) if damage is not None else (), damage=lost)
     # Report the most specific error: a timeout, then a named reason ("no_video_stream",
     # "no_frames") beat a generic open failure, whichever decoder met it.
     for exc in errors:

@@ -98,6 +98,29 @@ def write_video(path: Path, frames: np.ndarray, fps: float = 24.0) -> Path:
     return path
 
 
+def write_mjpeg(path, frames, fps=25):
+    """An AVI of one JPEG per frame: one frame's bytes can be damaged without touching others."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mjpeg", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuvj420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
+def damage_jpeg_frames(data: bytes, frames) -> bytes:
+    """``data`` with each listed JPEG's frame height set to 0, which the decoder refuses."""
+    starts = [i for i in range(len(data) - 2) if data[i:i + 3] == b"\xff\xd8\xff"]
+    out = bytearray(data)
+    for k in frames:
+        sof = out.index(b"\xff\xc0", starts[k])  # the baseline frame header: FFC0, length, bits, height
+        out[sof + 5:sof + 7] = b"\x00\x00"
+    return bytes(out)
+
+
 @pytest.fixture(scope="session")
 def two_shot_video(tmp_path_factory):
     """480×270, 24 fps: a 50-frame pan with a moving disc, a hard cut at 50, a 60-frame zoom."""

