@@ -470,6 +470,7 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
         declared_frames = stream.frames  # PyAV 19 answers nothing of a closed container's streams
+        track_seconds = _track_seconds(stream) if not declared_frames else 0.0
         store: _FrameStore | None = None
         turns, sar, size, truncated = 0, 1.0, None, False
         damage = _Damage()
@@ -510,7 +511,8 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
         w, h = h, w
     info = VideoInfo(path=path, num_frames=n, fps=fps, width=w, height=h, backend="pyav", rotation=90 * turns,
                      sample_aspect=sar)
-    damage.declared = 0 if truncated else declared_frames  # stopping at max_frames loses nothing
+    if not truncated:  # stopping at max_frames loses nothing
+        damage.declared, damage.declared_seconds, damage.fps = declared_frames, track_seconds, fps
     return info, store, truncated, damage
 
 
@@ -533,6 +535,8 @@ class _Damage:
         self.times: list[float | None] = []  # presentation time of each kept frame
         self.kept = 0
         self.declared = 0  # frames the container says it holds (0: it does not say)
+        self.declared_seconds = 0.0  # else the track's duration, where it says (Matroska, WebM)
+        self.fps = 0.0
         self._lost_since_kept = False
 
     def _lost(self, what: str) -> None:
@@ -590,7 +594,31 @@ class _Damage:
         # duration); a larger shortfall is a file that ends early, such as a cut-off download.
         if declared > self.kept + max(2, declared // 100):
             parts.append(f"{self.kept} of its {declared} declared frames decoded")
+        end, step = self._end_seconds()
+        if not declared and end is not None and self.declared_seconds - end > max(2 * step, self.declared_seconds / 100):
+            parts.append(f"it ends at {end:.2f} s of its declared {self.declared_seconds:.2f} s")
         return "damaged: " + "; ".join(parts) if parts else None
+
+    def _end_seconds(self) -> tuple[float | None, float]:
+        """When the last kept frame ends (its time plus a typical step), and that step."""
+        times = [t for t in self.times if t is not None]
+        if not times:
+            return None, 0.0
+        steps = np.diff(np.asarray(times, np.float64))
+        step = float(np.median(steps[steps > 0])) if (steps > 0).any() else 1.0 / self.fps if self.fps > 0 else 0.0
+        return max(times) + step, step
+
+
+def _track_seconds(stream) -> float:
+    """The video track's duration as its container declares it: the stream's own duration, or
+    the ``DURATION`` tag Matroska/WebM muxers write per track; 0.0 where neither says."""
+    try:
+        if stream.duration and stream.time_base:
+            return float(stream.duration * stream.time_base)
+        match = re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", str(stream.metadata.get("DURATION", "")).strip())
+    except Exception:  # a damaged header: no duration to go by
+        return 0.0
+    return int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3]) if match else 0.0
 
 
 def _decoded_frames(container, stream, damage: _Damage):

@@ -108,26 +108,31 @@ def test_a_damaged_frame_is_passed_over_and_the_rest_decoded(mjpeg_pan, tmp_path
         assert f"the first after frame {lost[0]}:" in dec.damage
 
 
-def test_a_cut_off_download_says_how_much_of_it_decoded(tmp_path):
-    """A web MP4 has its index first (faststart), so a download cut short still opens: what is
-    there decodes, and the damage says how many of the declared frames that was."""
+@pytest.mark.parametrize("suffix,codec,options", [("mp4", "libx264", {"movflags": "faststart"}), ("webm", "libvpx", {})])
+def test_a_cut_off_download_says_how_much_of_it_decoded(tmp_path, suffix, codec, options):
+    """A web MP4 has its index first (faststart) and a WebM its durations in its header, so a
+    download cut short still opens: what is there decodes, and the damage says how much of the
+    declared video that was (frames in an MP4, seconds of the track in a WebM)."""
     import av
 
     frames = render_shot(90, 320, 256, CameraMotion((2, 0)), texture_seed=7, texture_octaves=(6, 12, 24, 48)).frames
-    full = tmp_path / "full.mp4"
-    with av.open(str(full), "w", options={"movflags": "faststart"}) as container:
-        stream = container.add_stream("libx264", rate=25)
+    full = tmp_path / f"full.{suffix}"
+    with av.open(str(full), "w", options=options) as container:
+        stream = container.add_stream(codec, rate=25)
         stream.width, stream.height, stream.pix_fmt = 320, 256, "yuv420p"
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
     data = full.read_bytes()
-    cut = tmp_path / "cut.mp4"
+    cut = tmp_path / f"cut.{suffix}"
     cut.write_bytes(data[: len(data) * 7 // 10])
     whole, dec = decode_video(full), decode_video(cut)
     assert whole.damage is None and whole.num_frames == 90
     assert 10 < dec.num_frames < 80
-    assert dec.damage.endswith(f"; {dec.num_frames} of its 90 declared frames decoded")
+    if suffix == "mp4":
+        assert dec.damage.endswith(f"; {dec.num_frames} of its 90 declared frames decoded")
+    else:  # the last frame kept ends at (n - 1 + 1) / 25 s
+        assert dec.damage.endswith(f"it ends at {dec.num_frames / 25:.2f} s of its declared 3.60 s")
     # What decoded before the loss is the start of the video, unchanged. A frame or two handed
     # out after it (reordered ones) may stand apart from those: a break says so.
     first = dec.breaks[0] if dec.breaks else dec.num_frames
