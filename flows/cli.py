@@ -405,11 +405,38 @@ def stop_on_sigterm():
 FLOW_COMMANDS = ("curate", "train", "generate", "evaluate", "studio", "cache-latents")
 
 
+# What names a file or folder (dest: how the user wrote it). An empty one would mean the current
+# folder: a curation writing its shards there, a training run made in it.
+PATH_ARGUMENTS = {
+    "videos": "--videos", "out": "--out", "captions": "--captions", "shards": "--shards", "run": "--run",
+    "config": "--config", "image": "--image", "trajectories": "--trajectories", "reference": "--reference",
+    "images": "--images", "official": "--official", "base_model": "--base-model", "base_lora": "--base-lora",
+    "official_dir": "OFFICIAL_DIR", "set_name": "SET",
+}
+
+
+def empty_paths(args: argparse.Namespace) -> list[str]:
+    """A line for each path argument given as an empty string (an unset shell variable)."""
+    from ic_data.settings import empty_path
+
+    found = []
+    for dest, flag in PATH_ARGUMENTS.items():
+        value = getattr(args, dest, None)
+        for one in value if isinstance(value, list) else [value]:
+            problem = empty_path(flag, one)
+            if problem:
+                found.append(problem)
+                break
+    return found
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Every problem with the arguments, before any flow (and its Prefect server) starts.
     try:
-        problems = apply_config_file(args) if getattr(args, "config", None) else []
+        problems = empty_paths(args)
+        if not problems and getattr(args, "config", None):
+            problems = apply_config_file(args)
         if not problems and args.command in ("generate", "evaluate", "studio"):
             problems = resolve_official(args)
         problems = problems or args.check(args)

@@ -30,7 +30,7 @@ import numpy as np
 
 from ic_data import clips as clipmod
 from ic_data.errors import CurationError, VideoDecodeError, VideoTooShort
-from ic_data.settings import number, one_of, refuse, text, truth, whole
+from ic_data.settings import empty_path, number, one_of, refuse, text, truth, whole
 from ic_data.workers import DEFAULT_MAX_DECODE_FRAMES, run_in_workers
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts")
@@ -175,6 +175,9 @@ def discover_videos(
     from ic_data.errors import BadInputError, MissingInputError
     from ic_data.manifest import video_id_for
 
+    problem = empty_path("the video folder", root)
+    if problem:
+        raise BadInputError(problem)
     root = Path(root)
     if not root.is_dir():
         raise MissingInputError(f"video folder not found: {root}")

@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["whole", "number", "one_of", "truth", "text", "refuse", "cannot_write_in"]
+__all__ = ["whole", "number", "one_of", "truth", "text", "refuse", "cannot_write_in", "empty_path", "require_writable"]
 
 
 def _range(low, high) -> str:
@@ -70,12 +70,26 @@ def refuse(owner: str, problems: Iterable[str | None]) -> None:
         raise ValueError(f"{owner}: " + "; ".join(found))
 
 
+def empty_path(what: str, value) -> str | None:
+    """One line where ``value`` is a path given as an empty (or blank) string. Python reads that
+    as the current folder, which is almost never what was meant: it is how an unset shell
+    variable (``--out "$OUT"``) or a cleared form field arrives."""
+    if isinstance(value, str) and not value.strip():
+        return (f"{what} is an empty path (an unset variable?); it would mean the current folder: "
+                "write . for that")
+    return None
+
+
 def require_writable(folder: str | os.PathLike, what: str) -> None:
     """A ``BadInputError`` naming ``what`` (the parameter) where no file can be created in
     ``folder``: an output folder that a flow's caller passed unchecked (a deployment's Run form)
-    fails in its first second with that line, not at its first write."""
+    fails in its first second with that line, not at its first write. An empty path is refused
+    the same way (:func:`empty_path`)."""
     from ic_data.errors import BadInputError
 
+    problem = empty_path(what, folder)
+    if problem:
+        raise BadInputError(problem)
     problem = cannot_write_in(folder)
     if problem:
         raise BadInputError(f"{what} {folder}: {problem}")

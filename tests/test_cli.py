@@ -722,3 +722,38 @@ def test_a_dask_address_where_no_scheduler_answers_is_refused_up_front():
         port = closed.getsockname()[1]
     _dask_address(problems, f"127.0.0.1:{port}")
     assert len(problems) == 1 and problems[0].startswith(f"--dask-address 127.0.0.1:{port}: no scheduler answers there (")
+
+
+@pytest.mark.parametrize("argv,flag", [
+    (["curate", "webvid", "--videos", "VIDEOS", "--out", ""], "--out"),
+    (["curate", "realestate10k", "--videos", " ", "--out", "OUT"], "--videos"),
+    (["train", "base", "--shards", "VIDEOS", "--run", "", "--steps", "1"], "--run"),
+    (["evaluate", "", "--run", "OUT"], "SET"),
+    (["generate", "--run", "OUT", "--image", "", "--trajectories", "[[[1, 2]]]", "--out", "x.mp4"], "--image"),
+    (["generate", "--run", "OUT", "--image", "a.png", "--trajectories", "t.json", "--out", "x.mp4",
+      "--base-lora", "a.safetensors", "--base-lora", ""], "--base-lora"),
+    (["convert-official", "", "--out", "OUT"], "OFFICIAL_DIR"),
+])
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(capsys, tmp_path, monkeypatch, argv, flag):
+    """``--out "$OUT"`` with OUT unset: Python would read "" as the current folder, and a curation
+    would write its shards into wherever the shell stood. One line names the flag instead."""
+    (tmp_path / "videos").mkdir()
+    monkeypatch.chdir(tmp_path)
+    argv = [{"VIDEOS": str(tmp_path / "videos"), "OUT": str(tmp_path / "out")}.get(a, a) for a in argv]
+    lines = _problems(capsys, argv)
+    assert lines == [f"ic {argv[0]}: {flag} is an empty path (an unset variable?); it would mean the current folder: "
+                     "write . for that"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["videos"]  # nothing written where it stood
+
+
+def test_flows_refuse_an_empty_video_folder_or_output_path(tmp_path):
+    """What a deployment's Run form passes unchecked: the library refuses it in the same words."""
+    from ic_data.errors import BadInputError
+    from ic_data.pipeline import discover_videos
+    from ic_data.settings import require_writable
+
+    with pytest.raises(BadInputError, match=r"^the video folder is an empty path \(an unset variable\?\)"):
+        discover_videos("")
+    with pytest.raises(BadInputError, match=r"^out is an empty path"):
+        require_writable("", "out")
+    require_writable(tmp_path, "out")  # a real folder passes
