@@ -21,7 +21,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 def _curate(args: argparse.Namespace) -> int:
-    from flows.curate import curate, make_task_runner
+    from flows.curate import curate, make_task_runner, nothing_kept
 
     runner = make_task_runner(args.dask_address, args.workers)
     state = curate.with_options(task_runner=runner)(
@@ -41,7 +41,10 @@ def _curate(args: argparse.Namespace) -> int:
     if not state.is_completed():
         print(f"ic curate: the flow run ended {state.name}: {state.message}", file=sys.stderr)
         return 1
-    print(json.dumps(state.result(), indent=1, sort_keys=True))
+    summary = state.result()
+    print(json.dumps(summary, indent=1, sort_keys=True))
+    if summary["num_videos"] and not summary["counts"]["ok"]:
+        print(f"ic curate: {nothing_kept(summary)}", file=sys.stderr)
     return 0
 
 

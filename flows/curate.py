@@ -110,4 +110,14 @@ def curate(
 
     log.info("curated %d videos: %s; reasons filtered or failed: %s; damaged: %d", summary.num_videos, summary.counts,
              summary.reasons, summary.damaged)
+    if summary.num_videos and not summary.counts["ok"]:
+        log.warning("%s", nothing_kept(summary.to_json()))
     return summary.to_json()
+
+
+def nothing_kept(summary: dict) -> str:
+    """The line for a curation (its summary.json) that kept no clip: its shards are empty, and
+    nothing can train on them."""
+    why = ", ".join(f"{n} {reason}" for reason, n in summary["reasons"].items())
+    return (f"no clip was kept of {summary['num_videos']} videos ({why}): the shards are empty; "
+            "the manifest's reason and error columns say what happened to each")

@@ -150,3 +150,17 @@ def test_a_deployment_run_with_a_missing_path_fails_with_its_line(prefect_api, t
         state = fn(**kwargs, return_state=True)
         assert state.is_failed() and state.message == line, (fn.name, state.message)
         assert "Traceback" not in caplog.text, fn.name
+
+
+def test_a_curation_that_keeps_nothing_says_so(prefect_api, bad_inputs, tmp_path, capsys):
+    """Every video broken or refused: the run completes (failures are data), and `ic` ends with
+    a line saying the shards are empty and why, rather than only a summary of zeros to read."""
+    from flows.cli import main
+
+    assert main(["curate", "webvid", "--videos", str(bad_inputs), "--out", str(tmp_path / "out")]) == 0
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out[captured.out.index("{"):])
+    assert summary["counts"] == {"ok": 0, "filtered": 0, "failed": 6}
+    assert captured.err.strip().splitlines()[-1] == (
+        "ic curate: no clip was kept of 6 videos (3 decode_error, 1 empty_file, 1 too_short, 1 too_small): "
+        "the shards are empty; the manifest's reason and error columns say what happened to each")
