@@ -205,7 +205,11 @@ def discover_videos(
 
 
 def plan_chunks(videos: Sequence[tuple[str, str]], config: CurationConfig, chunk_size: int = 32) -> list[Chunk]:
-    """Split the sorted inputs into chunks; a chunk's key hashes its video ids and the config.
+    """Split the sorted inputs into chunks; a chunk's key hashes the config and its videos' ids
+    and sizes in bytes: a file replaced by another copy (a truncated download fetched again) gets
+    its chunk curated anew on a rerun, where the id alone would reuse the earlier result. (Not
+    the modification time: a copy of the same inputs elsewhere keeps its keys, and so its
+    byte-identical shards and manifest.)
 
     With ``captions_csv`` the CSV is read here, once, keeping only the captions of these videos:
     each chunk carries its own, so no worker holds WebVid's millions of rows.
@@ -221,10 +225,19 @@ def plan_chunks(videos: Sequence[tuple[str, str]], config: CurationConfig, chunk
     chunks = []
     for i in range(0, len(videos), chunk_size):
         part = tuple(sorted(videos[i : i + chunk_size]))
-        digest = hashlib.sha1((fp + "\n" + "\n".join(v for v, _ in part)).encode()).hexdigest()[:10]
+        listed = "\n".join(f"{v}\t{_size(p)}" for v, p in part)
+        digest = hashlib.sha1((fp + "\n" + listed).encode()).hexdigest()[:10]
         named = tuple((v, c) for v, c in ((v, caption_for(p, captions)) for v, p in part) if c is not None)
         chunks.append(Chunk(key=f"chunk-{i // chunk_size:05d}-{digest}", videos=part, captions=named))
     return chunks
+
+
+def _size(path: str) -> int:
+    """Bytes in the file at ``path`` (links followed); -1 where it cannot be read (its row says why)."""
+    try:
+        return os.stat(path).st_size
+    except OSError:
+        return -1
 
 
 # ----------------------------------------------------------------------------- helpers

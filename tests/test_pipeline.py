@@ -706,3 +706,26 @@ def test_a_manifest_from_before_the_damage_column_still_reads(curated, tmp_path)
     rows = read_manifest(old)
     assert len(rows) == table.num_rows and all(r.damage is None for r in rows)
     assert [r.video_id for r in rows] == [r.video_id for r in read_manifest(out / "manifest.parquet")]
+
+
+def test_a_video_fetched_again_is_curated_again_on_a_rerun(input_dir, tmp_path):
+    """A crawl's cut-off download is a failed row; fetched whole again under the same name, the
+    next run curates it (its chunk's key follows the file's size), as a fresh run would."""
+    from ic_data.synthetic import CameraMotion, render_shot
+    from tests.conftest import COARSE, write_video
+
+    videos = tmp_path / "videos"
+    shutil.copytree(input_dir, videos)
+    out = tmp_path / "out"
+    curate(videos, out, CFG, chunk_size=5)
+    rows = {Path(r.path).name: r for r in read_manifest(out / "manifest.parquet")}
+    assert rows["truncated.mp4"].status == "failed"
+    cut = next(videos.rglob("truncated.mp4"))
+    write_video(cut, render_shot(48, 480, 270, CameraMotion((4.0, 1.0)), texture_seed=91, texture_octaves=COARSE).frames)
+    summary = curate(videos, out, CFG, chunk_size=5)
+    rows = {Path(r.path).name: r for r in read_manifest(out / "manifest.parquet")}
+    assert rows["truncated.mp4"].status == "ok" and summary.num_videos == 14 and summary.counts["failed"] == 5
+    fresh = tmp_path / "fresh"
+    curate(videos, fresh, CFG, chunk_size=5)
+    assert (out / "manifest.parquet").read_bytes() == (fresh / "manifest.parquet").read_bytes()
+    assert {p.name for p in (out / "shards").glob("*.tar")} == {p.name for p in (fresh / "shards").glob("*.tar")}
