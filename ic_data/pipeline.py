@@ -205,11 +205,11 @@ def discover_videos(
 
 
 def plan_chunks(videos: Sequence[tuple[str, str]], config: CurationConfig, chunk_size: int = 32) -> list[Chunk]:
-    """Split the sorted inputs into chunks; a chunk's key hashes the config and its videos' ids
-    and sizes in bytes: a file replaced by another copy (a truncated download fetched again) gets
-    its chunk curated anew on a rerun, where the id alone would reuse the earlier result. (Not
-    the modification time: a copy of the same inputs elsewhere keeps its keys, and so its
-    byte-identical shards and manifest.)
+    """Split the sorted inputs into chunks; a chunk's key hashes the config, its videos' ids and
+    sizes in bytes, and their captions: a file replaced by another copy (a truncated download
+    fetched again) or a caption edited in the CSV gets its chunk curated anew on a rerun, where
+    the ids alone would reuse the earlier result. (Not the modification times: a copy of the same
+    inputs elsewhere keeps its keys, and so its byte-identical shards and manifest.)
 
     With ``captions_csv`` the CSV is read here, once, keeping only the captions of these videos:
     each chunk carries its own, so no worker holds WebVid's millions of rows.
@@ -225,9 +225,9 @@ def plan_chunks(videos: Sequence[tuple[str, str]], config: CurationConfig, chunk
     chunks = []
     for i in range(0, len(videos), chunk_size):
         part = tuple(sorted(videos[i : i + chunk_size]))
-        listed = "\n".join(f"{v}\t{_size(p)}" for v, p in part)
-        digest = hashlib.sha1((fp + "\n" + listed).encode()).hexdigest()[:10]
         named = tuple((v, c) for v, c in ((v, caption_for(p, captions)) for v, p in part) if c is not None)
+        listed = "\n".join([f"{v}\t{_size(p)}" for v, p in part] + [f"{v}\t{c}" for v, c in named])
+        digest = hashlib.sha1((fp + "\n" + listed).encode()).hexdigest()[:10]
         chunks.append(Chunk(key=f"chunk-{i // chunk_size:05d}-{digest}", videos=part, captions=named))
     return chunks
 

@@ -729,3 +729,22 @@ def test_a_video_fetched_again_is_curated_again_on_a_rerun(input_dir, tmp_path):
     curate(videos, fresh, CFG, chunk_size=5)
     assert (out / "manifest.parquet").read_bytes() == (fresh / "manifest.parquet").read_bytes()
     assert {p.name for p in (out / "shards").glob("*.tar")} == {p.name for p in (fresh / "shards").glob("*.tar")}
+
+
+def test_a_caption_edited_in_the_csv_reaches_the_shards_on_a_rerun(input_dir, tmp_path):
+    csv = tmp_path / "captions.csv"
+    csv.write_text("videoid,name\ngood_5_speed4,a red ball rolls\n", encoding="utf-8")
+    config = dataclasses.replace(CFG, captions_csv=str(csv))
+    out = tmp_path / "out"
+
+    def caption() -> str:
+        row = next(r for r in read_manifest(out / "manifest.parquet") if Path(r.path).name == "good_5_speed4.mp4")
+        sample = next(s for s in read_shard(out / row.shard) if s.key == row.key)
+        assert row.caption == sample.caption
+        return sample.caption
+
+    curate(input_dir, out, config, chunk_size=5)
+    assert caption() == "a red ball rolls"
+    csv.write_text("videoid,name\ngood_5_speed4,a blue ball rolls\n", encoding="utf-8")
+    curate(input_dir, out, config, chunk_size=5)
+    assert caption() == "a blue ball rolls"
