@@ -470,7 +470,7 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
         rate = stream.average_rate or stream.guessed_rate
         fps = float(rate) if rate else 0.0
         declared_frames = stream.frames  # PyAV 19 answers nothing of a closed container's streams
-        track_seconds = _track_seconds(stream) if not declared_frames else 0.0
+        track_seconds, track_start = _track_seconds(stream) if not declared_frames else (0.0, 0.0)
         store: _FrameStore | None = None
         turns, sar, size, truncated = 0, 1.0, None, False
         damage = _Damage()
@@ -513,6 +513,7 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
                      sample_aspect=sar)
     if not truncated:  # stopping at max_frames loses nothing
         damage.declared, damage.declared_seconds, damage.fps = declared_frames, track_seconds, fps
+        damage.start_seconds = track_start
     return info, store, truncated, damage
 
 
@@ -535,7 +536,8 @@ class _Damage:
         self.times: list[float | None] = []  # presentation time of each kept frame
         self.kept = 0
         self.declared = 0  # frames the container says it holds (0: it does not say)
-        self.declared_seconds = 0.0  # else the track's duration, where it says (Matroska, WebM)
+        self.declared_seconds = 0.0  # else the track's duration, where it says exactly (Matroska, WebM)
+        self.start_seconds = 0.0  # the track's first presentation time, where its duration counts from
         self.fps = 0.0
         self._lost_since_kept = False
 
@@ -595,8 +597,10 @@ class _Damage:
         if declared > self.kept + max(2, declared // 100):
             parts.append(f"{self.kept} of its {declared} declared frames decoded")
         end, step = self._end_seconds()
-        if not declared and end is not None and self.declared_seconds - end > max(2 * step, self.declared_seconds / 100):
-            parts.append(f"it ends at {end:.2f} s of its declared {self.declared_seconds:.2f} s")
+        if end is not None and not declared and self.declared_seconds:
+            end -= self.start_seconds
+            if self.declared_seconds - end > max(2 * step, self.declared_seconds / 100):
+                parts.append(f"it ends at {end:.2f} s of its declared {self.declared_seconds:.2f} s")
         return "damaged: " + "; ".join(parts) if parts else None
 
     def _end_seconds(self) -> tuple[float | None, float]:
@@ -609,16 +613,17 @@ class _Damage:
         return max(times) + step, step
 
 
-def _track_seconds(stream) -> float:
-    """The video track's duration as its container declares it: the stream's own duration, or
-    the ``DURATION`` tag Matroska/WebM muxers write per track; 0.0 where neither says."""
+def _track_seconds(stream) -> tuple[float, float]:
+    """The video track's duration as its container declares it, exactly: the ``DURATION`` tag
+    Matroska/WebM muxers write per track (0.0 without one; other containers' durations may be
+    estimates from the bitrate, an MPEG-TS's for one), and its first presentation time, which
+    that duration counts from."""
     try:
-        if stream.duration and stream.time_base:
-            return float(stream.duration * stream.time_base)
         match = re.fullmatch(r"(\d+):(\d\d):(\d\d(?:\.\d+)?)", str(stream.metadata.get("DURATION", "")).strip())
+        start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base else 0.0
     except Exception:  # a damaged header: no duration to go by
-        return 0.0
-    return int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3]) if match else 0.0
+        return 0.0, 0.0
+    return (int(match[1]) * 3600 + int(match[2]) * 60 + float(match[3]) if match else 0.0), start
 
 
 def _decoded_frames(container, stream, damage: _Damage):
