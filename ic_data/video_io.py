@@ -535,6 +535,7 @@ class _Damage:
         self.breaks: list[int] = []
         self.times: list[float | None] = []  # presentation time of each kept frame
         self.kept = 0
+        self.packets = 0  # read from the file (and the one PyAV adds at its end to flush the decoder)
         self.declared = 0  # frames the container says it holds (0: it does not say)
         self.declared_seconds = 0.0  # else the track's duration, where it says exactly (Matroska, WebM)
         self.start_seconds = 0.0  # the track's first presentation time, where its duration counts from
@@ -592,10 +593,12 @@ class _Damage:
             parts.append(f"{', '.join(losses)}, the first after frame {self.first_at}: {self.first_error}")
         if self.stopped is not None:
             parts.append(f"nothing after frame {self.kept} could be read ({self.stopped})")
-        # A container's count can be off by a frame or two (edit lists, a last frame without a
-        # duration); a larger shortfall is a file that ends early, such as a cut-off download.
-        if declared > self.kept + max(2, declared // 100):
-            parts.append(f"{self.kept} of its {declared} declared frames decoded")
+        # Fewer packets than the container declares: the file ends early (a cut-off download).
+        # Packets, not frames: frames before an edit list's start are read and decoded but not
+        # shown (a cut made by copying the stream from the keyframe before it), and that is no
+        # damage. A count off by one or two is a container's rounding (or PyAV's flush packet).
+        if declared > self.packets + max(2, declared // 100):
+            parts.append(f"the file ends after {self.packets} of its {declared} declared frames")
         end, step = self._end_seconds()
         if end is not None and not declared and self.declared_seconds:
             end -= self.start_seconds
@@ -642,6 +645,7 @@ def _decoded_frames(container, stream, damage: _Damage):
         except Exception as exc:
             damage.stop(exc)
             return
+        damage.packets += 1  # empty ones too: an AVI's null frames (a repeated frame) count in its declared total
         try:
             frames = packet.decode()
         except Exception as exc:

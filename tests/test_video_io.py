@@ -129,8 +129,8 @@ def test_a_cut_off_download_says_how_much_of_it_decoded(tmp_path, suffix, codec,
     whole, dec = decode_video(full), decode_video(cut)
     assert whole.damage is None and whole.num_frames == 90
     assert 10 < dec.num_frames < 80
-    if suffix == "mp4":
-        assert dec.damage.endswith(f"; {dec.num_frames} of its 90 declared frames decoded")
+    if suffix == "mp4":  # the packets it holds: the last one cut (so it failed to decode), and PyAV's flush
+        assert dec.damage.endswith(f"; the file ends after {dec.num_frames + 2} of its 90 declared frames")
     else:  # the last frame kept ends at (n - 1 + 1) / 25 s
         assert dec.damage.endswith(f"it ends at {dec.num_frames / 25:.2f} s of its declared 3.60 s")
     # What decoded before the loss is the start of the video, unchanged. A frame or two handed
@@ -140,9 +140,30 @@ def test_a_cut_off_download_says_how_much_of_it_decoded(tmp_path, suffix, codec,
     np.testing.assert_array_equal(dec.frames[:first], whole.frames[:first])
 
 
+def test_a_cut_made_by_copying_the_stream_is_no_damage(two_shot_video, tmp_path):
+    """A cut taken without re-encoding starts at the keyframe before it, and an edit list hides
+    the frames before the cut: the file declares more frames than it shows, and is whole."""
+    import av
+
+    path, video = two_shot_video
+    cut = tmp_path / "cut.mp4"
+    with av.open(str(path)) as source, av.open(str(cut), "w") as target:
+        stream = source.streams.video[0]
+        copy = target.add_stream_from_template(stream)
+        hidden = 20 * round(1 / (stream.time_base * stream.average_rate))  # 20 frames before the cut
+        for packet in source.demux(stream):
+            if packet.dts is None:
+                continue
+            packet.pts, packet.dts, packet.stream = packet.pts - hidden, packet.dts - hidden, copy
+            target.mux(packet)
+    dec = decode_video(cut)
+    assert dec.num_frames == 90 and dec.damage is None and dec.breaks == ()
+    np.testing.assert_array_equal(dec.frames, decode_video(path).frames[20:])
+
+
 class _Packet:
     def __init__(self, frames=None, error=None):
-        self.frames, self.error = frames or [], error
+        self.frames, self.error, self.size = frames or [], error, 100
 
     def decode(self):
         if self.error:
