@@ -116,7 +116,9 @@ def damage_jpeg_frames(data: bytes, frames) -> bytes:
     starts = [i for i in range(len(data) - 2) if data[i:i + 3] == b"\xff\xd8\xff"]
     out = bytearray(data)
     for k in frames:
-        sof = out.index(b"\xff\xc0", starts[k])  # the baseline frame header: FFC0, length, bits, height
+        # The baseline frame header: FFC0, its length (17 for three components), 8 bits, height.
+        sof = out.index(b"\xff\xc0\x00\x11\x08", starts[k])
+        assert k + 1 == len(starts) or sof < starts[k + 1], f"no frame header in JPEG {k}"
         out[sof + 5:sof + 7] = b"\x00\x00"
     return bytes(out)
 
