@@ -110,9 +110,10 @@ def curate(
 
     log.info("curated %d videos: %s; reasons filtered or failed: %s; damaged: %d", summary.num_videos, summary.counts,
              summary.reasons, summary.damaged)
+    result = summary.to_json()
     if summary.num_videos and not summary.counts["ok"]:
-        log.warning("%s", nothing_kept(summary.to_json()))
-    return summary.to_json()
+        log.warning("%s", nothing_kept(result))
+    return result
 
 
 def nothing_kept(summary: dict) -> str:

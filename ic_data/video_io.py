@@ -473,7 +473,7 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
         track_seconds, track_start = _track_seconds(stream) if not declared_frames else (0.0, 0.0)
         store: _FrameStore | None = None
         turns, sar, size, truncated = 0, 1.0, None, False
-        damage = _Damage()
+        damage = _Damage(declared_frames, track_seconds, track_start, fps)
         try:
             for frame in _decoded_frames(container, stream, damage):
                 if store is None:  # the first frame says how the video is to be shown
@@ -511,9 +511,8 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
         w, h = h, w
     info = VideoInfo(path=path, num_frames=n, fps=fps, width=w, height=h, backend="pyav", rotation=90 * turns,
                      sample_aspect=sar)
-    if not truncated:  # stopping at max_frames loses nothing
-        damage.declared, damage.declared_seconds, damage.fps = declared_frames, track_seconds, fps
-        damage.start_seconds = track_start
+    if truncated:  # stopping at max_frames loses nothing: the rest is not to be counted as lost
+        damage.declared, damage.declared_seconds = 0, 0.0
     return info, store, truncated, damage
 
 
@@ -524,27 +523,29 @@ MAX_FAILED_PACKETS_IN_A_ROW = 64
 class _Damage:
     """What decoding a damaged file lost, recorded as it goes: packets the decoder refused,
     frames it marked corrupt (decoded with the errors concealed), where the rest of the file
-    became unreachable, and where frames were lost between two kept ones (``breaks``)."""
+    became unreachable, and where frames were lost between two kept ones (``breaks``).
 
-    def __init__(self):
+    declared: the frames the container says it holds (0: it does not say); declared_seconds:
+    else the track's duration where it says exactly (Matroska, WebM), counted from
+    ``start_seconds``; fps: the stream's rate, the step of a single frame.
+    """
+
+    def __init__(self, declared: int = 0, declared_seconds: float = 0.0, start_seconds: float = 0.0,
+                 fps: float = 0.0):
+        self.declared, self.declared_seconds, self.start_seconds, self.fps = declared, declared_seconds, start_seconds, fps
         self.failed_packets = 0
         self.corrupt_frames = 0
+        self.packets = 0  # read from the file (and the one PyAV adds at its end to flush the decoder)
         self.first_error: str | None = None
         self.first_at = 0  # frames kept before the first loss
         self.stopped: str | None = None
-        self.breaks: list[int] = []
-        self.times: list[float | None] = []  # presentation time of each kept frame
-        self.kept = 0
-        self.packets = 0  # read from the file (and the one PyAV adds at its end to flush the decoder)
-        self.declared = 0  # frames the container says it holds (0: it does not say)
-        self.declared_seconds = 0.0  # else the track's duration, where it says exactly (Matroska, WebM)
-        self.start_seconds = 0.0  # the track's first presentation time, where its duration counts from
-        self.fps = 0.0
+        self.breaks: list[int] = []  # where a loss was met, in frames kept
+        self.times: list[float | None] = []  # presentation time of each frame kept
         self._lost_since_kept = False
 
     def _lost(self, what: str) -> None:
         if self.first_error is None:
-            self.first_error, self.first_at = what, self.kept
+            self.first_error, self.first_at = what, len(self.times)
         self._lost_since_kept = True
 
     def packet_failed(self, exc: BaseException) -> None:
@@ -561,59 +562,56 @@ class _Damage:
 
     def keep(self, time: float | None) -> None:
         """A frame is kept: after a loss, it starts a new run of neighbouring frames."""
-        if self._lost_since_kept and self.kept:
-            self.breaks.append(self.kept)
+        if self._lost_since_kept and self.times:
+            self.breaks.append(len(self.times))
         self._lost_since_kept = False
         self.times.append(time)
-        self.kept += 1
+
+    def _steps(self, n: int) -> tuple[np.ndarray, float]:
+        """The first ``n`` kept frames' steps in presentation time (empty where a frame has
+        none), and the typical (median forward) step, or 1 / fps without one."""
+        times = self.times[:n]
+        steps = np.diff(np.asarray(times, np.float64)) if None not in times else np.zeros(0)
+        forward = steps[steps > 0]
+        return steps, float(np.median(forward)) if len(forward) else 1.0 / self.fps if self.fps > 0 else 0.0
 
     def all_breaks(self, n: int) -> tuple[int, ...]:
         """Where frames were lost among the first ``n`` kept: where a loss was met, and, since a
         decoder hands frames out in display order a few packets after it reads them, wherever
         the kept frames' presentation times jump by over 1.5 frame steps or go backwards."""
         found = {b for b in self.breaks if 0 < b < n}
-        times = self.times[:n]
-        if self.first_error is not None and n > 2 and None not in times:
-            steps = np.diff(np.asarray(times, np.float64))
-            forward = steps[steps > 0]
-            if len(forward):
-                typical = float(np.median(forward))
+        if self.first_error is not None:
+            steps, typical = self._steps(n)
+            if (steps > 0).any():  # times that never move forward say nothing of where a gap is
                 found |= {i + 1 for i, step in enumerate(steps) if step <= 0 or step > 1.5 * typical}
         return tuple(sorted(found))
 
-    def describe(self) -> str | None:
-        """One line for the manifest; None for a clean decode of every declared frame."""
-        declared = self.declared
+    def describe(self, n: int) -> str | None:
+        """One line for the manifest of a decode that kept ``n`` frames; None for a clean
+        decode of every declared frame."""
         parts = []
-        losses = [f"{n} {what}{'s' * (n != 1)}{how}" for n, what, how in (
+        losses = [f"{count} {what}{'s' * (count != 1)}{how}" for count, what, how in (
             (self.failed_packets, "packet", " failed to decode"),
             (self.corrupt_frames, "frame", " decoded with errors (dropped)"),
-        ) if n]
+        ) if count]
         if losses:
             parts.append(f"{', '.join(losses)}, the first after frame {self.first_at}: {self.first_error}")
         if self.stopped is not None:
-            parts.append(f"nothing after frame {self.kept} could be read ({self.stopped})")
+            parts.append(f"nothing after frame {n} could be read ({self.stopped})")
         # Fewer packets than the container declares: the file ends early (a cut-off download).
         # Packets, not frames: frames before an edit list's start are read and decoded but not
         # shown (a cut made by copying the stream from the keyframe before it), and that is no
         # damage. A count off by one or two is a container's rounding (or PyAV's flush packet).
+        declared = self.declared
         if declared > self.packets + max(2, declared // 100):
             parts.append(f"the file ends after {self.packets} of its {declared} declared frames")
-        end, step = self._end_seconds()
-        if end is not None and not declared and self.declared_seconds:
-            end -= self.start_seconds
+        known = [t for t in self.times[:n] if t is not None]
+        if known and not declared and self.declared_seconds:
+            _, step = self._steps(n)
+            end = max(known) + step - self.start_seconds  # when the last frame kept ends
             if self.declared_seconds - end > max(2 * step, self.declared_seconds / 100):
                 parts.append(f"it ends at {end:.2f} s of its declared {self.declared_seconds:.2f} s")
         return "damaged: " + "; ".join(parts) if parts else None
-
-    def _end_seconds(self) -> tuple[float | None, float]:
-        """When the last kept frame ends (its time plus a typical step), and that step."""
-        times = [t for t in self.times if t is not None]
-        if not times:
-            return None, 0.0
-        steps = np.diff(np.asarray(times, np.float64))
-        step = float(np.median(steps[steps > 0])) if (steps > 0).any() else 1.0 / self.fps if self.fps > 0 else 0.0
-        return max(times) + step, step
 
 
 def _track_seconds(stream) -> tuple[float, float]:
@@ -634,7 +632,7 @@ def _decoded_frames(container, stream, damage: _Damage):
     player does: a packet the decoder refuses is skipped and a frame it marks corrupt dropped,
     both recorded in ``damage``. The demuxer failing ends the stream (what follows cannot be
     reached), and so do ``MAX_FAILED_PACKETS_IN_A_ROW`` refused packets. Every frame yielded
-    must be kept by the caller (or the decode ended): ``damage`` counts them as kept."""
+    is counted as kept; the caller says how many it stored (``all_breaks(n)``, ``describe(n)``)."""
     packets = container.demux(stream)
     failed_in_a_row = 0
     while True:
@@ -657,7 +655,7 @@ def _decoded_frames(container, stream, damage: _Damage):
             continue
         failed_in_a_row = 0
         for frame in frames:
-            if getattr(frame, "is_corrupt", False):  # PyAV ≥ 9
+            if frame.is_corrupt:
                 damage.corrupt_frame()
                 continue
             damage.keep(frame.time)
@@ -741,7 +739,7 @@ def decode_video(
             continue
         sx = store.size[0] / info.width
         sy = store.size[1] / info.height
-        lost = damage.describe() if damage is not None else None
+        lost = damage.describe(len(store)) if damage is not None else None
         return DecodedVideo(info=info, store=store, scale=(sx, sy), truncated=truncated, thumbnails=store.thumbnails(),
                             breaks=damage.all_breaks(len(store)) if damage is not None else (), damage=lost)
     # Report the most specific error: a timeout, then a named reason ("no_video_stream",

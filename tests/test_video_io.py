@@ -207,7 +207,7 @@ def test_frames_decoded_with_errors_are_dropped_and_their_gap_is_a_break():
     frames, damage = _run(_Container(ok + [corrupt] + later))
     assert [round(f.time * 25) for f in frames] == [0, 1, 2, 3, 4, 5, 7, 8, 9]
     assert damage.all_breaks(len(frames)) == (6,)
-    assert damage.describe().startswith("damaged: 1 frame decoded with errors (dropped), the first after frame 6")
+    assert damage.describe(len(frames)).startswith("damaged: 1 frame decoded with errors (dropped), the first after frame 6")
 
 
 def test_a_loss_is_placed_by_presentation_times_when_the_decoder_hands_frames_out_late():
@@ -225,10 +225,10 @@ def test_a_demuxer_failure_or_a_run_of_failed_packets_ends_the_stream():
     from ic_data.video_io import MAX_FAILED_PACKETS_IN_A_ROW
 
     frames, damage = _run(_Container([_Packet([_Frame(0.0)]), _Packet([_Frame(0.04)])], demux_error=OSError("I/O")))
-    assert len(frames) == 2 and damage.stopped and "nothing after frame 2 could be read" in damage.describe()
+    assert len(frames) == 2 and damage.stopped and "nothing after frame 2 could be read" in damage.describe(len(frames))
     bad = [_Packet(error=ValueError("bad"))] * MAX_FAILED_PACKETS_IN_A_ROW
     frames, damage = _run(_Container([_Packet([_Frame(0.0)])] + bad + [_Packet([_Frame(9.0)])]))
-    assert len(frames) == 1 and f"{MAX_FAILED_PACKETS_IN_A_ROW} packets in a row failed" in damage.describe()
+    assert len(frames) == 1 and f"{MAX_FAILED_PACKETS_IN_A_ROW} packets in a row failed" in damage.describe(len(frames))
 
 
 def test_real_clip_probe_and_decode():
