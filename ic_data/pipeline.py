@@ -107,9 +107,17 @@ class CurationConfig:
         ])
 
     def fingerprint(self) -> str:
+        """A hash of everything that decides a chunk's outputs: the settings, and the offline
+        tracker's algorithm version, so a rerun after an upgrade that changed the tracker tracks
+        again instead of keeping the earlier tracks. (CoTracker's weights are named by the
+        settings that locate them.)"""
+        from ic_data.tracking.lk import LKTracker
+
         d = dataclasses.asdict(self)
         d.pop("decode_timeout_s")
         d.pop("processes")
+        if self.tracker == "lk":
+            d["tracker_version"] = self.tracker_options.get("version", LKTracker.version)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 

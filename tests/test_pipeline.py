@@ -748,3 +748,22 @@ def test_a_caption_edited_in_the_csv_reaches_the_shards_on_a_rerun(input_dir, tm
     csv.write_text("videoid,name\ngood_5_speed4,a blue ball rolls\n", encoding="utf-8")
     curate(input_dir, out, config, chunk_size=5)
     assert caption() == "a blue ball rolls"
+
+
+def test_a_chunk_key_follows_the_offline_trackers_version(tmp_path, monkeypatch):
+    """A rerun after an upgrade that changed the LK tracker tracks again: its chunks' keys hash
+    the tracker's version beside the settings (they reused the earlier tracks)."""
+    from ic_data.tracking.lk import LKTracker
+
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"\0" * 64)
+    videos = [("a", str(video))]
+    key = plan_chunks(videos, CFG)[0].key
+    assert plan_chunks(videos, dataclasses.replace(CFG))[0].key == key
+    monkeypatch.setattr(LKTracker, "version", LKTracker.version + "-next")
+    assert plan_chunks(videos, CFG)[0].key != key
+    # CoTracker's own weights are named by its settings: the LK version does not enter its key.
+    cotracker = dataclasses.replace(CFG, tracker="cotracker")
+    again = plan_chunks(videos, cotracker)[0].key
+    monkeypatch.setattr(LKTracker, "version", LKTracker.version + "-later")
+    assert plan_chunks(videos, cotracker)[0].key == again
