@@ -44,6 +44,58 @@ def center_crop_box(width: int, height: int, out_width: int = CLIP_WIDTH, out_he
     return (width - out_width) // 2, (height - out_height) // 2, out_width, out_height
 
 
+#: The brightest value (of any channel, 0–255) a black bar reaches: compression noise.
+BAR_LEVEL = 24
+
+
+def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, int, int]:
+    """[x0, y0, w, h] of the picture inside black bars (letterbox, pillarbox, both) of uint8
+    frames (T, H, W, 3): the rows and columns at the edges that stay at or below ``level`` in
+    every frame and channel. The whole frame where there are none, and where what would be left
+    is less than half the frame either way (a dark or black shot, not bars)."""
+    frames = np.asarray(frames)
+    height, width = frames.shape[1:3]
+    peak = frames.max(axis=(0, 3))  # (H, W): the brightest each pixel gets
+    rows = np.flatnonzero(peak.max(axis=1) > level)
+    cols = np.flatnonzero(peak.max(axis=0) > level)
+    if rows.size == 0 or cols.size == 0:
+        return 0, 0, width, height
+    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+    if 2 * (y1 - y0) < height or 2 * (x1 - x0) < width:
+        return 0, 0, width, height
+    return x0, y0, x1 - x0, y1 - y0
+
+
+def picture_crop(
+    frames: np.ndarray, picture: tuple[int, int, int, int], out_width: int = CLIP_WIDTH, out_height: int = CLIP_HEIGHT
+) -> tuple[np.ndarray, tuple[float, float], tuple[int, int, int, int]]:
+    """Frames enlarged (if need be) so that an ``out_width``×``out_height`` crop fits inside the
+    ``picture`` box (:func:`picture_box`), and that crop's box, centred on the picture.
+
+    Returns ``(frames, factors, box)``: the frames as resized (the input itself where it fits
+    already), the per-axis factors of that resize (multiply a clip's source-to-frame scale by
+    them), and ``[x0, y0, w, h]`` in the returned frames' pixels.
+    """
+    height, width = frames.shape[1:3]
+    x0, y0, w, h = picture
+    factors = (1.0, 1.0)
+    if w < out_width or h < out_height:
+        import cv2
+
+        # A pixel to spare each way: the enlarged picture's edge pixels are taken inwards.
+        grow = max(1.0, (out_width + 1) / max(w - 1, 1), (out_height + 1) / max(h - 1, 1))
+        size = (int(np.ceil(width * grow)), int(np.ceil(height * grow)))
+        factors = (size[0] / width, size[1] / height)
+        frames = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in frames])
+        # The picture's edges in the enlarged frames (pixel-centre convention), taken inwards.
+        left, top = int(np.ceil((x0 + 0.5) * factors[0] - 0.5)), int(np.ceil((y0 + 0.5) * factors[1] - 0.5))
+        right = int(np.floor((x0 + w - 0.5) * factors[0] - 0.5)) + 1
+        bottom = int(np.floor((y0 + h - 0.5) * factors[1] - 0.5)) + 1
+        x0, y0, w, h = left, top, max(out_width, right - left), max(out_height, bottom - top)
+        x0, y0 = min(x0, size[0] - w), min(y0, size[1] - h)
+    return frames, factors, (x0 + (w - out_width) // 2, y0 + (h - out_height) // 2, out_width, out_height)
+
+
 def crop_frames(frames: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     x0, y0, w, h = box
     return np.ascontiguousarray(frames[:, y0 : y0 + h, x0 : x0 + w])

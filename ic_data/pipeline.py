@@ -1,7 +1,7 @@
 """The curation chain as library functions over chunks of videos (paper §2.2, Fig. 2b).
 
     discover → chunks → [per chunk] decode once → cuts → longest scene → clip sampling →
-    motion score → centre crop → staged clip  ║ barrier: dataset-wide motion threshold ║
+    black bars → motion score → centre crop → staged clip  ║ barrier: dataset-wide motion threshold ║
     [per chunk] tracking → sparse sampling → captions → shard  → manifest
 
 Stage 1 and stage 2 each persist one small JSON result per chunk under ``OUT/work/``; a chunk
@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ic_data import clips as clipmod
-from ic_data.errors import CurationError, VideoDecodeError, VideoTooShort
+from ic_data.errors import CurationError, VideoDecodeError, VideoTooShort, VideoTooSmall
 from ic_data.settings import empty_path, number, one_of, refuse, text, truth, whole
 from ic_data.workers import DEFAULT_MAX_DECODE_FRAMES, run_in_workers
 
@@ -153,6 +153,9 @@ class Candidate:
     frame_indices: list[int] = field(default_factory=list)
     scale: list[float] = field(default_factory=list)
     crop: list[int] = field(default_factory=list)
+    # Black bars around the picture, cut off: [left, top, right, bottom] in the pixels of the
+    # frames as decoded (before any enlargement); empty where there are none.
+    bars: list[int] = field(default_factory=list)
     motion_score: float | None = None
     flow_backend: str | None = None
     flow_version: str | None = None
@@ -365,9 +368,22 @@ class Stage1:
             frames = video.select(idx)
             del video  # the full decoded video is the largest thing in memory: drop it early
             laps.lap("clip")
-            c.motion_score = float(motion_score(frames, self.flow, cfg.motion_pairs))
+            # Black bars (letterbox, pillarbox) are no part of the picture: the motion is scored
+            # and the clip cropped inside them, enlarging the frames where the picture is
+            # narrower than the clip (within max_upscale of the source, as any video).
+            px, py, pw, ph = picture = clipmod.picture_box(frames)
+            c.motion_score = float(motion_score(frames[:, py : py + ph, px : px + pw], self.flow, cfg.motion_pairs))
             laps.lap("motion")
-            box = clipmod.center_crop_box(frames.shape[2], frames.shape[1], cfg.clip_width, cfg.clip_height)
+            if (pw, ph) != (frames.shape[2], frames.shape[1]):
+                c.bars = [px, py, frames.shape[2] - px - pw, frames.shape[1] - py - ph]
+                grow = max(cfg.clip_width / pw, cfg.clip_height / ph)
+                if grow * max(c.scale) > cfg.max_upscale:
+                    raise VideoTooSmall(
+                        f"the picture inside its black bars ({pw}x{ph} of {frames.shape[2]}x{frames.shape[1]} at "
+                        f"{max(c.scale):.2f}x) would need {grow * max(c.scale):.2f}x upscaling for a "
+                        f"{cfg.clip_width}x{cfg.clip_height} crop (limit {cfg.max_upscale}x)")
+            frames, factors, box = clipmod.picture_crop(frames, picture, cfg.clip_width, cfg.clip_height)
+            c.scale = [c.scale[0] * factors[0], c.scale[1] * factors[1]]
             c.crop = [int(b) for b in box]
             stride = int(idx[1] - idx[0]) if len(idx) > 1 else 1
             # Within what an MP4 written here may hold (a timelapse's 0.1 fps at stride 16 is below it).
@@ -494,6 +510,7 @@ class Stage2:
             "frame_indices": c.frame_indices,
             "scale": c.scale,
             "crop": c.crop,
+            "bars": c.bars,
             "source_size": [c.width, c.height],
             "source_rotation": c.rotation,
             "scene": [c.scene_start, c.scene_end],

