@@ -46,13 +46,17 @@ def center_crop_box(width: int, height: int, out_width: int = CLIP_WIDTH, out_he
 
 #: The brightest value (of any channel, 0–255) a black bar reaches: compression noise.
 BAR_LEVEL = 24
+#: The thinnest bar cut off, as a share of the frame's side (5 of 256 rows).
+MIN_BAR = 0.02
 
 
 def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, int, int]:
     """[x0, y0, w, h] of the picture inside black bars (letterbox, pillarbox, both) of uint8
     frames (T, H, W, 3): the rows and columns at the edges that stay at or below ``level`` in
-    every frame and channel. The whole frame where there are none, and where what would be left
-    is less than half the frame either way (a dark or black shot, not bars)."""
+    every frame and channel. A bar thinner than ``MIN_BAR`` of the frame's side is left in (a
+    dark line at an edge, as encoders' padding leaves, is no reason to enlarge the picture); the
+    whole frame is kept where there are no bars, and where what would be left is less than half
+    the frame either way (a dark or black shot, not bars)."""
     frames = np.asarray(frames)
     height, width = frames.shape[1:3]
     peak = frames.max(axis=(0, 3))  # (H, W): the brightest each pixel gets
@@ -63,6 +67,9 @@ def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, i
     y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     if 2 * (y1 - y0) < height or 2 * (x1 - x0) < width:
         return 0, 0, width, height
+    y0, x0 = (y0 if y0 >= MIN_BAR * height else 0), (x0 if x0 >= MIN_BAR * width else 0)
+    y1 = y1 if height - y1 >= MIN_BAR * height else height
+    x1 = x1 if width - x1 >= MIN_BAR * width else width
     return x0, y0, x1 - x0, y1 - y0
 
 

@@ -78,6 +78,13 @@ def test_picture_box_finds_black_bars_and_leaves_dark_shots_whole():
     night[:, 100:200, 150:300] = 180
     assert picture_box(night) == (0, 0, 455, 256)
     assert picture_box(np.zeros((2, 32, 48, 3), np.uint8)) == (0, 0, 48, 32)
+    # A dark line or two at an edge is left in: no reason to enlarge the picture.
+    lined = rng.integers(BAR_LEVEL + 1, 256, (2, 256, 455, 3), dtype=np.uint8)
+    lined[:, :2] = 0
+    lined[:, :, -4:] = 0
+    assert picture_box(lined) == (0, 0, 455, 256)
+    lined[:, :, :10] = 0  # 10 of 455 columns: a bar
+    assert picture_box(lined) == (10, 0, 445, 256)
 
 
 def test_picture_crop_keeps_the_crop_inside_the_picture():
