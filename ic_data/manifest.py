@@ -47,6 +47,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("fps", pa.float64()),
         pa.field("width", pa.int64()),
         pa.field("height", pa.int64()),
+        pa.field("bars", pa.list_(pa.int64())),
         pa.field("motion_score", pa.float64()),
         pa.field("shard", pa.string()),
         pa.field("key", pa.string()),
@@ -78,6 +79,10 @@ class ManifestRow:
     fps: float | None = None
     width: int | None = None
     height: int | None = None
+    # Black bars found around the clip's frames, [left, top, right, bottom] in the pixels of the
+    # frames as decoded, and cut off (or, too_small, leaving too little picture); []: none;
+    # None: no clip was sampled.
+    bars: list[int] | None = None
     motion_score: float | None = None
     shard: str | None = None
     key: str | None = None
@@ -89,7 +94,7 @@ class ManifestRow:
 
 
 _COLUMNS = [f.name for f in dataclasses.fields(ManifestRow)]
-_ADDED_LATER = {"damage"}  # a manifest written before them reads back with None there
+_ADDED_LATER = {"damage", "bars"}  # a manifest written before them reads back with None there
 assert _COLUMNS == MANIFEST_SCHEMA.names, "ManifestRow and MANIFEST_SCHEMA must list the same columns"
 
 
@@ -107,7 +112,7 @@ def _check_rows(rows: list[ManifestRow]) -> None:
 
 def _column(rows: list[ManifestRow], name: str) -> list:
     values = [getattr(row, name) for row in rows]
-    if name == "cuts":
+    if name in ("cuts", "bars"):
         return [[int(c) for c in value] if value is not None else None for value in values]
     if name in ("path", "error", "damage"):  # they name files, whose names need not be UTF-8
         return [printable_path(value) if value is not None else None for value in values]

@@ -154,8 +154,9 @@ class Candidate:
     scale: list[float] = field(default_factory=list)
     crop: list[int] = field(default_factory=list)
     # Black bars around the picture, cut off: [left, top, right, bottom] in the pixels of the
-    # frames as decoded (before any enlargement); empty where there are none.
-    bars: list[int] = field(default_factory=list)
+    # frames as decoded (before any enlargement); empty where there are none, None before a clip
+    # is sampled.
+    bars: list[int] | None = None
     motion_score: float | None = None
     flow_backend: str | None = None
     flow_version: str | None = None
@@ -374,6 +375,7 @@ class Stage1:
             px, py, pw, ph = picture = clipmod.picture_box(frames)
             c.motion_score = float(motion_score(frames[:, py : py + ph, px : px + pw], self.flow, cfg.motion_pairs))
             laps.lap("motion")
+            c.bars = []
             if (pw, ph) != (frames.shape[2], frames.shape[1]):
                 c.bars = [px, py, frames.shape[2] - px - pw, frames.shape[1] - py - ph]
                 grow = max(cfg.clip_width / pw, cfg.clip_height / ph)
@@ -657,6 +659,7 @@ def run_stage2_chunk(
             fps=c.fps,
             width=c.width,
             height=c.height,
+            bars=c.bars,
             motion_score=c.motion_score,
             chunk=chunk.key,
             caption=c.caption,
@@ -711,6 +714,7 @@ class CurationSummary:
     score_percentiles: dict[str, float]
     removed_stale_shards: list[str]
     damaged: int = 0  # videos whose decoding lost frames (the manifest's ``damage``), whatever their status
+    letterboxed: int = 0  # videos whose clips were cut inside black bars (the manifest's ``bars``)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -756,6 +760,7 @@ def assemble_manifest(out_dir: str | os.PathLike, chunks: Sequence[Chunk], thres
         score_percentiles=pct,
         removed_stale_shards=stale,
         damaged=sum(r.damage is not None for r in rows),
+        letterboxed=sum(bool(r.bars) for r in rows),
     )
     _atomic_write_text(out_dir / "summary.json", json.dumps(summary.to_json(), indent=1, sort_keys=True))
     return summary

@@ -702,9 +702,9 @@ def test_a_manifest_from_before_the_damage_column_still_reads(curated, tmp_path)
     out, _ = curated
     table = pq.read_table(out / "manifest.parquet")
     old = tmp_path / "old.parquet"
-    pq.write_table(table.drop(["damage"]), old)
+    pq.write_table(table.drop(["damage", "bars"]), old)
     rows = read_manifest(old)
-    assert len(rows) == table.num_rows and all(r.damage is None for r in rows)
+    assert len(rows) == table.num_rows and all(r.damage is None and r.bars is None for r in rows)
     assert [r.video_id for r in rows] == [r.video_id for r in read_manifest(out / "manifest.parquet")]
 
 
@@ -795,9 +795,10 @@ def test_black_bars_are_cut_off_and_the_tracks_follow_the_picture(tmp_path):
         frames[:, top : top + height, side : side + width] = shot.frames
         write_video(videos / f"{name}.mp4", frames)
     out = tmp_path / "out"
-    curate(videos, out, dataclasses.replace(CFG, drop_fraction=0.0))
+    summary = curate(videos, out, dataclasses.replace(CFG, drop_fraction=0.0))
     rows = {Path(r.path).stem: r for r in read_manifest(out / "manifest.parquet")}
     assert all(r.status == "ok" for r in rows.values()), [(r.reason, r.error) for r in rows.values()]
+    assert summary.letterboxed == 2 and rows["full"].bars == []
     scores = {name: row.motion_score for name, row in rows.items()}
     for name, (width, height, side, top) in cases.items():
         sample = next(s for s in read_shard(out / rows[name].shard) if s.key == rows[name].key)
@@ -805,6 +806,7 @@ def test_black_bars_are_cut_off_and_the_tracks_follow_the_picture(tmp_path):
         scale = 360 / 256  # the decoded frames are 455x256 for these 640x360 videos
         if side or top:
             assert np.abs(np.subtract(meta["bars"], [side / scale, top / scale] * 2)).max() <= 2, meta["bars"]
+            assert rows[name].bars == meta["bars"]
         else:
             assert meta["bars"] == [] and meta["crop"] == [35, 0, 384, 256]
         for edge in (clip[:, 0], clip[:, -1], clip[:, :, 0], clip[:, :, -1]):
@@ -826,3 +828,4 @@ def test_black_bars_are_cut_off_and_the_tracks_follow_the_picture(tmp_path):
     curate(tmp_path / "small", tmp_path / "strict", dataclasses.replace(CFG, drop_fraction=0.0, max_upscale=1.2))
     (row,) = read_manifest(tmp_path / "strict" / "manifest.parquet")
     assert row.status == "failed" and row.reason == "too_small" and "black bars" in row.error, row.error
+    assert row.bars[1] == row.bars[3] > 20  # the bars that left too little picture
