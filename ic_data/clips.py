@@ -53,10 +53,12 @@ MIN_BAR = 0.02
 def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, int, int]:
     """[x0, y0, w, h] of the picture inside black bars (letterbox, pillarbox, both) of uint8
     frames (T, H, W, 3): the rows and columns at the edges that stay at or below ``level`` in
-    every frame and channel. A bar thinner than ``MIN_BAR`` of the frame's side is left in (a
-    dark line at an edge, as encoders' padding leaves, is no reason to enlarge the picture); the
-    whole frame is kept where there are no bars, and where what would be left is less than half
-    the frame either way (a dark or black shot, not bars)."""
+    every frame and channel, and end in a straight edge (the picture's first rows or columns
+    beside them lit along at least half their length, in some frame). A bar thinner than
+    ``MIN_BAR`` of the frame's side is left in (a dark line at an edge, as encoders' padding
+    leaves, is no reason to enlarge the picture); the whole frame is kept where there are no
+    bars, and where what would be left is less than half the frame either way (a dark or black
+    shot, not bars)."""
     frames = np.asarray(frames)
     height, width = frames.shape[1:3]
     # (H, W): the brightest each pixel gets (over time first: 4 ms a clip, 80 ms both at once)
@@ -68,9 +70,23 @@ def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, i
     y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     if 2 * (y1 - y0) < height or 2 * (x1 - x0) < width:
         return 0, 0, width, height
-    y0, x0 = (y0 if y0 >= MIN_BAR * height else 0), (x0 if x0 >= MIN_BAR * width else 0)
-    y1 = y1 if height - y1 >= MIN_BAR * height else height
-    x1 = x1 if width - x1 >= MIN_BAR * width else width
+    lit = peak > level
+    # A bar ends in a straight edge: the picture's first rows (columns) beside it are lit across
+    # most of their length. Where they are not, what looked like a bar is a dark part of the
+    # shot (a night sky above a lit blob) and stays.
+    edge = 3
+
+    def ends_straight(lines: np.ndarray) -> bool:
+        return bool(lines.mean() >= 0.5)
+
+    if y0 < MIN_BAR * height or not ends_straight(lit[y0 : y0 + edge, x0:x1]):
+        y0 = 0
+    if height - y1 < MIN_BAR * height or not ends_straight(lit[y1 - edge : y1, x0:x1]):
+        y1 = height
+    if x0 < MIN_BAR * width or not ends_straight(lit[y0:y1, x0 : x0 + edge]):
+        x0 = 0
+    if width - x1 < MIN_BAR * width or not ends_straight(lit[y0:y1, x1 - edge : x1]):
+        x1 = width
     return x0, y0, x1 - x0, y1 - y0
 
 

@@ -68,14 +68,19 @@ def test_picture_box_finds_black_bars_and_leaves_dark_shots_whole():
     frames = rng.integers(0, BAR_LEVEL + 1, (4, 256, 455, 3), dtype=np.uint8)  # bars: black with noise
     frames[:, 31:225, 20:440] = rng.integers(0, 256, (4, 194, 420, 3), dtype=np.uint8)
     assert picture_box(frames) == (20, 31, 420, 194)
-    # A bright logo in the bottom bar: the bar is taken to stop there (nothing of the picture lost).
+    # A bright logo in the bottom bar: that bar is kept (no straight edge ends it), not the others.
     logo = frames.copy()
     logo[2, 240:246, 30:60] = 200
-    assert picture_box(logo) == (20, 31, 420, 215)
+    assert picture_box(logo) == (20, 31, 420, 225)
     # No bars; a dark shot whose light covers less than half the frame is not letterboxed.
     assert picture_box(rng.integers(0, 256, (2, 64, 96, 3), dtype=np.uint8)) == (0, 0, 96, 64)
     night = np.zeros((3, 256, 455, 3), np.uint8)
     night[:, 100:200, 150:300] = 180
+    assert picture_box(night) == (0, 0, 455, 256)
+    # A lit disc over most of a night shot: its bounding box is no picture inside bars.
+    yy, xx = np.mgrid[:256, :455]
+    night[:] = 0
+    night[:, (yy - 128) ** 2 + ((xx - 227) / 1.6) ** 2 < 110**2] = 150
     assert picture_box(night) == (0, 0, 455, 256)
     assert picture_box(np.zeros((2, 32, 48, 3), np.uint8)) == (0, 0, 48, 32)
     # A dark line or two at an edge is left in: no reason to enlarge the picture.
