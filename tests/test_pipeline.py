@@ -820,7 +820,7 @@ def test_black_bars_are_cut_off_and_the_tracks_follow_the_picture(tmp_path):
         assert abs(scores[name] - scores["full"]) <= 0.05 * scores["full"], scores
     # Where the picture inside the bars would need more enlargement than max_upscale allows,
     # the video is too_small, as one too small without bars is.
-    # A 400x225 video (1.14x to 256 rows) whose picture is 400x170 (1.51x).
+    # A 400x226 video (1.13x to 256 rows) whose picture is 400x170 (1.51x).
     small = np.zeros((48, 226, 400, 3), np.uint8)
     small[:, 28:198] = cv2.resize(picture, (400, 170))
     (tmp_path / "small").mkdir()
