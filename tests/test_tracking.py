@@ -48,11 +48,15 @@ def measurement_summary(request):
             reporter.write_line("  " + line)
 
 
+def with_noise(frames: np.ndarray, sigma: float = 2.0, seed: int = 0) -> np.ndarray:
+    """uint8 frames with Gaussian sensor noise added."""
+    rng = np.random.default_rng(seed)
+    return np.clip(np.rint(frames + rng.normal(0.0, sigma, frames.shape)), 0, 255).astype(np.uint8)
+
+
 def noisy(shot: SyntheticShot, sigma: float = 2.0, seed: int = 0) -> SyntheticShot:
     """The same shot with Gaussian sensor noise on every frame (ground truth unchanged)."""
-    rng = np.random.default_rng(seed)
-    frames = np.clip(np.rint(shot.frames + rng.normal(0.0, sigma, shot.frames.shape)), 0, 255)
-    return replace(shot, frames=frames.astype(np.uint8))
+    return replace(shot, frames=with_noise(shot.frames, sigma, seed))
 
 
 def camera_shot(camera: CameraMotion, seed: int) -> SyntheticShot:
@@ -346,6 +350,14 @@ FAST_PANS = {
 }
 
 
+def in_view_errors_and_wrong(tracks, visible, truth, truly_visible) -> tuple[np.ndarray, float]:
+    """After frame 0: the errors of the points in view, and the share of the visible
+    point-frames that are more than 4 px off or out of view."""
+    err = errors_px(tracks, truth)[1:]
+    wrong = (visible[1:] & ~(truly_visible[1:] & (err <= 4))).sum() / visible[1:].sum()
+    return err[truly_visible[1:]], float(wrong)
+
+
 @pytest.mark.parametrize("case", list(FAST_PANS))
 def test_lk_keeps_up_with_a_pan_that_carries_the_textured_points_out(lk, case):
     """Points left without a visible anchor go on with the scene's last motion. Before version
@@ -358,10 +370,7 @@ def test_lk_keeps_up_with_a_pan_that_carries_the_textured_points_out(lk, case):
     shot = render_shot(T, W, H, camera=camera, background=real_frame(name, index))
     shot = noisy(shot, seed=20 + list(FAST_PANS).index(case))
     tracks, visible = lk.track(shot.frames, GRID)
-    truth, truly_visible = shot.track(GRID)
-    err = errors_px(tracks, truth)[1:]
-    in_view = err[truly_visible[1:]]
-    wrong = (visible[1:] & ~(truly_visible[1:] & (err <= 4))).sum() / visible[1:].sum()
+    in_view, wrong = in_view_errors_and_wrong(tracks, visible, *shot.track(GRID))
     MEASURED.append(f"{case:28s} in view >4 px {(in_view > 4).mean():.1%}, max {in_view.max():.1f} px; "
                     f"visible but wrong or out of view {wrong:.1%}")
     assert (in_view > 4).mean() <= 0.03
@@ -391,9 +400,7 @@ def turned_camera(background: np.ndarray, yaw_deg: float, pitch_deg: float, foca
     grid = np.c_[GRID, np.ones(len(GRID))]
     truth = np.stack([(m @ start @ grid.T).T for m in maps])
     truth = truth[..., :2] / truth[..., 2:]
-    rng = np.random.default_rng(seed)
-    noisy_frames = np.clip(np.rint(np.stack(frames) + rng.normal(0.0, 2.0, (T, H, W, 3))), 0, 255).astype(np.uint8)
-    return noisy_frames, truth.astype(np.float32), inside(truth)
+    return with_noise(np.stack(frames), seed=seed), truth.astype(np.float32), inside(truth)
 
 
 TURNS = {
@@ -414,9 +421,7 @@ def test_lk_follows_a_turning_camera_over_real_footage(lk, case):
     frames, truth, truly_visible = turned_camera(real_frame(name, index), yaw, pitch,
                                                  seed=40 + list(TURNS).index(case))
     tracks, visible = lk.track(frames, GRID)
-    err = errors_px(tracks, truth)[1:]
-    in_view = err[truly_visible[1:]]
-    wrong = (visible[1:] & ~(truly_visible[1:] & (err <= 4))).sum() / visible[1:].sum()
+    in_view, wrong = in_view_errors_and_wrong(tracks, visible, truth, truly_visible)
     MEASURED.append(f"{case:38s} in view >4 px {(in_view > 4).mean():.1%}, p90 {np.percentile(in_view, 90):.2f} px, "
                     f"max {in_view.max():.1f} px; visible but wrong or out of view {wrong:.1%}")
     assert (in_view > 4).mean() <= 0.01
