@@ -375,17 +375,15 @@ class Stage1:
             px, py, pw, ph = picture = clipmod.picture_box(frames)
             c.motion_score = float(motion_score(frames[:, py : py + ph, px : px + pw], self.flow, cfg.motion_pairs))
             laps.lap("motion")
-            c.bars = []
-            if (pw, ph) != (frames.shape[2], frames.shape[1]):
-                c.bars = [px, py, frames.shape[2] - px - pw, frames.shape[1] - py - ph]
-                grow = max(cfg.clip_width / pw, cfg.clip_height / ph)
-                if grow * max(c.scale) > cfg.max_upscale:
-                    raise VideoTooSmall(
-                        f"the picture inside its black bars ({pw}x{ph} of {frames.shape[2]}x{frames.shape[1]} at "
-                        f"{max(c.scale):.2f}x) would need {grow * max(c.scale):.2f}x upscaling for a "
-                        f"{cfg.clip_width}x{cfg.clip_height} crop (limit {cfg.max_upscale}x)")
+            height, width = frames.shape[1:3]
+            c.bars = [px, py, width - px - pw, height - py - ph] if (pw, ph) != (width, height) else []
             frames, factors, box = clipmod.picture_crop(frames, picture, cfg.clip_width, cfg.clip_height)
             c.scale = [c.scale[0] * factors[0], c.scale[1] * factors[1]]
+            if factors != (1.0, 1.0) and max(c.scale) > cfg.max_upscale:  # enlarged for its bars
+                raise VideoTooSmall(
+                    f"the picture inside its black bars ({pw}x{ph} of {width}x{height}) would need "
+                    f"{max(c.scale):.2f}x upscaling for a {cfg.clip_width}x{cfg.clip_height} crop "
+                    f"(limit {cfg.max_upscale}x)")
             c.crop = [int(b) for b in box]
             stride = int(idx[1] - idx[0]) if len(idx) > 1 else 1
             # Within what an MP4 written here may hold (a timelapse's 0.1 fps at stride 16 is below it).
