@@ -151,6 +151,36 @@ def test_bikes_real_cuts(bikes, detector):
     assert abs(start - 76) <= 1 and abs(end - 137) <= 1
 
 
+def in_black_frame(frames: np.ndarray, height: int, width: int, dark: int = 0) -> np.ndarray:
+    """``frames`` centred in black ``width``×``height`` frames (bars of value ``dark``)."""
+    out = np.full((frames.shape[0], height, width, 3), dark, np.uint8)
+    y, x = (height - frames.shape[1]) // 2, (width - frames.shape[2]) // 2
+    out[:, y : y + frames.shape[1], x : x + frames.shape[2]] = frames
+    return out
+
+
+@pytest.mark.parametrize("detector", DETECTORS)
+@pytest.mark.parametrize("framing", ["letterbox-4:3", "windowbox", "pillarbox"])
+def test_bikes_cuts_inside_black_bars(bikes, detector, framing):
+    """The 2.35:1 film as 4:3 television shows it (bars over 43 % of the frame), its middle
+    inside both bars, and the full film beside pillars: the same five cuts. Bars never change,
+    so scoring them with the picture scales every cut's score down by their share."""
+    film = bikes.frames
+    if framing == "letterbox-4:3":
+        video = in_black_frame(film, 480, 640, dark=16)  # video black, as broadcast carries it
+    elif framing == "windowbox":
+        video = in_black_frame(film[:, :, 80:560], 480, 640)
+    else:
+        video = in_black_frame(film, 272, 960, dark=3)
+    result = detect_cuts(video, fps=25.0, detector=detector)
+    assert_cuts_match(result.cuts, BIKES_CUTS)
+    assert_tiles(result, 250)
+    if detector == "content" or framing == "windowbox":
+        # What this guards against: the bars scored with the picture lose these cuts.
+        assert len(detect_cuts(video, fps=25.0, detector=detector, inside_bars=False).cuts) < len(BIKES_CUTS)
+
+
+
 @pytest.mark.parametrize("frames_before_end", [1, 2, 3])
 def test_cut_in_the_last_frames_is_kept(frames_before_end):
     # AdaptiveDetector decides on frame t only after frame t + 2 has arrived; the stock class
