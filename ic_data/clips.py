@@ -48,13 +48,21 @@ def center_crop_box(width: int, height: int, out_width: int = CLIP_WIDTH, out_he
 BAR_LEVEL = 24
 #: The thinnest bar cut off, as a share of the frame's side (5 of 256 rows).
 MIN_BAR = 0.02
+#: The largest share of a bar's row (column) that may rise above ``BAR_LEVEL``: the encoder's
+#: ringing beside a bright picture edge, noise, a small logo. A bar of video black (16) next
+#: to a bright picture decodes with rows of 2–7 % of its pixels at 25–34.
+BAR_STRAY = 0.1
+#: How far into the frame from a bar's last stray pixels the picture's edge may start: the
+#: encoder's ringing reaches to its block's border (rows 317–319 of a picture ending at 316).
+BAR_RING = 8
 
 
 def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, int, int]:
     """[x0, y0, w, h] of the picture inside black bars (letterbox, pillarbox, both) of uint8
     frames (T, H, W, 3): the rows and columns at the edges that stay at or below ``level`` in
-    every frame and channel, and end in a straight edge (the picture's first rows or columns
-    beside them lit along at least half their length, in some frame). A bar thinner than
+    every frame and channel (but for ``BAR_STRAY`` of their pixels), and end in a straight edge
+    (the picture's first rows or columns beside them lit along at least half their length, in
+    some frame). A bar thinner than
     ``MIN_BAR`` of the frame's side is left in (a dark line at an edge, as encoders' padding
     leaves, is no reason to enlarge the picture); the whole frame is kept where there are no
     bars, and where what would be left is less than half the frame either way (a dark or black
@@ -62,31 +70,36 @@ def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, i
     frames = np.asarray(frames)
     height, width = frames.shape[1:3]
     # (H, W): the brightest each pixel gets (over time first: 4 ms a clip, 80 ms both at once)
-    peak = frames.max(axis=0).max(axis=-1)
-    rows = np.flatnonzero(peak.max(axis=1) > level)
-    cols = np.flatnonzero(peak.max(axis=0) > level)
+    lit = frames.max(axis=0).max(axis=-1) > level
+    rows = np.flatnonzero(lit.mean(axis=1) > BAR_STRAY)
+    cols = np.flatnonzero(lit.mean(axis=0) > BAR_STRAY)
     if rows.size == 0 or cols.size == 0:
         return 0, 0, width, height
     y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
     if 2 * (y1 - y0) < height or 2 * (x1 - x0) < width:
         return 0, 0, width, height
-    lit = peak > level
     # A bar ends in a straight edge: the picture's first rows (columns) beside it are lit across
-    # most of their length. Where they are not, what looked like a bar is a dark part of the
-    # shot (a night sky above a lit blob) and stays.
+    # most of their length, at most BAR_RING lines in from where the bar's stray pixels stop.
+    # Where they are not, what looked like a bar is a dark part of the shot (a night sky above
+    # a lit blob) and stays.
     edge = 3
 
-    def ends_straight(lines: np.ndarray) -> bool:
-        return bool(lines.mean() >= 0.5)
+    def edge_in(lines: np.ndarray) -> int | None:
+        """How many lines in from the first of ``lines`` (each line's lit share, outside in)
+        the picture's straight edge starts; None if it does not start within BAR_RING."""
+        for k in range(min(BAR_RING, len(lines) - edge) + 1):
+            if lines[k : k + edge].mean() >= 0.5:
+                return k
+        return None
 
-    if y0 < MIN_BAR * height or not ends_straight(lit[y0 : y0 + edge, x0:x1]):
-        y0 = 0
-    if height - y1 < MIN_BAR * height or not ends_straight(lit[y1 - edge : y1, x0:x1]):
-        y1 = height
-    if x0 < MIN_BAR * width or not ends_straight(lit[y0:y1, x0 : x0 + edge]):
-        x0 = 0
-    if width - x1 < MIN_BAR * width or not ends_straight(lit[y0:y1, x1 - edge : x1]):
-        x1 = width
+    top = edge_in(lit[y0:y1, x0:x1].mean(axis=1))
+    y0 = y0 + top if y0 >= MIN_BAR * height and top is not None else 0
+    bottom = edge_in(lit[y0:y1, x0:x1].mean(axis=1)[::-1])
+    y1 = y1 - bottom if height - y1 >= MIN_BAR * height and bottom is not None else height
+    left = edge_in(lit[y0:y1, x0:x1].mean(axis=0))
+    x0 = x0 + left if x0 >= MIN_BAR * width and left is not None else 0
+    right = edge_in(lit[y0:y1, x0:x1].mean(axis=0)[::-1])
+    x1 = x1 - right if width - x1 >= MIN_BAR * width and right is not None else width
     return x0, y0, x1 - x0, y1 - y0
 
 
