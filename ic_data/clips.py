@@ -86,9 +86,10 @@ def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, i
 
     def edge_in(lines: np.ndarray) -> int | None:
         """How many lines in from the first of ``lines`` (each line's lit share, outside in)
-        the picture's straight edge starts; None if it does not start within BAR_RING."""
+        the picture's straight edge starts (a line lit along half its length, and the next
+        ones too on average); None if it does not start within BAR_RING."""
         for k in range(min(BAR_RING, len(lines) - edge) + 1):
-            if lines[k : k + edge].mean() >= 0.5:
+            if lines[k] >= 0.5 and lines[k : k + edge].mean() >= 0.5:
                 return k
         return None
 
