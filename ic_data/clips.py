@@ -62,11 +62,12 @@ def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, i
     frames (T, H, W, 3): the rows and columns at the edges that stay at or below ``level`` in
     every frame and channel (but for ``BAR_STRAY`` of their pixels), and end in a straight edge
     (the picture's first rows or columns beside them lit along at least half their length, in
-    some frame). A bar thinner than
-    ``MIN_BAR`` of the frame's side is left in (a dark line at an edge, as encoders' padding
-    leaves, is no reason to enlarge the picture); the whole frame is kept where there are no
-    bars, and where what would be left is less than half the frame either way (a dark or black
-    shot, not bars)."""
+    some frame). Where one bar of a pair is found so, the other side's band of about the same
+    width is its twin if it is dark in some frame at (nearly) every pixel: subtitles or a logo
+    that come and go do not keep it. A bar thinner than ``MIN_BAR`` of the frame's side is left
+    in (a dark line at an edge, as encoders' padding leaves, is no reason to enlarge the
+    picture); the whole frame is kept where there are no bars, and where what would be left is
+    less than half the frame either way (a dark or black shot, not bars)."""
     frames = np.asarray(frames)
     height, width = frames.shape[1:3]
     # (H, W): the brightest each pixel gets (over time first: 4 ms a clip, 80 ms both at once)
@@ -93,14 +94,47 @@ def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, i
                 return k
         return None
 
+    def twin(band: np.ndarray, mirror: int, side: int) -> int | None:
+        """The bar across ``band`` (T, lines, length, 3), read outside in along its lines from
+        the darkest each pixel gets: its thickness if within BAR_RING of ``mirror`` (and not
+        under MIN_BAR of the ``side``)."""
+        shares = (band.min(axis=0).max(axis=-1) > level).mean(axis=1)
+        stray = np.flatnonzero(shares > BAR_STRAY)
+        k = edge_in(shares[stray[0] :]) if stray.size else None
+        if k is None or abs(int(stray[0]) + k - mirror) > BAR_RING or int(stray[0]) + k < MIN_BAR * side:
+            return None
+        return int(stray[0]) + k
+
+    def reach(bar: int) -> int:
+        """How many lines of the other side's band to read for a twin of ``bar``."""
+        return bar + 2 * BAR_RING + edge
+
+    # Bars come in pairs. Where one of a pair is found and the other is not, because something
+    # lit crosses it in some frames (subtitles, a logo that comes and goes), the band of the
+    # same width on the other side is a bar too if each of its pixels is dark in some frame
+    # and the picture ends straight beside it there.
     top = edge_in(lit[y0:y1, x0:x1].mean(axis=1))
     y0 = y0 + top if y0 >= MIN_BAR * height and top is not None else 0
     bottom = edge_in(lit[y0:y1, x0:x1].mean(axis=1)[::-1])
     y1 = y1 - bottom if height - y1 >= MIN_BAR * height and bottom is not None else height
+    if (y0 > 0) != (y1 < height):
+        if y0 > 0:
+            bar = twin(frames[:, max(y0, height - reach(y0)) :, x0:x1][:, ::-1], y0, height)
+            y1 = height - bar if bar else height
+        else:
+            bar = twin(frames[:, : min(y1, reach(height - y1)), x0:x1], height - y1, height)
+            y0 = bar or 0
     left = edge_in(lit[y0:y1, x0:x1].mean(axis=0))
     x0 = x0 + left if x0 >= MIN_BAR * width and left is not None else 0
     right = edge_in(lit[y0:y1, x0:x1].mean(axis=0)[::-1])
     x1 = x1 - right if width - x1 >= MIN_BAR * width and right is not None else width
+    if (x0 > 0) != (x1 < width):
+        if x0 > 0:
+            bar = twin(frames[:, y0:y1, max(x0, width - reach(x0)) :][:, :, ::-1].swapaxes(1, 2), x0, width)
+            x1 = width - bar if bar else width
+        else:
+            bar = twin(frames[:, y0:y1, : min(x1, reach(width - x1))].swapaxes(1, 2), width - x1, width)
+            x0 = bar or 0
     return x0, y0, x1 - x0, y1 - y0
 
 
