@@ -48,9 +48,10 @@ def center_crop_box(width: int, height: int, out_width: int = CLIP_WIDTH, out_he
 BAR_LEVEL = 24
 #: The thinnest bar cut off, as a share of the frame's side (5 of 256 rows).
 MIN_BAR = 0.02
-#: The largest share of a bar's row (column) that may rise above ``BAR_LEVEL``: the encoder's
-#: ringing beside a bright picture edge, noise, a small logo. A bar of video black (16) next
-#: to a bright picture decodes with rows of 2–7 % of its pixels at 25–34.
+#: The largest share of a bar's row (column) that may rise above ``BAR_LEVEL``: noise, and the
+#: encoder's ringing beside a bright picture edge. A bar of video black (16) next to a bright
+#: picture decodes with rows of 2–16 % of their pixels at 25–34. Beyond ``BAR_RING`` of the
+#: picture, none may pass twice ``BAR_LEVEL``.
 BAR_STRAY = 0.1
 #: How far into the frame from a bar's last stray pixels the picture's edge may start: the
 #: encoder's ringing reaches to its block's border (rows 317–319 of a picture ending at 316).
@@ -60,7 +61,8 @@ BAR_RING = 8
 def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, int, int]:
     """[x0, y0, w, h] of the picture inside black bars (letterbox, pillarbox, both) of uint8
     frames (T, H, W, 3): the rows and columns at the edges that stay at or below ``level`` in
-    every frame and channel (but for ``BAR_STRAY`` of their pixels), and end in a straight edge
+    every frame and channel (but for ``BAR_STRAY`` of their pixels, dim or near the picture),
+    and end in a straight edge
     (the picture's first rows or columns beside them lit along at least half their length, in
     some frame). Where one bar of a pair is found so, the other side's band of about the same
     width is its twin if it is dark in some frame at (nearly) every pixel: subtitles or a logo
@@ -71,7 +73,8 @@ def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, i
     frames = np.asarray(frames)
     height, width = frames.shape[1:3]
     # (H, W): the brightest each pixel gets (over time first: 4 ms a clip, 80 ms both at once)
-    lit = frames.max(axis=0).max(axis=-1) > level
+    peak = frames.max(axis=0).max(axis=-1)
+    lit, bright = peak > level, peak > 2 * level
     rows = np.flatnonzero(lit.mean(axis=1) > BAR_STRAY)
     cols = np.flatnonzero(lit.mean(axis=0) > BAR_STRAY)
     if rows.size == 0 or cols.size == 0:
@@ -109,14 +112,19 @@ def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, i
         """How many lines of the other side's band to read for a twin of ``bar``."""
         return bar + 2 * BAR_RING + edge
 
+    # What a bar's stray pixels may be: dim (noise) anywhere, brighter only within BAR_RING of
+    # the picture (ringing). A bright light further out (a star over a black night sky, a
+    # logo, subtitles) is no bar's: it keeps the band, unless the band is a found bar's twin.
+    top = edge_in(lit[y0:y1, x0:x1].mean(axis=1))
+    top = None if top is None or bright[: max(0, y0 + top - BAR_RING)].any() else top
+    y0 = y0 + top if y0 >= MIN_BAR * height and top is not None else 0
+    bottom = edge_in(lit[y0:y1, x0:x1].mean(axis=1)[::-1])
+    bottom = None if bottom is None or bright[y1 - bottom + BAR_RING :].any() else bottom
+    y1 = y1 - bottom if height - y1 >= MIN_BAR * height and bottom is not None else height
     # Bars come in pairs. Where one of a pair is found and the other is not, because something
     # lit crosses it in some frames (subtitles, a logo that comes and goes), the band of the
     # same width on the other side is a bar too if each of its pixels is dark in some frame
     # and the picture ends straight beside it there.
-    top = edge_in(lit[y0:y1, x0:x1].mean(axis=1))
-    y0 = y0 + top if y0 >= MIN_BAR * height and top is not None else 0
-    bottom = edge_in(lit[y0:y1, x0:x1].mean(axis=1)[::-1])
-    y1 = y1 - bottom if height - y1 >= MIN_BAR * height and bottom is not None else height
     if (y0 > 0) != (y1 < height):
         if y0 > 0:
             bar = twin(frames[:, max(y0, height - reach(y0)) :, x0:x1][:, ::-1], y0, height)
@@ -125,8 +133,10 @@ def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, i
             bar = twin(frames[:, : min(y1, reach(height - y1)), x0:x1], height - y1, height)
             y0 = bar or 0
     left = edge_in(lit[y0:y1, x0:x1].mean(axis=0))
+    left = None if left is None or bright[y0:y1, : max(0, x0 + left - BAR_RING)].any() else left
     x0 = x0 + left if x0 >= MIN_BAR * width and left is not None else 0
     right = edge_in(lit[y0:y1, x0:x1].mean(axis=0)[::-1])
+    right = None if right is None or bright[y0:y1, x1 - right + BAR_RING :].any() else right
     x1 = x1 - right if width - x1 >= MIN_BAR * width and right is not None else width
     if (x0 > 0) != (x1 < width):
         if x0 > 0:

@@ -78,6 +78,13 @@ def test_picture_box_finds_black_bars_and_leaves_dark_shots_whole():
     assert picture_box(logo) == (20, 31, 420, 194)
     logo[:, 240:246, 100:250] = 200
     assert picture_box(logo) == (20, 31, 420, 225)
+    # A black night sky above a straight lit horizon: a few stars keep it (a bar's stray pixels
+    # are dim, or within BAR_RING of the picture); without them it is a bar to this test.
+    sky = rng.integers(BAR_LEVEL + 1, 256, (3, 256, 455, 3), dtype=np.uint8)
+    sky[:, :60] = rng.integers(0, 10, (3, 60, 455, 3), dtype=np.uint8)
+    assert picture_box(sky) == (0, 60, 455, 196)
+    sky[:, 12:14, 100:102] = sky[:, 31:33, 300:302] = 220
+    assert picture_box(sky) == (0, 0, 455, 256)
     # The same with the sides: a logo in the right bar in one frame of four.
     logo = frames.copy()
     logo[3, 100:180, 445:450] = 200
