@@ -65,8 +65,8 @@ def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, i
     and end in a straight edge
     (the picture's first rows or columns beside them lit along at least half their length, in
     some frame). Where one bar of a pair is found so, the other side's band of about the same
-    width is its twin if it is dark in some frame at (nearly) every pixel: subtitles or a logo
-    that come and go do not keep it. A bar thinner than ``MIN_BAR`` of the frame's side is left
+    width is its twin unless it is lit along 3/4 of its length in every frame: subtitles or a
+    logo in it do not keep it. A bar thinner than ``MIN_BAR`` of the frame's side is left
     in (a dark line at an edge, as encoders' padding leaves, is no reason to enlarge the
     picture); the whole frame is kept where there are no bars, and where what would be left is
     less than half the frame either way (a dark or black shot, not bars)."""
@@ -99,18 +99,26 @@ def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, i
 
     def twin(band: np.ndarray, mirror: int, side: int) -> int | None:
         """The bar across ``band`` (T, lines, length, 3), read outside in along its lines from
-        the darkest each pixel gets: its thickness if within BAR_RING of ``mirror`` (and not
-        under MIN_BAR of the ``side``)."""
+        the darkest each pixel gets: its thickness where the first line lit along 3/4 of its
+        length starts a straight edge within BAR_RING of ``mirror`` lines (and not under
+        MIN_BAR of the ``side``). Lines before it may be lit along less in every frame: a line
+        of subtitles through the whole clip lights 40–55 % of a row of the bar."""
         shares = (band.min(axis=0).max(axis=-1) > level).mean(axis=1)
-        stray = np.flatnonzero(shares > BAR_STRAY)
-        k = edge_in(shares[stray[0] :]) if stray.size else None
-        if k is None or abs(int(stray[0]) + k - mirror) > BAR_RING or int(stray[0]) + k < MIN_BAR * side:
+        solid = np.flatnonzero(shares >= 0.75)
+        k = int(solid[0]) if solid.size else -1
+        if k < MIN_BAR * side or abs(k - mirror) > BAR_RING or shares[k : k + edge].mean() < 0.75:
             return None
-        return int(stray[0]) + k
+        return k
 
     def reach(bar: int) -> int:
         """How many lines of the other side's band to read for a twin of ``bar``."""
         return bar + 2 * BAR_RING + edge
+
+    def unpaired(a: int, b: int) -> bool:
+        """Whether bars of ``a`` and ``b`` lines on opposite sides are no pair: one found and
+        not the other, or one much thinner (ending at a wide caption in the bar, not at the
+        picture)."""
+        return (a > 0) != (b > 0) or abs(a - b) > BAR_RING
 
     # What a bar's stray pixels may be: dim (noise) anywhere, brighter only within BAR_RING of
     # the picture (ringing). A bright light further out (a star over a black night sky, a
@@ -121,30 +129,31 @@ def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, i
     bottom = edge_in(lit[y0:y1, x0:x1].mean(axis=1)[::-1])
     bottom = None if bottom is None or bright[y1 - bottom + BAR_RING :].any() else bottom
     y1 = y1 - bottom if height - y1 >= MIN_BAR * height and bottom is not None else height
-    # Bars come in pairs. Where one of a pair is found and the other is not, because something
-    # lit crosses it in some frames (subtitles, a logo that comes and goes), the band of the
-    # same width on the other side is a bar too if each of its pixels is dark in some frame
-    # and the picture ends straight beside it there.
-    if (y0 > 0) != (y1 < height):
-        if y0 > 0:
+    # Bars come in pairs. Where one of a pair is found and the other is not (or is much
+    # thinner), because something lit crosses it (subtitles, a logo), the band of the same
+    # width on the other side is a bar too where the picture ends straight beside it there,
+    # and the band, at each pixel's darkest over the frames, is lit along less than 3/4 of
+    # every line.
+    if unpaired(y0, height - y1):
+        if y0 > height - y1:
             bar = twin(frames[:, max(y0, height - reach(y0)) :, x0:x1][:, ::-1], y0, height)
-            y1 = height - bar if bar else height
+            y1 = height - bar if bar else y1
         else:
             bar = twin(frames[:, : min(y1, reach(height - y1)), x0:x1], height - y1, height)
-            y0 = bar or 0
+            y0 = bar or y0
     left = edge_in(lit[y0:y1, x0:x1].mean(axis=0))
     left = None if left is None or bright[y0:y1, : max(0, x0 + left - BAR_RING)].any() else left
     x0 = x0 + left if x0 >= MIN_BAR * width and left is not None else 0
     right = edge_in(lit[y0:y1, x0:x1].mean(axis=0)[::-1])
     right = None if right is None or bright[y0:y1, x1 - right + BAR_RING :].any() else right
     x1 = x1 - right if width - x1 >= MIN_BAR * width and right is not None else width
-    if (x0 > 0) != (x1 < width):
-        if x0 > 0:
+    if unpaired(x0, width - x1):
+        if x0 > width - x1:
             bar = twin(frames[:, y0:y1, max(x0, width - reach(x0)) :][:, :, ::-1].swapaxes(1, 2), x0, width)
-            x1 = width - bar if bar else width
+            x1 = width - bar if bar else x1
         else:
             bar = twin(frames[:, y0:y1, : min(x1, reach(width - x1))].swapaxes(1, 2), width - x1, width)
-            x0 = bar or 0
+            x0 = bar or x0
     return x0, y0, x1 - x0, y1 - y0
 
 
