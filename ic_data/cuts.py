@@ -31,6 +31,12 @@ ANALYSIS_WIDTH = 160  # frames are scored this many pixels wide
 # PySceneDetect's own defaults: AdaptiveDetector's ratio of a frame's score to its neighbours',
 # ContentDetector's absolute HSV-difference score.
 DEFAULT_THRESHOLDS = {"adaptive": 3.0, "content": 27.0}
+#: A frame whose mean over its picture's pixels and channels is below this is black: the dark
+#: end of a fade (PySceneDetect's ThresholdDetector's default threshold).
+FADE_LEVEL = 12.0
+#: Beside black frames, the frames dimmer than this share of their scene's median brightness
+#: are the fade itself (in from black, or out to it).
+FADE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -40,11 +46,14 @@ class SceneCuts:
     cuts: first frame of every scene after the first, ascending (0 never appears).
     scenes: (start, end) frame ranges, end exclusive, tiling [0, num_frames) in order.
     detector: the detector that produced them ("adaptive" or "content").
+    brightness: each frame's mean over its picture (inside bars) and channels, 0–255: what
+      :func:`lit_scenes` takes fades from.
     """
 
     cuts: list[int]
     scenes: list[tuple[int, int]]
     detector: str
+    brightness: list[float] | None = None
 
     @property
     def num_frames(self) -> int:
@@ -178,7 +187,43 @@ def detect_cuts(
 
     cuts = sorted({tc.frame_num for tc in found} - {0})
     cuts = [c for c in cuts if 0 < c < num_frames]
-    return SceneCuts(cuts=cuts, scenes=scenes_from_cuts(cuts, num_frames), detector=detector)
+    brightness = [float(b) for b in frames.reshape(num_frames, -1).mean(axis=1)]
+    return SceneCuts(cuts=cuts, scenes=scenes_from_cuts(cuts, num_frames), detector=detector, brightness=brightness)
+
+
+def lit_scenes(scenes: list[tuple[int, int]], brightness) -> list[tuple[int, int]]:
+    """``scenes`` without their black frames and the fades beside them.
+
+    A frame below ``FADE_LEVEL`` is black (a fade's dark end, a black screen between shots) and
+    belongs to no scene; a scene with black frames inside it is split there. From each part,
+    the frames at an end beside black (or beside another part's black) are dropped while they
+    are dimmer than ``FADE_SHARE`` of the part's median brightness: the fade in or out itself,
+    whose first frame would otherwise open a clip nearly black. Parts left empty are dropped.
+    """
+    brightness = np.asarray(brightness, np.float64)
+    light = brightness >= FADE_LEVEL
+    out: list[tuple[int, int]] = []
+    for start, end in scenes:
+        k = start
+        while k < end:
+            if not light[k]:
+                k += 1
+                continue
+            run_end = k
+            while run_end < end and light[run_end]:
+                run_end += 1
+            lo, hi = k, run_end
+            floor = FADE_SHARE * float(np.median(brightness[lo:hi]))
+            if lo > start or (lo > 0 and not light[lo - 1]):  # after black: a fade in
+                while lo < hi and brightness[lo] < floor:
+                    lo += 1
+            if hi < end or (hi < len(light) and not light[hi]):  # before black: a fade out
+                while hi > lo and brightness[hi - 1] < floor:
+                    hi -= 1
+            if hi > lo:
+                out.append((lo, hi))
+            k = run_end
+    return out
 
 
 def longest_scene(scenes: list[tuple[int, int]]) -> tuple[int, int]:

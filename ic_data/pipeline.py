@@ -324,7 +324,9 @@ class Stage1:
         self.flow = make_flow_backend(config.flow, **config.flow_options)
 
     def analyse(self, video_id: str, path: str) -> Candidate:
-        from ic_data.cuts import ANALYSIS_WIDTH, detect_cuts, longest_scene, scenes_from_cuts
+        from ic_data.cuts import (
+            ANALYSIS_WIDTH, FADE_LEVEL, detect_cuts, lit_scenes, longest_scene, scenes_from_cuts,
+        )
         from ic_data.motion import motion_score
         from ic_data.mp4 import MAX_FPS, MIN_FPS, write_mp4
         from ic_data.video_io import decode_video
@@ -347,18 +349,24 @@ class Stage1:
             c.rotation, c.damage = info.rotation, video.damage
             laps.lap("decode")
             thumbs = video.thumbnails if video.thumbnails is not None else video.frames  # already narrow
-            scenes = detect_cuts(thumbs, info.fps, detector=cfg.cut_detector)
+            found = detect_cuts(thumbs, info.fps, detector=cfg.cut_detector)
             laps.lap("cuts")
-            c.cuts = [int(x) for x in scenes.cuts]
+            c.cuts = [int(x) for x in found.cuts]
             # Where a damaged file lost frames, the frames either side are not neighbours: a
-            # clip never spans that gap, as it never spans a cut.
+            # clip never spans that gap, as it never spans a cut. Black frames and the fades
+            # beside them are no scene's: a clip opening on one would start nearly black.
             bounds = sorted(set(c.cuts) | set(video.breaks))
-            c.scene_start, c.scene_end = (int(x) for x in longest_scene(scenes_from_cuts(bounds, video.num_frames)))
+            scenes = lit_scenes(scenes_from_cuts(bounds, video.num_frames), found.brightness) or [(0, 0)]
+            c.scene_start, c.scene_end = (int(x) for x in longest_scene(scenes))
             try:
                 idx = clipmod.sample_clip_indices(
                     (c.scene_start, c.scene_end), video_rng(cfg.seed, video_id, 0), cfg.clip_frames, cfg.max_stride
                 )
             except VideoTooShort as exc:
+                black = sum(b < FADE_LEVEL for b in found.brightness)
+                if video.damage is None and black:
+                    raise VideoTooShort(f"{Exception.__str__(exc)}, once black frames and fades are left out ({black} "
+                                        f"of {video.num_frames} frames are black: mean under {FADE_LEVEL:g} of 255)") from exc
                 if video.damage is None:
                     raise
                 # Too short because the file is damaged: that is the failure to report.

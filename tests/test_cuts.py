@@ -252,3 +252,33 @@ def test_longest_scene():
 def test_scenes_from_cuts_tile_the_video():
     assert scenes_from_cuts([], 7) == [(0, 7)]
     assert scenes_from_cuts([3, 5], 9) == [(0, 3), (3, 5), (5, 9)]
+
+
+def test_lit_scenes_leave_out_black_frames_and_the_fades_beside_them():
+    from ic_data.cuts import FADE_LEVEL, lit_scenes
+
+    plateau = [100.0] * 40
+    fade_in = [0.0, 0.0, 3.0, 8.0, 20.0, 35.0, 49.0, 65.0, 80.0, 95.0]  # 50 % of 100 after frame 6
+    # A fade in from black at the start, a fade out to black at the end: both left out.
+    video = fade_in + plateau + fade_in[::-1]
+    assert lit_scenes([(0, len(video))], video) == [(7, 53)]
+    # Black frames inside a scene split it; a black screen between two scenes is no scene's.
+    video = plateau[:20] + [0.0] * 5 + plateau[:30]
+    assert lit_scenes([(0, 55)], video) == [(0, 20), (25, 55)]
+    assert lit_scenes([(0, 20), (20, 25), (25, 55)], video) == [(0, 20), (25, 55)]
+    # A dim scene with no black beside it is a scene: night footage, a dark room.
+    dim = [FADE_LEVEL + 1.0] * 30
+    assert lit_scenes([(0, 30)], dim) == [(0, 30)]
+    # A scene after a cut that opens dim but not from black keeps its dim frames.
+    video = plateau[:20] + [30.0, 40.0] + plateau[:20]
+    assert lit_scenes([(0, 20), (20, 42)], video) == [(0, 20), (20, 42)]
+    # All black: nothing.
+    assert lit_scenes([(0, 10)], [0.0] * 10) == []
+
+
+def test_detect_cuts_reports_each_frames_brightness_inside_the_bars(bikes):
+    video = in_black_frame(bikes.frames[:40], 480, 640)
+    result = detect_cuts(video, fps=25.0)
+    picture = np.asarray(result.brightness)
+    truth = bikes.frames[:40].reshape(40, -1).mean(axis=1)
+    assert len(picture) == 40 and np.abs(picture - truth).max() < 2.0, np.abs(picture - truth).max()

@@ -827,3 +827,35 @@ def test_black_bars_are_cut_off_and_the_tracks_follow_the_picture(tmp_path):
     (row,) = read_manifest(tmp_path / "strict" / "manifest.parquet")
     assert row.status == "failed" and row.reason == "too_small" and "black bars" in row.error, row.error
     assert row.bars[1] == row.bars[3] > 20  # the bars that left too little picture
+
+
+def test_black_frames_and_fades_are_left_out_of_the_scene(tmp_path):
+    """Real footage under a known pan that opens on 8 black frames and fades in over 12, and
+    fades out over 12 to 8 black frames at its end: the scene curated starts past the fade's
+    dim half and ends before the fade out's, so the clip opens on the shot. Before, the scene
+    was frames 9-111 (the detector cuts where black ends), fades and all, and a clip could open
+    on a frame at 1/12 of the shot's brightness. A video black throughout fails ``too_short``,
+    saying why (before, it was curated, motion score 0)."""
+    from ic_data.synthetic import CameraMotion, render_shot
+    from tests.conftest import real_frame, write_video
+
+    shot = render_shot(120, 640, 360, camera=CameraMotion((2.0, 0.5)), background=real_frame("bigbuckbunny.mp4", 40))
+    gain = np.ones(120)
+    gain[:8], gain[8:20], gain[-20:-8], gain[-8:] = 0.0, np.linspace(0.0, 1.0, 12), np.linspace(1.0, 0.0, 12), 0.0
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "faded.mp4", np.rint(shot.frames * gain[:, None, None, None]).astype(np.uint8))
+    write_video(videos / "black.mp4", np.zeros((60, 360, 640, 3), np.uint8))
+    summary = curate(videos, tmp_path / "out", dataclasses.replace(CFG, drop_fraction=0.0))
+    rows = {Path(r.path).stem: r for r in read_manifest(tmp_path / "out" / "manifest.parquet")}
+    faded = rows["faded"]
+    assert faded.status == "ok", faded.error
+    # Frames 8 + 6 and 100 + 6 are where the fades pass half the shot's brightness.
+    assert 13 <= faded.scene_start <= 15 and 105 <= faded.scene_end <= 107, (faded.scene_start, faded.scene_end)
+    assert all(c <= 20 or c >= 100 for c in faded.cuts), faded.cuts  # the detector may cut where black ends
+    sample = next(s for s in read_shard(tmp_path / "out" / faded.shard) if s.key == faded.key)
+    clip = sample.decode_frames().astype(np.float64)
+    assert clip[0].mean() >= 0.5 * np.median(clip.mean(axis=(1, 2, 3)))
+    black = rows["black"]
+    assert black.status == "failed" and black.reason == "too_short" and "60 of 60 frames are black" in black.error, black.error
+    assert summary.counts.get("failed") == 1 and summary.reasons.get("too_short") == 1, (summary.counts, summary.reasons)
