@@ -39,6 +39,11 @@ STAGE2_DIR = "work/rows"
 STAGING_DIR = "work/clips"
 SHARD_DIR = "shards"
 OUTPUT_DIRS = ("work", SHARD_DIR, "previews")  # the folders a curation writes under OUT
+#: Changes whenever the choice of a video's clip changes (which frames: cut detection, scenes;
+#: which part of them: black bars), so that chunks analysed before are analysed again. 2: cut
+#: detection inside black bars, black frames and fades left out, bars through ringing,
+#: subtitles and logos.
+CLIP_CHOICE_VERSION = "2"
 
 
 @dataclass(frozen=True)
@@ -107,15 +112,17 @@ class CurationConfig:
         ])
 
     def fingerprint(self) -> str:
-        """A hash of everything that decides a chunk's outputs: the settings, and the offline
-        tracker's algorithm version, so a rerun after an upgrade that changed the tracker tracks
-        again instead of keeping the earlier tracks. (CoTracker's weights are named by the
-        settings that locate them.)"""
+        """A hash of everything that decides a chunk's outputs: the settings, the version of
+        how a clip is chosen (``CLIP_CHOICE_VERSION``) and the offline tracker's algorithm
+        version, so a rerun after an upgrade that changed either analyses again instead of
+        keeping the earlier results. (CoTracker's weights are named by the settings that
+        locate them.)"""
         from ic_data.tracking.lk import LKTracker
 
         d = dataclasses.asdict(self)
         d.pop("decode_timeout_s")
         d.pop("processes")
+        d["clip_choice_version"] = CLIP_CHOICE_VERSION
         if self.tracker == "lk":
             d["tracker_version"] = self.tracker_options.get("version", LKTracker.version)
         return hashlib.sha1(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:10]

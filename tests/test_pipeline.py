@@ -751,8 +751,10 @@ def test_a_caption_edited_in_the_csv_reaches_the_shards_on_a_rerun(input_dir, tm
 
 
 def test_a_chunk_key_follows_the_offline_trackers_version(tmp_path, monkeypatch):
-    """A rerun after an upgrade that changed the LK tracker tracks again: its chunks' keys hash
-    the tracker's version beside the settings (they reused the earlier tracks)."""
+    """A rerun after an upgrade that changed the LK tracker, or how a clip is chosen, analyses
+    again: its chunks' keys hash those versions beside the settings (they reused the earlier
+    tracks and scenes)."""
+    import ic_data.pipeline as pipeline
     from ic_data.tracking.lk import LKTracker
 
     video = tmp_path / "a.mp4"
@@ -762,6 +764,11 @@ def test_a_chunk_key_follows_the_offline_trackers_version(tmp_path, monkeypatch)
     assert plan_chunks(videos, dataclasses.replace(CFG))[0].key == key
     monkeypatch.setattr(LKTracker, "version", LKTracker.version + "-next")
     assert plan_chunks(videos, CFG)[0].key != key
+    monkeypatch.undo()
+    assert plan_chunks(videos, CFG)[0].key == key
+    monkeypatch.setattr(pipeline, "CLIP_CHOICE_VERSION", pipeline.CLIP_CHOICE_VERSION + "-next")
+    assert plan_chunks(videos, CFG)[0].key != key
+    monkeypatch.undo()
     # CoTracker's own weights are named by its settings: the LK version does not enter its key.
     cotracker = dataclasses.replace(CFG, tracker="cotracker")
     again = plan_chunks(videos, cotracker)[0].key
