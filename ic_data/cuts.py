@@ -32,8 +32,11 @@ ANALYSIS_WIDTH = 160  # frames are scored this many pixels wide
 # ContentDetector's absolute HSV-difference score.
 DEFAULT_THRESHOLDS = {"adaptive": 3.0, "content": 27.0}
 #: A frame whose mean over its picture's pixels and channels is below this is black: the dark
-#: end of a fade (PySceneDetect's ThresholdDetector's default threshold).
+#: end of a fade (PySceneDetect's ThresholdDetector's default threshold) ...
 FADE_LEVEL = 12.0
+#: ... unless more than this share of its values pass 48 of 255: fireworks or a moon in a night
+#: sky are dark frames, not black ones.
+FADE_HIGHLIGHTS = 0.01
 #: Beside black frames, the frames dimmer than this share of their scene's median brightness
 #: are the fade itself (in from black, or out to it).
 FADE_SHARE = 0.5
@@ -46,14 +49,19 @@ class SceneCuts:
     cuts: first frame of every scene after the first, ascending (0 never appears).
     scenes: (start, end) frame ranges, end exclusive, tiling [0, num_frames) in order.
     detector: the detector that produced them ("adaptive" or "content").
-    brightness: each frame's mean over its picture (inside bars) and channels, 0–255: what
-      :func:`lit_scenes` takes fades from.
+    brightness: each frame's mean over its picture (inside bars) and channels, 0–255, and
+    highlights: the share of those values above 48: what :func:`lit_scenes` takes fades from.
     """
 
     cuts: list[int]
     scenes: list[tuple[int, int]]
     detector: str
     brightness: list[float] | None = None
+    highlights: list[float] | None = None
+
+    def black(self) -> np.ndarray:
+        """Which frames are black (bool, one per frame): see ``FADE_LEVEL``."""
+        return black_frames(self.brightness, self.highlights)
 
     @property
     def num_frames(self) -> int:
@@ -187,21 +195,32 @@ def detect_cuts(
 
     cuts = sorted({tc.frame_num for tc in found} - {0})
     cuts = [c for c in cuts if 0 < c < num_frames]
-    brightness = [float(b) for b in frames.reshape(num_frames, -1).mean(axis=1)]
-    return SceneCuts(cuts=cuts, scenes=scenes_from_cuts(cuts, num_frames), detector=detector, brightness=brightness)
+    values = frames.reshape(num_frames, -1)
+    return SceneCuts(cuts=cuts, scenes=scenes_from_cuts(cuts, num_frames), detector=detector,
+                     brightness=[float(b) for b in values.mean(axis=1)],
+                     highlights=[float(h) for h in (values > 48).mean(axis=1)])
 
 
-def lit_scenes(scenes: list[tuple[int, int]], brightness) -> list[tuple[int, int]]:
+def black_frames(brightness, highlights=None) -> np.ndarray:
+    """Which frames are black (bool array): mean under ``FADE_LEVEL`` and (where ``highlights``
+    are given) no more than ``FADE_HIGHLIGHTS`` of their values above 48."""
+    black = np.asarray(brightness, np.float64) < FADE_LEVEL
+    if highlights is not None:
+        black &= np.asarray(highlights, np.float64) <= FADE_HIGHLIGHTS
+    return black
+
+
+def lit_scenes(scenes: list[tuple[int, int]], brightness, highlights=None) -> list[tuple[int, int]]:
     """``scenes`` without their black frames and the fades beside them.
 
-    A frame below ``FADE_LEVEL`` is black (a fade's dark end, a black screen between shots) and
+    A black frame (:func:`black_frames`: a fade's dark end, a black screen between shots)
     belongs to no scene; a scene with black frames inside it is split there. From each part,
     the frames at an end beside black (or beside another part's black) are dropped while they
     are dimmer than ``FADE_SHARE`` of the part's median brightness: the fade in or out itself,
     whose first frame would otherwise open a clip nearly black. Parts left empty are dropped.
     """
+    light = ~black_frames(brightness, highlights)
     brightness = np.asarray(brightness, np.float64)
-    light = brightness >= FADE_LEVEL
     out: list[tuple[int, int]] = []
     for start, end in scenes:
         k = start

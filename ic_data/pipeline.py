@@ -363,14 +363,15 @@ class Stage1:
             # clip never spans that gap, as it never spans a cut. Black frames and the fades
             # beside them are no scene's: a clip opening on one would start nearly black.
             bounds = sorted(set(c.cuts) | set(video.breaks))
-            scenes = lit_scenes(scenes_from_cuts(bounds, video.num_frames), found.brightness) or [(0, 0)]
+            scenes = lit_scenes(scenes_from_cuts(bounds, video.num_frames), found.brightness, found.highlights)
+            scenes = scenes or [(0, 0)]
             c.scene_start, c.scene_end = (int(x) for x in longest_scene(scenes))
             try:
                 idx = clipmod.sample_clip_indices(
                     (c.scene_start, c.scene_end), video_rng(cfg.seed, video_id, 0), cfg.clip_frames, cfg.max_stride
                 )
             except VideoTooShort as exc:
-                black = sum(b < FADE_LEVEL for b in found.brightness)
+                black = int(found.black().sum())
                 if video.damage is None and black:
                     raise VideoTooShort(f"{Exception.__str__(exc)}, once black frames and fades are left out ({black} "
                                         f"of {video.num_frames} frames are black: mean under {FADE_LEVEL:g} of 255)") from exc

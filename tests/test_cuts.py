@@ -274,6 +274,9 @@ def test_lit_scenes_leave_out_black_frames_and_the_fades_beside_them():
     assert lit_scenes([(0, 20), (20, 42)], video) == [(0, 20), (20, 42)]
     # All black: nothing.
     assert lit_scenes([(0, 10)], [0.0] * 10) == []
+    # Dark frames with highlights (fireworks, a moon in a night sky) are no black frames.
+    assert lit_scenes([(0, 10)], [6.0] * 10, highlights=[0.02] * 10) == [(0, 10)]
+    assert lit_scenes([(0, 10)], [6.0] * 10, highlights=[0.005] * 10) == []
 
 
 def test_detect_cuts_reports_each_frames_brightness_inside_the_bars(bikes):
@@ -282,3 +285,6 @@ def test_detect_cuts_reports_each_frames_brightness_inside_the_bars(bikes):
     picture = np.asarray(result.brightness)
     truth = bikes.frames[:40].reshape(40, -1).mean(axis=1)
     assert len(picture) == 40 and np.abs(picture - truth).max() < 2.0, np.abs(picture - truth).max()
+    highlights = (bikes.frames[:40].reshape(40, -1) > 48).mean(axis=1)
+    assert np.abs(np.asarray(result.highlights) - highlights).max() < 0.05
+    assert not result.black().any()

@@ -842,7 +842,7 @@ def test_black_frames_and_fades_are_left_out_of_the_scene(tmp_path):
     dim half and ends before the fade out's, so the clip opens on the shot. Before, the scene
     was frames 9-111 (the detector cuts where black ends), fades and all, and a clip could open
     on a frame at 1/12 of the shot's brightness. A video black throughout fails ``too_short``,
-    saying why (before, it was curated, motion score 0)."""
+    saying why (before, it was curated, motion score 0); fireworks in a black sky are curated."""
     from ic_data.synthetic import CameraMotion, render_shot
     from tests.conftest import real_frame, write_video
 
@@ -853,6 +853,13 @@ def test_black_frames_and_fades_are_left_out_of_the_scene(tmp_path):
     videos.mkdir()
     write_video(videos / "faded.mp4", np.rint(shot.frames * gain[:, None, None, None]).astype(np.uint8))
     write_video(videos / "black.mp4", np.zeros((60, 360, 640, 3), np.uint8))
+    # Fireworks: a black sky with bright sparks moving across 3 % of it (mean 7 of 255).
+    night = np.zeros((60, 360, 640, 3), np.uint8)
+    sparks = np.random.default_rng(0).uniform([40, 40], [600, 320], (12, 2))
+    for t, frame in enumerate(night):
+        for k, (x, y) in enumerate(sparks):
+            cv2.circle(frame, (int(x + 3 * t * np.cos(k)), int(y + 2 * t * np.sin(k))), 14, (255, 220, 160), -1)
+    write_video(videos / "fireworks.mp4", night)
     summary = curate(videos, tmp_path / "out", dataclasses.replace(CFG, drop_fraction=0.0))
     rows = {Path(r.path).stem: r for r in read_manifest(tmp_path / "out" / "manifest.parquet")}
     faded = rows["faded"]
@@ -865,4 +872,5 @@ def test_black_frames_and_fades_are_left_out_of_the_scene(tmp_path):
     assert clip[0].mean() >= 0.5 * np.median(clip.mean(axis=(1, 2, 3)))
     black = rows["black"]
     assert black.status == "failed" and black.reason == "too_short" and "60 of 60 frames are black" in black.error, black.error
+    assert rows["fireworks"].status == "ok" and rows["fireworks"].scene_end - rows["fireworks"].scene_start == 60
     assert summary.counts.get("failed") == 1 and summary.reasons.get("too_short") == 1, (summary.counts, summary.reasons)
