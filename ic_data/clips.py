@@ -62,9 +62,8 @@ def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, i
     """[x0, y0, w, h] of the picture inside black bars (letterbox, pillarbox, both) of uint8
     frames (T, H, W, 3): the rows and columns at the edges that stay at or below ``level`` in
     every frame and channel (but for ``BAR_STRAY`` of their pixels, dim or near the picture),
-    and end in a straight edge
-    (the picture's first rows or columns beside them lit along at least half their length, in
-    some frame). Where one bar of a pair is found so, the other side's band of about the same
+    and end in a straight edge (the picture's first rows or columns beside them lit along at
+    least half their length, in some frame). Where one bar of a pair is found so, the other side's band of about the same
     width is its twin unless it is lit along 3/4 of its length in every frame: subtitles or a
     logo in it do not keep it. A bar thinner than ``MIN_BAR`` of the frame's side is left
     in (a dark line at an edge, as encoders' padding leaves, is no reason to enlarge the
