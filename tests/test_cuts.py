@@ -180,7 +180,6 @@ def test_bikes_cuts_inside_black_bars(bikes, detector, framing):
         assert len(detect_cuts(video, fps=25.0, detector=detector, inside_bars=False).cuts) < len(BIKES_CUTS)
 
 
-
 @pytest.mark.parametrize("frames_before_end", [1, 2, 3])
 def test_cut_in_the_last_frames_is_kept(frames_before_end):
     # AdaptiveDetector decides on frame t only after frame t + 2 has arrived; the stock class
