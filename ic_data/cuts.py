@@ -56,8 +56,8 @@ class SceneCuts:
     cuts: list[int]
     scenes: list[tuple[int, int]]
     detector: str
-    brightness: list[float] | None = None
-    highlights: list[float] | None = None
+    brightness: list[float]
+    highlights: list[float]
 
     def black(self) -> np.ndarray:
         """Which frames are black (bool, one per frame): see ``FADE_LEVEL``."""

@@ -103,6 +103,15 @@ def real_frame(name: str, index: int) -> np.ndarray:
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
+def in_black_frame(frames: np.ndarray, height: int, width: int, dark: int = 0) -> np.ndarray:
+    """``frames`` (T, h, w, 3) centred in black ``width``×``height`` frames: bars of value
+    ``dark`` (letterbox, pillarbox or both)."""
+    out = np.full((frames.shape[0], height, width, 3), dark, np.uint8)
+    y, x = (height - frames.shape[1]) // 2, (width - frames.shape[2]) // 2
+    out[:, y : y + frames.shape[1], x : x + frames.shape[2]] = frames
+    return out
+
+
 def write_video(path: Path, frames: np.ndarray, fps: float = 24.0) -> Path:
     from ic_data.mp4 import write_mp4
 

@@ -122,14 +122,13 @@ def test_picture_box_of_decoded_footage_in_bars_of_any_black(tmp_path, black, fr
     from ic_data.clips import picture_box
     from ic_data.synthetic import CameraMotion, render_shot
     from ic_data.video_io import decode_video
-    from tests.conftest import real_frame, write_video
+    from tests.conftest import in_black_frame, real_frame, write_video
 
     cv2 = pytest.importorskip("cv2")
     picture = real_frame("bigbuckbunny.mp4", 40)
     width, height, side, top = (480, 360, 80, 0) if framing == "pillarbox" else (640, 272, 0, 44)
     shot = render_shot(32, width, height, camera=CameraMotion((2.0, 0.5)), background=picture)
-    frames = np.full((32, height + 2 * top, width + 2 * side, 3), black, np.float64)
-    frames[:, top : top + height, side : side + width] = shot.frames
+    frames = in_black_frame(shot.frames, height + 2 * top, width + 2 * side, black).astype(np.float64)
     noise = np.random.default_rng(black).normal(0.0, 2.0, frames.shape)
     frames = np.clip(np.rint(frames + noise), 0, 255).astype(np.uint8)
     lines = {"subtitled": [(0, 18, "Where did you put the map?"), (14, 32, "Under the bridge, I think.")],

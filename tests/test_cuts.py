@@ -15,6 +15,7 @@ from ic_data.synthetic import (
     render_shot,
     sine_path,
 )
+from tests.conftest import in_black_frame
 
 DETECTORS = ["adaptive", "content"]
 
@@ -149,14 +150,6 @@ def test_bikes_real_cuts(bikes, detector):
     # The van shot (76–137) is the longest: the one curation keeps.
     start, end = longest_scene(result.scenes)
     assert abs(start - 76) <= 1 and abs(end - 137) <= 1
-
-
-def in_black_frame(frames: np.ndarray, height: int, width: int, dark: int = 0) -> np.ndarray:
-    """``frames`` centred in black ``width``×``height`` frames (bars of value ``dark``)."""
-    out = np.full((frames.shape[0], height, width, 3), dark, np.uint8)
-    y, x = (height - frames.shape[1]) // 2, (width - frames.shape[2]) // 2
-    out[:, y : y + frames.shape[1], x : x + frames.shape[2]] = frames
-    return out
 
 
 @pytest.mark.parametrize("detector", DETECTORS)

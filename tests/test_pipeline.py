@@ -784,7 +784,7 @@ def test_black_bars_are_cut_off_and_the_tracks_follow_the_picture(tmp_path):
     at the sides), a quarter of the grid tracked black, and the score counted them as still."""
     from ic_data.clips import BAR_LEVEL, ClipGeometry
     from ic_data.synthetic import CameraMotion, render_shot
-    from tests.conftest import real_frame, write_video
+    from tests.conftest import in_black_frame, real_frame, write_video
 
     cv2 = pytest.importorskip("cv2")
     picture = real_frame("bigbuckbunny.mp4", 40)
@@ -796,9 +796,8 @@ def test_black_bars_are_cut_off_and_the_tracks_follow_the_picture(tmp_path):
     pan = np.array([2.0, 0.5])
     for name, (width, height, side, top) in cases.items():
         shot = render_shot(48, width, height, camera=CameraMotion(tuple(pan)), background=picture)
-        frames = np.full((48, height + 2 * top, width + 2 * side, 3), 16 if name == "video-black" else 0, np.uint8)
-        frames[:, top : top + height, side : side + width] = shot.frames
-        write_video(videos / f"{name}.mp4", frames)
+        dark = 16 if name == "video-black" else 0
+        write_video(videos / f"{name}.mp4", in_black_frame(shot.frames, height + 2 * top, width + 2 * side, dark))
     out = tmp_path / "out"
     summary = curate(videos, out, dataclasses.replace(CFG, drop_fraction=0.0))
     rows = {Path(r.path).stem: r for r in read_manifest(out / "manifest.parquet")}
