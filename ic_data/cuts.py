@@ -11,6 +11,11 @@ a diluted score.
 
 Frame numbers follow the manifest's convention: a cut is the first frame of a new scene, and
 scenes are half-open ``(start, end)`` ranges that tile ``[0, num_frames)``.
+
+PySceneDetect finds hard cuts; a dissolve (one shot cross-fading into the next) has no frame
+whose change stands out, and the clip that spans one shows two pictures at once. Dissolves are
+found here by what they are (:func:`find_dissolves`): frames that are blends of the frames
+either side of them, between pictures of two different shots.
 """
 from __future__ import annotations
 
@@ -40,6 +45,30 @@ FADE_HIGHLIGHTS = 0.01
 #: Beside black frames, the frames dimmer than this share of their scene's median brightness
 #: are the fade itself (in from black, or out to it).
 FADE_SHARE = 0.5
+#: Dissolves: windows of frames a..b (b = a + 2k, for each half-width k) are tested, each frame
+#: in between against the blend of its ends, on copies this many pixels wide ...
+DISSOLVE_WIDTH = 80
+DISSOLVE_HALF_WIDTHS = (2, 3, 4, 6, 8, 12, 16, 24, 32)  # (4 to 64 frames)
+#: ... where the ends differ by at least this root-mean-square (of 255) ...
+DISSOLVE_CHANGE = 12.0
+#: ... and are pictures of different shots: the correlation of their grey 20-pixel-wide copies
+#: is at most this (a pan or zoom of a few frames, a change of exposure, a fade keeps it high),
+#: each with some contrast (a standard deviation of at least 4: a fade's black end is no shot).
+DISSOLVE_SAME_SHOT = 0.6
+#: A frame in between is a blend when the blend of the ends that fits it best leaves at most
+#: this share of the ends' difference unexplained (in squares). Pans, zooms and rolls of sharp
+#: real pictures leave 0.16 and more (blurred ones less: see ``DISSOLVE_MOVED``); dissolves
+#: whose shots move up to 1/640 of the width a frame, under 0.05.
+DISSOLVE_RESIDUAL = 0.08
+#: ... and neither end, moved onto the middle frame (optical flow or an affine map, then its
+#: brightness and contrast matched), leaves less than this share of the ends' difference (less
+#: their brightness) unexplained there. Pans and zooms of blurred real pictures, whose change
+#: the blend fit alone takes for a dissolve, leave at most 0.021 (99 % under 0.013); the
+#: windows of real dissolves that pass the fit, a median of 0.05-0.10 (a shot of low contrast
+#: fading into a bright one, least).
+DISSOLVE_MOVED = 0.04
+#: Frames whose blend is within this of either end are that end's shot.
+DISSOLVE_EDGE = 0.05
 
 
 @dataclass(frozen=True)
@@ -51,6 +80,8 @@ class SceneCuts:
     detector: the detector that produced them ("adaptive" or "content").
     brightness: each frame's mean over its picture (inside bars) and channels, 0–255, and
     highlights: the share of those values above 48: what :func:`lit_scenes` takes fades from.
+    dissolves: (start, end) frame ranges, end exclusive, of the frames that blend two shots
+    (:func:`find_dissolves`); no scene should hold them (:func:`without`).
     """
 
     cuts: list[int]
@@ -58,6 +89,7 @@ class SceneCuts:
     detector: str
     brightness: list[float]
     highlights: list[float]
+    dissolves: list[tuple[int, int]]
 
     def black(self) -> np.ndarray:
         """Which frames are black (bool, one per frame): see ``FADE_LEVEL``."""
@@ -199,7 +231,192 @@ def detect_cuts(
     count = values.shape[1]  # (integer sums: 1.7x faster than float means over a video's thumbnails)
     return SceneCuts(cuts=cuts, scenes=scenes_from_cuts(cuts, num_frames), detector=detector,
                      brightness=[float(b) / count for b in values.sum(axis=1, dtype=np.uint64)],
-                     highlights=[float(h) / count for h in np.count_nonzero(values > 48, axis=1)])
+                     highlights=[float(h) / count for h in np.count_nonzero(values > 48, axis=1)],
+                     dissolves=find_dissolves(frames))
+
+
+def _narrow(frames: np.ndarray, width: int) -> np.ndarray:
+    """(N, h, width, 3) float32: each frame ``width`` pixels wide (INTER_AREA)."""
+    height = max(1, round(frames.shape[1] * width / frames.shape[2]))
+    return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames]).astype(np.float32)
+
+
+def _area_weights(size: int, new_size: int) -> np.ndarray:
+    """(new_size, size) float32: each new pixel the mean of the old ones it covers (in part)."""
+    edges = np.arange(new_size + 1) * (size / new_size)
+    start = np.arange(size)[None, :]
+    cover = np.minimum(edges[1:, None], start + 1) - np.maximum(edges[:-1, None], start)
+    return (np.clip(cover, 0, None) * (new_size / size)).astype(np.float32)
+
+
+def _grey_copies(pixels: np.ndarray, width: int) -> np.ndarray:
+    """(N, width * h) float32: ``pixels`` (N, H, W, 3) grey (the channels' mean), ``width``
+    pixels wide and flattened (one matrix product per axis, for every frame at once)."""
+    grey = pixels @ np.full(3, 1 / 3, np.float32)
+    height = max(1, round(grey.shape[1] * width / grey.shape[2]))
+    small = _area_weights(grey.shape[1], height) @ grey @ _area_weights(grey.shape[2], width).T
+    return small.reshape(len(pixels), -1)
+
+
+def find_dissolves(frames: np.ndarray) -> list[tuple[int, int]]:
+    """The frames of ``frames`` (uint8 (N, H, W, 3)) that blend two shots: (start, end) ranges.
+
+    In a dissolve from shot A to shot B, frame t is (1 - w) A + w B with w rising from 0 to 1.
+    For windows of frames a..b (every a, and half-widths ``DISSOLVE_HALF_WIDTHS``), whose ends
+    differ (``DISSOLVE_CHANGE``) and are two shots (``DISSOLVE_SAME_SHOT``), each frame in
+    between is fitted as (1 - w) frame_a + w frame_b. The window is a dissolve when its middle
+    frame is a true mixture (w from 1/4 to 3/4), every fit leaves at most ``DISSOLVE_RESIDUAL``
+    of the ends' difference unexplained, w does not fall back (by more than 0.1), and neither
+    end, moved onto the middle frame (by optical flow or an affine map, brightness and contrast
+    matched), explains that frame within ``DISSOLVE_MOVED``: a picture without fine detail
+    under a pan or zoom changes nearly as a blend does, and moving it reproduces the motion,
+    never the other shot. Its frames with w beyond ``DISSOLVE_EDGE`` of either end are
+    blended; each run of them is then grown by the frames either side still changing towards
+    the other shot (:func:`_grown`).
+
+    A hard cut is no blend (each frame is one end or the other, and the middle is no mixture);
+    a fade or a change of exposure keeps one picture (correlated ends). Shots moving faster
+    than about 1/320 of the width a frame through a long dissolve, or two shots alike, go
+    unfound.
+    """
+    frames = np.asarray(frames)
+    n = len(frames)
+    if n < 5 or frames.shape[1] < 2 or frames.shape[2] < 2:
+        return []
+    fit = _BlendFit(frames)
+    grey = _grey_copies(fit.pixels, 20)
+    grey -= grey.mean(axis=1, keepdims=True)
+    spread = np.sqrt((grey * grey).mean(axis=1))
+    unit = grey / np.maximum(spread, 1e-6)[:, None]
+    for k in DISSOLVE_HALF_WIDTHS:
+        if 2 * k >= n:
+            break
+        starts = np.arange(n - 2 * k)
+        ends = starts + 2 * k
+        same = (unit[starts] * unit[ends]).mean(axis=1)
+        # The middle frame's fit first, on the grey copies (a blend is one at every size, and
+        # a moving picture fits better there): most windows fail it.
+        change = grey[ends] - grey[starts]
+        squared = (change * change).sum(axis=1)
+        middle = grey[starts + k] - grey[starts]
+        w = (middle * change).sum(axis=1) / np.maximum(squared, 1e-6)
+        rest = middle - w[:, None] * change
+        maybe = starts[(same <= DISSOLVE_SAME_SHOT) & (spread[starts] >= 4) & (spread[ends] >= 4)
+                       & (w >= 0.25) & (w <= 0.75) & ((rest * rest).sum(axis=1) <= DISSOLVE_RESIDUAL * squared)]
+        for a in maybe:
+            fit.mark(int(a), int(a) + 2 * k)
+    return [_grown(grey, start, end) for start, end in _runs(fit.blended)]
+
+
+class _BlendFit:
+    """The full test of a window (:func:`find_dissolves`) on ``DISSOLVE_WIDTH``-wide copies."""
+
+    def __init__(self, frames: np.ndarray):
+        self.pixels = _narrow(frames, DISSOLVE_WIDTH)
+        self.flat = self.pixels.reshape(len(frames), -1)
+        self.blended = np.zeros(len(frames), bool)
+        self.grey = self.flow = None  # made for the first window whose motion is tested
+
+    def _motion_tools(self) -> None:
+        if self.flow is None:
+            self.grey = np.clip(self.pixels @ np.full(3, 1 / 3, np.float32) + 0.5, 0, 255).astype(np.uint8)
+            self.flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+            height, width = self.grey.shape[1:]
+            self.xs, self.ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+
+    def mark(self, a: int, b: int) -> None:
+        """Mark the frames of a..b that blend its ends, if the window is a dissolve."""
+        change = self.flat[b] - self.flat[a]
+        squared = float(change @ change)
+        if squared < DISSOLVE_CHANGE**2 * change.size:
+            return
+        between = self.flat[a + 1 : b] - self.flat[a]
+        ws = between @ change / squared
+        rest = between - ws[:, None] * change
+        middle = (b - a) // 2 - 1
+        if (not 0.25 <= ws[middle] <= 0.75 or (np.diff(ws) < -0.1).any()
+                or ((rest * rest).sum(axis=1) > DISSOLVE_RESIDUAL * squared).any()):
+            return
+        self._motion_tools()
+        ends = self.grey[[a, b]].reshape(2, -1).astype(np.float32)
+        ends -= ends.mean(axis=1, keepdims=True)  # the change in the pictures, less their brightness
+        grey_squared = float(((ends[1] - ends[0]) ** 2).sum())
+        if min(self._moved(a + middle + 1, a), self._moved(a + middle + 1, b)) < DISSOLVE_MOVED * grey_squared:
+            return
+        inside = np.arange(a + 1, b)
+        self.blended[inside[(ws > DISSOLVE_EDGE) & (ws < 1 - DISSOLVE_EDGE)]] = True
+
+    def _moved(self, target: int, source: int) -> float:
+        """Squared error left where frame ``source``, moved onto frame ``target`` (grey), stands
+        in for it: moved by the optical flow, or by the affine map that best aligns the two
+        (ECC: a picture without detail gives flow little to hold on to), its brightness and
+        contrast then matched (a fade or an exposure change is one picture). 0 where neither
+        could be made (a picture too small for them): motion is then not ruled out."""
+        to = self.grey[target].astype(np.float32)
+        fro = self.grey[source].astype(np.float32)
+        candidates = []
+        try:
+            flow = self.flow.calc(self.grey[target], self.grey[source], None)
+            candidates.append(cv2.remap(fro, self.xs + flow[..., 0], self.ys + flow[..., 1], cv2.INTER_LINEAR,
+                                        borderMode=cv2.BORDER_REPLICATE))
+        except cv2.error:
+            pass
+        try:
+            _, warp = cv2.findTransformECC(to, fro, np.eye(2, 3, dtype=np.float32), cv2.MOTION_AFFINE,
+                                           (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, 50, 1e-4), None, 3)
+            candidates.append(cv2.warpAffine(fro, warp, to.shape[::-1], flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                             borderMode=cv2.BORDER_REPLICATE))
+        except cv2.error:  # it did not converge
+            pass
+        best = math.inf if candidates else 0.0
+        for moved in candidates:
+            x = moved.ravel() - moved.mean()
+            y = to.ravel() - to.mean()
+            gain = float(x @ y) / max(float(x @ x), 1e-6)
+            error = y - gain * x
+            best = min(best, float(error @ error))
+        return best
+
+
+def _grown(grey: np.ndarray, start: int, end: int) -> tuple[int, int]:
+    """A found dissolve's frames (start, end), grown by the frames either side that still move
+    from one shot's picture towards the other's at a quarter of the dissolve's pace or more (its
+    shots moving kept them from fitting the blend of the window's ends), by at most half its
+    length on each side."""
+    n = len(grey)
+    towards = grey[min(end, n - 1)] - grey[max(start - 1, 0)]
+    towards /= max(float(np.linalg.norm(towards)), 1e-6)
+    steps = (grey[1:] - grey[:-1]) @ towards  # steps[t]: how far frame t+1 is past frame t
+    pace = float(steps[max(start - 1, 0) : end].mean())
+    reach = (end - start) // 2
+    lo, hi = start, end
+    while lo >= 2 and start - lo < reach and steps[lo - 2] >= pace / 4:
+        lo -= 1
+    while hi < n - 1 and hi - end < reach and steps[hi] >= pace / 4:
+        hi += 1
+    return lo, hi
+
+
+def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
+    """(start, end) of each run of True in ``mask``."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return [(int(s), int(e)) for s, e in zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1))]
+
+
+def without(scenes: list[tuple[int, int]], ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``scenes`` less the frames of ``ranges`` (each (start, end), end exclusive): a scene
+    with such frames inside it is split there; parts left empty are dropped."""
+    out = []
+    for start, end in scenes:
+        for lo, hi in sorted(ranges):
+            if hi <= start or lo >= end:
+                continue
+            if lo > start:
+                out.append((start, lo))
+            start = max(start, hi)
+        if end > start:
+            out.append((start, end))
+    return out
 
 
 def black_frames(brightness, highlights=None) -> np.ndarray:

