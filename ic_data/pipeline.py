@@ -42,8 +42,8 @@ OUTPUT_DIRS = ("work", SHARD_DIR, "previews")  # the folders a curation writes u
 #: Changes whenever the choice of a video's clip changes (which frames: cut detection, scenes;
 #: which part of them: black bars), so that chunks analysed before are analysed again. 2: cut
 #: detection inside black bars, black frames and fades left out, bars through ringing,
-#: subtitles and logos.
-CLIP_CHOICE_VERSION = "2"
+#: subtitles and logos. 3: dissolves left out.
+CLIP_CHOICE_VERSION = "3"
 
 
 @dataclass(frozen=True)
@@ -155,6 +155,7 @@ class Candidate:
     truncated: bool = False
     damage: str | None = None  # what a damaged file lost in decoding (see video_io.DecodedVideo)
     cuts: list[int] = field(default_factory=list)
+    dissolves: list[list[int]] = field(default_factory=list)  # [start, end) of frames blending two shots
     scene_start: int | None = None
     scene_end: int | None = None
     frame_indices: list[int] = field(default_factory=list)
@@ -332,7 +333,7 @@ class Stage1:
 
     def analyse(self, video_id: str, path: str) -> Candidate:
         from ic_data.cuts import (
-            ANALYSIS_WIDTH, FADE_LEVEL, detect_cuts, lit_scenes, longest_scene, scenes_from_cuts,
+            ANALYSIS_WIDTH, FADE_LEVEL, detect_cuts, lit_scenes, longest_scene, scenes_from_cuts, without,
         )
         from ic_data.motion import motion_score
         from ic_data.mp4 import MAX_FPS, MIN_FPS, write_mp4
@@ -359,12 +360,14 @@ class Stage1:
             found = detect_cuts(thumbs, info.fps, detector=cfg.cut_detector)
             laps.lap("cuts")
             c.cuts = [int(x) for x in found.cuts]
+            c.dissolves = [[int(s), int(e)] for s, e in found.dissolves]
             # Where a damaged file lost frames, the frames either side are not neighbours: a
             # clip never spans that gap, as it never spans a cut. Black frames and the fades
-            # beside them are no scene's: a clip opening on one would start nearly black.
+            # beside them are no scene's: a clip opening on one would start nearly black. Nor
+            # are a dissolve's frames, two shots at once.
             bounds = sorted(set(c.cuts) | set(video.breaks))
             scenes = lit_scenes(scenes_from_cuts(bounds, video.num_frames), found.brightness, found.highlights)
-            scenes = scenes or [(0, 0)]
+            scenes = without(scenes, found.dissolves) or [(0, 0)]
             c.scene_start, c.scene_end = (int(x) for x in longest_scene(scenes))
             try:
                 idx = clipmod.sample_clip_indices(
@@ -372,9 +375,12 @@ class Stage1:
                 )
             except VideoTooShort as exc:
                 black = int(found.black().sum())
-                if video.damage is None and black:
-                    raise VideoTooShort(f"{Exception.__str__(exc)}, once black frames and fades are left out ({black} "
-                                        f"of {video.num_frames} frames are black: mean under {FADE_LEVEL:g} of 255)") from exc
+                blended = sum(e - s for s, e in found.dissolves)
+                if video.damage is None and (black or blended):
+                    left = [f"{black} of {video.num_frames} frames are black: mean under {FADE_LEVEL:g} of 255"] * bool(black)
+                    left += [f"{blended} frames blend two shots in {len(found.dissolves)} dissolve(s)"] * bool(blended)
+                    raise VideoTooShort(f"{Exception.__str__(exc)}, once black frames, fades and dissolves are left "
+                                        f"out ({'; '.join(left)})") from exc
                 if video.damage is None:
                     raise
                 # Too short because the file is damaged: that is the failure to report.
@@ -667,6 +673,7 @@ def run_stage2_chunk(
             error=c.error,
             damage=c.damage,
             cuts=c.cuts,
+            dissolves=c.dissolves,
             scene_start=c.scene_start,
             scene_end=c.scene_end,
             num_frames=c.num_frames,

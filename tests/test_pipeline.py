@@ -696,15 +696,15 @@ def test_a_damaged_video_is_curated_from_what_decodes_unbroken(tmp_path):
     assert short.damage is not None and short.num_frames == 47
 
 
-def test_a_manifest_from_before_the_damage_column_still_reads(curated, tmp_path):
+def test_a_manifest_from_before_the_damage_bars_and_dissolves_columns_still_reads(curated, tmp_path):
     import pyarrow.parquet as pq
 
     out, _ = curated
     table = pq.read_table(out / "manifest.parquet")
     old = tmp_path / "old.parquet"
-    pq.write_table(table.drop(["damage", "bars"]), old)
+    pq.write_table(table.drop(["damage", "bars", "dissolves"]), old)
     rows = read_manifest(old)
-    assert len(rows) == table.num_rows and all(r.damage is None and r.bars is None for r in rows)
+    assert len(rows) == table.num_rows and all(r.damage is None and r.bars is None and r.dissolves is None for r in rows)
     assert [r.video_id for r in rows] == [r.video_id for r in read_manifest(out / "manifest.parquet")]
 
 
@@ -833,6 +833,33 @@ def test_black_bars_are_cut_off_and_the_tracks_follow_the_picture(tmp_path):
     (row,) = read_manifest(tmp_path / "strict" / "manifest.parquet")
     assert row.status == "failed" and row.reason == "too_small" and "black bars" in row.error, row.error
     assert row.bars[1] == row.bars[3] > 20  # the bars that left too little picture
+
+
+def test_a_dissolve_is_left_out_of_the_scene(tmp_path):
+    """Two real pictures under pans, the first cross-fading into the second over 24 frames
+    (50-73): the manifest records the dissolve, the scene curated is the second shot after it,
+    and the clip holds no frame of it. Before, no cut was found and the scene was the whole
+    video: a clip of 32 frames at stride 2 or more had to span the dissolve."""
+    from ic_data.synthetic import CameraMotion, render_shot
+    from tests.conftest import real_frame, write_video
+
+    first = render_shot(74, 640, 360, camera=CameraMotion((1.0, 0.3)), background=real_frame("carphone_pristine.mp4", 5))
+    second = render_shot(84, 640, 360, camera=CameraMotion((-1.0, 0.0)), background=real_frame("bikes.mp4", 200))
+    weight = np.clip((np.arange(134) - 49) / 25, 0.0, 1.0)[:, None, None, None]
+    a = np.concatenate([first.frames, np.repeat(first.frames[-1:], 60, axis=0)]).astype(np.float64)
+    b = np.concatenate([np.repeat(second.frames[:1], 50, axis=0), second.frames]).astype(np.float64)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "dissolve.mp4", np.rint((1 - weight) * a + weight * b).astype(np.uint8))
+    curate(videos, tmp_path / "out", dataclasses.replace(CFG, drop_fraction=0.0))
+    (row,) = read_manifest(tmp_path / "out" / "manifest.parquet")
+    assert row.status == "ok", row.error
+    assert len(row.dissolves) == 1, row.dissolves
+    (start, end), = row.dissolves
+    assert 46 <= start <= 52 and 72 <= end <= 78, row.dissolves  # mixed 10-90 %: frames 52-71
+    assert row.scene_start >= end and row.scene_end == 134, (row.scene_start, row.scene_end)
+    sample = next(s for s in read_shard(tmp_path / "out" / row.shard) if s.key == row.key)
+    assert min(sample.meta["frame_indices"]) >= end
 
 
 def test_black_frames_and_fades_are_left_out_of_the_scene(tmp_path):
