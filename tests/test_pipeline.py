@@ -839,7 +839,8 @@ def test_a_dissolve_is_left_out_of_the_scene(tmp_path):
     """Two real pictures under pans, the first cross-fading into the second over 24 frames
     (50-73): the manifest records the dissolve, the scene curated is the second shot after it,
     and the clip holds no frame of it. Before, no cut was found and the scene was the whole
-    video: a clip of 32 frames at stride 2 or more had to span the dissolve."""
+    video: a clip of 32 frames at stride 2 or more had to span the dissolve. With 26 frames
+    of each shot only, the video fails ``too_short``, saying that a dissolve took the rest."""
     from ic_data.synthetic import CameraMotion, render_shot
     from tests.conftest import real_frame, write_video
 
@@ -851,8 +852,14 @@ def test_a_dissolve_is_left_out_of_the_scene(tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
     write_video(videos / "dissolve.mp4", np.rint((1 - weight) * a + weight * b).astype(np.uint8))
+    # 26 frames either side of a 20-frame dissolve: no 32 frames of one shot.
+    weight = np.clip((np.arange(72) - 25) / 21, 0.0, 1.0)[:, None, None, None]
+    short = (1 - weight) * a[24:96] + weight * b[24:96]
+    write_video(videos / "short.mp4", np.rint(short).astype(np.uint8))
     curate(videos, tmp_path / "out", dataclasses.replace(CFG, drop_fraction=0.0))
-    (row,) = read_manifest(tmp_path / "out" / "manifest.parquet")
+    row, too_short = read_manifest(tmp_path / "out" / "manifest.parquet")
+    assert (too_short.status, too_short.reason) == ("failed", "too_short"), too_short.status
+    assert "frames blend two shots in 1 dissolve(s)" in too_short.error, too_short.error
     assert row.status == "ok", row.error
     assert len(row.dissolves) == 1, row.dissolves
     (start, end), = row.dissolves
