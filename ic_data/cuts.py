@@ -63,7 +63,7 @@ DISSOLVE_RESIDUAL = 0.08
 #: ... and neither end, moved onto the middle frame (optical flow or an affine map, then its
 #: brightness and contrast matched), leaves less than this share of the ends' difference (less
 #: their brightness) unexplained there. Pans and zooms of blurred real pictures, whose change
-#: the blend fit alone takes for a dissolve, leave at most 0.021 (99 % under 0.013); the
+#: the blend fit alone takes for a dissolve, leave at most 0.018 (99 % under 0.013); the
 #: windows of real dissolves that pass the fit, a median of 0.05-0.10 (a shot of low contrast
 #: fading into a bright one, least).
 DISSOLVE_MOVED = 0.04
@@ -236,9 +236,9 @@ def detect_cuts(
 
 
 def _narrow(frames: np.ndarray, width: int) -> np.ndarray:
-    """(N, h, width, 3) float32: each frame ``width`` pixels wide (INTER_AREA)."""
+    """(N, h, width, 3) uint8: each frame ``width`` pixels wide (INTER_AREA)."""
     height = max(1, round(frames.shape[1] * width / frames.shape[2]))
-    return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames]).astype(np.float32)
+    return np.stack([cv2.resize(f, (width, height), interpolation=cv2.INTER_AREA) for f in frames])
 
 
 def _area_weights(size: int, new_size: int) -> np.ndarray:
@@ -249,13 +249,12 @@ def _area_weights(size: int, new_size: int) -> np.ndarray:
     return (np.clip(cover, 0, None) * (new_size / size)).astype(np.float32)
 
 
-def _grey_copies(pixels: np.ndarray, width: int) -> np.ndarray:
-    """(N, width * h) float32: ``pixels`` (N, H, W, 3) grey (the channels' mean), ``width``
-    pixels wide and flattened (one matrix product per axis, for every frame at once)."""
-    grey = pixels @ np.full(3, 1 / 3, np.float32)
+def _shrunk(grey: np.ndarray, width: int) -> np.ndarray:
+    """(N, width * h) float32: grey frames (N, H, W) ``width`` pixels wide, flattened (one
+    matrix product per axis, for every frame at once)."""
     height = max(1, round(grey.shape[1] * width / grey.shape[2]))
-    small = _area_weights(grey.shape[1], height) @ grey @ _area_weights(grey.shape[2], width).T
-    return small.reshape(len(pixels), -1)
+    small = _area_weights(grey.shape[1], height) @ grey.astype(np.float32) @ _area_weights(grey.shape[2], width).T
+    return small.reshape(len(grey), -1)
 
 
 def find_dissolves(frames: np.ndarray) -> list[tuple[int, int]]:
@@ -284,7 +283,7 @@ def find_dissolves(frames: np.ndarray) -> list[tuple[int, int]]:
     if n < 5 or frames.shape[1] < 2 or frames.shape[2] < 2:
         return []
     fit = _BlendFit(frames)
-    grey = _grey_copies(fit.pixels, 20)
+    grey = _shrunk(fit.grey, 20)
     grey -= grey.mean(axis=1, keepdims=True)
     spread = np.sqrt((grey * grey).mean(axis=1))
     unit = grey / np.maximum(spread, 1e-6)[:, None]
@@ -313,31 +312,28 @@ class _BlendFit:
 
     def __init__(self, frames: np.ndarray):
         self.pixels = _narrow(frames, DISSOLVE_WIDTH)
-        self.flat = self.pixels.reshape(len(frames), -1)
+        self.grey = np.stack([cv2.cvtColor(f, cv2.COLOR_RGB2GRAY) for f in self.pixels])
         self.blended = np.zeros(len(frames), bool)
-        self.grey = self.flow = None  # made for the first window whose motion is tested
-
-    def _motion_tools(self) -> None:
-        if self.flow is None:
-            self.grey = np.clip(self.pixels @ np.full(3, 1 / 3, np.float32) + 0.5, 0, 255).astype(np.uint8)
-            self.flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-            height, width = self.grey.shape[1:]
-            self.xs, self.ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
+        self.flow = None  # made for the first window whose motion is tested
 
     def mark(self, a: int, b: int) -> None:
         """Mark the frames of a..b that blend its ends, if the window is a dissolve."""
-        change = self.flat[b] - self.flat[a]
+        window = self.pixels[a : b + 1].reshape(b - a + 1, -1).astype(np.float32)
+        change = window[-1] - window[0]
         squared = float(change @ change)
         if squared < DISSOLVE_CHANGE**2 * change.size:
             return
-        between = self.flat[a + 1 : b] - self.flat[a]
+        between = window[1:-1] - window[0]
         ws = between @ change / squared
         rest = between - ws[:, None] * change
         middle = (b - a) // 2 - 1
         if (not 0.25 <= ws[middle] <= 0.75 or (np.diff(ws) < -0.1).any()
                 or ((rest * rest).sum(axis=1) > DISSOLVE_RESIDUAL * squared).any()):
             return
-        self._motion_tools()
+        if self.flow is None:
+            self.flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+            height, width = self.grey.shape[1:]
+            self.xs, self.ys = np.meshgrid(np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32))
         ends = self.grey[[a, b]].reshape(2, -1).astype(np.float32)
         ends -= ends.mean(axis=1, keepdims=True)  # the change in the pictures, less their brightness
         grey_squared = float(((ends[1] - ends[0]) ** 2).sum())
