@@ -125,6 +125,9 @@ def test_studio_draw_generate_and_replay(studio, prefect_api, tmp_path):
                 _click_display(page, x, y)
                 page.locator("#studio-drawing").get_by_text(f"1: {k} point").wait_for(timeout=TIMEOUT_MS)
             page.locator("#studio-still").click()
+            # The button's event comes back before the click on the picture is made: a fresh
+            # clone's CI run once timed out below, the click sent while that event was in flight.
+            page.locator("#studio-drawing").get_by_text("Next click: a still anchor").wait_for(timeout=TIMEOUT_MS)
             _click_display(page, *anchor)
             page.locator("#studio-drawing").get_by_text("2/8 trajectories").wait_for(timeout=TIMEOUT_MS)
             shown = json.loads(page.locator("#studio-json textarea").input_value())
