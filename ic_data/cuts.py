@@ -42,8 +42,14 @@ FADE_LEVEL = 12.0
 #: ... unless more than this share of its values pass 48 of 255: fireworks or a moon in a night
 #: sky are dark frames, not black ones.
 FADE_HIGHLIGHTS = 0.01
+#: A frame whose mean is above this is white, the bright end of a fade (or a flash) to white:
+#: PySceneDetect's black level counted down from 255, and likewise unless more than
+#: ``FADE_HIGHLIGHTS`` of its values are under 255 - 48 (a dark bird or a skier on a sky or a
+#: snowfield that is blown out is a scene, not a white screen).
+WHITE_LEVEL = 255.0 - FADE_LEVEL
 #: Beside black frames, the frames dimmer than this share of their scene's median brightness
-#: are the fade itself (in from black, or out to it).
+#: are the fade itself (in from black, or out to it); beside white ones, the frames whose
+#: distance from white (255 less their brightness) is under this share of their scene's median.
 FADE_SHARE = 0.5
 #: Dissolves: windows of frames a..b (b = a + 2k, for each half-width k) are tested, each frame
 #: in between against the blend of its ends, on copies this many pixels wide ...
@@ -78,8 +84,9 @@ class SceneCuts:
     cuts: first frame of every scene after the first, ascending (0 never appears).
     scenes: (start, end) frame ranges, end exclusive, tiling [0, num_frames) in order.
     detector: the detector that produced them ("adaptive" or "content").
-    brightness: each frame's mean over its picture (inside bars) and channels, 0–255, and
-    highlights: the share of those values above 48: what :func:`lit_scenes` takes fades from.
+    brightness: each frame's mean over its picture (inside bars) and channels, 0–255,
+    highlights: the share of those values above 48, and shadows: the share under 255 - 48 = 207:
+    what :func:`lit_scenes` takes fades to black and to white from.
     dissolves: (start, end) frame ranges, end exclusive, of the frames that blend two shots
     (:func:`find_dissolves`); no scene should hold them (:func:`without`).
     """
@@ -89,11 +96,16 @@ class SceneCuts:
     detector: str
     brightness: list[float]
     highlights: list[float]
+    shadows: list[float]
     dissolves: list[tuple[int, int]]
 
     def black(self) -> np.ndarray:
         """Which frames are black (bool, one per frame): see ``FADE_LEVEL``."""
         return black_frames(self.brightness, self.highlights)
+
+    def white(self) -> np.ndarray:
+        """Which frames are white (bool, one per frame): see ``WHITE_LEVEL``."""
+        return white_frames(self.brightness, self.shadows)
 
     @property
     def num_frames(self) -> int:
@@ -232,6 +244,7 @@ def detect_cuts(
     return SceneCuts(cuts=cuts, scenes=scenes_from_cuts(cuts, num_frames), detector=detector,
                      brightness=[float(b) / count for b in values.sum(axis=1, dtype=np.uint64)],
                      highlights=[float(h) / count for h in np.count_nonzero(values > 48, axis=1)],
+                     shadows=[float(h) / count for h in np.count_nonzero(values < 255 - 48, axis=1)],
                      dissolves=find_dissolves(frames))
 
 
@@ -424,18 +437,31 @@ def black_frames(brightness, highlights=None) -> np.ndarray:
     return black
 
 
-def lit_scenes(scenes: list[tuple[int, int]], brightness, highlights=None) -> list[tuple[int, int]]:
-    """``scenes`` without their black frames and the fades beside them.
+def white_frames(brightness, shadows=None) -> np.ndarray:
+    """Which frames are white (bool array): mean over ``WHITE_LEVEL`` and (where ``shadows``
+    are given) no more than ``FADE_HIGHLIGHTS`` of their values under 255 - 48."""
+    white = np.asarray(brightness, np.float64) > WHITE_LEVEL
+    if shadows is not None:
+        white &= np.asarray(shadows, np.float64) <= FADE_HIGHLIGHTS
+    return white
 
-    A black frame (:func:`black_frames`: a fade's dark end, a black screen between shots)
-    belongs to no scene; a scene with black frames inside it is split there. From each part,
-    the frames at an end next to a black frame (in its scene, or the last of the scene before
-    or the first of the one after) are dropped while they are dimmer than ``FADE_SHARE`` of
-    the part's median brightness: the fade in or out itself, whose first frame would otherwise
-    open a clip nearly black. Parts left empty are dropped.
+
+def lit_scenes(scenes: list[tuple[int, int]], brightness, highlights=None,
+               shadows=None) -> list[tuple[int, int]]:
+    """``scenes`` without their black and white frames and the fades beside them.
+
+    A black frame (:func:`black_frames`: a fade's dark end, a black screen between shots) or a
+    white one (:func:`white_frames`: a fade or a flash to white) belongs to no scene; a scene
+    with such frames inside it is split there. From each part, the frames at an end next to a
+    black frame (in its scene, or the last of the scene before or the first of the one after)
+    are dropped while they are dimmer than ``FADE_SHARE`` of the part's median brightness: the
+    fade in or out itself, whose first frame would otherwise open a clip nearly black. Next to
+    a white frame, likewise the frames nearer white than ``FADE_SHARE`` of the part's median
+    distance from it (washed out). Parts left empty are dropped.
     """
-    light = ~black_frames(brightness, highlights)
     brightness = np.asarray(brightness, np.float64)
+    ends = (black_frames(brightness, highlights), brightness), (white_frames(brightness, shadows), 255.0 - brightness)
+    light = ~(ends[0][0] | ends[1][0])
     out: list[tuple[int, int]] = []
     for start, end in scenes:
         k = start
@@ -447,13 +473,14 @@ def lit_scenes(scenes: list[tuple[int, int]], brightness, highlights=None) -> li
             while run_end < end and light[run_end]:
                 run_end += 1
             lo, hi = k, run_end
-            floor = FADE_SHARE * float(np.median(brightness[lo:hi]))
-            if lo > 0 and not light[lo - 1]:  # after black: a fade in
-                while lo < hi and brightness[lo] < floor:
-                    lo += 1
-            if hi < len(light) and not light[hi]:  # before black: a fade out
-                while hi > lo and brightness[hi - 1] < floor:
-                    hi -= 1
+            for blank, level in ends:  # (black frames, brightness), (white frames, distance from white)
+                floor = FADE_SHARE * float(np.median(level[k:run_end]))
+                if lo > 0 and blank[lo - 1]:  # after black (white): a fade in from it
+                    while lo < hi and level[lo] < floor:
+                        lo += 1
+                if hi < len(light) and blank[hi]:  # before black (white): a fade out to it
+                    while hi > lo and level[hi - 1] < floor:
+                        hi -= 1
             if hi > lo:
                 out.append((lo, hi))
             k = run_end

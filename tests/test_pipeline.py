@@ -907,3 +907,60 @@ def test_black_frames_and_fades_are_left_out_of_the_scene(tmp_path):
     assert black.status == "failed" and black.reason == "too_short" and "60 of 60 frames are black" in black.error, black.error
     assert rows["fireworks"].status == "ok" and rows["fireworks"].scene_end - rows["fireworks"].scene_start == 60
     assert summary.counts.get("failed") == 1 and summary.reasons.get("too_short") == 1, (summary.counts, summary.reasons)
+
+
+def test_white_frames_and_fades_to_white_are_left_out_of_the_scene(tmp_path):
+    """Fades to white, the mirror of fades to black: real footage under a known pan that opens
+    on 8 white frames and fades in from white over 12, and fades out over 12 to 8 white frames
+    at its end; and a dip to white between two shots (the first fades out over 10 frames, 6
+    white frames, the second fades in over 10). Each scene curated ends where its fade passes
+    half the shot's distance from white, so no clip opens washed out. Before, the faded video's
+    scene was frames 9-111 (the detector cuts where white ends), fades and all; the dip had no
+    cut at all, and its one scene, 0-116, held both shots and the white between them. A white
+    screen throughout fails ``too_short``, saying why; a blown-out white sky with dark birds
+    across 3 % of it is a scene."""
+    from ic_data.synthetic import CameraMotion, render_shot
+    from tests.conftest import real_frame, write_video
+
+    def washed(frames, wash):  # each frame moved towards white by its share in ``wash``
+        frames = frames.astype(np.float64)
+        return np.rint(frames + wash[:, None, None, None] * (255.0 - frames)).astype(np.uint8)
+
+    shot = render_shot(120, 640, 360, camera=CameraMotion((2.0, 0.5)), background=real_frame("bigbuckbunny.mp4", 40))
+    wash = np.zeros(120)
+    wash[:8], wash[8:20], wash[-20:-8], wash[-8:] = 1.0, np.linspace(1.0, 0.0, 12), np.linspace(0.0, 1.0, 12), 1.0
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "faded.mp4", washed(shot.frames, wash))
+    first = render_shot(60, 640, 360, camera=CameraMotion((-1.5, 0.0)), background=real_frame("bikes.mp4", 10)).frames
+    second = render_shot(50, 640, 360, camera=CameraMotion((1.0, 1.0)), background=real_frame("bikes.mp4", 200)).frames
+    # Frames 50-59 fade out (10 % to 100 % white), 60-65 are white, 66-75 fade in (90 % to 0 %).
+    dip = np.concatenate([first, np.zeros((6, 360, 640, 3), np.uint8), second])
+    wash = np.zeros(len(dip))
+    wash[50:60], wash[60:66], wash[66:76] = np.linspace(0.1, 1.0, 10), 1.0, np.linspace(0.9, 0.0, 10)
+    write_video(videos / "dip.mp4", washed(dip, wash))
+    write_video(videos / "white.mp4", np.full((60, 360, 640, 3), 255, np.uint8))
+    sky = np.full((60, 360, 640, 3), 255, np.uint8)
+    birds = np.random.default_rng(1).uniform([40, 40], [600, 320], (12, 2))
+    for t, frame in enumerate(sky):
+        for k, (x, y) in enumerate(birds):
+            cv2.ellipse(frame, (int(x + 3 * t * np.cos(k)), int(y + 2 * t * np.sin(k))), (18, 7), 10.0 * k, 0, 360,
+                        (40, 35, 30), -1)
+    write_video(videos / "birds.mp4", sky)
+    summary = curate(videos, tmp_path / "out", dataclasses.replace(CFG, drop_fraction=0.0))
+    rows = {Path(r.path).stem: r for r in read_manifest(tmp_path / "out" / "manifest.parquet")}
+    faded = rows["faded"]
+    assert faded.status == "ok", faded.error
+    # Frames 8 + 6 and 100 + 6 are where the fades pass half the shot's distance from white.
+    assert 13 <= faded.scene_start <= 15 and 105 <= faded.scene_end <= 107, (faded.scene_start, faded.scene_end)
+    sample = next(s for s in read_shard(tmp_path / "out" / faded.shard) if s.key == faded.key)
+    clip = 255.0 - sample.decode_frames().astype(np.float64)  # distance from white
+    assert clip[0].mean() >= 0.5 * np.median(clip.mean(axis=(1, 2, 3)))
+    # The dip: the first shot (60 frames less its fade's washed half) is the longest scene.
+    dipped = rows["dip"]
+    assert dipped.status == "ok", dipped.error
+    assert dipped.scene_start == 0 and 54 <= dipped.scene_end <= 56, (dipped.scene_start, dipped.scene_end)
+    white = rows["white"]
+    assert white.status == "failed" and white.reason == "too_short" and "60 of 60 frames are white" in white.error, white.error
+    assert rows["birds"].status == "ok" and rows["birds"].scene_end - rows["birds"].scene_start == 60
+    assert summary.counts.get("failed") == 1 and summary.reasons.get("too_short") == 1, (summary.counts, summary.reasons)
