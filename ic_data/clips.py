@@ -156,34 +156,49 @@ def picture_box(frames: np.ndarray, level: int = BAR_LEVEL) -> tuple[int, int, i
     return x0, y0, x1 - x0, y1 - y0
 
 
-def picture_crop(
-    frames: np.ndarray, picture: tuple[int, int, int, int], out_width: int = CLIP_WIDTH, out_height: int = CLIP_HEIGHT
-) -> tuple[np.ndarray, tuple[float, float], tuple[int, int, int, int]]:
-    """Frames enlarged (if need be) so that an ``out_width``×``out_height`` crop fits inside the
-    ``picture`` box (:func:`picture_box`), and that crop's box, centred on the picture.
+def crop_plan(
+    width: int, height: int, picture: tuple[int, int, int, int], out_width: int = CLIP_WIDTH,
+    out_height: int = CLIP_HEIGHT,
+) -> tuple[tuple[int, int] | None, tuple[float, float], tuple[int, int, int, int]]:
+    """How to cut an ``out_width``×``out_height`` crop, centred on the ``picture`` box
+    (:func:`picture_box`), from frames ``width``×``height``: enlarged first where the picture is
+    too small for it.
 
-    Returns ``(frames, factors, box)``: the frames as resized (the input itself where it fits
-    already), the per-axis factors of that resize (multiply a clip's source-to-frame scale by
-    them), and ``[x0, y0, w, h]`` in the returned frames' pixels.
+    Returns ``(size, factors, box)``: the (w, h) the frames must be enlarged to (None: they fit
+    as they are), the per-axis factors of that resize (multiply a clip's source-to-frame scale
+    by them), and the crop's ``[x0, y0, w, h]`` in the frames of that size.
     """
-    height, width = frames.shape[1:3]
     x0, y0, w, h = picture
-    factors = (1.0, 1.0)
+    size, factors = None, (1.0, 1.0)
     if w < out_width or h < out_height:
-        import cv2
-
         # A pixel to spare each way: the enlarged picture's edge pixels are taken inwards.
         grow = max(1.0, (out_width + 1) / max(w - 1, 1), (out_height + 1) / max(h - 1, 1))
         size = (int(np.ceil(width * grow)), int(np.ceil(height * grow)))
         factors = (size[0] / width, size[1] / height)
-        frames = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in frames])
         # The picture's edges in the enlarged frames (pixel-centre convention), taken inwards.
         left, top = int(np.ceil((x0 + 0.5) * factors[0] - 0.5)), int(np.ceil((y0 + 0.5) * factors[1] - 0.5))
         right = int(np.floor((x0 + w - 0.5) * factors[0] - 0.5)) + 1
         bottom = int(np.floor((y0 + h - 0.5) * factors[1] - 0.5)) + 1
         x0, y0, w, h = left, top, max(out_width, right - left), max(out_height, bottom - top)
         x0, y0 = min(x0, size[0] - w), min(y0, size[1] - h)
-    return frames, factors, (x0 + (w - out_width) // 2, y0 + (h - out_height) // 2, out_width, out_height)
+    return size, factors, (x0 + (w - out_width) // 2, y0 + (h - out_height) // 2, out_width, out_height)
+
+
+def picture_crop(
+    frames: np.ndarray, picture: tuple[int, int, int, int], out_width: int = CLIP_WIDTH, out_height: int = CLIP_HEIGHT
+) -> tuple[np.ndarray, tuple[float, float], tuple[int, int, int, int]]:
+    """Frames enlarged (if need be, bicubic) so that an ``out_width``×``out_height`` crop fits
+    inside the ``picture`` box, and that crop's box: :func:`crop_plan` carried out on
+    ``frames``. Returns ``(frames, factors, box)``, the input itself where it fits already.
+    (Curation enlarges from the decoder's frames instead, at the source's own detail where it
+    has more than the frames: ``DecodedVideo.select``.)
+    """
+    size, factors, box = crop_plan(frames.shape[2], frames.shape[1], picture, out_width, out_height)
+    if size is not None:
+        import cv2
+
+        frames = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in frames])
+    return frames, factors, box
 
 
 def crop_frames(frames: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:

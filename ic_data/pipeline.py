@@ -40,9 +40,10 @@ STAGING_DIR = "work/clips"
 SHARD_DIR = "shards"
 OUTPUT_DIRS = ("work", SHARD_DIR, "previews")  # the folders a curation writes under OUT
 #: Changes whenever the choice of a video's clip changes (which frames: cut detection, scenes;
-#: which part of them: black bars), so that chunks analysed before are analysed again. 2: cut
-#: detection inside black bars, black frames and fades left out, bars through ringing,
-#: subtitles and logos. 3: dissolves left out. 4: white frames and the fades to white left out.
+#: which part of them: black bars; how they are made), so that chunks analysed before are
+#: analysed again. 2: cut detection inside black bars, black frames and fades left out, bars
+#: through ringing, subtitles and logos. 3: dissolves left out. 4: white frames and the fades to
+#: white left out; frames enlarged for their bars from the source's own pixels.
 CLIP_CHOICE_VERSION = "4"
 
 
@@ -392,28 +393,32 @@ class Stage1:
                 ) from exc
             c.frame_indices = [int(i) for i in idx]
             frames = video.select(idx)
-            del video  # the full decoded video is the largest thing in memory: drop it early
-            laps.lap("clip")
             # Black bars (letterbox, pillarbox) are no part of the picture: the motion is scored
             # and the clip cropped inside them, enlarging the frames where the picture is
-            # narrower than the clip (within max_upscale of the source, as any video).
+            # narrower than the clip (within max_upscale of the source, as any video). The
+            # enlarged frames are made from the source's own pixels where the decoder kept them
+            # (sources up to twice the analysis size): enlarging the analysis-size frames
+            # instead would blur away the detail the source has.
             px, py, pw, ph = picture = clipmod.picture_box(frames)
-            c.motion_score = float(motion_score(frames[:, py : py + ph, px : px + pw], self.flow, cfg.motion_pairs))
-            laps.lap("motion")
             height, width = frames.shape[1:3]
             c.bars = [px, py, width - px - pw, height - py - ph] if (pw, ph) != (width, height) else []
-            frames, factors, box = clipmod.picture_crop(frames, picture, cfg.clip_width, cfg.clip_height)
+            size, factors, box = clipmod.crop_plan(width, height, picture, cfg.clip_width, cfg.clip_height)
             c.scale = [c.scale[0] * factors[0], c.scale[1] * factors[1]]
-            if factors != (1.0, 1.0) and max(c.scale) > cfg.max_upscale:  # enlarged for its bars
+            if size is not None and max(c.scale) > cfg.max_upscale:  # enlarged for its bars
                 raise VideoTooSmall(
                     f"the picture inside its black bars ({pw}x{ph} of {width}x{height}) would need "
                     f"{max(c.scale):.2f}x upscaling for a {cfg.clip_width}x{cfg.clip_height} crop "
                     f"(limit {cfg.max_upscale}x)")
+            enlarged = frames if size is None else video.select(idx, size)
+            del video  # the full decoded video is the largest thing in memory: drop it early
+            laps.lap("clip")
+            c.motion_score = float(motion_score(frames[:, py : py + ph, px : px + pw], self.flow, cfg.motion_pairs))
+            laps.lap("motion")
             c.crop = [int(b) for b in box]
             stride = int(idx[1] - idx[0]) if len(idx) > 1 else 1
             # Within what an MP4 written here may hold (a timelapse's 0.1 fps at stride 16 is below it).
             c.clip_fps = min(MAX_FPS, max(MIN_FPS, float(info.fps / stride))) if info.fps > 0 else 8.0
-            clip = clipmod.crop_frames(frames, box)
+            clip = clipmod.crop_frames(enlarged, box)
         except Exception as exc:  # a property of this video: recorded, the chunk goes on
             _failure(c, exc)
         else:

@@ -79,9 +79,11 @@ class DecodedVideo:
     def num_frames(self) -> int:
         return len(self.store)
 
-    def select(self, indices) -> np.ndarray:
-        """uint8 (len(indices), h, w, 3) RGB frames at the analysis size."""
-        return self.store.select(indices)
+    def select(self, indices, size: tuple[int, int] | None = None) -> np.ndarray:
+        """uint8 (len(indices), h, w, 3) RGB frames at the analysis size, or at ``size`` (w, h):
+        made from the source's own pixels where they are kept (sources up to twice the analysis
+        size in pixels), else from the analysis-size frames enlarged (bicubic)."""
+        return self.store.select(indices, size)
 
     @functools.cached_property
     def frames(self) -> np.ndarray:
@@ -223,14 +225,16 @@ def _frame_i420(frame) -> np.ndarray | None:
     return frame.to_ndarray().reshape(-1)
 
 
-def _resize_plane(src: np.ndarray, size: tuple[int, int], dst: np.ndarray) -> None:
+def _resize_plane(src: np.ndarray, size: tuple[int, int], dst: np.ndarray, enlarge: int = cv2.INTER_LINEAR) -> None:
     """Resize one plane into ``dst``. Far downscales (thumbnails) halve with bilinear first:
     at exactly half size bilinear sampling is the 2×2 box average, and it is several times
-    faster than OpenCV's area filter."""
+    faster than OpenCV's area filter. ``enlarge``: the interpolation where ``size`` is larger
+    than the plane both ways."""
     w, h = size
     while src.shape[1] >= 4 * w and src.shape[0] >= 4 * h:
         src = cv2.resize(src, (src.shape[1] // 2, src.shape[0] // 2), interpolation=cv2.INTER_LINEAR)
-    cv2.resize(src, size, dst=dst, interpolation=_interpolation(src.shape[1], w))
+    larger = w >= src.shape[1] and h >= src.shape[0]
+    cv2.resize(src, size, dst=dst, interpolation=enlarge if larger else _interpolation(src.shape[1], w))
 
 
 # BT.601 limited range ("TV" levels: luma 16–235, chroma 16–240, what H.264 streams carry and
@@ -261,7 +265,8 @@ def _yuv_matrix(colour: YuvColour) -> np.ndarray:
 
 
 def _i420_rgb(
-    y: np.ndarray, u: np.ndarray, v: np.ndarray, size: tuple[int, int], out: np.ndarray, colour: YuvColour = BT601_TV
+    y: np.ndarray, u: np.ndarray, v: np.ndarray, size: tuple[int, int], out: np.ndarray, colour: YuvColour = BT601_TV,
+    enlarge: int = cv2.INTER_LINEAR,
 ) -> None:
     """4:2:0 planes → RGB of ``size`` (w, h) into ``out``.
 
@@ -276,7 +281,7 @@ def _i420_rgb(
     for plane, lut in ((y, _LUMA_LUT), (v, _CHROMA_LUT), (u, _CHROMA_LUT)):
         if plane.shape != (h, w):
             resized = np.empty((h, w), np.uint8)
-            _resize_plane(plane, (w, h), resized)
+            _resize_plane(plane, (w, h), resized, enlarge)
             plane = resized
         planes.append(plane if colour.full_range else cv2.LUT(plane, lut))
     if (colour.kr, colour.kb) == (BT601_TV.kr, BT601_TV.kb):
@@ -440,14 +445,24 @@ class _FrameStore:
         else:
             _i420_rgb(*_split_i420(data, w, h), self.size, out, self.colour)
 
-    def select(self, indices) -> np.ndarray:
+    def select(self, indices, size: tuple[int, int] | None = None) -> np.ndarray:
         indices = [int(i) for i in indices]
-        w, h = self.size
+        size = tuple(size or self.size)
+        w, h = size
         out = np.empty((len(indices), h, w, 3), np.uint8)
+        frame = np.empty((self.size[1], self.size[0], 3), np.uint8) if size != self.size else None
         for k, i in enumerate(indices):
             if not -len(self) <= i < len(self):
                 raise IndexError(f"frame {i} out of range for {len(self)} frames")
-            self._rgb(i, out[k])
+            kind, data, fw, fh = self._items[i]
+            if frame is None:
+                self._rgb(i, out[k])
+            elif kind == "planes":  # the source's pixels: straight to ``size``
+                _i420_rgb(*_split_i420(data, fw, fh), size, out[k], self.colour, cv2.INTER_CUBIC)
+            else:
+                self._rgb(i, frame)
+                cv2.resize(frame, size, dst=out[k],
+                           interpolation=cv2.INTER_CUBIC if w > self.size[0] else _interpolation(self.size[0], w))
         return out
 
     def thumbnails(self) -> np.ndarray | None:

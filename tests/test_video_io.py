@@ -346,6 +346,49 @@ def test_frames_are_converted_when_read_and_agree_across_storage(tmp_path):
         assert errors["pyav"][0] <= errors["decord"][0] and errors["pyav"][1] <= errors["decord"][1] + 0.2
 
 
+@pytest.mark.parametrize("picture", ["real", "texture"])
+def test_frames_enlarged_for_black_bars_keep_the_detail_of_the_source(tmp_path, picture):
+    """A 2.39:1 film letterboxed in a 640x360 video: its picture is 192 rows at the analysis size
+    (455x256), so curation enlarges the frames 1.35x for a 256-row crop. Enlarged from the
+    source's own planes (``select(idx, size)``), the crop is closer to the source picture resized
+    straight to the crop's geometry than the analysis frames enlarged (bicubic) are. Measured
+    over 4 real pictures and 2 textures, each still and under 2 pans: +1.0 to +8.4 dB PSNR
+    (median 2.0); these two cases +8.4 and +2.1. A source more than twice the analysis size
+    keeps only analysis-size planes: there the enlarged frames are the analysis frames
+    resized, bicubic, as before."""
+    from ic_data.clips import ClipGeometry, crop_frames, crop_plan, picture_box
+    from tests.conftest import in_black_frame, real_frame
+
+    background = real_frame("bikes.mp4", 10) if picture == "real" else None
+    shot = render_shot(8, 640, 268, CameraMotion((1.0, 0.3)), background=background, texture_seed=2)
+    source = in_black_frame(shot.frames, 360, 640)
+    path = write_video(tmp_path / "letterbox.mp4", source)
+    dec = decode_video(path, lambda w, h: resized_size(w, h), backend="pyav")
+    idx = [0, 3, 7]
+    frames = dec.select(idx)
+    size, factors, box = crop_plan(455, 256, picture_box(frames))
+    assert size is not None and factors[1] > 1.3, (size, factors)
+    new = crop_frames(dec.select(idx, size), box)
+    old = crop_frames(np.stack([cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in frames]), box)
+    # The truth: each source frame resampled (bicubic) at the crop's pixels through its geometry.
+    scale = (dec.scale[0] * factors[0], dec.scale[1] * factors[1])
+    grid = np.stack(np.meshgrid(np.arange(384.0), np.arange(256.0)), -1).reshape(-1, 2)
+    xy = ClipGeometry(scale=scale, crop=box).clip_to_source(grid).reshape(256, 384, 2).astype(np.float32)
+    truth = np.stack([cv2.remap(source[i], xy[..., 0], xy[..., 1], cv2.INTER_CUBIC) for i in idx]).astype(np.float64)
+
+    def psnr(frames):
+        return 10 * np.log10(255.0**2 / np.mean((frames - truth) ** 2))
+
+    assert psnr(new) >= psnr(old) + 0.5 and psnr(new) > 30.0, (psnr(new), psnr(old))
+    # No size: the analysis frames; the analysis size: the same frames.
+    assert np.array_equal(dec.select(idx, (455, 256)), frames)
+    # A 1280x720 source: planes resized on the way in, so the analysis frames, enlarged.
+    path = write_video(tmp_path / "hd.mp4", np.stack([cv2.resize(f, (1280, 720)) for f in source]))
+    dec = decode_video(path, lambda w, h: resized_size(w, h), backend="pyav")
+    frames = dec.select(idx)
+    assert np.array_equal(dec.select(idx, size), np.stack([cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in frames]))
+
+
 def _tkhd_matrix(data: bytes) -> tuple[float, float, float, float]:
     """(a, b, c, d) of the first track header's display matrix (QuickTime spec: 16.16 fixed
     point, a point (x, y) is shown at (a·x + c·y + tx, b·x + d·y + ty))."""
