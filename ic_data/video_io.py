@@ -26,7 +26,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 
 import cv2
 import numpy as np
@@ -81,9 +81,14 @@ class DecodedVideo:
 
     def select(self, indices, size: tuple[int, int] | None = None) -> np.ndarray:
         """uint8 (len(indices), h, w, 3) RGB frames at the analysis size, or at ``size`` (w, h):
-        made from the source's own pixels where they are kept (sources up to twice the analysis
-        size in pixels), else from the analysis-size frames enlarged (bicubic)."""
+        made from the source's own pixels where they are kept (:meth:`whole`), else from the
+        analysis-size frames (bicubic where enlarged)."""
         return self.store.select(indices, size)
+
+    def whole(self, indices) -> bool:
+        """Whether these frames are kept at the size they were decoded at: 4:2:0 sources up to
+        twice the analysis size in pixels, and any source decoded at its own size."""
+        return all(self.store.whole(i) for i in indices)
 
     @functools.cached_property
     def frames(self) -> np.ndarray:
@@ -166,7 +171,8 @@ def _interpolation(src_width: int, dst_width: int) -> int:
     return cv2.INTER_AREA if dst_width < 0.5 * src_width else cv2.INTER_LINEAR
 
 
-def _decode_decord(path: str, size_fn: SizeFn | None, max_frames: int | None, thumb_width: int | None, batch: int = 64):
+def _decode_decord(path: str, size_fn: SizeFn | None, max_frames: int | None, thumb_width: int | None,
+                   keep: frozenset[int] | None = None, batch: int = 64):
     import decord
 
     try:
@@ -184,10 +190,15 @@ def _decode_decord(path: str, size_fn: SizeFn | None, max_frames: int | None, th
     turns, sar = _pyav_display(path)
     shown = _shown_size(w, h, sar, turns % 2 == 1)
     size = _sized(size_fn, shown, (w, h), fps) or shown
-    store = _FrameStore(size, thumbnail_size(*size, thumb_width))
+    store = _FrameStore(size, thumbnail_size(*size, thumb_width), keep=keep)
     total = min(n, max_frames) if max_frames else n
     for start in range(0, total, batch):
-        for frame in vr.get_batch(list(range(start, min(start + batch, total)))).asnumpy():
+        numbers = range(start, min(start + batch, total))
+        if keep is not None and keep.isdisjoint(numbers):
+            for _ in numbers:
+                store.drop()
+            continue
+        for frame in vr.get_batch(list(numbers)).asnumpy():
             store.add_rgb(frame)
     info = VideoInfo(path=path, num_frames=n, fps=fps, width=w, height=h, backend="decord", rotation=90 * turns,
                      sample_aspect=sar)
@@ -404,17 +415,34 @@ class _FrameStore:
     colour conversion is left for the frames that are read); and RGB at the analysis size for
     frames that come as RGB (decord, other pixel formats).
     Thumbnails for cut detection are made on the way in.
+    ``keep``: only these frames (numbers) are kept; the others are counted and dropped.
     """
 
-    def __init__(self, size: tuple[int, int], thumb: tuple[int, int] | None, colour: YuvColour = BT601_TV):
-        self.size, self.thumb, self.colour = size, thumb, colour
-        self._items: list[tuple[str, np.ndarray, int, int]] = []  # (kind, data, width, height)
+    def __init__(self, size: tuple[int, int], thumb: tuple[int, int] | None, colour: YuvColour = BT601_TV,
+                 keep: frozenset[int] | None = None):
+        self.size, self.thumb, self.colour, self.keep = size, thumb, colour, keep
+        # (kind, data, width, height): the frame's size as decoded; its data are at that size
+        # ("planes") or at ``size`` ("yuv444", "rgb"), or there are none ("dropped").
+        self._items: list[tuple[str, np.ndarray | None, int, int]] = []
         self._thumbs: list[np.ndarray] = []
 
     def __len__(self) -> int:
         return len(self._items)
 
+    def drop(self) -> None:
+        """Count a frame that is not kept."""
+        self._items.append(("dropped", None, 0, 0))
+
+    def _dropped(self) -> bool:
+        """Whether the frame arriving now is not to be kept (then counted as dropped)."""
+        if self.keep is None or len(self._items) in self.keep:
+            return False
+        self.drop()
+        return True
+
     def add_i420(self, flat: np.ndarray, w: int, h: int) -> None:
+        if self._dropped():
+            return
         y, u, v = _split_i420(flat, w, h)
         if self.thumb:
             thumb = np.empty((self.thumb[1], self.thumb[0], 3), np.uint8)
@@ -424,52 +452,61 @@ class _FrameStore:
         if w * h <= 2 * aw * ah:
             self._items.append(("planes", flat, w, h))
         else:  # resized now (colour kept at the analysis resolution), converted when read
-            self._items.append(("yuv444", _yuv444_resized(y, u, v, self.size), aw, ah))
+            self._items.append(("yuv444", _yuv444_resized(y, u, v, self.size), w, h))
 
     def add_rgb(self, rgb: np.ndarray) -> None:
+        if self._dropped():
+            return
         w, h = self.size
-        if rgb.shape[:2] != (h, w):
+        decoded = rgb.shape[1], rgb.shape[0]
+        if decoded != (w, h):
             rgb = cv2.resize(rgb, self.size, interpolation=_interpolation(rgb.shape[1], w))
         else:
             rgb = rgb.copy()
         if self.thumb:
             self._thumbs.append(shrink_frame(rgb, self.thumb))
-        self._items.append(("rgb", rgb, w, h))
+        self._items.append(("rgb", rgb, *decoded))
 
-    def _rgb(self, i: int, out: np.ndarray) -> None:
-        kind, data, w, h = self._items[i]
-        if kind == "rgb":
-            out[:] = data
-        elif kind == "yuv444":
-            _i420_rgb(data[0], data[1], data[2], self.size, out, self.colour)
-        else:
-            _i420_rgb(*_split_i420(data, w, h), self.size, out, self.colour)
+    def whole(self, i: int) -> bool:
+        """Whether frame ``i`` is kept at the size it was decoded at (the source's pixels)."""
+        kind, _, w, h = self._items[int(i)]
+        return kind == "planes" or (kind == "rgb" and (w, h) == self.size)
 
     def select(self, indices, size: tuple[int, int] | None = None) -> np.ndarray:
+        """RGB at the analysis size, or at ``size``: from the decoder's planes straight to it
+        where they are kept (bicubic where enlarged), else from the analysis-size copy."""
         indices = [int(i) for i in indices]
         size = tuple(size or self.size)
         w, h = size
+        # The analysis frames as they always were (bilinear where a small source is enlarged).
+        enlarge = cv2.INTER_LINEAR if size == self.size else cv2.INTER_CUBIC
         out = np.empty((len(indices), h, w, 3), np.uint8)
-        frame = np.empty((self.size[1], self.size[0], 3), np.uint8) if size != self.size else None
+        frame = np.empty((self.size[1], self.size[0], 3), np.uint8)
         for k, i in enumerate(indices):
             if not -len(self) <= i < len(self):
                 raise IndexError(f"frame {i} out of range for {len(self)} frames")
             kind, data, fw, fh = self._items[i]
-            if frame is None:
-                self._rgb(i, out[k])
-            elif kind == "planes":  # the source's pixels: straight to ``size``
-                _i420_rgb(*_split_i420(data, fw, fh), size, out[k], self.colour, cv2.INTER_CUBIC)
+            if kind == "dropped":
+                raise IndexError(f"frame {i} was not kept")
+            if kind == "planes":
+                _i420_rgb(*_split_i420(data, fw, fh), size, out[k], self.colour, enlarge)
+                continue
+            at_size = out[k] if size == self.size else frame  # the analysis-size RGB
+            if kind == "yuv444":
+                _i420_rgb(data[0], data[1], data[2], self.size, at_size, self.colour)
             else:
-                self._rgb(i, frame)
-                cv2.resize(frame, size, dst=out[k],
-                           interpolation=cv2.INTER_CUBIC if w > self.size[0] else _interpolation(self.size[0], w))
+                at_size[:] = data
+            if size != self.size:
+                larger = w >= self.size[0] and h >= self.size[1]
+                cv2.resize(frame, size, dst=out[k], interpolation=enlarge if larger else _interpolation(self.size[0], w))
         return out
 
     def thumbnails(self) -> np.ndarray | None:
         return np.stack(self._thumbs) if self.thumb and self._thumbs else None
 
 
-def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thumb_width: int | None):
+def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thumb_width: int | None,
+                 keep: frozenset[int] | None = None):
     try:
         container = open_video_container(path)
     except Exception as exc:
@@ -496,7 +533,7 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
                     shown = _shown_size(*((h, w) if turns % 2 else (w, h)), sar, turns % 2 == 1)
                     size = _sized(size_fn, shown, (h, w) if turns % 2 else (w, h), fps)
                     out_size = size or shown
-                    store = _FrameStore(out_size, thumbnail_size(*out_size, thumb_width), frame_colour(frame))
+                    store = _FrameStore(out_size, thumbnail_size(*out_size, thumb_width), frame_colour(frame), keep)
                 if max_frames and len(store) >= max_frames:
                     truncated = True
                     break
@@ -708,6 +745,7 @@ def decode_video(
     backend: str = "auto",
     timeout_s: float | None = 300.0,
     thumbnail_width: int | None = None,
+    keep: Collection[int] | None = None,
 ) -> DecodedVideo:
     """Decode every frame of ``path`` once, upright, resized to ``size_fn(width, height)``.
 
@@ -726,10 +764,16 @@ def decode_video(
     max_frames: stop after this many frames (a memory guard for very long videos).
     thumbnail_width: also keep a copy of every frame this many pixels wide (``thumbnails``),
       made from the decoded planes at a fraction of the cost of shrinking the RGB frames later.
+    keep: only these frame numbers are kept (every frame is still decoded and counted): how
+      curation decodes a clip's frames again, at the larger size its black bars ask for,
+      without holding the rest.
     Raises VideoDecodeError (reason: missing_file, empty_file, decode_error, no_frames, ...)
     or DecodeTimeout; never returns an empty video.
     """
     path = os.fspath(path)
+    if keep is not None and thumbnail_width:
+        raise ValueError("thumbnails are made of every frame: not with keep")
+    keep = None if keep is None else frozenset(int(i) for i in keep)
     _check_file(path)
     order = {"auto": ["pyav", "decord"], "decord": ["decord"], "pyav": ["pyav"]}.get(backend)
     if order is None:
@@ -739,7 +783,7 @@ def decode_video(
         fn = {"decord": _decode_decord, "pyav": _decode_pyav}[name]
         try:
             info, store, truncated, damage = _with_timeout(
-                lambda: fn(path, size_fn, max_frames, thumbnail_width), timeout_s, path, name
+                lambda: fn(path, size_fn, max_frames, thumbnail_width, keep), timeout_s, path, name
             )
         except VideoDecodeError as exc:
             errors.append(exc)

@@ -389,6 +389,35 @@ def test_frames_enlarged_for_black_bars_keep_the_detail_of_the_source(tmp_path, 
     assert np.array_equal(dec.select(idx, size), np.stack([cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in frames]))
 
 
+@pytest.mark.parametrize("backend", ["pyav", "decord"])
+def test_decoding_again_keeps_only_the_frames_asked_for_and_whole(tmp_path, backend):
+    """``keep``: every frame is counted, only those asked for are kept, at the source's own size
+    however large it is: the same pixels as a decode at the source's size, and ``select`` makes
+    them any size from those. Curation decodes a clip's frames so where a larger source's black
+    bars make it enlarge them (its first decode kept them at the analysis size only)."""
+    shot = render_shot(20, 1280, 720, CameraMotion((3.0, 1.0)), texture_seed=5)
+    path = write_video(tmp_path / "hd.mp4", shot.frames)
+    small = decode_video(path, lambda w, h: resized_size(w, h), backend=backend)
+    assert small.num_frames == 20 and not small.whole([3])  # 1280x720 is more than twice 455x256
+    source = decode_video(path, None, backend=backend)
+    idx = [3, 11, 17]
+    kept = decode_video(path, None, backend=backend, keep=idx)
+    assert kept.num_frames == 20 and kept.whole(idx) and kept.scale == (1.0, 1.0)
+    assert np.array_equal(kept.select(idx), source.select(idx))
+    assert np.array_equal(kept.select(idx, (613, 345)), source.select(idx, (613, 345)))
+    with pytest.raises(IndexError, match="not kept"):
+        kept.select([4])
+    # Asked for a size, they are made at that size from the source's pixels; the scale says so.
+    sized = decode_video(path, lambda w, h: (613, 345), backend=backend, keep=idx, max_frames=18)
+    assert sized.scale == (613 / 1280, 345 / 720) and sized.num_frames == 18 and sized.truncated
+    frames = sized.select(idx)
+    assert frames.shape == (3, 345, 613, 3)
+    truth = np.stack([cv2.resize(f, (613, 345), interpolation=cv2.INTER_AREA) for f in source.select(idx)])
+    assert np.abs(frames.astype(np.int16) - truth).mean() < 1.5
+    with pytest.raises(ValueError, match="thumbnails"):
+        decode_video(path, None, backend=backend, keep=idx, thumbnail_width=160)
+
+
 def _tkhd_matrix(data: bytes) -> tuple[float, float, float, float]:
     """(a, b, c, d) of the first track header's display matrix (QuickTime spec: 16.16 fixed
     point, a point (x, y) is shown at (a·x + c·y + tx, b·x + d·y + ty))."""
