@@ -108,7 +108,7 @@ def curate(
     publish_summary(summary, source, time.perf_counter() - t0)
     update_progress_artifact(progress, 100.0)
 
-    log.info("curated %d videos: %s; reasons filtered or failed: %s; damaged: %d; black bars cut off: %d",
+    log.info("curated %d videos: %s; reasons filtered or failed: %s; damaged: %d; bars cut off: %d",
              summary.num_videos, summary.counts, summary.reasons, summary.damaged, summary.letterboxed)
     result = summary.to_json()
     if summary.num_videos and not summary.counts["ok"]:

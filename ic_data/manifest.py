@@ -82,7 +82,8 @@ class ManifestRow:
     fps: float | None = None
     width: int | None = None
     height: int | None = None
-    # Black bars found around the clip's frames, [left, top, right, bottom] in the pixels of the
+    # Bars (black, or blurred copies of the picture) found around the clip's frames, [left, top,
+    # right, bottom] in the pixels of the
     # frames as decoded, and cut off (or, too_small, leaving too little picture); []: none;
     # None: no clip was sampled.
     bars: list[int] | None = None

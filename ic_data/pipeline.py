@@ -43,7 +43,7 @@ OUTPUT_DIRS = ("work", SHARD_DIR, "previews")  # the folders a curation writes u
 #: which part of them: black bars; how they are made), so that chunks analysed before are
 #: analysed again. 2: cut detection inside black bars, black frames and fades left out, bars
 #: through ringing, subtitles and logos. 3: dissolves left out. 4: white frames and the fades to
-#: white left out; frames enlarged for their bars from the source's own pixels.
+#: white left out; frames enlarged for their bars from the source's own pixels; blurred bars.
 CLIP_CHOICE_VERSION = "4"
 #: A clip's frames decoded again (at the size its black bars ask for) are the frames chosen when
 #: each is within this mean absolute difference (of 255) of the first decode's, both shrunk to a
@@ -168,9 +168,9 @@ class Candidate:
     frame_indices: list[int] = field(default_factory=list)
     scale: list[float] = field(default_factory=list)
     crop: list[int] = field(default_factory=list)
-    # Black bars around the picture, cut off: [left, top, right, bottom] in the pixels of the
-    # frames as decoded (before any enlargement); empty where there are none, None before a clip
-    # is sampled.
+    # Bars around the picture (black, or blurred copies of it), cut off: [left, top, right,
+    # bottom] in the pixels of the frames as decoded (before any enlargement); empty where there
+    # are none, None before a clip is sampled.
     bars: list[int] | None = None
     motion_score: float | None = None
     flow_backend: str | None = None
@@ -399,20 +399,24 @@ class Stage1:
                 ) from exc
             c.frame_indices = [int(i) for i in idx]
             frames = video.select(idx)
-            # Black bars (letterbox, pillarbox) are no part of the picture: the motion is scored
+            # Black bars (letterbox, pillarbox), and bars that are blurred copies of the picture
+            # (a portrait video in a landscape frame), are no part of it: the motion is scored
             # and the clip cropped inside them, enlarging the frames where the picture is
             # narrower than the clip (within max_upscale of the source, as any video). The
             # enlarged frames are made from the source's own pixels where the decoder kept them
             # (sources up to twice the analysis size): enlarging the analysis-size frames
             # instead would blur away the detail the source has.
-            px, py, pw, ph = picture = clipmod.picture_box(frames)
             height, width = frames.shape[1:3]
+            picture = clipmod.picture_box(frames)
+            if picture == (0, 0, width, height):  # no black bars: blurred copies of the picture?
+                picture = clipmod.blurred_box(frames) or picture
+            px, py, pw, ph = picture
             c.bars = [px, py, width - px - pw, height - py - ph] if (pw, ph) != (width, height) else []
             size, factors, box = clipmod.crop_plan(width, height, picture, cfg.clip_width, cfg.clip_height)
             c.scale = [c.scale[0] * factors[0], c.scale[1] * factors[1]]
             if size is not None and max(c.scale) > cfg.max_upscale:  # enlarged for its bars
                 raise VideoTooSmall(
-                    f"the picture inside its black bars ({pw}x{ph} of {width}x{height}) would need "
+                    f"the picture inside its bars ({pw}x{ph} of {width}x{height}) would need "
                     f"{max(c.scale):.2f}x upscaling for a {cfg.clip_width}x{cfg.clip_height} crop "
                     f"(limit {cfg.max_upscale}x)")
             whole = size is not None and video.whole(idx)
@@ -775,7 +779,7 @@ class CurationSummary:
     score_percentiles: dict[str, float]
     removed_stale_shards: list[str]
     damaged: int = 0  # videos whose decoding lost frames (the manifest's ``damage``), whatever their status
-    letterboxed: int = 0  # videos whose clips were cut inside black bars (the manifest's ``bars``)
+    letterboxed: int = 0  # videos whose clips were cut inside bars, black or blurred (the manifest's ``bars``)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
