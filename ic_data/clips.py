@@ -196,6 +196,8 @@ def _blurred_sides(grey: np.ndarray) -> tuple[int, int] | None:
     import cv2
 
     _, height, width = grey.shape
+    if height < 16 or width < 16:
+        return None
     rows = grey[:, ::2].astype(np.float32)  # every other row: an edge down the frame is in all
     across = np.abs(np.diff(rows, axis=2))  # (T, H / 2, W - 1): the step from column x to x + 1
     detail = np.abs(np.diff(rows, axis=1)).mean(axis=1)  # (T, W): along each column
@@ -217,11 +219,11 @@ def _blurred_sides(grey: np.ndarray) -> tuple[int, int] | None:
     if scores[best] < BLUR_EDGE:
         return None
     left, right = int(bars[best]), int(bars[best] + k[best] - 1)
-    bars = np.concatenate([detail[:, : left - 1], detail[:, width - right + 1 :]], axis=1).mean(axis=1)
+    band = np.concatenate([detail[:, : left - 1], detail[:, width - right + 1 :]], axis=1).mean(axis=1)
     picture = detail[:, left + 1 : width - right - 1].mean(axis=1) + 1e-3
     near_bars = np.concatenate([detail[:, max(0, left - 9) : left - 1], detail[:, width - right + 1 : width - right + 9]], axis=1)
     near_picture = np.concatenate([detail[:, left + 1 : left + 9], detail[:, width - right - 9 : width - right - 1]], axis=1)
-    if (bars > BLUR_DETAIL * picture).mean() > 0.1 or \
+    if (band > BLUR_DETAIL * picture).mean() > 0.1 or \
             np.median(near_bars.mean(axis=1) / (near_picture.mean(axis=1) + 1e-3)) > BLUR_DETAIL:
         return None
     # The bars are the picture enlarged to fill the frame (centred), and blurred.
@@ -243,7 +245,7 @@ def crop_plan(
     out_height: int = CLIP_HEIGHT,
 ) -> tuple[tuple[int, int] | None, tuple[float, float], tuple[int, int, int, int]]:
     """How to cut an ``out_width``×``out_height`` crop, centred on the ``picture`` box
-    (:func:`picture_box`), from frames ``width``×``height``: enlarged first where the picture is
+    (:func:`picture_box`, :func:`blurred_box`), from frames ``width``×``height``: enlarged first where the picture is
     too small for it.
 
     Returns ``(size, factors, box)``: the (w, h) the frames must be enlarged to (None: they fit
