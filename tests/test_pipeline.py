@@ -776,13 +776,26 @@ def test_a_chunk_key_follows_the_offline_trackers_version(tmp_path, monkeypatch)
     assert plan_chunks(videos, cotracker)[0].key == again
 
 
+def _tracks_error(sample, pan: np.ndarray) -> np.ndarray:
+    """How far (px) each of a clip's tracks is from where a source panning by ``pan`` px a frame
+    puts it, through the clip's recorded geometry (scale, crop)."""
+    from ic_data.clips import ClipGeometry
+
+    meta = sample.meta
+    geometry = ClipGeometry(scale=tuple(meta["scale"]), crop=tuple(meta["crop"]))
+    steps = np.asarray(meta["frame_indices"]) - meta["frame_indices"][0]
+    start = geometry.clip_to_source(grid_points())
+    truth = np.stack([geometry.source_to_clip(start + pan * k) for k in steps])
+    return np.linalg.norm(sample.tracks - truth, axis=-1)
+
+
 def test_black_bars_are_cut_off_and_the_tracks_follow_the_picture(tmp_path):
     """Letterboxed and pillarboxed real footage under a known pan: the bars are recorded, the
     clip is cropped inside the picture (enlarged where the picture is narrower than the clip),
     the motion is scored on the picture alone, and the tracks follow the picture as its
     geometry (scale, crop) says. Before, the clip kept the bars (31 px top and bottom, 57 px
     at the sides), a quarter of the grid tracked black, and the score counted them as still."""
-    from ic_data.clips import BAR_LEVEL, ClipGeometry
+    from ic_data.clips import BAR_LEVEL
     from ic_data.synthetic import CameraMotion, render_shot
     from tests.conftest import in_black_frame, real_frame, write_video
 
@@ -815,11 +828,7 @@ def test_black_bars_are_cut_off_and_the_tracks_follow_the_picture(tmp_path):
             assert meta["bars"] == [] and meta["crop"] == [35, 0, 384, 256]
         edges = [float(edge.mean()) for edge in (clip[:, 0], clip[:, -1], clip[:, :, 0], clip[:, :, -1])]
         assert min(edges) > 3 * BAR_LEVEL, (name, meta["bars"], edges)  # picture, not bar
-        geometry = ClipGeometry(scale=tuple(meta["scale"]), crop=tuple(meta["crop"]))
-        steps = np.asarray(meta["frame_indices"]) - meta["frame_indices"][0]
-        start = geometry.clip_to_source(grid_points())
-        truth = np.stack([geometry.source_to_clip(start + pan * k) for k in steps])
-        err = np.linalg.norm(sample.tracks - truth, axis=-1)
+        err = _tracks_error(sample, pan)
         assert np.median(err) <= 0.5 and np.percentile(err, 90) <= 1.5, (name, np.median(err), np.percentile(err, 90))
         assert abs(scores[name] - scores["full"]) <= 0.05 * scores["full"], scores
     # Where the picture inside the bars would need more enlargement than max_upscale allows,
@@ -843,7 +852,7 @@ def test_a_larger_letterboxed_source_is_enlarged_from_its_own_pixels(tmp_path):
     the analysis frames enlarged (bicubic, then encoded as clips are) by 5.5 dB PSNR here
     (bigbuckbunny frame 40: 1.3 dB; a noise texture whose finest detail the clip's encoder then
     spends its bits on: -0.4 dB); the tracks follow the pan through that geometry."""
-    from ic_data.clips import ClipGeometry, crop_frames, picture_box, picture_crop
+    from ic_data.clips import crop_frames, picture_box, picture_crop
     from ic_data.mp4 import write_mp4
     from ic_data.synthetic import CameraMotion, render_shot
     from tests.conftest import in_black_frame, real_frame, write_video
@@ -876,11 +885,7 @@ def test_a_larger_letterboxed_source_is_enlarged_from_its_own_pixels(tmp_path):
         return 10 * np.log10(255.0**2 / np.mean((frames - truth) ** 2))
 
     assert psnr(clip[picks]) >= psnr(before) + 2.5, (psnr(clip[picks]), psnr(before))
-    geometry = ClipGeometry(scale=tuple(meta["scale"]), crop=tuple(meta["crop"]))
-    steps = np.asarray(meta["frame_indices"]) - meta["frame_indices"][0]
-    start = geometry.clip_to_source(grid_points())
-    truth_tracks = np.stack([geometry.source_to_clip(start + pan * k) for k in steps])
-    err = np.linalg.norm(sample.tracks - truth_tracks, axis=-1)
+    err = _tracks_error(sample, pan)
     assert np.median(err) <= 0.5 and np.percentile(err, 90) <= 1.5, (np.median(err), np.percentile(err, 90))
 
 
@@ -922,10 +927,7 @@ def test_blurred_bars_are_cut_off_and_the_tracks_follow_the_picture(tmp_path):
     geometry = ClipGeometry(scale=tuple(meta["scale"]), crop=tuple(meta["crop"]))
     corners = geometry.clip_to_source(np.array([[-0.5, -0.5], [383.5, 255.5]]))
     assert corners[0, 0] >= 437 - 1 and corners[1, 0] <= 437 + 405 + 1, corners  # inside the picture
-    steps = np.asarray(meta["frame_indices"]) - meta["frame_indices"][0]
-    start = geometry.clip_to_source(grid_points())
-    truth = np.stack([geometry.source_to_clip(start + pan * k) for k in steps])
-    err = np.linalg.norm(sample.tracks - truth, axis=-1)
+    err = _tracks_error(sample, pan)
     assert np.median(err) <= 0.5 and np.percentile(err, 90) <= 1.5, (np.median(err), np.percentile(err, 90))
 
 
