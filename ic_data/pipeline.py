@@ -45,7 +45,7 @@ OUTPUT_DIRS = ("work", SHARD_DIR, "previews")  # the folders a curation writes u
 #: through ringing, subtitles and logos. 3: dissolves left out. 4: white frames and the fades to
 #: white left out; frames enlarged for their bars from the source's own pixels; blurred bars.
 CLIP_CHOICE_VERSION = "4"
-#: A clip's frames decoded again (at the size its black bars ask for) are the frames chosen when
+#: A clip's frames decoded again (at the size its bars ask for) are the frames chosen when
 #: each is within this mean absolute difference (of 255) of the first decode's, both shrunk to a
 #: quarter of the analysis width. Measured on 720p and 1080p noise textures and real pictures
 #: under pans, PyAV and decord: at most 0.6; the next frame instead, 0.3 (a soft picture under a
@@ -403,9 +403,9 @@ class Stage1:
             # (a portrait video in a landscape frame), are no part of it: the motion is scored
             # and the clip cropped inside them, enlarging the frames where the picture is
             # narrower than the clip (within max_upscale of the source, as any video). The
-            # enlarged frames are made from the source's own pixels where the decoder kept them
-            # (sources up to twice the analysis size): enlarging the analysis-size frames
-            # instead would blur away the detail the source has.
+            # enlarged frames are made from the source's own pixels: those the decoder kept
+            # (sources up to twice the analysis size), else the clip's frames decoded again.
+            # Enlarging the analysis-size frames instead would blur away the source's detail.
             height, width = frames.shape[1:3]
             picture = clipmod.picture_box(frames)
             if picture == (0, 0, width, height):  # no black bars: blurred copies of the picture?
