@@ -449,7 +449,7 @@ class Stage1:
         """Frames ``indices`` of ``path`` made at ``size`` from the source's own pixels: decoded
         again by the same backend, keeping only them. Where that decode fails, or a frame it
         gives is not the one ``frames`` (the same at the analysis size) holds, ``frames``
-        enlarged (bicubic) as a smaller source's would be."""
+        enlarged (bicubic), as all were before."""
         import cv2
 
         from ic_data.video_io import decode_video
