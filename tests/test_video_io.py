@@ -391,10 +391,10 @@ def test_frames_enlarged_for_black_bars_keep_the_detail_of_the_source(tmp_path, 
 
 @pytest.mark.parametrize("backend", ["pyav", "decord"])
 def test_decoding_again_keeps_only_the_frames_asked_for_and_whole(tmp_path, backend):
-    """``keep``: every frame is counted, only those asked for are kept, at the source's own size
-    however large it is: the same pixels as a decode at the source's size, and ``select`` makes
-    them any size from those. Curation decodes a clip's frames so where a larger source's black
-    bars make it enlarge them (its first decode kept them at the analysis size only)."""
+    """``keep``: every frame is counted and only those asked for are kept. Decoded at the
+    source's size, they are the same pixels as a decode keeping all; asked for another size, they
+    are made at it from the source's pixels. Curation decodes a clip's frames so where a larger
+    source's bars make it enlarge them (its first decode kept them at the analysis size only)."""
     shot = render_shot(20, 1280, 720, CameraMotion((3.0, 1.0)), texture_seed=5)
     path = write_video(tmp_path / "hd.mp4", shot.frames)
     small = decode_video(path, lambda w, h: resized_size(w, h), backend=backend)
