@@ -268,23 +268,6 @@ def crop_plan(
     return size, factors, (x0 + (w - out_width) // 2, y0 + (h - out_height) // 2, out_width, out_height)
 
 
-def picture_crop(
-    frames: np.ndarray, picture: tuple[int, int, int, int], out_width: int = CLIP_WIDTH, out_height: int = CLIP_HEIGHT
-) -> tuple[np.ndarray, tuple[float, float], tuple[int, int, int, int]]:
-    """Frames enlarged (if need be, bicubic) so that an ``out_width``×``out_height`` crop fits
-    inside the ``picture`` box, and that crop's box: :func:`crop_plan` carried out on
-    ``frames``. Returns ``(frames, factors, box)``, the input itself where it fits already.
-    (Curation enlarges from the decoder's frames instead, at the source's own detail where it
-    has more than the frames: ``DecodedVideo.select``.)
-    """
-    size, factors, box = crop_plan(frames.shape[2], frames.shape[1], picture, out_width, out_height)
-    if size is not None:
-        import cv2
-
-        frames = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in frames])
-    return frames, factors, box
-
-
 def crop_frames(frames: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
     x0, y0, w, h = box
     return np.ascontiguousarray(frames[:, y0 : y0 + h, x0 : x0 + w])

@@ -142,19 +142,20 @@ def test_picture_box_of_decoded_footage_in_bars_of_any_black(tmp_path, black, fr
     assert np.abs(np.subtract(picture_box(decoded), [side, top, width, height])).max() <= 2, picture_box(decoded)
 
 
-def test_picture_crop_keeps_the_crop_inside_the_picture():
-    from ic_data.clips import picture_crop
+def test_crop_plan_keeps_the_crop_inside_the_picture():
+    from ic_data.clips import crop_plan
 
     frames = np.zeros((2, 256, 455, 3), np.uint8)
     frames[:, 31:225] = 255  # a letterbox: the picture is 455x194
     # Wide enough: no resize, the crop is centred on the picture.
-    out, factors, box = picture_crop(frames, (0, 0, 455, 256))
-    assert out is frames and factors == (1.0, 1.0) and box == center_crop_box(455, 256)
+    size, factors, box = crop_plan(455, 256, (0, 0, 455, 256))
+    assert size is None and factors == (1.0, 1.0) and box == center_crop_box(455, 256)
     # Too low for 256 rows: enlarged, and every pixel of the crop lies in the picture.
-    out, factors, box = picture_crop(frames, (0, 31, 455, 194))
+    size, factors, box = crop_plan(455, 256, (0, 31, 455, 194))
     x0, y0, w, h = box
     assert (w, h) == (384, 256) and factors[0] > 256 / 194 and abs(factors[0] - factors[1]) < 0.01
-    assert out.shape[1:3] == (round(256 * factors[1]), round(455 * factors[0]))
+    assert size == (round(455 * factors[0]), round(256 * factors[1]))
+    out = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in frames])
     assert out[:, y0 : y0 + h, x0 : x0 + w].min() >= 250
     # The geometry of the enlarged frames maps the crop's corners into the picture's rows.
     geometry = ClipGeometry(scale=factors, crop=box)

@@ -852,7 +852,7 @@ def test_a_larger_letterboxed_source_is_enlarged_from_its_own_pixels(tmp_path):
     the analysis frames enlarged (bicubic, then encoded as clips are) by 5.5 dB PSNR here
     (bigbuckbunny frame 40: 1.3 dB; a noise texture whose finest detail the clip's encoder then
     spends its bits on: -0.4 dB); the tracks follow the pan through that geometry."""
-    from ic_data.clips import crop_frames, picture_box, picture_crop
+    from ic_data.clips import crop_frames, crop_plan, picture_box
     from ic_data.mp4 import write_mp4
     from ic_data.synthetic import CameraMotion, render_shot
     from tests.conftest import in_black_frame, real_frame, write_video
@@ -876,8 +876,9 @@ def test_a_larger_letterboxed_source_is_enlarged_from_its_own_pixels(tmp_path):
     # As before: the analysis frames enlarged, and encoded as a clip is.
     video = decode_video(path, lambda w, h: resized_size(w, h))
     frames = video.select(meta["frame_indices"])
-    enlarged, _, box = picture_crop(frames, picture_box(frames))
+    size, _, box = crop_plan(455, 256, picture_box(frames))
     assert list(box) == meta["crop"]
+    enlarged = np.stack([cv2.resize(f, size, interpolation=cv2.INTER_CUBIC) for f in frames])
     write_mp4(tmp_path / "before.mp4", crop_frames(enlarged, box), fps=24.0)
     before = decode_video(tmp_path / "before.mp4").select(picks)
 
@@ -988,6 +989,17 @@ def test_a_dissolve_is_left_out_of_the_scene(tmp_path):
     assert min(sample.meta["frame_indices"]) >= end
 
 
+def _moving_marks(fill: int, seed: int, draw) -> np.ndarray:
+    """60 frames of 640x360 filled with ``fill``, and 12 marks moving across them, each drawn by
+    ``draw(frame, (x, y), k)``: sparks over a black sky, birds over a white one."""
+    frames = np.full((60, 360, 640, 3), fill, np.uint8)
+    marks = np.random.default_rng(seed).uniform([40, 40], [600, 320], (12, 2))
+    for t, frame in enumerate(frames):
+        for k, (x, y) in enumerate(marks):
+            draw(frame, (int(x + 3 * t * np.cos(k)), int(y + 2 * t * np.sin(k))), k)
+    return frames
+
+
 def test_black_frames_and_fades_are_left_out_of_the_scene(tmp_path):
     """Real footage under a known pan that opens on 8 black frames and fades in over 12, and
     fades out over 12 to 8 black frames at its end: the scene curated starts past the fade's
@@ -1006,12 +1018,8 @@ def test_black_frames_and_fades_are_left_out_of_the_scene(tmp_path):
     write_video(videos / "faded.mp4", np.rint(shot.frames * gain[:, None, None, None]).astype(np.uint8))
     write_video(videos / "black.mp4", np.zeros((60, 360, 640, 3), np.uint8))
     # Fireworks: a black sky with bright sparks moving across 3 % of it (mean 7 of 255).
-    night = np.zeros((60, 360, 640, 3), np.uint8)
-    sparks = np.random.default_rng(0).uniform([40, 40], [600, 320], (12, 2))
-    for t, frame in enumerate(night):
-        for k, (x, y) in enumerate(sparks):
-            cv2.circle(frame, (int(x + 3 * t * np.cos(k)), int(y + 2 * t * np.sin(k))), 14, (255, 220, 160), -1)
-    write_video(videos / "fireworks.mp4", night)
+    write_video(videos / "fireworks.mp4", _moving_marks(0, 0, lambda frame, at, k: cv2.circle(
+        frame, at, 14, (255, 220, 160), -1)))
     summary = curate(videos, tmp_path / "out", dataclasses.replace(CFG, drop_fraction=0.0))
     rows = {Path(r.path).stem: r for r in read_manifest(tmp_path / "out" / "manifest.parquet")}
     faded = rows["faded"]
@@ -1059,13 +1067,8 @@ def test_white_frames_and_fades_to_white_are_left_out_of_the_scene(tmp_path):
     wash[50:60], wash[60:66], wash[66:76] = np.linspace(0.1, 1.0, 10), 1.0, np.linspace(0.9, 0.0, 10)
     write_video(videos / "dip.mp4", washed(dip, wash))
     write_video(videos / "white.mp4", np.full((60, 360, 640, 3), 255, np.uint8))
-    sky = np.full((60, 360, 640, 3), 255, np.uint8)
-    birds = np.random.default_rng(1).uniform([40, 40], [600, 320], (12, 2))
-    for t, frame in enumerate(sky):
-        for k, (x, y) in enumerate(birds):
-            cv2.ellipse(frame, (int(x + 3 * t * np.cos(k)), int(y + 2 * t * np.sin(k))), (18, 7), 10.0 * k, 0, 360,
-                        (40, 35, 30), -1)
-    write_video(videos / "birds.mp4", sky)
+    write_video(videos / "birds.mp4", _moving_marks(255, 1, lambda frame, at, k: cv2.ellipse(
+        frame, at, (18, 7), 10.0 * k, 0, 360, (40, 35, 30), -1)))
     summary = curate(videos, tmp_path / "out", dataclasses.replace(CFG, drop_fraction=0.0))
     rows = {Path(r.path).stem: r for r in read_manifest(tmp_path / "out" / "manifest.parquet")}
     faded = rows["faded"]
