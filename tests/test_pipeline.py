@@ -989,9 +989,25 @@ def test_a_dissolve_is_left_out_of_the_scene(tmp_path):
     assert min(sample.meta["frame_indices"]) >= end
 
 
-def _moving_marks(fill: int, seed: int, draw) -> np.ndarray:
-    """60 frames of 640x360 filled with ``fill``, and 12 marks moving across them, each drawn by
-    ``draw(frame, (x, y), k)``: sparks over a black sky, birds over a white one."""
+def _dipped(colour) -> np.ndarray:
+    """Two shots of real footage under known pans (116 frames of 640x360) joined by a dip to
+    ``colour``: frames 50-59 fade out to it (10 % to 100 %), 60-65 are the colour, 66-75 fade in
+    from it (90 % to 0 %)."""
+    from ic_data.synthetic import CameraMotion, render_shot
+    from tests.conftest import real_frame
+
+    first = render_shot(60, 640, 360, camera=CameraMotion((-1.5, 0.0)), background=real_frame("bikes.mp4", 10)).frames
+    second = render_shot(50, 640, 360, camera=CameraMotion((1.0, 1.0)), background=real_frame("bikes.mp4", 200)).frames
+    dip = np.concatenate([first, np.zeros((6, 360, 640, 3), np.uint8), second]).astype(np.float64)
+    wash = np.zeros(len(dip))
+    wash[50:60], wash[60:66], wash[66:76] = np.linspace(0.1, 1.0, 10), 1.0, np.linspace(0.9, 0.0, 10)
+    return np.rint(dip + wash[:, None, None, None] * (np.asarray(colour, np.float64) - dip)).astype(np.uint8)
+
+
+def _moving_marks(fill, seed: int, draw) -> np.ndarray:
+    """60 frames of 640x360 filled with ``fill`` (a value or an RGB colour), and 12 marks moving
+    across them, each drawn by ``draw(frame, (x, y), k)``: sparks over a black sky, birds over a
+    white one."""
     frames = np.full((60, 360, 640, 3), fill, np.uint8)
     marks = np.random.default_rng(seed).uniform([40, 40], [600, 320], (12, 2))
     for t, frame in enumerate(frames):
@@ -1059,13 +1075,7 @@ def test_white_frames_and_fades_to_white_are_left_out_of_the_scene(tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
     write_video(videos / "faded.mp4", washed(shot.frames, wash))
-    first = render_shot(60, 640, 360, camera=CameraMotion((-1.5, 0.0)), background=real_frame("bikes.mp4", 10)).frames
-    second = render_shot(50, 640, 360, camera=CameraMotion((1.0, 1.0)), background=real_frame("bikes.mp4", 200)).frames
-    # Frames 50-59 fade out (10 % to 100 % white), 60-65 are white, 66-75 fade in (90 % to 0 %).
-    dip = np.concatenate([first, np.zeros((6, 360, 640, 3), np.uint8), second])
-    wash = np.zeros(len(dip))
-    wash[50:60], wash[60:66], wash[66:76] = np.linspace(0.1, 1.0, 10), 1.0, np.linspace(0.9, 0.0, 10)
-    write_video(videos / "dip.mp4", washed(dip, wash))
+    write_video(videos / "dip.mp4", _dipped(255))
     write_video(videos / "white.mp4", np.full((60, 360, 640, 3), 255, np.uint8))
     write_video(videos / "birds.mp4", _moving_marks(255, 1, lambda frame, at, k: cv2.ellipse(
         frame, at, (18, 7), 10.0 * k, 0, 360, (40, 35, 30), -1)))
@@ -1085,4 +1095,44 @@ def test_white_frames_and_fades_to_white_are_left_out_of_the_scene(tmp_path):
     white = rows["white"]
     assert white.status == "failed" and white.reason == "too_short" and "60 of 60 frames are white" in white.error, white.error
     assert rows["birds"].status == "ok" and rows["birds"].scene_end - rows["birds"].scene_start == 60
+    assert summary.counts.get("failed") == 1 and summary.reasons.get("too_short") == 1, (summary.counts, summary.reasons)
+
+
+def test_frames_of_one_flat_colour_and_the_fades_to_them_are_left_out_of_the_scene(tmp_path):
+    """Dips to a colour, as to black or white: two shots of real footage under known pans joined
+    by a dip to mid-grey (a fade out over 10 frames, 6 grey frames, a fade in over 10), and the
+    same dip to red. The longest scene is the first shot less its fade's low-contrast half.
+    Before, neither dip had a cut, and its one scene, 0-116, held both shots and the colour
+    between them (a dip to grey keeps the mean brightness: only the contrast falls). A plain sky
+    throughout fails ``too_short``, saying why; real footage in haze (its contrast divided by 6)
+    and dark birds over 2 % of the plain sky are curated whole."""
+    from ic_data.synthetic import CameraMotion, render_shot
+    from tests.conftest import real_frame, write_video
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "grey.mp4", _dipped((128, 128, 128)))
+    write_video(videos / "red.mp4", _dipped((200, 30, 40)))
+    sky = (90, 140, 200)
+    write_video(videos / "sky.mp4", np.full((60, 360, 640, 3), sky, np.uint8))
+    write_video(videos / "birds.mp4", _moving_marks(sky, 1, lambda frame, at, k: cv2.ellipse(
+        frame, at, (18, 7), 10.0 * k, 0, 360, (40, 35, 30), -1)))
+    shot = render_shot(60, 640, 360, camera=CameraMotion((2.0, 0.5)), background=real_frame("bigbuckbunny.mp4", 40))
+    mean = shot.frames.mean(axis=(1, 2, 3), keepdims=True)
+    write_video(videos / "haze.mp4", np.rint(mean + (shot.frames - mean) / 6.0).astype(np.uint8))
+    summary = curate(videos, tmp_path / "out", dataclasses.replace(CFG, drop_fraction=0.0))
+    rows = {Path(r.path).stem: r for r in read_manifest(tmp_path / "out" / "manifest.parquet")}
+    for name in ("grey", "red"):
+        row = rows[name]
+        assert row.status == "ok", row.error
+        # Contrast passes half the shot's at frame 55 (60 % to the colour); a cut where the dip
+        # begins (frame 50) is allowed, a scene reaching into the colour is not.
+        assert row.scene_start == 0 and 50 <= row.scene_end <= 56, (name, row.scene_start, row.scene_end)
+        sample = next(s for s in read_shard(tmp_path / "out" / row.shard) if s.key == row.key)
+        assert max(sample.meta["frame_indices"]) < 56
+    plain = rows["sky"]
+    assert plain.status == "failed" and plain.reason == "too_short", plain.error
+    assert "60 of 60 frames are one flat colour" in plain.error, plain.error
+    for name in ("birds", "haze"):
+        assert rows[name].status == "ok" and rows[name].scene_end - rows[name].scene_start == 60, rows[name]
     assert summary.counts.get("failed") == 1 and summary.reasons.get("too_short") == 1, (summary.counts, summary.reasons)
