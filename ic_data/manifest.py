@@ -42,6 +42,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("damage", pa.string()),
         pa.field("cuts", pa.list_(pa.int64())),
         pa.field("dissolves", pa.list_(pa.list_(pa.int64()))),
+        pa.field("wipes", pa.list_(pa.list_(pa.int64()))),
         pa.field("scene_start", pa.int64()),
         pa.field("scene_end", pa.int64()),
         pa.field("num_frames", pa.int64()),
@@ -76,6 +77,8 @@ class ManifestRow:
     cuts: list[int] | None = None  # None: never decoded; []: decoded, no cuts
     # [start, end) frame ranges whose frames blend two shots (dissolves), left out of every scene.
     dissolves: list[list[int]] | None = None
+    # Likewise the frames that show two shots either side of a line sweeping across (wipes).
+    wipes: list[list[int]] | None = None
     scene_start: int | None = None
     scene_end: int | None = None
     num_frames: int | None = None
@@ -98,7 +101,7 @@ class ManifestRow:
 
 
 _COLUMNS = [f.name for f in dataclasses.fields(ManifestRow)]
-_ADDED_LATER = {"damage", "bars", "dissolves"}  # a manifest written before them reads back with None there
+_ADDED_LATER = {"damage", "bars", "dissolves", "wipes"}  # a manifest written before them reads back with None there
 assert _COLUMNS == MANIFEST_SCHEMA.names, "ManifestRow and MANIFEST_SCHEMA must list the same columns"
 
 
@@ -118,7 +121,7 @@ def _column(rows: list[ManifestRow], name: str) -> list:
     values = [getattr(row, name) for row in rows]
     if name in ("cuts", "bars"):
         return [[int(c) for c in value] if value is not None else None for value in values]
-    if name == "dissolves":
+    if name in ("dissolves", "wipes"):
         return [[[int(c) for c in pair] for pair in value] if value is not None else None for value in values]
     if name in ("path", "error", "damage"):  # they name files, whose names need not be UTF-8
         return [printable_path(value) if value is not None else None for value in values]

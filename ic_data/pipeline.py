@@ -44,7 +44,8 @@ OUTPUT_DIRS = ("work", SHARD_DIR, "previews")  # the folders a curation writes u
 #: analysed again. 2: cut detection inside black bars, black frames and fades left out, bars
 #: through ringing, subtitles and logos. 3: dissolves left out. 4: white frames and the fades to
 #: white left out; frames enlarged for their bars from the source's own pixels; blurred bars.
-#: 5: frames of one flat colour (a dip to grey or red between shots) and the fades to them.
+#: 5: frames of one flat colour (a dip to grey or red between shots) and the fades to them;
+#: wipes left out.
 CLIP_CHOICE_VERSION = "5"
 #: A clip's frames decoded again (at the size its bars ask for) are the frames chosen when
 #: each is within this mean absolute difference (of 255) of the first decode's, both shrunk to a
@@ -164,6 +165,7 @@ class Candidate:
     damage: str | None = None  # what a damaged file lost in decoding (see video_io.DecodedVideo)
     cuts: list[int] = field(default_factory=list)
     dissolves: list[list[int]] = field(default_factory=list)  # [start, end) of frames blending two shots
+    wipes: list[list[int]] = field(default_factory=list)  # [start, end) of frames with two shots side by side
     scene_start: int | None = None
     scene_end: int | None = None
     frame_indices: list[int] = field(default_factory=list)
@@ -370,15 +372,16 @@ class Stage1:
             laps.lap("cuts")
             c.cuts = [int(x) for x in found.cuts]
             c.dissolves = [[int(s), int(e)] for s, e in found.dissolves]
+            c.wipes = [[int(s), int(e)] for s, e in found.wipes]
             # Where a damaged file lost frames, the frames either side are not neighbours: a
             # clip never spans that gap, as it never spans a cut. Black, white or other flat
             # frames and the fades beside them are no scene's: a clip opening on one would start
             # nearly black (or washed out), and a dip to a colour joins two shots without a cut.
-            # Nor are a dissolve's frames, two shots at once.
+            # Nor are a dissolve's or a wipe's frames, two shots at once.
             bounds = sorted(set(c.cuts) | set(video.breaks))
             scenes = lit_scenes(scenes_from_cuts(bounds, video.num_frames), found.brightness, found.highlights,
                                 found.shadows, found.contrast)
-            scenes = without(scenes, found.dissolves) or [(0, 0)]
+            scenes = without(scenes, found.dissolves + found.wipes) or [(0, 0)]
             c.scene_start, c.scene_end = (int(x) for x in longest_scene(scenes))
             try:
                 idx = clipmod.sample_clip_indices(
@@ -387,14 +390,16 @@ class Stage1:
             except VideoTooShort as exc:
                 black, white, flat = (int(found.black().sum()), int(found.white().sum()), int(found.flat().sum()))
                 blended = sum(e - s for s, e in found.dissolves)
-                if video.damage is None and (black or white or flat or blended):
+                wiped = sum(e - s for s, e in found.wipes)
+                if video.damage is None and (black or white or flat or blended or wiped):
                     n = video.num_frames
                     left = [f"{black} of {n} frames are black: mean under {FADE_LEVEL:g} of 255"] * bool(black)
                     left += [f"{white} of {n} frames are white: mean over {WHITE_LEVEL:g}"] * bool(white)
                     left += [f"{flat} of {n} frames are one flat colour: contrast under {FLAT_LEVEL:g}"] * bool(flat)
                     left += [f"{blended} frames blend two shots in {len(found.dissolves)} dissolve(s)"] * bool(blended)
-                    raise VideoTooShort(f"{Exception.__str__(exc)}, once black, white and flat frames, fades and "
-                                        f"dissolves are left out ({'; '.join(left)})") from exc
+                    left += [f"{wiped} frames show two shots in {len(found.wipes)} wipe(s)"] * bool(wiped)
+                    raise VideoTooShort(f"{Exception.__str__(exc)}, once black, white and flat frames, fades, "
+                                        f"dissolves and wipes are left out ({'; '.join(left)})") from exc
                 if video.damage is None:
                     raise
                 # Too short because the file is damaged: that is the failure to report.
@@ -722,6 +727,7 @@ def run_stage2_chunk(
             damage=c.damage,
             cuts=c.cuts,
             dissolves=c.dissolves,
+            wipes=c.wipes,
             scene_start=c.scene_start,
             scene_end=c.scene_end,
             num_frames=c.num_frames,

@@ -112,6 +112,25 @@ def in_black_frame(frames: np.ndarray, height: int, width: int, dark: int = 0) -
     return out
 
 
+def wiped(first: np.ndarray, second: np.ndarray, start: int, length: int, angle_deg: float):
+    """Shot ``first`` wiped into shot ``second`` (both (T, H, W, 3), the same size): over frames
+    ``start``..``start + length - 1`` a straight line, its normal at ``angle_deg`` (0: the line
+    upright, moving right), sweeps across the picture at an even pace, ``second`` behind it.
+    Returns the frames (uint8) and each frame's share of the picture showing ``second``."""
+    height, width = first.shape[1:3]
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float64)
+    angle = np.radians(angle_deg)
+    along = (xs - width / 2) * np.cos(angle) + (ys - height / 2) * np.sin(angle)
+    frames, shares = np.empty(first.shape, np.uint8), np.zeros(len(first))
+    for t in range(len(first)):
+        progress = np.clip((t - start + 1) / (length + 1), 0.0, 1.0)
+        edge = along.min() + progress * (along.max() - along.min())
+        behind = along < edge if progress < 1 else np.ones(along.shape, bool)
+        frames[t] = np.rint(np.where(behind[..., None], second[t], first[t]))
+        shares[t] = behind.mean()
+    return frames, shares
+
+
 def write_video(path: Path, frames: np.ndarray, fps: float = 24.0) -> Path:
     from ic_data.mp4 import write_mp4
 

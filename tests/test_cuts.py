@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from ic_data.cuts import SceneCuts, detect_cuts, find_dissolves, longest_scene, scenes_from_cuts, without
+from ic_data.cuts import SceneCuts, detect_cuts, find_dissolves, find_wipes, longest_scene, scenes_from_cuts, without
 from ic_data.synthetic import (
     CameraMotion,
     MovingObject,
@@ -18,7 +18,7 @@ from ic_data.synthetic import (
     render_shot,
     sine_path,
 )
-from tests.conftest import in_black_frame, real_frame, write_video
+from tests.conftest import in_black_frame, real_frame, wiped, write_video
 
 DETECTORS = ["adaptive", "content"]
 
@@ -400,6 +400,7 @@ def test_dissolves_between_real_shots_are_found(case, tmp_path):
     mixed = np.flatnonzero((weight[:, 0, 0, 0] >= 0.1) & (weight[:, 0, 0, 0] <= 0.9))
     assert start <= mixed[0] and end > mixed[-1], (found.dissolves, mixed[0], mixed[-1])
     assert start >= BEFORE - 4 and end <= BEFORE + length + 4, found.dissolves
+    assert found.wipes == []  # a blend is no wipe
 
 
 MOVING_PICTURES = {
@@ -420,7 +421,7 @@ MOVING_PICTURES = {
 
 
 @pytest.mark.parametrize("case", list(MOVING_PICTURES))
-def test_moving_pictures_fades_and_hard_cuts_are_no_dissolves(case, tmp_path):
+def test_moving_pictures_fades_and_hard_cuts_are_no_dissolves_or_wipes(case, tmp_path):
     """Before the motion test, 16 of 66 pans, zooms and rolls of blurred real pictures were
     taken for dissolves (whole videos among them, which curation would then fail as too short)."""
     name, camera, blur = MOVING_PICTURES[case]
@@ -432,13 +433,59 @@ def test_moving_pictures_fades_and_hard_cuts_are_no_dissolves(case, tmp_path):
     elif "cut" in case:
         frames[35:] = shot("traffic", 35, camera)
     found = detect_cuts(as_decoded(np.rint(frames).astype(np.uint8), tmp_path), fps=25.0)
-    assert found.dissolves == []
+    assert found.dissolves == [] and found.wipes == []
 
 
-def test_find_dissolves_on_short_or_tiny_videos_finds_none():
+# Wipes: two shots of real pictures under known cameras, a straight line sweeping from one to
+# the other over a known number of frames (its normal's direction in degrees: 0, the line
+# upright moving right; 90, level moving down).
+WIPES = {
+    "street to bunny, still, 4 frames, rightwards": ("street", "bunny", CameraMotion(), 4, 0),
+    "street to bunny, pan 2 px/frame, 8 frames, upwards": ("street", "bunny", CameraMotion((2.0, 0.0)), 8, 270),
+    "car to traffic, pan 1 px/frame, 16 frames, diagonal": ("car", "traffic", CameraMotion((1.0, 0.2)), 16, 35),
+    "railing to street, zoom 1 %/frame, 16 frames, down": ("railing", "street", CameraMotion(zoom_per_frame=1.01), 16, 90),
+    "car to traffic, pan 2 px/frame, 16 frames, left, down": ("car", "traffic", CameraMotion((2.0, 0.0)), 16, 200),
+    "street to bunny, pan 1 px/frame, 30 frames, rightwards": ("street", "bunny", CameraMotion((1.0, 0.2)), 30, 0),
+}
+
+
+@pytest.mark.parametrize("case", list(WIPES))
+def test_wipes_between_real_shots_are_found(case, tmp_path):
+    """Each frame with 10 % to 90 % of its picture from the second shot is found, and nothing
+    more than 4 frames beyond those with any. Before, none was: the line's change is spread
+    over the wipe's frames, and PySceneDetect cut at most where it ended (or nowhere)."""
+    first, second, camera, length, angle = WIPES[case]
+    n = BEFORE + length + AFTER
+    frames, shares = wiped(shot(first, n, camera), shot(second, n, camera), BEFORE, length, angle)
+    found = detect_cuts(as_decoded(frames, tmp_path), fps=25.0)
+    assert len(found.wipes) == 1 and found.dissolves == [], (found.wipes, found.dissolves)
+    (start, end), = found.wipes
+    mixed = np.flatnonzero((shares >= 0.1) & (shares <= 0.9))
+    some = np.flatnonzero((shares > 0) & (shares < 1))
+    assert start <= mixed[0] and end > mixed[-1], (found.wipes, mixed[0], mixed[-1])
+    assert start >= some[0] - 4 and end <= some[-1] + 5, (found.wipes, some[0], some[-1])
+
+
+@pytest.mark.parametrize("case", [("street", 150, 24, (1.0, 0.0)), ("street", 250, 8, (0.0, 0.0)),
+                                  ("bunny", 250, 24, (0.0, 0.0)), ("car", 250, 16, (1.0, 0.0))])
+def test_a_large_object_crossing_the_picture_is_no_wipe(case, tmp_path):
+    """A textured square 300 or 500 pixels wide crossing a real picture (640x360) at 8-24 px a
+    frame: its straight edge sweeps the picture as a wipe's line would, and splits it as well,
+    but the picture beside the edge moves with it. Without that test (``WIPE_STILL``), 22 of 54
+    such videos had wipes found in them."""
+    name, radius, speed, pan = case
+    path = np.stack([-radius + speed * np.arange(70), np.full(70, 180.0)], axis=1)
+    square = MovingObject(path, radius_px=radius, shape="square", texture_seed=3)
+    frames = render_shot(70, WIDTH, HEIGHT, camera=CameraMotion(pan), objects=[square], background=picture(name)).frames
+    found = detect_cuts(as_decoded(frames, tmp_path), fps=25.0)
+    assert found.wipes == [] and found.dissolves == [], (found.wipes, found.dissolves)
+
+
+def test_find_dissolves_and_wipes_on_short_or_tiny_videos_finds_none():
     rng = np.random.default_rng(0)
     for shape in [(1, 90, 160, 3), (4, 90, 160, 3), (40, 1, 160, 3), (40, 90, 1, 3), (40, 2, 2, 3)]:
-        assert find_dissolves(rng.integers(0, 256, shape, dtype=np.uint8)) == []
+        frames = rng.integers(0, 256, shape, dtype=np.uint8)
+        assert find_dissolves(frames) == [] and find_wipes(frames) == []
 
 
 def test_without_leaves_out_frame_ranges():

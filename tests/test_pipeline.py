@@ -696,15 +696,16 @@ def test_a_damaged_video_is_curated_from_what_decodes_unbroken(tmp_path):
     assert short.damage is not None and short.num_frames == 47
 
 
-def test_a_manifest_from_before_the_damage_bars_and_dissolves_columns_still_reads(curated, tmp_path):
+def test_a_manifest_from_before_the_damage_bars_dissolves_and_wipes_columns_still_reads(curated, tmp_path):
     import pyarrow.parquet as pq
 
     out, _ = curated
     table = pq.read_table(out / "manifest.parquet")
     old = tmp_path / "old.parquet"
-    pq.write_table(table.drop(["damage", "bars", "dissolves"]), old)
+    pq.write_table(table.drop(["damage", "bars", "dissolves", "wipes"]), old)
     rows = read_manifest(old)
-    assert len(rows) == table.num_rows and all(r.damage is None and r.bars is None and r.dissolves is None for r in rows)
+    assert len(rows) == table.num_rows
+    assert all(r.damage is None and r.bars is None and r.dissolves is None and r.wipes is None for r in rows)
     assert [r.video_id for r in rows] == [r.video_id for r in read_manifest(out / "manifest.parquet")]
 
 
@@ -987,6 +988,30 @@ def test_a_dissolve_is_left_out_of_the_scene(tmp_path):
     assert row.scene_start >= end and row.scene_end == 134, (row.scene_start, row.scene_end)
     sample = next(s for s in read_shard(tmp_path / "out" / row.shard) if s.key == row.key)
     assert min(sample.meta["frame_indices"]) >= end
+
+
+def test_a_wipe_is_left_out_of_the_scene(tmp_path):
+    """Two shots of real footage under known pans, a line sweeping from the first to the second
+    over frames 50-65: the wipe is recorded (``wipes``), and the longest scene, the first shot,
+    ends before it, as does the clip (frame 50 has 6 % of the second shot). Before, there was no
+    cut, and the one scene, 0-106, held both shots and the wipe between them."""
+    from ic_data.synthetic import CameraMotion, render_shot
+    from tests.conftest import real_frame, wiped, write_video
+
+    first = render_shot(106, 640, 360, camera=CameraMotion((1.0, 0.2)), background=real_frame("bikes.mp4", 10)).frames
+    second = render_shot(106, 640, 360, camera=CameraMotion((-1.0, 0.5)), background=real_frame("bigbuckbunny.mp4", 40))
+    frames, shares = wiped(first, second.frames, 50, 16, 0)
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "wiped.mp4", frames)
+    curate(videos, tmp_path / "out", dataclasses.replace(CFG, drop_fraction=0.0))
+    row, = read_manifest(tmp_path / "out" / "manifest.parquet")
+    assert row.status == "ok", row.error
+    (start, end), = row.wipes
+    assert 46 <= start <= 51 and 65 <= end <= 70, row.wipes  # frames 50-65 show both shots
+    assert row.dissolves == [] and row.scene_start == 0 and row.scene_end <= 51, (row.scene_start, row.scene_end)
+    sample = next(s for s in read_shard(tmp_path / "out" / row.shard) if s.key == row.key)
+    assert max(sample.meta["frame_indices"]) < 51 and shares[max(sample.meta["frame_indices"])] < 0.1
 
 
 def _dipped(colour) -> np.ndarray:
