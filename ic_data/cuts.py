@@ -574,7 +574,8 @@ class _BlendFit:
         shift = np.float32([[1, 0, -speed * step * np.cos(angle)], [0, 1, -speed * step * np.sin(angle)]])
         back = cv2.warpAffine(later, shift, (width, height), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
         still, moving = ((later - now) ** 2).ravel(), ((back - now) ** 2).ravel()
-        return all(still[side].mean() <= WIPE_STILL * moving[side].mean() for side in (behind, ahead))
+        # (strictly: a side without detail, where both are nil, tells neither)
+        return all(still[side].mean() < WIPE_STILL * moving[side].mean() for side in (behind, ahead))
 
     def _moved(self, target: int, source: int) -> float:
         """Squared error left where frame ``source``, moved onto frame ``target`` (grey), stands
