@@ -397,8 +397,12 @@ def find_wipes(frames: np.ndarray, fit: _BlendFit | None = None) -> list[tuple[i
 
     A push (the next shot sliding in, the last sliding out) moves both pictures with the line,
     as a pan of one scene would, and is not told from one; nor are wipes along a curve (an
-    iris, a clock), nor, as with dissolves, long wipes between shots moving faster than about
-    1/320 of the width a frame. ``fit``: the :class:`_BlendFit` of ``frames``, if made already.
+    iris, a clock). As with dissolves, long wipes between shots moving faster than about 1/320
+    of the width a frame are found in part or not at all: of 192 wipes of real shots (4 to 30
+    frames, 4 directions), every one under a still camera or a pan of 1 px a frame (of 640) was
+    found whole; under a pan of 2 px a frame or a zoom of 1 % a frame, 67 of 72 of up to 16
+    frames, and of 30 frames 6 of 24 whole, 9 in part, 9 not at all. ``fit``: the
+    :class:`_BlendFit` of ``frames``, if made already.
     """
     frames = np.asarray(frames)
     n = len(frames)
