@@ -475,7 +475,8 @@ def _best_splits(from_start: np.ndarray, from_end: np.ndarray, orders: np.ndarra
 
 
 class _BlendFit:
-    """The full test of a window (:func:`find_dissolves`) on ``DISSOLVE_WIDTH``-wide copies."""
+    """The full tests of a window (:func:`find_dissolves`, :func:`find_wipes`) on
+    ``DISSOLVE_WIDTH``-wide copies, and the ``SMALL_WIDTH``-wide grey copies both search first."""
 
     def __init__(self, frames: np.ndarray):
         self.pixels = _narrow(frames, DISSOLVE_WIDTH)

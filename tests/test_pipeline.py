@@ -994,7 +994,9 @@ def test_a_wipe_is_left_out_of_the_scene(tmp_path):
     """Two shots of real footage under known pans, a line sweeping from the first to the second
     over frames 50-65: the wipe is recorded (``wipes``), and the longest scene, the first shot,
     ends before it, as does the clip (frame 50 has 6 % of the second shot). Before, there was no
-    cut, and the one scene, 0-106, held both shots and the wipe between them."""
+    cut, and the one scene, 0-106, held both shots and the wipe between them. A 60-frame video
+    wiped over its frames 16-45 leaves no 32 frames of one shot: it fails ``too_short``, saying
+    that its frames show two shots in a wipe (before, it was curated, the wipe in its clip)."""
     from ic_data.synthetic import CameraMotion, render_shot
     from tests.conftest import real_frame, wiped, write_video
 
@@ -1004,8 +1006,13 @@ def test_a_wipe_is_left_out_of_the_scene(tmp_path):
     videos = tmp_path / "videos"
     videos.mkdir()
     write_video(videos / "wiped.mp4", frames)
+    write_video(videos / "short.mp4", wiped(first[:60], second.frames[:60], 16, 30, 90)[0])
     curate(videos, tmp_path / "out", dataclasses.replace(CFG, drop_fraction=0.0))
-    row, = read_manifest(tmp_path / "out" / "manifest.parquet")
+    rows = {Path(r.path).stem: r for r in read_manifest(tmp_path / "out" / "manifest.parquet")}
+    short = rows["short"]
+    assert short.status == "failed" and short.reason == "too_short", (short.status, short.error)
+    assert "frames show two shots in 1 wipe(s)" in short.error and len(short.wipes) == 1, short.error
+    row = rows["wiped"]
     assert row.status == "ok", row.error
     (start, end), = row.wipes
     assert 46 <= start <= 51 and 65 <= end <= 70, row.wipes  # frames 50-65 show both shots
