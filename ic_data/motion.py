@@ -47,6 +47,7 @@ __all__ = [
     "FlowBackend",
     "DISFlow",
     "match_levels",
+    "levels_table",
     "RAFTFlow",
     "make_flow_backend",
     "flow_rms_px",
@@ -130,13 +131,18 @@ def match_levels(frame: np.ndarray, reference: np.ndarray) -> np.ndarray:
     px a frame (an eighth of the width), whose frames share less, up to 21 % lower, still far
     above any low-motion threshold.
     """
+    return cv2.LUT(frame, levels_table(frame, reference))
+
+
+def levels_table(frame: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """The (256,) uint8 lookup table :func:`match_levels` applies to ``frame``."""
     counts_f = np.bincount(frame.ravel(), minlength=256)
     counts_r = np.bincount(reference.ravel(), minlength=256)
     mid_f = (np.cumsum(counts_f) - counts_f / 2) / frame.size
     mid_r = (np.cumsum(counts_r) - counts_r / 2) / reference.size
     present = counts_r > 0
-    lut = np.interp(mid_f, mid_r[present], np.flatnonzero(present))
-    return cv2.LUT(frame, np.clip(np.rint(lut), 0, 255).astype(np.uint8))
+    table = np.interp(mid_f, mid_r[present], np.flatnonzero(present))
+    return np.clip(np.rint(table), 0, 255).astype(np.uint8)
 
 
 _DIS_PRESETS = {
