@@ -19,7 +19,9 @@ fixed clip size the two orders agree, so the filter keeps the same videos.)
 Flow backends (:class:`FlowBackend`):
 
 * :class:`DISFlow` — OpenCV's DIS optical flow on grayscale frames; CPU, no weights, the
-  offline default.
+  offline default. Each pair's grey levels are matched first (:func:`match_levels`): a
+  flicker of the light is no motion. RAFT's input is not matched: it was trained with the
+  brightness of a pair's frames jittered apart; without its weights here, that is not measured.
 * :class:`RAFTFlow` — torchvision's RAFT (the paper's estimator), weights from a local file,
   ``IC_RAFT_WEIGHTS`` or torchvision's own cache; never downloads.
 
