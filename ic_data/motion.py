@@ -22,6 +22,9 @@ Flow backends (:class:`FlowBackend`):
   offline default. Each pair's grey levels are matched first (:func:`match_levels`): a
   flicker of the light is no motion. RAFT's input is not matched: it was trained with the
   brightness of a pair's frames jittered apart; without its weights here, that is not measured.
+  Its RMS is taken over the pixels whose flow can be trusted (:meth:`DISFlow.trusted_flows`):
+  where the picture does not fix the motion and the backward flow contradicts it, DIS has
+  filled in a guess, which RAFT, reading the whole picture, largely avoids.
 * :class:`RAFTFlow` — torchvision's RAFT (the paper's estimator), weights from a local file,
   ``IC_RAFT_WEIGHTS`` or torchvision's own cache; never downloads.
 
@@ -50,6 +53,7 @@ __all__ = [
     "DISFlow",
     "match_levels",
     "levels_table",
+    "fixes_motion",
     "RAFTFlow",
     "make_flow_backend",
     "flow_rms_px",
@@ -147,6 +151,36 @@ def levels_table(frame: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(table), 0, 255).astype(np.uint8)
 
 
+#: The forward-backward check of :meth:`DISFlow.trusted_flows`: the mismatch allowed, in
+#: input pixels, and as a share of the squared magnitudes; and the share of a pair's pixels
+#: below which the pair is counted whole.
+CONFIRM_ABS_PX = 0.5
+CONFIRM_REL = 0.01
+MIN_TRUSTED = 0.1
+#: :func:`fixes_motion`: the RMS grey-level gradient (levels a pixel) a neighbourhood needs in
+#: its weakest direction for its picture to fix the motion both ways.
+MIN_GRADIENT = 4.0
+
+
+def fixes_motion(gray: np.ndarray, window: int) -> np.ndarray:
+    """Where the picture ``gray`` (uint8) fixes motion in every direction: (H, W) bool.
+
+    The structure tensor (the mean outer product of the grey-level gradient over a
+    ``window``-pixel square) has both eigenvalues at least ``MIN_GRADIENT²``: the picture
+    changes by ``MIN_GRADIENT`` levels a pixel or more whichever way it moves. A flat
+    neighbourhood, or one of edges in a single direction (blinds, a railing, the streaks of
+    motion blur), fixes at most the motion across them.
+    """
+    g = gray.astype(np.float32)
+    gx = cv2.Sobel(g, cv2.CV_32F, 1, 0, ksize=3) / 8  # levels a pixel
+    gy = cv2.Sobel(g, cv2.CV_32F, 0, 1, ksize=3) / 8
+    size = (int(window), int(window))
+    xx = cv2.blur(gx * gx, size)
+    xy = cv2.blur(gx * gy, size)
+    yy = cv2.blur(gy * gy, size)
+    smaller = (xx + yy) / 2 - np.sqrt(((xx - yy) / 2) ** 2 + xy**2)
+    return smaller >= MIN_GRADIENT**2
+
 _DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -174,11 +208,23 @@ class DISFlow(FlowBackend):
     lighting flickers scored as motion (a gain of ±15 % a frame on still real footage: 0.37–1.5
     px/frame, as much as a pan of 1 px/frame; after matching 0.16–0.46). A change of brightness
     is no motion of camera or object, and the filter is there to drop clips without either.
+
+    The score counts only the pixels whose flow it can trust (:meth:`trusted_flows`;
+    ``trust=False`` counts every pixel, as :meth:`flows` returns them). Where the picture holds
+    edges of a single direction (blinds, a railing, the streaks of motion blur) it fixes only
+    the motion across them, and DIS fills in the motion along them as it may: up to 34 px a
+    frame on a pan of 0.75. Slow pans of real pictures with such regions scored up to 4.2
+    times their speed (pans of 0.25-6 px a frame, across and down, over 9 real pictures: mean
+    error 14 %); counting only trusted pixels, at most 1.35 times (mean 2.5 %). Zooms, rolls,
+    fast pans and moving objects on those pictures come closer to their true RMS flow as well
+    (mean error 4.9 % → 3.4 %; objects at worst 1.45 → 1.21 times, as DIS spreads their motion
+    past their edges). It costs a second flow per pair (scoring a clip 1.9 times as long).
     """
 
     name = "dis"
 
-    def __init__(self, preset: str = "medium", analysis_scale: float = 0.5, finest_scale: int | None = 0):
+    def __init__(self, preset: str = "medium", analysis_scale: float = 0.5, finest_scale: int | None = 0,
+                 trust: bool = True):
         if preset not in _DIS_PRESETS:
             raise ValueError(f"unknown DIS preset {preset!r}; choose from {sorted(_DIS_PRESETS)}")
         self.preset = preset
@@ -189,15 +235,17 @@ class DISFlow(FlowBackend):
                 raise ValueError(f"finest_scale must be >= 0, got {finest_scale}")
             self._dis.setFinestScale(int(finest_scale))
         self.finest_scale = int(self._dis.getFinestScale())
+        self.trust = bool(trust)
         self.version = (
             f"opencv-{cv2.__version__} preset={preset} finest_scale={self.finest_scale} "
             f"analysis_scale={self.analysis_scale:g} levels=matched"
+            + (f" trusted=fb{CONFIRM_ABS_PX:g}px+{CONFIRM_REL:g},grad{MIN_GRADIENT:g}" if self.trust else "")
         )
 
     def __repr__(self) -> str:
         return (
             f"DISFlow(preset={self.preset!r}, analysis_scale={self.analysis_scale:g}, "
-            f"finest_scale={self.finest_scale})"
+            f"finest_scale={self.finest_scale}, trust={self.trust})"
         )
 
     def _gray(self, frame: np.ndarray, size_hw: tuple[int, int]) -> np.ndarray:
@@ -229,11 +277,60 @@ class DISFlow(FlowBackend):
             out[i] = self._to_input_px(flow, height, width)
         return out
 
+    def trusted_flows(self, frames: np.ndarray, starts: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The forward flows of the pairs ``(frames[i], frames[i + 1])``, ``i`` in ``starts``
+        (default: every pair), at the analysed size but in input pixels, and which of their
+        pixels to trust: ``((P, h, w, 2) float32, (P, h, w) bool)``.
+
+        A pixel's flow is trusted where the first frame's picture fixes it (:func:`fixes_motion`)
+        or the backward flow confirms it. Confirmed: the backward flow ``b`` at the point the
+        forward flow ``f`` moves it to brings it back, ``|f + b|² ≤ CONFIRM_REL · (|f|² + |b|²)
+        + CONFIRM_ABS_PX²`` (the check of Sundaram et al., 2010). Where the picture holds no
+        texture, or edges of one direction only, DIS fills in the motion as it may, and the two
+        directions disagree; where it holds texture both ways a disagreement is an object
+        covering or uncovering, or motion too fast for DIS, and the flow is kept.
+        """
+        frames = _check_frames(frames)
+        _, height, width, _ = frames.shape
+        h, w = _analysis_size(height, width, self.analysis_scale)
+        scale = np.array([width / w, height / h], np.float32)
+        starts = range(len(frames) - 1) if starts is None else [int(i) for i in starts]
+        # Each frame converted once, also where consecutive pairs share one.
+        grays = {i: self._gray(frames[i], (h, w)) for i in sorted({*starts, *(i + 1 for i in starts)})}
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        flows = np.empty((len(starts), h, w, 2), np.float32)
+        trusted = np.empty((len(starts), h, w), bool)
+        for k, i in enumerate(starts):
+            a, b = grays[i], grays[i + 1]
+            forward = self._dis.calc(a, match_levels(b, a), None)
+            backward = self._dis.calc(b, match_levels(a, b), None)
+            back = cv2.remap(backward, xs + forward[..., 0], ys + forward[..., 1], cv2.INTER_LINEAR,
+                             borderMode=cv2.BORDER_REPLICATE)
+            forward *= scale
+            back *= scale
+            mismatch = np.square(forward + back).sum(-1)
+            bound = CONFIRM_REL * (np.square(forward).sum(-1) + np.square(back).sum(-1)) + CONFIRM_ABS_PX**2
+            flows[k] = forward
+            trusted[k] = (mismatch <= bound) | fixes_motion(a, self._dis.getPatchSize())
+        return flows, trusted
+
     def pair_rms(self, frames: np.ndarray, starts: Sequence[int]) -> np.ndarray:
         """As :meth:`FlowBackend.pair_rms`, from the flow at the analysed size: each component's
         RMS scaled to input pixels, without resampling the field to the input size (which only
-        interpolates it, at several times the cost of the flow on the 8 pairs a score uses)."""
+        interpolates it, at several times the cost of the flow on the 8 pairs a score uses).
+
+        With ``trust`` (the default), over the pixels :meth:`trusted_flows` trusts; a pair with
+        fewer than ``MIN_TRUSTED`` of them (frames that share little: a cut, noise) over every
+        pixel.
+        """
         frames = _check_frames(frames)
+        if self.trust:
+            flows, trusted = self.trusted_flows(frames, starts)
+            out = np.empty(len(flows))
+            for k, (flow, ok) in enumerate(zip(flows, trusted)):
+                square = np.square(flow, dtype=np.float64).sum(-1)
+                out[k] = np.sqrt(square[ok].mean() if ok.mean() >= MIN_TRUSTED else square.mean())
+            return out
         _, height, width, _ = frames.shape
         h, w = _analysis_size(height, width, self.analysis_scale)
         scale = np.array([width / w, height / h])
