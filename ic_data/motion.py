@@ -235,6 +235,8 @@ class DISFlow(FlowBackend):
                 raise ValueError(f"finest_scale must be >= 0, got {finest_scale}")
             self._dis.setFinestScale(int(finest_scale))
         self.finest_scale = int(self._dis.getFinestScale())
+        if not isinstance(trust, (bool, np.bool_)):
+            raise ValueError(f"trust must be True or False, got {trust!r}")
         self.trust = bool(trust)
         self.version = (
             f"opencv-{cv2.__version__} preset={preset} finest_scale={self.finest_scale} "

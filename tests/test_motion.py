@@ -243,6 +243,8 @@ def test_a_pair_with_no_trusted_flow_is_scored_whole():
     assert DISFlow().trusted_flows(frames)[1].mean() < 0.1
     score = DISFlow().pair_rms(frames, [0])[0]
     assert math.isfinite(score) and score == pytest.approx(DISFlow(trust=False).pair_rms(frames, [0])[0])
+    with pytest.raises(ValueError, match="trust must be True or False"):
+        DISFlow(trust="no")
 
 
 def test_score_is_resolution_independent():
