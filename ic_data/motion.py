@@ -24,7 +24,8 @@ Flow backends (:class:`FlowBackend`):
   brightness of a pair's frames jittered apart; without its weights here, that is not measured.
   Its RMS is taken over the pixels whose flow can be trusted (:meth:`DISFlow.trusted_flows`):
   where the picture does not fix the motion and the backward flow contradicts it, DIS has
-  filled in a guess, which RAFT, reading the whole picture, largely avoids.
+  filled in a guess. RAFT's pixels are all counted (without its weights here, how it fills in
+  such regions is not measured).
 * :class:`RAFTFlow` — torchvision's RAFT (the paper's estimator), weights from a local file,
   ``IC_RAFT_WEIGHTS`` or torchvision's own cache; never downloads.
 
@@ -181,6 +182,7 @@ def fixes_motion(gray: np.ndarray, window: int) -> np.ndarray:
     smaller = (xx + yy) / 2 - np.sqrt(((xx - yy) / 2) ** 2 + xy**2)
     return smaller >= MIN_GRADIENT**2
 
+
 _DIS_PRESETS = {
     "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
     "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
@@ -218,7 +220,7 @@ class DISFlow(FlowBackend):
     error 14 %); counting only trusted pixels, at most 1.35 times (mean 2.5 %). Zooms, rolls,
     fast pans and moving objects on those pictures come closer to their true RMS flow as well
     (mean error 4.9 % → 3.4 %; objects at worst 1.45 → 1.21 times, as DIS spreads their motion
-    past their edges). It costs a second flow per pair (scoring a clip 1.9 times as long).
+    past their edges). It costs a second flow per pair (scoring a clip about twice as long).
     """
 
     name = "dis"

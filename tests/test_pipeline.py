@@ -992,12 +992,12 @@ def test_the_motion_filter_drops_a_still_shot_whose_light_flickers_and_tracks_th
     assert np.median(err) <= 0.5 and (err > 4).mean() <= 0.01, (np.median(err), (err > 4).mean())
 
 
-def test_motion_scores_of_pans_along_edges_of_one_direction_are_their_speed(tmp_path):
+def test_motion_scores_of_pans_over_edges_of_one_direction_are_their_speed(tmp_path):
     """Four videos of real footage at 640×360, 48 frames (stride 1), panning at known speeds,
     two of them down across the blinds behind carphone's passenger, one across the long
     upright edges of bikes' board. The score (px a frame at 455×256, ×256/360 the video's) is
     each pan's speed within 10 %: 1.8-4.5 % above it. Counting every pixel of the flow, the
-    pans along edges scored 37-61 % above it (the 0.75 px pan 0.766 against 0.533)."""
+    pans over such edges scored 37-61 % above it (the 0.75 px pan 0.766 against 0.533)."""
     from ic_data.synthetic import CameraMotion, render_shot
     from tests.conftest import real_frame, write_video
 
