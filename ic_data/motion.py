@@ -270,15 +270,25 @@ class DISFlow(FlowBackend):
     def flow(self, prev: np.ndarray, nxt: np.ndarray) -> np.ndarray:
         return self.flows(np.stack([prev, nxt]))[0]
 
+    def _forward(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """DIS flow from grey ``a`` to grey ``b`` (analysed pixels), ``b``'s levels matched to ``a``'s."""
+        return self._dis.calc(a, match_levels(b, a), None)
+
+    def _pair_grays(self, frames: np.ndarray, starts: Sequence[int]) -> tuple[dict, np.ndarray]:
+        """The analysed greys of the frames the pairs at ``starts`` use, each converted once also
+        where consecutive pairs share one, and the per-axis factor from analysed to input pixels."""
+        _, height, width, _ = frames.shape
+        h, w = _analysis_size(height, width, self.analysis_scale)
+        grays = {i: self._gray(frames[i], (h, w)) for i in sorted({*starts, *(i + 1 for i in starts)})}
+        return grays, np.array([width / w, height / h], np.float32)
+
     def flows(self, frames: np.ndarray) -> np.ndarray:
         frames = _check_frames(frames)
         _, height, width, _ = frames.shape
-        size_hw = _analysis_size(height, width, self.analysis_scale)
-        grays = [self._gray(f, size_hw) for f in frames]  # each frame converted once, used twice
+        grays, _ = self._pair_grays(frames, range(len(frames) - 1))
         out = np.empty((len(frames) - 1, height, width, 2), np.float32)
         for i in range(len(frames) - 1):
-            flow = self._dis.calc(grays[i], match_levels(grays[i + 1], grays[i]), None)
-            out[i] = self._to_input_px(flow, height, width)
+            out[i] = self._to_input_px(self._forward(grays[i], grays[i + 1]), height, width)
         return out
 
     def trusted_flows(self, frames: np.ndarray, starts: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -295,56 +305,48 @@ class DISFlow(FlowBackend):
         covering or uncovering, or motion too fast for DIS, and the flow is kept.
         """
         frames = _check_frames(frames)
-        _, height, width, _ = frames.shape
-        h, w = _analysis_size(height, width, self.analysis_scale)
-        scale = np.array([width / w, height / h], np.float32)
-        starts = range(len(frames) - 1) if starts is None else [int(i) for i in starts]
-        # Each frame converted once, also where consecutive pairs share one.
-        grays = {i: self._gray(frames[i], (h, w)) for i in sorted({*starts, *(i + 1 for i in starts)})}
-        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
-        flows = np.empty((len(starts), h, w, 2), np.float32)
-        trusted = np.empty((len(starts), h, w), bool)
-        for k, i in enumerate(starts):
-            a, b = grays[i], grays[i + 1]
-            forward = self._dis.calc(a, match_levels(b, a), None)
-            backward = self._dis.calc(b, match_levels(a, b), None)
-            back = cv2.remap(backward, xs + forward[..., 0], ys + forward[..., 1], cv2.INTER_LINEAR,
-                             borderMode=cv2.BORDER_REPLICATE)
-            forward *= scale
-            back *= scale
-            mismatch = np.square(forward + back).sum(-1)
-            bound = CONFIRM_REL * (np.square(forward).sum(-1) + np.square(back).sum(-1)) + CONFIRM_ABS_PX**2
-            flows[k] = forward
-            trusted[k] = (mismatch <= bound) | fixes_motion(a, self._dis.getPatchSize())
+        starts = [int(i) for i in (range(len(frames) - 1) if starts is None else starts)]
+        grays, scale = self._pair_grays(frames, starts)
+        pairs = [self._trusted_pair(grays[i], grays[i + 1], scale) for i in starts]
+        h, w = grays[starts[0]].shape if starts else (0, 0)
+        flows = np.stack([f for f, _ in pairs]) if pairs else np.empty((0, h, w, 2), np.float32)
+        trusted = np.stack([t for _, t in pairs]) if pairs else np.empty((0, h, w), bool)
         return flows, trusted
 
+    def _trusted_pair(self, a: np.ndarray, b: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One pair of :meth:`trusted_flows`: its forward flow (input pixels) and trusted mask."""
+        forward = self._forward(a, b) * scale
+        backward = self._forward(b, a)
+        h, w = a.shape
+        ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+        back = cv2.remap(backward, xs + forward[..., 0] / scale[0], ys + forward[..., 1] / scale[1], cv2.INTER_LINEAR,
+                         borderMode=cv2.BORDER_REPLICATE) * scale
+        mismatch = np.square(forward + back).sum(-1)
+        bound = CONFIRM_REL * (np.square(forward).sum(-1) + np.square(back).sum(-1)) + CONFIRM_ABS_PX**2
+        return forward, (mismatch <= bound) | fixes_motion(a, self._dis.getPatchSize())
+
     def pair_rms(self, frames: np.ndarray, starts: Sequence[int]) -> np.ndarray:
-        """As :meth:`FlowBackend.pair_rms`, from the flow at the analysed size: each component's
-        RMS scaled to input pixels, without resampling the field to the input size (which only
-        interpolates it, at several times the cost of the flow on the 8 pairs a score uses).
+        """As :meth:`FlowBackend.pair_rms`, from the flow at the analysed size scaled to input
+        pixels, without resampling the field to the input size (which only interpolates it, at
+        several times the cost of the flow on the 8 pairs a score uses).
 
         With ``trust`` (the default), over the pixels :meth:`trusted_flows` trusts; a pair with
         fewer than ``MIN_TRUSTED`` of them (frames that share little: a cut, noise) over every
         pixel.
         """
         frames = _check_frames(frames)
-        if self.trust:
-            flows, trusted = self.trusted_flows(frames, starts)
-            out = np.empty(len(flows))
-            for k, (flow, ok) in enumerate(zip(flows, trusted)):
-                square = np.square(flow, dtype=np.float64).sum(-1)
-                out[k] = np.sqrt(square[ok].mean() if ok.mean() >= MIN_TRUSTED else square.mean())
-            return out
-        _, height, width, _ = frames.shape
-        h, w = _analysis_size(height, width, self.analysis_scale)
-        scale = np.array([width / w, height / h])
-        # Each frame converted once, also where consecutive pairs share one.
-        grays = {i: self._gray(frames[i], (h, w)) for i in sorted({*starts, *(int(s) + 1 for s in starts)})}
+        starts = [int(i) for i in starts]
+        grays, scale = self._pair_grays(frames, starts)
         out = np.empty(len(starts))
         for k, i in enumerate(starts):
-            flow = self._dis.calc(grays[i], match_levels(grays[int(i) + 1], grays[i]), None)
-            mean_sq = np.mean(np.square(flow, dtype=np.float64), axis=(0, 1))  # per component
-            out[k] = np.sqrt(float(mean_sq @ scale**2))
+            if self.trust:
+                flow, ok = self._trusted_pair(grays[i], grays[i + 1], scale)
+            else:
+                flow, ok = self._forward(grays[i], grays[i + 1]) * scale, None
+            square = np.square(flow, dtype=np.float64).sum(-1)
+            if ok is not None and ok.mean() >= MIN_TRUSTED:
+                square = square[ok]
+            out[k] = np.sqrt(square.mean())
         return out
 
 
