@@ -329,7 +329,7 @@ def test_flat_ground_beside_a_moving_object_moves_with_the_scene(lk, case):
 # texture runs mostly one way (blinds behind a face in a car; a road), the camera still or
 # panning. Before version 8, 10.5-11.4 % (car) and 12.3-13.1 % (road) of the background's
 # visible point-frames were more than 4 px off over four noise seeds, nearly all dragged along
-# by an object and kept there; version 8 gave 2.5-3.0 % and 3.8-4.3 %.
+# by an object and kept there; version 8 gave 1.9-2.0 % and 2.7-3.3 %.
 CROSSING = [MovingObject(linear_path((20.0, 70.0), (9.0, 1.0), T), radius_px=36.0, texture_seed=11),
             MovingObject(linear_path((360.0, 120.0), (-7.0, 0.5), T), radius_px=28.0, texture_seed=12,
                          shape="square"),
