@@ -527,11 +527,11 @@ class LKTracker:
         """
         if scene is None or len(pos) == 0:
             return
-        on_scene, front = _apply_homography(scene, np.asarray(ref_pos, np.float64))
-        sel = np.flatnonzero(front & (np.linalg.norm(pos - on_scene, axis=1) > self.independent_motion_px))
+        sel = np.flatnonzero(self._against_scene(scene, ref_pos, pos)[1])
         if len(sel) == 0:
             return
-        moved, matched = self._refine(image, tmpl.take(sel), on_scene[sel].astype(np.float32))
+        on_scene, _ = _apply_homography(scene, np.asarray(ref_pos[sel], np.float64))
+        moved, matched = self._refine(image, tmpl.take(sel), on_scene.astype(np.float32))
         height, width = image.shape
         back = (matched >= self.min_ncc) & ~(matched < score[sel]) & _inside(moved, width, height)
         pos[sel[back]], score[sel[back]] = moved[back], matched[back]
