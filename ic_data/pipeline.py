@@ -45,8 +45,8 @@ OUTPUT_DIRS = ("work", SHARD_DIR, "previews")  # the folders a curation writes u
 #: through ringing, subtitles and logos. 3: dissolves left out. 4: white frames and the fades to
 #: white left out; frames enlarged for their bars from the source's own pixels; blurred bars.
 #: 5: frames of one flat colour (a dip to grey or red between shots) and the fades to them;
-#: wipes left out.
-CLIP_CHOICE_VERSION = "5"
+#: wipes left out. 6: cuts found on brightness alone too (dithered GIFs, grainy footage).
+CLIP_CHOICE_VERSION = "6"
 #: A clip's frames decoded again (at the size its bars ask for) are the frames chosen when
 #: each is within this mean absolute difference (of 255) of the first decode's, both shrunk to a
 #: quarter of the analysis width. Measured on 720p and 1080p noise textures and real pictures
