@@ -139,7 +139,7 @@ class StubbedStages:
         def stage2(chunk, threshold, config, out_dir, stage=None):
             return pipeline.stage2_result_path(out_dir, chunk)
 
-        def assemble(out_dir, chunks, threshold):
+        def assemble(out_dir, chunks, threshold, other_files=None):
             from ic_data.manifest import write_manifest
 
             write_manifest(Path(out_dir) / "manifest.parquet", [])  # the preview artifact reads it

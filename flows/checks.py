@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 from ic_data.settings import cannot_write_in
@@ -208,17 +209,19 @@ def _dask_address(problems: list[str], value: str | None) -> None:
 def check_curate(args) -> list[str]:
     from ic_data.captions import webvid_csv_header
     from ic_data.errors import BadInputError
-    from ic_data.pipeline import VIDEO_EXTENSIONS, discover_videos
+    from ic_data.pipeline import VIDEO_EXTENSIONS, discover_videos, other_files_line
 
     problems: list[str] = []
     videos = _existing(problems, "--videos", args.videos, "dir")
+    others = Counter()
     try:
-        found = videos and discover_videos(videos, out_dir=Path(args.out).expanduser())
+        found = videos and discover_videos(videos, out_dir=Path(args.out).expanduser(), others=others)
     except BadInputError as err:  # the folder cannot be listed
         problems.append(f"--videos: {err}")
     else:
         if videos and not found:
-            problems.append(f"--videos {args.videos}: no video files in it (looked for {', '.join(VIDEO_EXTENSIONS)})")
+            held = f"; it holds {other_files_line(others)}" if others else ""
+            problems.append(f"--videos {args.videos}: no video files in it (looked for {', '.join(VIDEO_EXTENSIONS)}{held})")
     _writable_target(problems, "--out", args.out, want_dir=True)
     if _existing(problems, "--captions", args.captions, "file"):
         try:

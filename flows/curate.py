@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
+from collections import Counter
 from typing import Annotated, Literal
 
 from prefect import flow, get_run_logger, unmapped
@@ -19,7 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from ic_data.errors import BadInputError
-from ic_data.pipeline import CurationConfig, discover_videos, plan_chunks
+from ic_data.pipeline import CurationConfig, discover_videos, other_files_line, plan_chunks
 from ic_data.settings import require_writable
 from ic_data.workers import default_processes
 from tasks.curation import assemble_manifest, finish_chunk, motion_threshold, publish_summary, score_chunk
@@ -94,17 +95,21 @@ def curate(
             config = dataclasses.replace(config, processes=default_processes(config.max_decode_frames))
     try:
         require_writable(out, "out")
-        chunks = plan_chunks(discover_videos(videos, out_dir=out), config, chunk_size)
+        others = Counter()
+        chunks = plan_chunks(discover_videos(videos, out_dir=out, others=others), config, chunk_size)
     except BadInputError as err:  # a captions CSV that breaks further in than the arguments' check read
         return Failed(message=str(err))
     log.info("%d videos from %s in %d chunks → %s (%d worker processes)", sum(len(c.videos) for c in chunks), videos,
              len(chunks), out, config.processes)
+    if others:
+        log.warning("left out %d files that are no video by their extension: %s", sum(others.values()),
+                    other_files_line(others))
     progress = create_progress_artifact(0.0, key=f"curate-{source}-progress", description=f"Curating {videos}")
 
     scored = _gather(score_chunk.map(chunks, unmapped(config), unmapped(out)), progress, 0, 50, "score")
     decision = motion_threshold(scored, drop_fraction)
     _gather(finish_chunk.map(chunks, unmapped(decision.threshold), unmapped(config), unmapped(out)), progress, 50, 95, "finish")
-    summary = assemble_manifest(out, chunks, decision.threshold)
+    summary = assemble_manifest(out, chunks, decision.threshold, others)
     publish_summary(summary, source, time.perf_counter() - t0)
     update_progress_artifact(progress, 100.0)
 

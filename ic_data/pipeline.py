@@ -22,6 +22,7 @@ import json
 import os
 import time
 import traceback
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -33,7 +34,10 @@ from ic_data.errors import CurationError, VideoDecodeError, VideoTooShort, Video
 from ic_data.settings import empty_path, number, one_of, refuse, text, truth, whole
 from ic_data.workers import DEFAULT_MAX_DECODE_FRAMES, run_in_workers
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts")
+#: What curation takes for a video, by the file's extension (any case); PyAV reads each (an animated
+#: GIF too). The other files of the input folder are counted in the summary (``other_files``).
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts",
+                    ".m2ts", ".mts", ".3gp", ".ogv", ".mxf", ".y4m", ".gif")
 STAGE1_DIR = "work/scores"
 STAGE2_DIR = "work/rows"
 STAGING_DIR = "work/clips"
@@ -190,6 +194,7 @@ class Candidate:
 
 def discover_videos(
     root: str | os.PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS, out_dir: str | os.PathLike | None = None,
+    others: Counter | None = None,
 ) -> list[tuple[str, str]]:
     """(video_id, absolute path) of every entry under ``root`` whose suffix looks like a video.
 
@@ -201,6 +206,10 @@ def discover_videos(
     own path (its name is the WebVid id its caption is looked up by), not its target's, and a
     linked folder is not walked into. With ``out_dir`` inside ``root``, the curation's own files
     there (staged clips, shards, previews) are not inputs. Sorted by video id.
+
+    ``others``: counts the files left out, by extension (lower case; ``""`` for none), so that a
+    summary can say what was passed by; hidden files (``.DS_Store``) and whatever is inside
+    ``out_dir`` are not counted.
     """
     from ic_data.errors import BadInputError, MissingInputError
     from ic_data.manifest import video_id_for
@@ -213,8 +222,9 @@ def discover_videos(
         raise MissingInputError(f"video folder not found: {root}")
     exts = {e.lower() for e in extensions}
     own = set() if out_dir is None else {os.path.realpath(Path(out_dir) / d) for d in OUTPUT_DIRS}
+    out = None if out_dir is None else os.path.realpath(out_dir)
     inside = os.path.realpath(root)
-    if any(inside == d or inside.startswith(d + os.sep) for d in own):
+    if any(_within(inside, d) for d in own):
         return []  # ``root`` is one of OUT's own folders
     unlisted: list[OSError] = []
     found = []
@@ -222,16 +232,33 @@ def discover_videos(
         if own:  # OUT's own folders (and what is below them) are never walked into
             dirs[:] = [d for d in dirs if os.path.islink(os.path.join(folder, d))
                        or os.path.realpath(os.path.join(folder, d)) not in own]
-        for name in dirs + files:
+        count = others is not None and not (out and _within(os.path.realpath(folder), out))
+        for k, name in enumerate(dirs + files):
             p = Path(folder, name)
             if p.suffix.lower() in exts and (p.is_symlink() or not p.is_dir()):
                 found.append((video_id_for(str(p), str(root)), os.path.abspath(p)))  # ".." folded, links kept
+            elif count and k >= len(dirs) and not name.startswith("."):
+                others[p.suffix.lower()] += 1
     for err in unlisted:
         where = Path(err.filename) if err.filename else root
         if where == root:
             raise BadInputError(f"cannot list the video folder {root}: {err.strerror or err}")
         found.append((video_id_for(str(where), str(root)), os.path.abspath(where)))
     return sorted(found)  # ids embed a hash of the relative path: unique per input
+
+
+def _within(path: str, folder: str) -> bool:
+    """Whether ``path`` is ``folder`` or below it (both real paths)."""
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def other_files_line(others: Counter, most: int = 5) -> str:
+    """``others`` (see :func:`discover_videos`) in words, the commonest extensions first (ties
+    by name, files without one last): "12 .png, 2 .txt, 1 without an extension"."""
+    ranked = sorted(others.items(), key=lambda item: (-item[1], item[0] == "", item[0]))
+    words = [f"{n} {ext or 'without an extension'}" for ext, n in ranked[:most]]
+    rest = sum(n for _, n in ranked[most:])
+    return ", ".join(words + ([f"{rest} more"] if rest else []))
 
 
 def plan_chunks(videos: Sequence[tuple[str, str]], config: CurationConfig, chunk_size: int = 32) -> list[Chunk]:
@@ -790,14 +817,18 @@ class CurationSummary:
     removed_stale_shards: list[str]
     damaged: int = 0  # videos whose decoding lost frames (the manifest's ``damage``), whatever their status
     letterboxed: int = 0  # videos whose clips were cut inside bars, black or blurred (the manifest's ``bars``)
+    # The input folder's files that are no video by their extension, counted by it ("" for none):
+    # not inputs, so they have no row, but not passed by in silence.
+    other_files: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
-def assemble_manifest(out_dir: str | os.PathLike, chunks: Sequence[Chunk], threshold: float) -> CurationSummary:
+def assemble_manifest(out_dir: str | os.PathLike, chunks: Sequence[Chunk], threshold: float,
+                      other_files: dict[str, int] | None = None) -> CurationSummary:
     """Gather every chunk's rows into ``manifest.parquet`` (+ ``summary.json``); check none is
-    missing or doubled."""
+    missing or doubled. ``other_files``: what :func:`discover_videos` left out, for the summary."""
     from ic_data.manifest import ManifestRow, reason_counts, status_counts, write_manifest
 
     out_dir = Path(out_dir)
@@ -836,6 +867,7 @@ def assemble_manifest(out_dir: str | os.PathLike, chunks: Sequence[Chunk], thres
         removed_stale_shards=stale,
         damaged=sum(r.damage is not None for r in rows),
         letterboxed=sum(bool(r.bars) for r in rows),
+        other_files=dict(sorted((other_files or {}).items())),
     )
     _atomic_write_text(out_dir / "summary.json", json.dumps(summary.to_json(), indent=1, sort_keys=True))
     return summary
@@ -854,9 +886,12 @@ def curate(
     """Run the whole chain in this process (no orchestrator): what the flows do, sequentially."""
     say = progress or (lambda msg: None)
     out_dir = Path(out_dir)
-    videos = discover_videos(videos_dir, out_dir=out_dir)
+    others: Counter = Counter()
+    videos = discover_videos(videos_dir, out_dir=out_dir, others=others)
     chunks = plan_chunks(videos, config, chunk_size)
     say(f"{len(videos)} videos in {len(chunks)} chunks")
+    if others:
+        say(f"left out, no video by their extension: {other_files_line(others)}")
     # One backend instance for every chunk (RAFT/CoTracker weights load once); the run_* calls
     # skip finished chunks before touching it.
     stage1 = None if config.processes > 0 else Stage1(config, out_dir)  # else built in the workers
@@ -870,4 +905,4 @@ def curate(
     for i, chunk in enumerate(chunks):
         run_stage2_chunk(chunk, decision.threshold, config, out_dir, stage2)
         say(f"stage 2: chunk {i + 1}/{len(chunks)} written")
-    return assemble_manifest(out_dir, chunks, decision.threshold)
+    return assemble_manifest(out_dir, chunks, decision.threshold, others)

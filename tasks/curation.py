@@ -89,8 +89,9 @@ def finish_chunk(chunk: Chunk, threshold: float, config: CurationConfig, out: st
 
 
 @task(name="assemble-manifest", cache_policy=NO_CACHE)
-def assemble_manifest(out: str, chunks: list[Chunk], threshold: float) -> pipeline.CurationSummary:
-    return pipeline.assemble_manifest(out, chunks, threshold)
+def assemble_manifest(out: str, chunks: list[Chunk], threshold: float,
+                      other_files: dict[str, int] | None = None) -> pipeline.CurationSummary:
+    return pipeline.assemble_manifest(out, chunks, threshold, other_files)
 
 
 @task(name="publish-summary", cache_policy=NO_CACHE)
@@ -101,6 +102,8 @@ def publish_summary(summary: pipeline.CurationSummary, source: str, seconds: flo
     table += [{"metric": f"reason: {k}", "value": v} for k, v in summary.reasons.items()]
     table += [{"metric": "videos damaged (frames lost in decoding; the manifest's damage)", "value": summary.damaged},
               {"metric": "videos with bars cut off, black or blurred (the manifest's bars)", "value": summary.letterboxed}]
+    table += [{"metric": f"other files, no video by their extension: {ext or 'none'}", "value": k}
+              for ext, k in summary.other_files.items()]
     table += [{"metric": f"motion score {k} (px)", "value": round(v, 4)} for k, v in summary.score_percentiles.items()]
     table += [
         {"metric": "motion threshold (px)", "value": summary.threshold},

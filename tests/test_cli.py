@@ -269,6 +269,7 @@ def test_curate_refuses_a_folder_without_videos_and_an_unreadable_captions_csv(c
     lines = _problems(capsys, ["curate", "webvid", "--videos", str(videos), "--out", str(tmp_path / "o"),
                                "--captions", str(no_columns)])
     assert lines[0].startswith(f"ic curate: --videos {videos}: no video files in it (looked for .mp4, .avi")
+    assert lines[0].endswith(".gif; it holds 1 .txt)")  # what it does hold, so a wrong folder shows
     assert lines[1] == (f"ic curate: --captions: {no_columns}: WebVid CSV lacks columns ['videoid', 'name'] "
                         "(found ['id', 'title'])")
     assert len(lines) == 2

@@ -606,6 +606,49 @@ def test_previews_of_an_earlier_runs_clips_are_removed(curated, tmp_path):
         [f"{k}{ext}" for k in shown for ext in (".gif", ".png", ".small.gif")] + ["notes.txt"])
 
 
+def test_discovery_counts_the_files_it_leaves_out_and_the_summary_keeps_them(tmp_path, input_dir):
+    """Files that are no video by their extension have no row, but are counted by extension (not
+    hidden files, nor OUT's own); an animated GIF is a video (PyAV reads it)."""
+    from collections import Counter
+
+    from ic_data.pipeline import other_files_line
+    from ic_data.synthetic import CameraMotion, render_shot
+
+    root = tmp_path / "videos"
+    (root / "stills").mkdir(parents=True)
+    shutil.copy(input_dir / "good_5_speed4.mp4", root / "a.mp4")
+    for name in ("stills/1.png", "stills/2.PNG", "notes.txt", "README", ".DS_Store"):
+        (root / name).write_bytes(b"x")
+    frames = render_shot(40, 384, 256, camera=CameraMotion((3.0, 0.0)), texture_seed=2).frames
+    _write_gif(root / "b.GIF", frames)
+    out = root / "out"
+    out.mkdir()
+    (out / "summary.json").write_text("{}")
+    others = Counter()
+    found = sorted(Path(p).name for _, p in discover_videos(root, out_dir=out, others=others))
+    assert found == ["a.mp4", "b.GIF"]
+    assert others == {".png": 2, ".txt": 1, "": 1}
+    assert other_files_line(others) == "2 .png, 1 .txt, 1 without an extension"
+    assert other_files_line(others, most=1) == "2 .png, 2 more"
+    summary = curate(root, out, dataclasses.replace(CFG, drop_fraction=0.0))
+    assert summary.other_files == {"": 1, ".png": 2, ".txt": 1}
+    assert json.loads((out / "summary.json").read_text())["other_files"] == summary.other_files
+    rows = {Path(r.path).name: r for r in read_manifest(out / "manifest.parquet")}
+    assert rows["b.GIF"].status == "ok" and rows["b.GIF"].num_frames == 40, rows["b.GIF"]
+
+
+def _write_gif(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("gif", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb8"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
 def test_what_cannot_be_read_is_a_row_that_says_so(tmp_path, monkeypatch):
     """A video without read permission fails as ``unreadable``, not as the decoders' guesses; a
     folder that cannot be listed is a row of its own (its videos are not curated), where a walk
