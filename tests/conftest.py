@@ -153,6 +153,19 @@ def write_video(path: Path, frames: np.ndarray, fps: float = 24.0) -> Path:
     return path
 
 
+def write_gif(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
+    """``frames`` as an animated GIF (FFmpeg's 256 fixed colours, dithered), as the web has them."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("gif", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb8"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
+        container.mux(stream.encode())
+    return path
+
+
 def write_mjpeg(path, frames, fps=25):
     """An AVI of one JPEG per frame: one frame's bytes can be damaged without touching others."""
     import av

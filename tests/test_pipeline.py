@@ -613,6 +613,7 @@ def test_discovery_counts_the_files_it_leaves_out_and_the_summary_keeps_them(tmp
 
     from ic_data.pipeline import other_files_line
     from ic_data.synthetic import CameraMotion, render_shot
+    from tests.conftest import write_gif
 
     root = tmp_path / "videos"
     (root / "stills").mkdir(parents=True)
@@ -620,7 +621,7 @@ def test_discovery_counts_the_files_it_leaves_out_and_the_summary_keeps_them(tmp
     for name in ("stills/1.png", "stills/2.PNG", "notes.txt", "README", ".DS_Store"):
         (root / name).write_bytes(b"x")
     frames = render_shot(40, 384, 256, camera=CameraMotion((3.0, 0.0)), texture_seed=2).frames
-    _write_gif(root / "b.GIF", frames)
+    write_gif(root / "b.GIF", frames)
     out = root / "out"
     out.mkdir()
     (out / "summary.json").write_text("{}")
@@ -635,18 +636,6 @@ def test_discovery_counts_the_files_it_leaves_out_and_the_summary_keeps_them(tmp
     assert json.loads((out / "summary.json").read_text())["other_files"] == summary.other_files
     rows = {Path(r.path).name: r for r in read_manifest(out / "manifest.parquet")}
     assert rows["b.GIF"].status == "ok" and rows["b.GIF"].num_frames == 40, rows["b.GIF"]
-
-
-def _write_gif(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
-    import av
-
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("gif", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "rgb8"
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
-        container.mux(stream.encode())
-    return path
 
 
 def test_what_cannot_be_read_is_a_row_that_says_so(tmp_path, monkeypatch):
