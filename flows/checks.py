@@ -419,12 +419,18 @@ def _checkpoint_suffix(problems: list[str], flag: str, value: str) -> None:
 def check_evaluate(args) -> list[str]:
     problems: list[str] = []
     try:
-        kind = read_eval_set(args.set_name).kind
+        evalset = read_eval_set(args.set_name)
     except EvalSetError as err:
         problems.append(str(err))
-        kind = None
+        evalset = None
+    kind = evalset.kind if evalset else None
     cfg = _run_problems(problems, args.run, args.mode or kind)
-    if args.reference:
+    if args.reference and evalset and (args.max_cases is None or args.max_cases >= 1):
+        from ic_model.evaluation.evaluate import reference_problems
+
+        num_videos = len(evalset.cases[: args.max_cases])
+        problems += [f"--{p}" for p in reference_problems(args.reference, num_videos)]
+    elif args.reference:
         from ic_data.shards import shard_paths
 
         try:

@@ -209,16 +209,61 @@ def test_evaluation_settings_take_every_tracker_the_factory_takes():
         assert EvalSettings(tracker=tracker).tracker == tracker
 
 
-def test_a_missing_reference_is_named_before_any_video_is_generated(tmp_path):
+def test_what_would_stop_fid_and_fvd_is_named_before_any_video_is_generated(tmp_path, monkeypatch):
+    """A missing reference, a single video to score (FVD needs the covariance of at least two)
+    and missing network weights each failed only after every video had been generated."""
     from types import SimpleNamespace
 
     from ic_data.errors import BadInputError
+    from ic_data.synthetic import write_synthetic_shards
     from ic_model.evaluation.evaluate import EvalSettings, evaluate_set
 
     pipe = SimpleNamespace(cfg=SimpleNamespace(num_train_timesteps=1000))  # never called
-    with pytest.raises(BadInputError, match=f"^reference {tmp_path / 'nope'}: .*does not exist"):
-        evaluate_set(pipe, "object", tmp_path / "out", EvalSettings(steps=2, reference=str(tmp_path / "nope")))
-    assert not (tmp_path / "out").exists()
+    out = tmp_path / "out"
+    with pytest.raises(BadInputError, match=f"^reference {tmp_path / 'nope'}: .*does not exist$"):
+        evaluate_set(pipe, "object", out, EvalSettings(steps=2, reference=str(tmp_path / "nope")))
+    shards = write_synthetic_shards(tmp_path / "reference", num_mixed=1, num_camera=1)
+    with pytest.raises(BadInputError, match=f"^reference {shards}: FID and FVD need at least 2 generated videos, "
+                                            "this evaluation makes 1 "):
+        evaluate_set(pipe, "object", out, EvalSettings(steps=2, reference=str(shards), max_cases=1))
+    monkeypatch.setenv("IC_FID_INCEPTION", str(tmp_path / "inception.pt"))
+    monkeypatch.setenv("IC_I3D_WEIGHTS", str(tmp_path / "i3d.pt"))
+    with pytest.raises(BadInputError) as caught:
+        evaluate_set(pipe, "object", out, EvalSettings(steps=2, reference=str(shards)))
+    first, second = str(caught.value).split("; reference ")
+    assert first.startswith(f"reference {shards}: FID Inception weights: $IC_FID_INCEPTION = "
+                            f"'{tmp_path / 'inception.pt'}' is not a file"), first
+    assert second.startswith(f"{shards}: I3D weights file '{tmp_path / 'i3d.pt'}' does not exist"), second
+    assert not out.exists()
+    with pytest.raises(ValueError, match="max_reference must be a whole number ≥ 2, got 1"):
+        EvalSettings(reference=str(shards), max_reference=1)  # FVD needs two reference clips too
+
+
+def test_reference_clips_are_refused_naming_the_clip_where_shorter_than_the_videos(tmp_path):
+    """A 4-frame reference clip used to be spread over the model's 8 frames by repeating its
+    frames, a stutter that FVD scores as a difference."""
+    from types import SimpleNamespace
+
+    from ic_data.errors import BadInputError
+    from ic_data.shards import ClipSample, clip_meta, write_shard
+    from ic_data.synthetic import write_synthetic_shards
+    from ic_model.evaluation.evaluate import iter_reference_clips, reference_clips
+
+    cfg = SimpleNamespace(num_frames=8, width=96, height=64)
+    shards = write_synthetic_shards(tmp_path / "reference", num_mixed=2, num_camera=2)
+    clips = reference_clips(str(shards), cfg, 3)
+    assert len(clips) == 3 and all(c.shape == (8, 64, 96, 3) for c in clips)
+    frames = np.random.default_rng(0).integers(0, 256, (4, 256, 384, 3), dtype=np.uint8)
+    short = ClipSample(key="short", frames=frames, tracks=np.zeros((4, 256, 2), np.float32),
+                       visibility=np.ones((4, 256), bool), sparse=np.array([0]), caption="",
+                       meta=clip_meta(source_path="short.mp4", video_id="short", fps=8.0, frame_indices=range(4),
+                                      scale=1.0, crop=(0, 0, 384, 256), motion_score=1.0, camera_only=False,
+                                      flow_backend="exact", tracker_backend="exact"))
+    write_shard(shards / "zz-short.tar", [short])
+    with pytest.raises(BadInputError, match=f"^reference clip 'short' of {shards / 'zz-short.tar'}: 4 frames, "
+                                            "fewer than the 8 of the generated videos"):
+        list(iter_reference_clips(str(shards), cfg, 100))
+    assert len(list(iter_reference_clips(str(shards), SimpleNamespace(num_frames=4, width=96, height=64), 100))) == 5
 
 
 def test_a_first_frame_is_enlarged_no_more_than_generation_enlarges_one(tmp_path):

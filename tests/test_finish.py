@@ -98,3 +98,19 @@ def test_the_deferred_chain_keeps_frames_instead_of_scoring():
     assert now["reference"] == "heldout" and "keep_frames" not in now
     assert later["reference"] is None and later["keep_frames"] is True
     EvalSettings(**later)  # the chain builds its settings from these
+
+
+def test_reference_features_taken_a_few_clips_at_a_time_equal_those_taken_at_once(chain_folder, monkeypatch):
+    """The reference set is read REFERENCE_BATCH clips at a time (the paper's 5000 clips, held
+    decoded, took 24 GB): a full batch and a last, shorter one give the same FID and FVD."""
+    from ic_model.evaluation import evaluate as ev
+
+    root, cfg, _, noise = chain_folder
+    results = []
+    for batch in (32, 2):
+        monkeypatch.setattr(ev, "REFERENCE_BATCH", batch)
+        monkeypatch.setattr(ev, "_REFERENCE_FEATURES", {})
+        results.append(ev.reference_metrics(noise, str(root / "heldout"), cfg, 3))
+    assert results[0]["num_reference"] == results[1]["num_reference"] == 3
+    assert results[1]["FID"] == pytest.approx(results[0]["FID"], rel=1e-6)
+    assert results[1]["FVD"] == pytest.approx(results[0]["FVD"], rel=1e-6)

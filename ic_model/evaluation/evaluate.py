@@ -34,6 +34,7 @@ from ic_model.pipelines.image_conductor import (
 )
 
 ABLATION_TRAJS_SCALES = (1.0, 1.1, 1.3, 1.5)  # Figure 7's sweep of λ_trajs
+MIN_FRECHET_SET = 2  # FID and FVD compare the mean and covariance of two sets: at least 2 a side
 
 
 @dataclass
@@ -67,7 +68,7 @@ class EvalSettings:
             one_of("tracker", self.tracker, TRACKERS),
             None if self.images is None else text("images", str(self.images), empty=False),
             None if self.reference is None else text("reference", str(self.reference), empty=False),
-            whole("max_reference", self.max_reference, 1),
+            whole("max_reference", self.max_reference, MIN_FRECHET_SET),
             truth("ablation", self.ablation),
             None if self.mode is None else one_of("mode", self.mode, MODES),
             None if self.max_cases is None else whole("max_cases", self.max_cases, 1),
@@ -161,15 +162,11 @@ def evaluate_set(
     if not 1 <= settings.steps <= pipe.cfg.num_train_timesteps:
         raise BadInputError(f"steps must be from 1 to {pipe.cfg.num_train_timesteps} (the noise schedule's length), "
                             f"got {settings.steps}")
-    if settings.reference:  # found before any video is generated, not after all of them
-        from ic_data.shards import shard_paths
-
-        try:
-            shard_paths(settings.reference)
-        except FileNotFoundError as err:
-            raise BadInputError(f"reference {settings.reference}: {err}") from None
     kind = evalset.kind
     cases = evalset.cases[: settings.max_cases]
+    problems = reference_problems(settings.reference, len(cases))
+    if problems:  # found before any video is generated, not after all of them
+        raise BadInputError("; ".join(problems))
     images = _first_frames(cases, settings.images, settings.seed)
     out = Path(out)
     (out / "videos").mkdir(parents=True, exist_ok=True)
@@ -229,27 +226,75 @@ def evaluate_set(
         "by_trajs_scale": per_scale,
         "cases": rows,
     }
-    if settings.reference:
-        metrics.update(reference_metrics(videos[scales[0]], settings.reference, pipe.cfg, settings.max_reference))
     if settings.keep_frames:
         np.savez_compressed(out / "frames.npz", **{r["case"]: v for r, v in zip(
             [r for r in rows if r["trajs_scale"] == scales[0]], videos[scales[0]])})
+    # Written before FID/FVD too: a reference set that fails to read loses them, not the rest.
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if settings.reference:
+        metrics.update(reference_metrics(videos[scales[0]], settings.reference, pipe.cfg, settings.max_reference))
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
     return metrics
 
 
-def reference_clips(shards: str, cfg, limit: int) -> list[np.ndarray]:
-    """Up to ``limit`` reference clips from curated shards, at the model's size and frame count."""
-    from ic_data.shards import iter_shards
+def reference_problems(reference: str | None, num_videos: int) -> list[str]:
+    """What would stop FID/FVD only after every video has been generated: a reference that
+    names no shards, fewer than ``MIN_FRECHET_SET`` videos to score, the Inception or I3D
+    weights missing. One line each; none without a reference."""
+    if not reference:
+        return []
+    from ic_data.errors import MissingWeightsError
     from ic_data.shards import shard_paths
+    from ic_model.evaluation.metrics.fid import locate_inception_weights
+    from ic_model.evaluation.metrics.i3d import find_i3d_weights
 
-    clips = []
-    for sample in iter_shards(shard_paths(shards)):
-        frames = sample.decode_frames()
-        idx = np.linspace(0, len(frames) - 1, cfg.num_frames).round().astype(int)
-        clips.append(np.stack([cv2.resize(f, (cfg.width, cfg.height), interpolation=cv2.INTER_AREA) for f in frames[idx]]))
-        if len(clips) >= limit:
-            break
+    problems = []
+    try:
+        shard_paths(reference)
+    except FileNotFoundError as err:
+        problems.append(f"reference {reference}: {err}")
+    if num_videos < MIN_FRECHET_SET:
+        problems.append(f"reference {reference}: FID and FVD need at least {MIN_FRECHET_SET} generated videos, "
+                        f"this evaluation makes {num_videos} (more cases, or no reference)")
+    for locate in (locate_inception_weights, find_i3d_weights):
+        try:
+            locate()
+        except MissingWeightsError as err:
+            problems.append(f"reference {reference}: {err}")
+    return problems
+
+
+def iter_reference_clips(shards: str, cfg, limit: int):
+    """Up to ``limit`` reference clips from curated shards, at the model's size and frame count
+    (``cfg.num_frames`` spread evenly over each clip), one at a time.
+
+    Raises:
+        BadInputError: naming the shard and clip, for a clip that does not decode or is shorter
+            than the model's videos (FID and FVD would compare frames shown repeatedly).
+    """
+    from ic_data.shards import read_shard, shard_paths
+
+    count = 0
+    for path in shard_paths(shards):
+        for sample in read_shard(path):
+            where = f"reference clip {sample.key!r} of {path}"
+            try:
+                frames = sample.decode_frames()
+            except Exception as err:  # PyAV raises many types for damaged data
+                raise BadInputError(f"{where}: its mp4 does not decode ({err})") from None
+            if len(frames) < cfg.num_frames:
+                raise BadInputError(f"{where}: {len(frames)} frames, fewer than the {cfg.num_frames} of the "
+                                    "generated videos it would be compared with")
+            idx = np.linspace(0, len(frames) - 1, cfg.num_frames).round().astype(int)
+            yield np.stack([cv2.resize(f, (cfg.width, cfg.height), interpolation=cv2.INTER_AREA) for f in frames[idx]])
+            count += 1
+            if count >= limit:
+                return
+
+
+def reference_clips(shards: str, cfg, limit: int) -> list[np.ndarray]:
+    """:func:`iter_reference_clips` as a list; refuses shards holding no clip."""
+    clips = list(iter_reference_clips(shards, cfg, limit))
     if not clips:
         raise BadInputError(f"no reference clips in {shards}")
     return clips
@@ -258,6 +303,7 @@ def reference_clips(shards: str, cfg, limit: int) -> list[np.ndarray]:
 # Reference features per (shards, size, frames, limit): several variants of one run are usually
 # compared with the same reference set, and I3D costs seconds per clip on a CPU.
 _REFERENCE_FEATURES: dict[tuple, tuple[np.ndarray, np.ndarray, int]] = {}
+REFERENCE_BATCH = 32  # a multiple of the networks' batches (Inception 32 frames, I3D 4 videos)
 
 
 def _fvd_frames(videos: list[np.ndarray], num_frames: int) -> list[np.ndarray]:
@@ -279,8 +325,23 @@ def reference_metrics(generated: list[np.ndarray], reference: str, cfg, limit: i
 
     key = (os.path.abspath(reference), cfg.width, cfg.height, cfg.num_frames, limit)
     if key not in _REFERENCE_FEATURES:
-        ref = reference_clips(reference, cfg, limit)
-        _REFERENCE_FEATURES[key] = (inception()(np.concatenate(ref)), i3d()(_fvd_frames(ref, cfg.num_frames)), len(ref))
+        # REFERENCE_BATCH clips at a time: the paper's 5000 reference clips, held decoded at
+        # 16×256×384, would take 24 GB (and as much again concatenated for Inception).
+        frames, videos, batch = [], [], []
+        for clip in iter_reference_clips(reference, cfg, limit):
+            batch.append(clip)
+            if len(batch) == REFERENCE_BATCH:
+                frames.append(inception()(np.concatenate(batch)))
+                videos.append(i3d()(_fvd_frames(batch, cfg.num_frames)))
+                batch = []
+        if batch:
+            frames.append(inception()(np.concatenate(batch)))
+            videos.append(i3d()(_fvd_frames(batch, cfg.num_frames)))
+        num_ref = sum(len(v) for v in videos)
+        if num_ref < MIN_FRECHET_SET:
+            raise BadInputError(f"reference {reference}: {num_ref} clip(s); FID and FVD need at least "
+                                f"{MIN_FRECHET_SET}")
+        _REFERENCE_FEATURES[key] = (np.concatenate(frames), np.concatenate(videos), num_ref)
     ref_inception, ref_i3d, num_ref = _REFERENCE_FEATURES[key]
     fid = fid_from_features(ref_inception, inception()(np.concatenate(generated)))
     fvd = fvd_from_features(ref_i3d, i3d()(_fvd_frames(generated, cfg.num_frames)))
@@ -298,6 +359,8 @@ __all__ = [
     "check_guidance",
     "guidance_problems",
     "evaluate_set",
+    "iter_reference_clips",
     "reference_clips",
     "reference_metrics",
+    "reference_problems",
 ]

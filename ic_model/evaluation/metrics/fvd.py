@@ -210,7 +210,9 @@ class I3DFeatures:
     @torch.inference_mode()
     def _run(self, batch: list[torch.Tensor]) -> np.ndarray:
         x = torch.stack(batch).to(self.device, torch.float32)
-        return self.model(x).double().cpu().numpy()
+        # As for FID's Inception: TF32 convolutions on a GPU would perturb the float32 features.
+        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            return self.model(x).double().cpu().numpy()
 
     def __call__(self, videos) -> np.ndarray:
         """``videos``: ``(N, T, H, W, 3)`` (per ``layout``), one video, or an iterable of videos
