@@ -347,6 +347,23 @@ def test_bad_input_ends_generate_and_evaluate_in_one_line_naming_it(prefect_api,
     assert kept["num_videos"] == 2 and kept["ObjMC"] >= 0 and "FID" not in kept and "FVD" not in kept
 
 
+def test_the_last_ddim_step_lands_on_the_predicted_clean_latents(pipe):
+    """As in the official inference (DDIM with AnimateDiff's settings, diffusers' default
+    ``set_alpha_to_one``): after the last of 25 steps no predicted noise is left in the latents
+    (before, √(1 − ᾱ₀) ≈ 0.03 of it)."""
+    import copy
+
+    scheduler = copy.deepcopy(pipe.scheduler)
+    scheduler.set_timesteps(25)
+    t = scheduler.timesteps[-1]
+    g = torch.Generator().manual_seed(0)
+    clean, noise = torch.randn(1, 4, 2, 8, 12, generator=g), torch.randn(1, 4, 2, 8, 12, generator=g)
+    noisy = scheduler.add_noise(clean, noise, t.reshape(1))
+    prediction = noise if scheduler.config.prediction_type == "epsilon" else clean
+    out = scheduler.step(prediction, t, noisy).prev_sample
+    assert torch.allclose(out, clean, atol=1e-4), float((out - clean).abs().max())
+
+
 def test_the_vae_decode_in_chunks_equals_one_decode(pipe):
     from ic_model.models.codec import decode_latents
 

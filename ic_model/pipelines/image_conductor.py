@@ -158,7 +158,10 @@ class ImageConductorPipeline:
             beta_schedule=self.cfg.beta_schedule,
             prediction_type=self.cfg.prediction_type,
             clip_sample=False,
-            set_alpha_to_one=False,
+            # The official inference builds DDIM from AnimateDiff's noise_scheduler_kwargs, which
+            # leave diffusers' default: the last step lands on the predicted x0 (with False it kept
+            # √(1 − ᾱ₀) ≈ 0.03 of the predicted noise in the final latents).
+            set_alpha_to_one=True,
             steps_offset=1,
         )
 
