@@ -239,13 +239,16 @@ def dense_flow_maps(
     return tracks_to_flow_maps(tracks, None, height, width, kernel_size, sigma)
 
 
-def resample_trajectory(points, num_frames: int) -> np.ndarray:
+def resample_trajectory(points, num_frames: int, still_step=(1.0, 1.0)) -> np.ndarray:
     """Resample a user trajectory of any length >= 1 to ``num_frames`` positions.
 
-    One point is a still track (every frame at that point). Two or more points are
-    PCHIP-interpolated in x(t) and y(t) over ``t = linspace(0, 1, len(points))`` and sampled at
-    ``linspace(0, 1, num_frames)``, the official demo's convention: endpoints are kept and
-    monotone stretches stay monotone (no overshoot). Repeated points simply pause the track.
+    Two or more points are PCHIP-interpolated in x(t) and y(t) over ``t = linspace(0, 1,
+    len(points))`` and sampled at ``linspace(0, 1, num_frames)``, the official demo's
+    convention: endpoints are kept and monotone stretches stay monotone (no overshoot).
+    Repeated points simply pause the track. One point ``p`` is a stationary point as the
+    official demo makes it: the track ``[p, p + still_step]`` (its +1 pixel each way in the
+    384×256 frame it draws in; pass that pixel in the points' own units), so it moves by
+    ``still_step / (num_frames − 1)`` a frame, nearly still.
 
     Returns float32 (num_frames, 2).
     """
@@ -257,7 +260,7 @@ def resample_trajectory(points, num_frames: int) -> np.ndarray:
     if not np.all(np.isfinite(pts)):
         raise TrajectoryError("a trajectory contains NaN/inf coordinates")
     if pts.shape[0] == 1:
-        return np.repeat(pts, num_frames, axis=0).astype(np.float32)
+        pts = np.concatenate([pts, pts + np.asarray(still_step, np.float64).reshape(1, 2)])
     t = np.linspace(0.0, 1.0, pts.shape[0])
     new_t = np.linspace(0.0, 1.0, num_frames)
     resampled = PchipInterpolator(t, pts, axis=0)(new_t)
@@ -365,8 +368,9 @@ def load_trajectory_file(
         raise TrajectoryError(f"{path}: {err}") from err
 
 
-def user_tracks_to_array(tracks: list[np.ndarray], num_frames: int) -> np.ndarray:
-    """Resample each user track to ``num_frames`` and stack: float32 (num_frames, N, 2)."""
+def user_tracks_to_array(tracks: list[np.ndarray], num_frames: int, still_step=(1.0, 1.0)) -> np.ndarray:
+    """Resample each user track to ``num_frames`` (:func:`resample_trajectory`, one-point
+    tracks moving by ``still_step`` in all) and stack: float32 (num_frames, N, 2)."""
     if len(tracks) == 0:
         raise TrajectoryError("no tracks to resample")
-    return np.stack([resample_trajectory(t, num_frames) for t in tracks], axis=1)
+    return np.stack([resample_trajectory(t, num_frames, still_step) for t in tracks], axis=1)

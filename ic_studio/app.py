@@ -254,7 +254,7 @@ class Studio:
             raise StudioError("upload or pick an image first")
         if not session.drawing.tracks:
             raise StudioError(f"draw at least one trajectory (click on the image): the {mode} mode "
-                              f"needs one; a single click with *Still anchor* makes a point that stays put")
+                              f"needs one; a single click with *Still anchor* makes a point that stays (nearly) put")
         check_run_for_mode(self.run, self.cfg, mode)
         if mode != "object":
             trajs_scale = 1.0  # camera-free guidance combines the object adapter with the base

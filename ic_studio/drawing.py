@@ -17,7 +17,7 @@ from ic_data.preview import TRACK_COLOURS, draw_tracks
 from ic_data.trajectories import require_in_view, user_tracks_to_array, validate_trajectories
 from ic_model.pipelines.image_conductor import GENERATE_MAX_UPSCALE
 
-from .model_view import ModelView
+from .model_view import DISPLAY_HEIGHT, DISPLAY_WIDTH, ModelView
 
 MAX_TRACKS = 8
 JSON_DECIMALS = 6  # 1e-6 source pixels: far below anything the model can see
@@ -58,7 +58,8 @@ class TrajectoryDrawing:
         self.still_next = False
 
     def still_anchor(self) -> None:
-        """The next click places a single point that stays put (a still anchor)."""
+        """The next click places a single point that stays put (a still anchor: the official
+        demo's stationary point, moving 1 pixel of the 384×256 frame each way over the clip)."""
         self.open = False
         self.still_next = True
 
@@ -106,7 +107,8 @@ class TrajectoryDrawing:
         """float32 (num_frames, N, 2) in model pixels: what the pipeline will be given."""
         if not self.tracks:
             raise DrawingError("no trajectories drawn")
-        return user_tracks_to_array([view.display_to_model(np.array(t)) for t in self.tracks], num_frames)
+        to_model = np.array(view.model_size, np.float64) / (DISPLAY_WIDTH, DISPLAY_HEIGHT)  # the official +1 px at 384×256
+        return user_tracks_to_array([view.display_to_model(np.array(t)) for t in self.tracks], num_frames, to_model)
 
     # --- the picture ------------------------------------------------------------------------
 

@@ -284,10 +284,17 @@ def test_sparse_sample_all_static_is_uniform_and_never_fails():
 # --- user trajectories ------------------------------------------------------------------------
 
 
-def test_resample_single_point_is_still():
+def test_resample_single_point_is_the_official_stationary_point():
+    """One click is the official demo's stationary point, [p, p + (1, 1)] interpolated: a
+    straight line of 1 px each way over the clip (in the units of ``still_step``)."""
     out = resample_trajectory([[12.5, 40]], 16)
     assert out.shape == (16, 2) and out.dtype == np.float32
-    np.testing.assert_array_equal(out, np.tile([12.5, 40], (16, 1)))
+    steps = np.linspace(0, 1, 16)[:, None]
+    np.testing.assert_allclose(out, [12.5, 40] + steps, atol=1e-5)
+    quarter = resample_trajectory([[12.5, 40]], 16, still_step=(0.25, 0.25))  # the tiny preset's 96×64
+    np.testing.assert_allclose(quarter, [12.5, 40] + 0.25 * steps, atol=1e-5)
+    flow = tracks_to_flow_maps(user_tracks_to_array([np.array([[100.0, 50.0]])], 16))  # (2, T, H, W)
+    assert flow[:, 1:].max() > 1e-5 and not flow[:, 0].any()  # a displacement (1/15 px a frame), not zeros
 
 
 def test_resample_two_points_is_evenly_spaced_line():
@@ -321,7 +328,7 @@ def test_user_tracks_to_array_shape():
     tracks = validate_trajectories([[[1, 2]], [[3, 4], [30, 40], [60, 80]]], W, H)
     arr = user_tracks_to_array(tracks, 16)
     assert arr.shape == (16, 2, 2) and arr.dtype == np.float32
-    np.testing.assert_array_equal(arr[:, 0], np.tile([1, 2], (16, 1)))
+    np.testing.assert_allclose(arr[:, 0], [1, 2] + np.linspace(0, 1, 16)[:, None], atol=1e-5)  # a stationary point
     np.testing.assert_allclose(arr[-1, 1], [60, 80])
 
 

@@ -105,7 +105,7 @@ def prepare_image_and_tracks(
         mapped = [((geometry.source_to_clip(t) + 0.5) * to_model - 0.5) for t in tracks]
     return PreparedInput(
         image=np.ascontiguousarray(model_image),
-        tracks=user_tracks_to_array(mapped, cfg.num_frames),
+        tracks=user_tracks_to_array(mapped, cfg.num_frames, still_step=to_model),  # the official +1 px at 384×256
         geometry=geometry,
     )
 
