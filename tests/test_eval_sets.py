@@ -290,3 +290,32 @@ def test_an_ablation_sweep_with_a_trajs_scale_of_its_own_is_refused():
     assert guidance_problems("object", 1.0, True) == [] and guidance_problems("object", 1.3, False) == []
     (problem,) = guidance_problems("object", 1.2, True)
     assert problem.startswith("trajs_scale 1.2 with ablation: the sweep sets λ_trajs itself (1, 1.1, 1.3, 1.5)")
+
+
+@pytest.mark.parametrize("size", [(96, 64), (384, 256)])
+def test_background_points_keep_off_the_objects_at_any_model_size(size):
+    """The background motion of the object set is measured on grid points away from the drawn
+    tracks. The margin was 12 model pixels: the toy objects' whole radius at 96×64, but at
+    384×256 a quarter of it, and 23 of the shipped set's 349 background points lay on an object
+    in frame 0, whose own motion then counted as the camera's."""
+    from ic_data.synthetic import TOY_OBJECT_SCALE
+    from ic_model.evaluation.evaluate import background_points
+
+    width, height = size
+    to_model = np.array([width / 384, height / 256])
+    radius = 0.09 * 256 * TOY_OBJECT_SCALE  # synthetic_first_frame's objects, in 384×256 pixels
+    counts = []
+    for case in read_eval_set("object").cases:
+        tracks = np.stack([resample(t) for t in case.trajectories], axis=1) * to_model
+        points = background_points(tracks, width, height)
+        starts = np.array([t[0] for t in case.trajectories], np.float64)
+        on_object = np.linalg.norm((points / to_model)[:, None] - starts[None], axis=-1) <= radius
+        assert not on_object.any(), (case.id, points[on_object.any(axis=1)])
+        counts.append(len(points))
+    assert sum(counts) >= 150, counts  # most of the picture is still background
+
+
+def resample(track):
+    from ic_data.trajectories import resample_trajectory
+
+    return resample_trajectory(track, 16)

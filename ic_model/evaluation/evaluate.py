@@ -17,6 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ic_data.clips import CLIP_HEIGHT, CLIP_WIDTH
 from ic_data.errors import BadInputError, MissingInputError
 from ic_data.mp4 import write_mp4
 from ic_data.preview import preview_gif
@@ -104,13 +105,24 @@ def _first_frames(cases: list[EvalCase], images: str | None, seed: int) -> list[
     return frames
 
 
-def background_points(tracks: np.ndarray, width: int, height: int, grid: int = 6, margin_px: float = 12.0) -> np.ndarray:
-    """Grid points farther than ``margin_px`` from every requested track (model pixels)."""
+#: How far (pixels of a 384×256 frame) a background point keeps from every requested track: an
+#: object drawn on a track covers about that much around it (the toy world's and the synthetic
+#: first frames' objects are 40 px across their radius at 384×256).
+BACKGROUND_MARGIN_PX = 48.0
+
+
+def background_points(tracks: np.ndarray, width: int, height: int, grid: int = 6,
+                      margin_px: float = BACKGROUND_MARGIN_PX) -> np.ndarray:
+    """A ``grid``×``grid`` of points of a ``width``×``height`` frame (model pixels) farther than
+    ``margin_px`` from every requested track (model pixels), measured in 384×256 pixels: the
+    same points of the picture whatever the model's size (in model pixels, 12 px had been an
+    object's whole radius at 96×64 and a quarter of it at 384×256)."""
     xs = (np.arange(grid) + 0.5) * width / grid
     ys = (np.arange(grid) + 0.5) * height / grid
     pts = np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2)
-    d = np.linalg.norm(pts[:, None, None, :] - tracks.transpose(1, 0, 2)[None], axis=-1).min(axis=(1, 2))
-    return pts[d > margin_px]
+    to_reference = np.array([CLIP_WIDTH / width, CLIP_HEIGHT / height])
+    apart = (pts[:, None, None, :] - tracks.transpose(1, 0, 2)[None]) * to_reference
+    return pts[np.linalg.norm(apart, axis=-1).min(axis=(1, 2)) > margin_px]
 
 
 def background_motion_px(frames: np.ndarray, tracks: np.ndarray, tracker: str) -> float:
@@ -354,6 +366,7 @@ def reference_metrics(generated: list[np.ndarray], reference: str, cfg, limit: i
 __all__ = [
     "ABLATION_TRAJS_SCALES",
     "EvalSettings",
+    "BACKGROUND_MARGIN_PX",
     "background_motion_px",
     "background_points",
     "check_guidance",
