@@ -295,6 +295,15 @@ def sample_clip_indices(
     return start + offset + stride * np.arange(clip_frames, dtype=np.int64)
 
 
+def resize_points(xy, from_size: tuple[int, int], to_size: tuple[int, int]) -> np.ndarray:
+    """Points ``xy`` (..., 2) in pixels of a ``from_size`` (width, height) frame → the same
+    points of the picture in that frame resized to ``to_size``: float64, pixel centres mapped
+    to pixel centres, as ``cv2.resize`` lays out its grid (so a clip's tracks land where its
+    frames, resized to the model's size, show what they follow)."""
+    factor = np.asarray(to_size, np.float64) / np.asarray(from_size, np.float64)
+    return (np.asarray(xy, np.float64) + 0.5) * factor - 0.5
+
+
 @dataclass(frozen=True)
 class ClipGeometry:
     """How clip pixels relate to source pixels (pixel-centre convention).

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ic_data.clips import CLIP_HEIGHT, CLIP_WIDTH, ClipGeometry
+from ic_data.clips import CLIP_HEIGHT, CLIP_WIDTH, ClipGeometry, resize_points
 from ic_model.config import ModelConfig
 from ic_model.pipelines.image_conductor import prepare_image_and_tracks
 
@@ -48,8 +48,7 @@ class ModelView:
 
     def display_to_model(self, xy) -> np.ndarray:
         """The map :func:`prepare_image_and_tracks` applies after source → clip."""
-        to_model = np.array([self.model_size[0] / DISPLAY_WIDTH, self.model_size[1] / DISPLAY_HEIGHT])
-        return (np.asarray(xy, np.float64) + 0.5) * to_model - 0.5
+        return resize_points(xy, (DISPLAY_WIDTH, DISPLAY_HEIGHT), self.model_size)
 
     def display_bounds(self) -> tuple[float, float, float, float]:
         """(x0, y0, x1, y1): the display points whose source point lies inside the image.

@@ -119,10 +119,8 @@ def assert_same_batch(a: TrainBatch, b: TrainBatch) -> None:
 
 
 def expected_flow(tracks: np.ndarray, frames: np.ndarray, indices) -> np.ndarray:
-    """Flow maps recomputed from the shard's tracks: x scaled by W/384, y by H/256."""
-    clip = tracks[frames].astype(np.float64)
-    clip[..., 0] *= CFG.width / CLIP_W
-    clip[..., 1] *= CFG.height / CLIP_H
+    """Flow maps recomputed from the shard's tracks, their pixel centres moved to the model's."""
+    clip = (tracks[frames].astype(np.float64) + 0.5) * [CFG.width / CLIP_W, CFG.height / CLIP_H] - 0.5
     return tracks_to_flow_maps(
         clip, indices, height=CFG.height, width=CFG.width,
         kernel_size=CFG.flow_kernel_size, sigma=CFG.flow_sigma,
@@ -399,3 +397,26 @@ def test_clip_shorter_than_span_is_an_error(tmp_path):
     with pytest.raises(ShardSampleError, match="8 frames, shorter than the 15-frame span"):
         take(stream(tmp_path, batch_size=1), 1)
 
+
+
+def test_tracks_land_where_the_resized_frames_show_what_they_follow():
+    """A blob centred on a clip point, resized to the model's 96×64 as the loader resizes frames,
+    is centred where the loader puts the point (x·W/384 had been 0.375 model pixels off: 1.5 clip
+    pixels), and generation maps a point drawn on that clip frame to the same place."""
+    from ic_data.clips import resize_points
+    from ic_model.pipelines.image_conductor import prepare_image_and_tracks
+
+    rng = np.random.default_rng(0)
+    ys, xs = np.mgrid[0:CLIP_H, 0:CLIP_W]
+    for _ in range(5):
+        point = rng.uniform([40, 40], [CLIP_W - 40, CLIP_H - 40])
+        blob = 250 * np.exp(-((xs - point[0]) ** 2 + (ys - point[1]) ** 2) / (2 * 6.0**2))
+        frame = np.repeat(np.rint(blob).astype(np.uint8)[..., None], 3, axis=2)
+        small = cv2.resize(frame, (CFG.width, CFG.height), interpolation=cv2.INTER_AREA)[..., 0].astype(np.float64)
+        my, mx = np.mgrid[0 : CFG.height, 0 : CFG.width]
+        centre = np.array([(small * mx).sum(), (small * my).sum()]) / small.sum()
+        mapped = resize_points(point, (CLIP_W, CLIP_H), (CFG.width, CFG.height))
+        assert np.abs(mapped - centre).max() < 0.03, (point, mapped, centre)
+        assert np.abs(point * [CFG.width / CLIP_W, CFG.height / CLIP_H] - centre).min() > 0.3  # the old rule
+        drawn = prepare_image_and_tracks(frame, [[point.tolist(), point.tolist()]], CFG)
+        np.testing.assert_allclose(drawn.tracks[0, 0], mapped, atol=1e-4)

@@ -30,6 +30,7 @@ from ic_data.clips import (
     CLIP_WIDTH,
     ClipGeometry,
     center_crop_box,
+    resize_points,
     resized_size,
 )
 from ic_data.errors import BadInputError, MissingInputError
@@ -102,7 +103,8 @@ def prepare_image_and_tracks(
     if trajectory_space == "model":
         mapped = tracks
     else:
-        mapped = [((geometry.source_to_clip(t) + 0.5) * to_model - 0.5) for t in tracks]
+        mapped = [resize_points(geometry.source_to_clip(t), (CLIP_WIDTH, CLIP_HEIGHT), (cfg.width, cfg.height))
+                  for t in tracks]
     return PreparedInput(
         image=np.ascontiguousarray(model_image),
         tracks=user_tracks_to_array(mapped, cfg.num_frames, still_step=to_model),  # the official +1 px at 384×256
@@ -112,8 +114,8 @@ def prepare_image_and_tracks(
 
 def clip_tracks_to_source(tracks_model: np.ndarray, geometry: ClipGeometry, cfg: ModelConfig) -> np.ndarray:
     """Inverse of the mapping in :func:`prepare_image_and_tracks` (for drawing on the input)."""
-    to_clip = np.array([CLIP_WIDTH / cfg.width, CLIP_HEIGHT / cfg.height])
-    return geometry.clip_to_source((tracks_model + 0.5) * to_clip - 0.5).astype(np.float32)
+    clip = resize_points(tracks_model, (cfg.width, cfg.height), (CLIP_WIDTH, CLIP_HEIGHT))
+    return geometry.clip_to_source(clip).astype(np.float32)
 
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -37,6 +37,7 @@ import torch
 import webdataset as wds
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from ic_data.clips import resize_points
 from ic_data.mp4 import decode_mp4
 from ic_data.errors import ShardError
 from ic_data.shards import MEMBER_SUFFIXES, shard_paths, unreadable_shard, webdataset_shard_handler
@@ -329,8 +330,9 @@ class ClipStream(IterableDataset):
                 )
             clip_h, clip_w = frames.shape[1:3]
             pixels = model_frames(frames[frame_indices], cfg)
-        # Tracks are in clip pixels; the maps are drawn at the model size.
-        scaled = clip_tracks.astype(np.float64) * np.array([cfg.width / clip_w, cfg.height / clip_h])
+        # Tracks are in clip pixels; the maps are drawn at the model size, where the frames
+        # resized to it show what the tracks follow (generation maps drawn tracks the same way).
+        scaled = resize_points(clip_tracks, (clip_w, clip_h), (cfg.width, cfg.height))
         flow = tracks_to_flow_maps(
             scaled, indices, height=cfg.height, width=cfg.width,
             kernel_size=cfg.flow_kernel_size, sigma=cfg.flow_sigma,
