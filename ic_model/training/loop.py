@@ -58,14 +58,17 @@ from ic_model.training.run import (
     stage_dir,
 )
 
-# What each stage trains on: track mode for the conditioning, and the clip filter.
+# What each stage trains on: track mode for the conditioning, and the clip filter. The camera
+# LoRA learns from camera-only clips, the object LoRA from mixed ones (appendix C.1: "camera-only
+# data and mixed data ... camera LoRA and object LoRA respectively"): a RealEstate10K clip in the
+# object stage would teach the object adapter camera motion, which eq. 5 subtracts.
 STAGE_DATA = {
     "vae": ("dense", None),
     "base": ("dense", None),
     "dense": ("dense", None),
     "sparse": ("sparse", None),
     "camera": ("sparse", True),
-    "object": ("sparse", None),
+    "object": ("sparse", False),
 }
 
 
