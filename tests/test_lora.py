@@ -117,6 +117,19 @@ def test_targets_cover_the_official_list_and_nothing_else():
     assert len(trainable) == 2 * len(matched)
 
 
+def test_a_new_adapter_starts_as_the_official_release_initialises_it():
+    """utils/lora_utils.py of the official code: ``init_lora_weights="gaussian"``, A ~ N(0, 1/r²)
+    (peft's default is Kaiming-uniform, twice as wide on these layers), B = 0."""
+    torch.manual_seed(0)
+    model = tiny_controlnet()
+    add_lora_adapter(model, "object", RANK, RANK)
+    params = lora_parameters(model, "object")
+    a = torch.cat([v.detach().flatten() for k, v in params.items() if ".lora_A." in k])
+    b = torch.cat([v.detach().flatten() for k, v in params.items() if ".lora_B." in k])
+    assert a.numel() > 10_000 and abs(a.std().item() * RANK - 1) < 0.02 and abs(a.mean().item()) * RANK < 0.02
+    assert not b.any()
+
+
 def test_adapters_start_as_identity_and_disabling_gives_the_base_model_exactly(inputs):
     # Bit-exact comparisons need fixed requires_grad flags: PyTorch's matmul takes a different
     # (equally valid) kernel path for a weight that requires grad, which moves the last bit.

@@ -89,6 +89,33 @@ def test_stage_refuses_to_start_without_its_prerequisite(tmp_path, training_shar
     assert not (tmp_path / "run" / "object").exists()
 
 
+def test_each_adapter_trains_on_its_own_data(tmp_path, trained_run, training_shards):
+    """Appendix C.1: the camera LoRA from camera-only clips, the object LoRA from mixed ones. The
+    object stage took every clip, so a RealEstate10K clip taught the object adapter camera
+    motion; given only camera-only clips it now stops, naming what it needs, before training."""
+    import shutil
+
+    from ic_data.errors import ShardError
+
+    run, _ = trained_run
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "object")
+    camera_only = tmp_path / "camera-shards"
+    camera_only.mkdir()
+    shutil.copy(training_shards / "camera-000000.tar", camera_only)
+    cfg = run_model_config(copy, "tiny", num_frames=TEST_FRAMES)
+    with pytest.raises(ShardError, match="no clips with camera_only=false in .*the object stage needs mixed"):
+        train_stage("object", str(camera_only), copy, _cfg("object", steps=1), cfg)
+    assert not (copy / "object" / "done.json").exists()
+    shutil.rmtree(copy / "camera")
+    mixed = tmp_path / "mixed-shards"
+    mixed.mkdir()
+    shutil.copy(training_shards / "mixed-000000.tar", mixed)
+    with pytest.raises(ShardError, match="no camera_only clips in .*the camera stage needs RealEstate10K"):
+        train_stage("camera", str(mixed), copy, _cfg("camera", steps=1), cfg)
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(steps=0), "steps must be a whole number ≥ 1, got 0"),  # finished a stage untrained, done.json and all
     (dict(steps=1.5), "steps must be a whole number, got 1.5"),
@@ -143,9 +170,13 @@ def test_a_trained_run_refuses_another_model_config(tmp_path, training_shards):
 # 10·k) under ATEN_CPU_CAPABILITY native/avx2/default with MKL and oneDNN capped at AVX2, on 1
 # and 2 threads, and reported from an AVX-512 machine (vae 4.0 at seed 0), the worst ratios were:
 # vae 4.0, base 68, dense 3.8, sparse 5.5, camera 7.9, object 7.4 (spread: vae 4.0–13.2, dense
-# 3.8–8.4, sparse 5.5–21.6). Each bar is about half the worst. A stage that does not learn keeps
-# the same loss on the same batch (ratio 1).
-OVERFIT_MIN_RATIO = {"vae": 2.0, "base": 30.0, "dense": 1.9, "sparse": 2.5, "camera": 3.5, "object": 3.5}
+# 3.8–8.4, sparse 5.5–21.6). Since the LoRAs start as the official release starts them (A
+# Gaussian, std 1/rank: half peft's default width) and the object stage trains on mixed clips
+# only, measured again over seeds 0–3 natively (2 threads), at AVX2 (1 thread) and at the
+# default ISA (2 threads): camera 4.6–10.2, object 3.6–16.2 (the others within the old spread:
+# vae 4.2, base 58, dense 4.1, sparse 5.3 at worst). Each bar is about half the worst. A stage
+# that does not learn keeps the same loss on the same batch (ratio 1).
+OVERFIT_MIN_RATIO = {"vae": 2.0, "base": 30.0, "dense": 1.9, "sparse": 2.5, "camera": 2.3, "object": 1.8}
 
 
 @pytest.mark.parametrize("stage", ["vae", "base", "dense", "sparse", "camera", "object"])

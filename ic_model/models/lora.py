@@ -152,7 +152,9 @@ def add_lora_adapter(
     """Inject a new LoRA adapter ``name`` into every module whose full name matches
     ``targets_regex``.
 
-    B is zero-initialised (peft's default), so the outputs do not change until it trains. The new
+    A starts Gaussian (std 1/rank) as in the official release (``init_lora_weights="gaussian"``
+    in its ``utils/lora_utils.py``; peft's default is Kaiming-uniform), B at zero, so the
+    outputs do not change until it trains. The new
     adapter is trainable and joins the active set; adapters already loaded keep their
     ``requires_grad`` flags, and the base weights are frozen (peft does this on injection: LoRA
     stages never train them).
@@ -162,7 +164,8 @@ def add_lora_adapter(
     if name in adapter_names(model):
         raise ValueError(f"LoRA adapter {name!r} is already loaded")
     previous = active_adapters(model)
-    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets_regex, lora_dropout=0.0)
+    config = LoraConfig(r=rank, lora_alpha=alpha, target_modules=targets_regex, lora_dropout=0.0,
+                        init_lora_weights="gaussian")
     lora_flags = {
         p: p.requires_grad
         for other in adapter_names(model)
