@@ -105,7 +105,7 @@ def test_each_adapter_trains_on_its_own_data(tmp_path, trained_run, training_sha
     camera_only.mkdir()
     shutil.copy(training_shards / "camera-000000.tar", camera_only)
     cfg = run_model_config(copy, "tiny", num_frames=TEST_FRAMES)
-    with pytest.raises(ShardError, match="no clips with camera_only=false in .*the object stage needs mixed"):
+    with pytest.raises(ShardError, match="no clips with camera_only=false in .*the object stage trains on mixed"):
         train_stage("object", str(camera_only), copy, _cfg("object", steps=1), cfg)
     assert not (copy / "object" / "done.json").exists()
     shutil.rmtree(copy / "camera")

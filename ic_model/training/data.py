@@ -163,8 +163,8 @@ def _scan_shards(paths: list[str], camera_only: bool | None) -> list[str]:
         raise ShardError(
             f"no camera_only clips in {where}: the camera stage needs RealEstate10K-style shards"
         )
-    raise ShardError(f"no clips with camera_only=false in {where}: the object stage needs mixed (WebVid-style) "
-                     "shards, as `ic curate webvid` writes them")
+    raise ShardError(f"no clips with camera_only=false in {where}: the object stage trains on mixed "
+                     "(WebVid-style) shards, as `ic curate webvid` writes them")
 
 
 class ClipStream(IterableDataset):
