@@ -425,18 +425,13 @@ def check_evaluate(args) -> list[str]:
         evalset = None
     kind = evalset.kind if evalset else None
     cfg = _run_problems(problems, args.run, args.mode or kind)
-    if args.reference and evalset and (args.max_cases is None or args.max_cases >= 1):
+    if args.reference:
         from ic_model.evaluation.evaluate import reference_problems
 
-        num_videos = len(evalset.cases[: args.max_cases])
+        # The number of videos is known once the set and --max-cases are (a bad one is named below).
+        known = evalset is not None and (args.max_cases is None or args.max_cases >= 1)
+        num_videos = len(evalset.cases[: args.max_cases]) if known else None
         problems += [f"--{p}" for p in reference_problems(args.reference, num_videos)]
-    elif args.reference:
-        from ic_data.shards import shard_paths
-
-        try:
-            shard_paths(args.reference)
-        except FileNotFoundError as err:
-            problems.append(f"--reference {args.reference}: {err}")
     images = _existing(problems, "--images", args.images, "dir")
     if images and not any(p.suffix.lower() in FIRST_FRAME_SUFFIXES for p in images.iterdir()):
         problems.append(f"--images {args.images}: no images ({'/'.join(FIRST_FRAME_SUFFIXES)}) in it")

@@ -247,11 +247,11 @@ def test_reference_clips_are_refused_naming_the_clip_where_shorter_than_the_vide
     from ic_data.errors import BadInputError
     from ic_data.shards import ClipSample, clip_meta, write_shard
     from ic_data.synthetic import write_synthetic_shards
-    from ic_model.evaluation.evaluate import iter_reference_clips, reference_clips
+    from ic_model.evaluation.evaluate import iter_reference_clips
 
     cfg = SimpleNamespace(num_frames=8, width=96, height=64)
     shards = write_synthetic_shards(tmp_path / "reference", num_mixed=2, num_camera=2)
-    clips = reference_clips(str(shards), cfg, 3)
+    clips = list(iter_reference_clips(str(shards), cfg, 3))
     assert len(clips) == 3 and all(c.shape == (8, 64, 96, 3) for c in clips)
     frames = np.random.default_rng(0).integers(0, 256, (4, 256, 384, 3), dtype=np.uint8)
     short = ClipSample(key="short", frames=frames, tracks=np.zeros((4, 256, 2), np.float32),

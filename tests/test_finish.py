@@ -14,7 +14,7 @@ from ic_demo.world import make_heldout
 from ic_model.evaluation.evaluate import (
     ABLATION_TRAJS_SCALES,
     EvalSettings,
-    reference_clips,
+    iter_reference_clips,
 )
 from ic_model.training.run import run_model_config
 
@@ -42,7 +42,7 @@ def chain_folder(tmp_path_factory):
     scale = SCALES["test"]
     heldout = make_heldout(str(root / "heldout"), scale, seed=0)
     cfg = run_model_config(root / "run", "tiny", num_frames=scale.num_frames, **scale.model)
-    same = reference_clips(heldout, cfg, 2)  # two clips, two cases: the networks are slow on a CPU
+    same = list(iter_reference_clips(heldout, cfg, 2))  # two clips, two cases: the networks are slow on a CPU
     noise = [np.random.default_rng(i).integers(0, 256, c.shape, dtype=np.uint8) for i, c in enumerate(same)]
     _eval_dir(root, "camera-camera", "camera", "camera", same, sweep=False)
     _eval_dir(root, "object-object", "object", "object", noise, sweep=True)

@@ -359,7 +359,8 @@ def test_the_last_ddim_step_lands_on_the_predicted_clean_latents(pipe):
     g = torch.Generator().manual_seed(0)
     clean, noise = torch.randn(1, 4, 2, 8, 12, generator=g), torch.randn(1, 4, 2, 8, 12, generator=g)
     noisy = scheduler.add_noise(clean, noise, t.reshape(1))
-    prediction = noise if scheduler.config.prediction_type == "epsilon" else clean
+    prediction = {"epsilon": noise, "sample": clean,
+                  "v_prediction": scheduler.get_velocity(clean, noise, t.reshape(1))}[scheduler.config.prediction_type]
     out = scheduler.step(prediction, t, noisy).prev_sample
     assert torch.allclose(out, clean, atol=1e-4), float((out - clean).abs().max())
 

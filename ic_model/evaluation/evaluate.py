@@ -8,6 +8,7 @@ generated videos with a reference set of curated clips.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -249,10 +250,11 @@ def evaluate_set(
     return metrics
 
 
-def reference_problems(reference: str | None, num_videos: int) -> list[str]:
+def reference_problems(reference: str | None, num_videos: int | None) -> list[str]:
     """What would stop FID/FVD only after every video has been generated: a reference that
-    names no shards, fewer than ``MIN_FRECHET_SET`` videos to score, the Inception or I3D
-    weights missing. One line each; none without a reference."""
+    names no shards, fewer than ``MIN_FRECHET_SET`` videos to score (unless ``num_videos`` is
+    None: not known yet), the Inception or I3D weights missing. One line each; none without a
+    reference."""
     if not reference:
         return []
     from ic_data.errors import MissingWeightsError
@@ -265,7 +267,7 @@ def reference_problems(reference: str | None, num_videos: int) -> list[str]:
         shard_paths(reference)
     except FileNotFoundError as err:
         problems.append(f"reference {reference}: {err}")
-    if num_videos < MIN_FRECHET_SET:
+    if num_videos is not None and num_videos < MIN_FRECHET_SET:
         problems.append(f"reference {reference}: FID and FVD need at least {MIN_FRECHET_SET} generated videos, "
                         f"this evaluation makes {num_videos} (more cases, or no reference)")
     for locate in (locate_inception_weights, find_i3d_weights):
@@ -304,14 +306,6 @@ def iter_reference_clips(shards: str, cfg, limit: int):
                 return
 
 
-def reference_clips(shards: str, cfg, limit: int) -> list[np.ndarray]:
-    """:func:`iter_reference_clips` as a list; refuses shards holding no clip."""
-    clips = list(iter_reference_clips(shards, cfg, limit))
-    if not clips:
-        raise BadInputError(f"no reference clips in {shards}")
-    return clips
-
-
 # Reference features per (shards, size, frames, limit): several variants of one run are usually
 # compared with the same reference set, and I3D costs seconds per clip on a CPU.
 _REFERENCE_FEATURES: dict[tuple, tuple[np.ndarray, np.ndarray, int]] = {}
@@ -339,14 +333,9 @@ def reference_metrics(generated: list[np.ndarray], reference: str, cfg, limit: i
     if key not in _REFERENCE_FEATURES:
         # REFERENCE_BATCH clips at a time: the paper's 5000 reference clips, held decoded at
         # 16×256×384, would take 24 GB (and as much again concatenated for Inception).
-        frames, videos, batch = [], [], []
-        for clip in iter_reference_clips(reference, cfg, limit):
-            batch.append(clip)
-            if len(batch) == REFERENCE_BATCH:
-                frames.append(inception()(np.concatenate(batch)))
-                videos.append(i3d()(_fvd_frames(batch, cfg.num_frames)))
-                batch = []
-        if batch:
+        frames, videos = [], []
+        clips = iter_reference_clips(reference, cfg, limit)
+        while batch := list(itertools.islice(clips, REFERENCE_BATCH)):
             frames.append(inception()(np.concatenate(batch)))
             videos.append(i3d()(_fvd_frames(batch, cfg.num_frames)))
         num_ref = sum(len(v) for v in videos)
@@ -373,7 +362,6 @@ __all__ = [
     "guidance_problems",
     "evaluate_set",
     "iter_reference_clips",
-    "reference_clips",
     "reference_metrics",
     "reference_problems",
 ]
