@@ -5,7 +5,9 @@ One sample per kept clip, six members per sample inside a plain tar::
     {key}.mp4             the clip, H.264 (T frames, H×W; 32 × 256×384 in the pipeline)
     {key}.tracks.npy      float32 (T, N, 2): x, y pixel coordinates in the clip
     {key}.visibility.npy  bool (T, N)
-    {key}.sparse.npy      int64 (n,), 1 ≤ n ≤ 8: indices into the N tracks
+    {key}.sparse.npy      int64 (n,), 1 ≤ n ≤ 8: indices into the N tracks (one intensity-
+                          weighted draw over the clip, for previews; training draws its own
+                          for each 16-frame window)
     {key}.txt             caption, UTF-8
     {key}.json            metadata (see ``REQUIRED_META_KEYS``)
 

@@ -1,14 +1,17 @@
 """Trajectories: sparse track sampling, Gaussian-filtered flow maps, user trajectory files.
 
 One function, :func:`tracks_to_flow_maps`, turns point tracks (and the chosen subset) into the
-conditioning tensor of the motion ControlNet. Training, the curation preview and inference all
-call it, so the three cannot drift apart. It reproduces the official Image Conductor release:
+conditioning tensor of the motion ControlNet. Training and inference both call it, so the two
+cannot drift apart. It reproduces the official Image Conductor release:
 
 * frame 0 is all zeros (the official code prepends a zero frame);
 * for each step ``i`` the displacement ``p_{i+1} - p_i`` of every selected track is written at
   the integer pixel of ``p_i`` in frame ``i + 1``;
 * frames ``1..T-1`` are filtered with a normalised 99×99 Gaussian kernel, σ = 10
   (``cv2.filter2D``, default border ``BORDER_REFLECT_101``).
+
+Curated tracks come with a tracker's visibility; training leaves out the steps of hidden points
+and of points outside the frame (the release's drawn tracks never have either).
 
 Sparse tracks are drawn as in paper §2.2: ``n ∈ [1, 8]`` tracks with probability proportional to
 their normalised motion intensity (total path length), so moving content is what the model is
@@ -176,6 +179,7 @@ def tracks_to_flow_maps(
     width: int = CLIP_WIDTH,
     kernel_size: int = KERNEL_SIZE,
     sigma: float = KERNEL_SIGMA,
+    visibility: np.ndarray | None = None,
 ) -> np.ndarray:
     """Trajectory conditioning tensor, built exactly as the official release builds it.
 
@@ -185,6 +189,11 @@ def tracks_to_flow_maps(
             every track (the dense variant).
         height, width: size of the maps in pixels.
         kernel_size, sigma: the Gaussian filter (official: 99, 10).
+        visibility: optional (T, N) bool of a tracker (before ``indices``). With it, a step
+            ``p_i → p_{i+1}`` is written only where the point is visible at both ends and
+            ``p_i`` lies inside the map: a tracker's positions for hidden points are guesses, and
+            a point outside the image has no pixel to carry its motion (clamped, it would pile
+            on the border). Training passes it; drawn tracks (inference) have none.
 
     Returns:
         float32 (2, T, height, width); channel 0 is dx, channel 1 is dy. Frame 0 is zero; frame
@@ -198,6 +207,7 @@ def tracks_to_flow_maps(
     num_frames, num_tracks = arr.shape[:2]
     refuse("tracks_to_flow_maps", [whole("height", height, 1), whole("width", width, 1),
                                    whole("kernel_size", kernel_size, 1), number("sigma", sigma, 0, above=True)])
+    vis = _check_visibility(visibility, (num_frames, num_tracks))
     if indices is not None:
         idx = np.asarray(indices)
         if idx.ndim != 1 or (idx.size and not np.issubdtype(idx.dtype, np.integer)):
@@ -207,6 +217,8 @@ def tracks_to_flow_maps(
         if idx.size and (idx.min() < -num_tracks or idx.max() >= num_tracks):
             raise TrajectoryError(f"indices {idx.tolist()} out of range for {num_tracks} tracks")
         arr = arr[:, idx.astype(np.int64)]
+        if vis is not None:
+            vis = vis[:, idx.astype(np.int64)]
     kernel = gaussian_kernel(kernel_size, sigma)
 
     # One (H, W, 2) image per frame lets filter2D process dx and dy in one call.
@@ -218,6 +230,10 @@ def tracks_to_flow_maps(
         row = np.clip(start[..., 1], 0, height - 1).astype(np.int64)
         frame = np.arange(1, num_frames, dtype=np.int64)[:, None]
         flat = ((frame * height + row) * width + col).reshape(-1)  # ordered (frame, track)
+        if vis is not None:
+            x, y = start[..., 0], start[..., 1]
+            keep = (vis[:-1] & vis[1:] & (x >= 0) & (x < width) & (y >= 0) & (y < height)).reshape(-1)
+            flat, displacement = flat[keep], displacement[keep]
         # Keep the last write to each pixel: numpy does not promise an order for repeated
         # indices in a fancy assignment, so resolve duplicates explicitly.
         _, first_in_reversed = np.unique(flat[::-1], return_index=True)

@@ -118,12 +118,13 @@ def assert_same_batch(a: TrainBatch, b: TrainBatch) -> None:
         assert (x is None and y is None) or torch.equal(x, y)
 
 
-def expected_flow(tracks: np.ndarray, frames: np.ndarray, indices) -> np.ndarray:
-    """Flow maps recomputed from the shard's tracks, their pixel centres moved to the model's."""
+def expected_flow(tracks: np.ndarray, visibility: np.ndarray, frames: np.ndarray, indices) -> np.ndarray:
+    """Flow maps recomputed from the shard's tracks, their pixel centres moved to the model's,
+    without the steps of points hidden or outside the frame."""
     clip = (tracks[frames].astype(np.float64) + 0.5) * [CFG.width / CLIP_W, CFG.height / CLIP_H] - 0.5
     return tracks_to_flow_maps(
         clip, indices, height=CFG.height, width=CFG.width,
-        kernel_size=CFG.flow_kernel_size, sigma=CFG.flow_sigma,
+        kernel_size=CFG.flow_kernel_size, sigma=CFG.flow_sigma, visibility=visibility[frames],
     )
 
 
@@ -185,12 +186,12 @@ def test_dense_batches_match_ground_truth(shards, decoded):
         assert batch.frame_indices.shape == (b, t)
         for i, key in enumerate(batch.keys):
             seen.add(key)
-            frames, tracks, _, camera_only = truth[key]
+            frames, tracks, visible, camera_only = truth[key]
             fi = batch.frame_indices[i].numpy()
             assert np.array_equal(np.diff(fi), np.full(t - 1, 2)) and 0 <= fi[0] <= CLIP_T - 15
             assert batch.captions[i] == f"caption of {key}"
             assert bool(batch.camera_only[i]) is camera_only
-            np.testing.assert_array_equal(batch.flow[i].numpy(), expected_flow(tracks, fi, None))
+            np.testing.assert_array_equal(batch.flow[i].numpy(), expected_flow(tracks, visible, fi, None))
             np.testing.assert_array_equal(batch.pixels[i].numpy(), resized(decoded[key], fi))
             # Against the rendered (not encoded) frames: only H.264 loss remains.
             assert np.abs(batch.pixels[i].numpy() - resized(frames, fi)).mean() < 0.03
@@ -200,6 +201,10 @@ def test_dense_batches_match_ground_truth(shards, decoded):
                 dx, dy = batch.flow[i, 0, 1:].sum().item(), batch.flow[i, 1, 1:].sum().item()
                 assert dx > 0 and dy / dx == pytest.approx(PAN[1] / PAN[0], rel=1e-4)
                 assert batch.flow[i, 0].max().item() <= 2 * PAN[0] * CFG.width / CLIP_W + 1e-5
+                # Points panned out of view (right) leave the maps rather than pile on the border.
+                assert not visible[fi].all()
+                unseen = expected_flow(tracks, np.ones_like(visible), fi, None)
+                assert np.abs(unseen[:, :, :, -1]).sum() > 1.5 * np.abs(batch.flow[i, :, :, :, -1].numpy()).sum()
     assert len(seen) >= 4  # the shuffle mixes clips from both shards
     assert len({tuple(fi) for b in batches for fi in b.frame_indices.tolist()}) > 1
 
@@ -210,13 +215,13 @@ def test_sparse_tracks_follow_motion_and_match_flow(shards):
     counts, obj_seen = set(), False
     for batch in batches:
         for i, key in enumerate(batch.keys):
-            _, tracks, _, _ = truth[key]
+            _, tracks, visible, _ = truth[key]
             idx = batch.track_indices[i].numpy()
             counts.add(len(idx))
             assert 1 <= len(idx) <= 8 and batch.num_tracks[i] == len(idx)
             assert np.array_equal(idx, np.unique(idx)) and idx.max() < 256
             fi = batch.frame_indices[i].numpy()
-            np.testing.assert_array_equal(batch.flow[i].numpy(), expected_flow(tracks, fi, idx))
+            np.testing.assert_array_equal(batch.flow[i].numpy(), expected_flow(tracks, visible, fi, idx))
             if key == "obj_disc":
                 # Static camera: only the ~13 tracks on the disc move, and only they are drawn.
                 moving = np.flatnonzero(np.abs(np.diff(tracks[fi], axis=0)).sum(axis=(0, 2)) > 0)

@@ -114,6 +114,45 @@ def test_flow_maps_clamp_points_outside_the_image():
     )
 
 
+def test_flow_maps_with_visibility_leave_out_hidden_and_outside_steps():
+    # Track 0 walks right 2 px a frame and is hidden at frame 2; track 1 walks off the left
+    # edge (x = 4, 2, 0, -2, -4, -6) with the tracker calling it visible throughout.
+    walker = straight_track((100, 50), (2, 0), 6)[:, 0]
+    leaver = straight_track((4, 200), (-2, 1), 6)[:, 0]
+    tracks = np.stack([walker, leaver], axis=1)
+    vis = np.ones((6, 2), bool)
+    vis[2, 0] = False
+    maps = tracks_to_flow_maps(tracks, visibility=vis)
+
+    def step(track, k):  # map frame 1 of that track's step k-1 → k alone
+        return tracks_to_flow_maps(track[k - 1 : k + 1, None])[:, 1]
+
+    kept = {0: [1, 4, 5], 1: [1, 2, 3]}  # walker: not the steps into or out of frame 2; leaver: x ≥ 0
+    for k in range(1, 6):
+        expected = sum((step(track, k) for n, track in enumerate((walker, leaver)) if k in kept[n]),
+                       np.zeros((2, H, W), np.float32))
+        np.testing.assert_allclose(maps[:, k], expected, atol=1e-6)
+    assert np.abs(maps[:, 4:, 150:]).max() < 1e-6, "a point off the image writes nothing"
+    # Without visibility every step is written, the off-image ones clamped onto the border.
+    everything = tracks_to_flow_maps(tracks)
+    assert np.abs(everything[:, 4:, 150:]).max() > 1e-3
+    np.testing.assert_array_equal(tracks_to_flow_maps(tracks, visibility=np.ones((6, 2), bool))[:, :4],
+                                  everything[:, :4])
+
+
+def test_flow_maps_visibility_follows_the_chosen_indices():
+    rng = np.random.default_rng(3)
+    tracks = rng.uniform([20, 20], [W - 20, H - 20], (5, 4, 2))
+    vis = rng.random((5, 4)) > 0.3
+    indices = np.array([3, 1])
+    np.testing.assert_array_equal(
+        tracks_to_flow_maps(tracks, indices, visibility=vis),
+        tracks_to_flow_maps(tracks[:, indices], visibility=vis[:, indices]),
+    )
+    with pytest.raises(TrajectoryError, match="visibility must have shape"):
+        tracks_to_flow_maps(tracks, indices, visibility=vis[:, indices])
+
+
 def test_flow_maps_later_track_overwrites_shared_pixel():
     first = np.array([[10.2, 20.0], [13.0, 20.0]])  # dx = 2.8 from pixel (10, 20)
     second = np.array([[10.9, 20.5], [10.9, 25.5]])  # dy = 5.0 from the same pixel

@@ -3,9 +3,10 @@
 Each shard sample (see :mod:`ic_data.shards`) holds a 32-frame clip and point tracks in clip
 pixels. A training sample takes ``num_frames`` frames at ``frame_stride`` from a random start,
 resizes them to the model size and builds the trajectory conditioning with
-:func:`ic_data.trajectories.tracks_to_flow_maps` — the function the preview and inference also
-use — from every track (``"dense"`` stage) or an intensity-weighted draw of 1–8 tracks
-(``"sparse"`` and later stages, paper §2.2).
+:func:`ic_data.trajectories.tracks_to_flow_maps` — the function inference also uses — from
+every track (``"dense"`` stage) or an intensity-weighted draw of 1–8 tracks (``"sparse"`` and
+later stages, paper §2.2), drawn afresh for each sample (the shard's ``sparse.npy`` is the
+curation's preview draw), leaving out the steps the tracker saw hidden or outside the frame.
 
 The stream is infinite (shards are resampled with replacement) and **exactly resumable**: the
 batches are a pure function of (shards, seed, rank, number of DataLoader workers, batch size),
@@ -336,7 +337,7 @@ class ClipStream(IterableDataset):
         scaled = resize_points(clip_tracks, (clip_w, clip_h), (cfg.width, cfg.height))
         flow = tracks_to_flow_maps(
             scaled, indices, height=cfg.height, width=cfg.width,
-            kernel_size=cfg.flow_kernel_size, sigma=cfg.flow_sigma,
+            kernel_size=cfg.flow_kernel_size, sigma=cfg.flow_sigma, visibility=visibility[frame_indices],
         )
         return dict(
             pixels=pixels,
