@@ -21,7 +21,7 @@ from ic_model.models import lora
 from ic_model.models.components import Denoiser
 from ic_model.models.tiny import build_tiny_components
 from ic_model.config import TrainConfig, tiny_config
-from ic_model.models.motion_controlnet import flow_to_controlnet_cond
+from ic_model.models.motion_controlnet import build_motion_controlnet, flow_to_controlnet_cond
 from ic_model.training.run import MissingPrerequisiteError, load_module, run_model_config, stage_dir
 from ic_model.training.loop import launch_command, train_stage
 
@@ -49,6 +49,30 @@ def test_fresh_motion_controlnet_changes_nothing():
         with_flow = den(noisy, torch.tensor([500]), text, first, flow=flow)
     assert torch.equal(plain, with_flow)
     assert flow_to_controlnet_cond(flow, 8).shape == (1, 128, 16, 8, 12)
+
+
+def test_fresh_motion_controlnet_copies_the_spatial_encoder_and_starts_its_motion_modules_as_identities():
+    """As the official from_unet: the UNet's spatial encoder copied, its motion modules not (a v3
+    module has two temporal attentions to the ControlNet's one); theirs pass features through."""
+    comps = build_tiny_components(tiny_config())
+    with torch.no_grad():  # a UNet whose motion modules are unlike any fresh module's
+        for name, tensor in comps.unet.named_parameters():
+            if ".motion_modules." in name:
+                tensor.add_(0.5)
+    net = build_motion_controlnet(comps.unet, 8)
+    ours, unet = net.state_dict(), comps.unet.state_dict()
+    spatial = [n for n in ours if n.startswith(("conv_in.", "down_blocks.", "mid_block.")) and ".motion_modules." not in n]
+    assert len(spatial) > 50 and all(torch.equal(ours[n], unet[n]) for n in spatial)
+    motion = [n for n in ours if ".motion_modules." in n and n.endswith("weight")]
+    assert motion and not any(n in unet and torch.equal(ours[n], unet[n]) for n in motion)
+    modules = [m for n, m in net.named_modules() if n.endswith("motion_modules.0")]
+    assert len(modules) == len(net.down_blocks)
+    g = torch.Generator().manual_seed(0)
+    for module in modules:
+        channels = module.proj_in.in_features
+        x = torch.randn(2 * 8, channels, 4, 6, generator=g)  # (batch·frames, C, H, W)
+        with torch.no_grad():
+            assert torch.equal(module(x, num_frames=8), x)
 
 
 def test_flow_gain_scales_the_trajectory_maps_the_motion_controlnet_sees():

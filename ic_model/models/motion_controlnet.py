@@ -3,8 +3,12 @@
 A SparseCtrl-style ControlNet (the noisy latent is ignored: ``SparseControlNetModel`` zeroes its
 ``sample``). The (B, 2, T, H, W) flow maps are pixel-unshuffled by the VAE factor f into
 (B, 2·f², T, H/f, W/f) — 128 channels for f = 8 — and enter through a zero-initialised conv, so a
-freshly built ControlNet changes nothing until it is trained. Its encoder is initialised from the
-UNet encoder, as the paper does.
+freshly built ControlNet changes nothing until it is trained. Its encoder's spatial layers are
+initialised from the UNet encoder, as the paper does; its motion modules start fresh with a zero
+output projection (each an identity), as the official ``from_unet`` leaves them: it skips every
+``motion_modules.`` tensor, and its temporal modules are zero-initialised. The UNet's AnimateDiff
+v3 modules hold two temporal attentions a block to the ControlNet's one, so a copy would start it
+from half a module.
 """
 from __future__ import annotations
 
@@ -58,14 +62,16 @@ def sparse_controlnet_kwargs(unet: UNetMotionModel) -> dict:
 def build_motion_controlnet(
     unet: UNetMotionModel, vae_scale_factor: int = 8, load_weights_from_unet: bool = True
 ) -> SparseControlNetModel:
-    """A motion ControlNet whose encoder copies ``unet``'s (conv_in, time embedding, down and mid
-    blocks, motion modules included); the conditioning conv and zero-convs start at zero."""
+    """A motion ControlNet whose encoder copies ``unet``'s spatial layers (conv_in, time embedding,
+    down and mid blocks); the conditioning conv, the zero-convs and the motion modules' output
+    projections start at zero."""
     controlnet = SparseControlNetModel(
         **sparse_controlnet_kwargs(unet),
         conditioning_channels=2 * vae_scale_factor**2,
         concat_conditioning_mask=False,
         use_simplified_condition_embedding=True,
     )
+    zero_motion_outputs(controlnet)
     if load_weights_from_unet:
         copy_unet_encoder(unet, controlnet)
     return controlnet
@@ -81,11 +87,28 @@ def build_image_controlnet(unet: UNetMotionModel, latent_channels: int = 4) -> S
     )
 
 
+MOTION_MODULES = ".motion_modules."
+
+
+@torch.no_grad()
+def zero_motion_outputs(controlnet: SparseControlNetModel) -> int:
+    """Zero the output projection of every motion module (a residual temporal transformer), so
+    each passes its input through unchanged; returns how many were zeroed."""
+    zeroed = 0
+    for name, module in controlnet.named_modules():
+        if MOTION_MODULES in f".{name}" and name.endswith(".proj_out"):
+            for tensor in module.parameters(recurse=False):
+                tensor.zero_()
+            zeroed += 1
+    return zeroed
+
+
 @torch.no_grad()
 def copy_unet_encoder(unet: UNetMotionModel, controlnet: SparseControlNetModel) -> None:
-    """Copy every encoder tensor the two models share by name and shape; fail if any is missing."""
+    """Copy every spatial encoder tensor the two models share by name and shape (not the motion
+    modules, which stay as built); fail if any is missing."""
     target = controlnet.state_dict()
-    source = unet.state_dict()
+    source = {n: t for n, t in unet.state_dict().items() if MOTION_MODULES not in n}
     copied = 0
     for prefix in ("conv_in.", "time_embedding.", "down_blocks.", "mid_block."):
         for name, tensor in source.items():
@@ -94,7 +117,8 @@ def copy_unet_encoder(unet: UNetMotionModel, controlnet: SparseControlNetModel) 
             if name in target and target[name].shape == tensor.shape:
                 target[name].copy_(tensor)
                 copied += 1
-    encoder = [n for n in target if n.startswith(("down_blocks.", "mid_block.", "conv_in."))]
+    encoder = [n for n in target
+               if n.startswith(("down_blocks.", "mid_block.", "conv_in.")) and MOTION_MODULES not in n]
     missing = [n for n in encoder if n not in source]
     if missing:
         raise ValueError(
@@ -111,4 +135,5 @@ __all__ = [
     "copy_unet_encoder",
     "flow_to_controlnet_cond",
     "sparse_controlnet_kwargs",
+    "zero_motion_outputs",
 ]
