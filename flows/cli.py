@@ -94,7 +94,7 @@ def _generate(args: argparse.Namespace) -> int:
 
     request = dict(image=args.image, prompt=args.prompt, trajectories=args.trajectories, out=args.out,
                    mode=args.mode, trajs_scale=args.trajs_scale, guidance_scale=args.cfg, steps=args.steps,
-                   seed=args.seed, trajectory_space=args.trajectory_space)
+                   seed=args.seed, trajectory_space=args.trajectory_space, negative_prompt=args.negative_prompt)
     state = generate(run=args.run, requests=[request], device=args.device, base_model=args.base_model,
                      base_loras=args.base_lora or None, dtype=args.dtype, return_state=True)
     if not state.is_completed():
@@ -259,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     ge = sub.add_parser("generate", help="image + prompt + trajectories → video (camera-free guidance)")
     ge.add_argument("--image", required=True)
     ge.add_argument("--prompt", default="")
+    ge.add_argument("--negative-prompt", default="",
+                    help="guidance's unconditional text (default empty, as training's caption dropout; "
+                         "the official examples use \"worst quality, low quality, letterboxed\")")
     ge.add_argument("--trajectories", required=True, help="JSON list of tracks of [x, y] (pixels: see --trajectory-space)")
     ge.add_argument("--trajectory-space", choices=["image", "model"], default="image",
                     help="image: the input image's pixels; model: the model frame's (384×256 for sd15), "

@@ -476,3 +476,30 @@ def test_what_generation_made_of_its_input_is_in_the_record(pipe, tmp_path):
     plain = generate_to_files(pipe, tmp_path / "cutout.png", "a red fox", [[[60, 60], [200, 120]]],
                               tmp_path / "w.mp4", steps=1)
     assert plain["notes"] == ["cutout.png has transparent pixels: they are shown over white"]
+
+
+def test_the_negative_prompt_is_the_text_of_guidance_s_unconditional_branch(pipe, tmp_path, monkeypatch):
+    """ε = ε(∅) + λ(ε(c) − ε(∅)): at λ = 1 the negative text drops out, above it moves the sample;
+    ic generate's request carries it to the pipeline and into the record."""
+    from ic_model.pipelines.generate import generate_to_files, request_problems
+
+    prepared = _inputs(pipe)
+    negative = "worst quality, low quality, letterboxed"  # the official examples' n_prompt
+
+    def sample(text, cfg):
+        return pipe(prepared.image, "a red fox", prepared.tracks, num_inference_steps=2, guidance_scale=cfg,
+                    negative_prompt=text, output_type="latent")
+
+    torch.testing.assert_close(sample("", 1.0), sample(negative, 1.0), atol=1e-5, rtol=0)
+    assert (sample("", 8.5) - sample(negative, 8.5)).abs().max() > 1e-2
+
+    seen = []
+    call = type(pipe).__call__
+    monkeypatch.setattr(type(pipe), "__call__", lambda self, *a, **kw: seen.append(kw) or call(self, *a, **kw))
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (256, 384, 3), dtype=np.uint8)).save(tmp_path / "frame.png")
+    record = generate_to_files(pipe, tmp_path / "frame.png", "a red fox", [[[60, 60], [200, 120]]], tmp_path / "v.mp4",
+                               steps=1, negative_prompt=negative)
+    assert seen[-1]["negative_prompt"] == negative and record["negative_prompt"] == negative
+    assert json.loads((tmp_path / "v.json").read_text())["negative_prompt"] == negative
+    assert request_problems(dict(image="a.png", prompt="", trajectories=[], out=str(tmp_path / "x.mp4"),
+                                 negative_prompt=3)) == ["negative_prompt must be a string, got int"]

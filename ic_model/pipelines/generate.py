@@ -25,7 +25,7 @@ from ic_model.pipelines.image_conductor import (
 )
 
 REQUIRED_KEYS = ("image", "prompt", "trajectories", "out")
-OPTIONAL_KEYS = ("mode", "trajs_scale", "guidance_scale", "steps", "seed", "trajectory_space")
+OPTIONAL_KEYS = ("mode", "trajs_scale", "guidance_scale", "steps", "seed", "trajectory_space", "negative_prompt")
 
 
 def request_problems(request, max_steps: int = 1000) -> list[str]:
@@ -65,8 +65,9 @@ def request_problems(request, max_steps: int = 1000) -> list[str]:
             problems.append(f"out {out}: a part of its folder is a file, not a folder")
         elif problem := cannot_write_in(out.parent):
             problems.append(f"out {out}: {problem}")
-    if "prompt" in request and not isinstance(request["prompt"], str):
-        problems.append(f"prompt must be a string, got {type(request['prompt']).__name__}")
+    for key in ("prompt", "negative_prompt"):
+        if key in request and not isinstance(request[key], str):
+            problems.append(f"{key} must be a string, got {type(request[key]).__name__}")
     if "trajectories" in request and not isinstance(request["trajectories"], (str, os.PathLike, list)):
         problems.append(f"trajectories must be a file path or a list of tracks, got {type(request['trajectories']).__name__}")
     if request.get("mode", "object") not in MODES:
@@ -101,11 +102,14 @@ def generate_to_files(
     steps: int = 25,
     seed: int = 0,
     trajectory_space: str = "image",
+    negative_prompt: str = "",
 ) -> dict:
     """Generate one video into ``out`` (.mp4, 8 fps) plus ``out`` with ``.gif`` (trajectories
     drawn over the video); return a small record of what was done. ``trajectory_space``: the
     trajectories' pixels are the image's ("image") or the model frame's ("model", e.g. the
-    official example files, 384×256).
+    official example files, 384×256). ``negative_prompt`` is the text of classifier-free
+    guidance's unconditional branch (empty: the caption-dropout text training used; the
+    official examples give "worst quality, low quality, letterboxed").
 
     Raises:
         BadInputError: a setting out of range (:func:`request_problems`), an unreadable image or
@@ -113,16 +117,18 @@ def generate_to_files(
     """
     problems = request_problems(
         dict(image=image, prompt=prompt, trajectories=trajectories, out=out, mode=mode, trajs_scale=trajs_scale,
-             guidance_scale=guidance_scale, steps=steps, seed=seed, trajectory_space=trajectory_space),
+             guidance_scale=guidance_scale, steps=steps, seed=seed, trajectory_space=trajectory_space,
+             negative_prompt=negative_prompt),
         max_steps=pipe.cfg.num_train_timesteps,
     )
     if problems:
         raise BadInputError("; ".join(problems))
     notes: list[str] = []  # what was made of the input, beyond the obvious
     rgb = read_image(image, notes)
-    tokens = len(pipe.comps.tokenizer(prompt, verbose=False).input_ids)  # with the start and end tokens
-    if tokens > pipe.cfg.max_text_tokens:
-        notes.append(f"the prompt is {tokens} tokens long: the text encoder reads its first {pipe.cfg.max_text_tokens}")
+    for name, text in (("prompt", prompt), ("negative prompt", negative_prompt)):
+        tokens = len(pipe.comps.tokenizer(text, verbose=False).input_ids)  # with the start and end tokens
+        if tokens > pipe.cfg.max_text_tokens:
+            notes.append(f"the {name} is {tokens} tokens long: the text encoder reads its first {pipe.cfg.max_text_tokens}")
     h, w = rgb.shape[:2] if trajectory_space == "image" else (pipe.cfg.height, pipe.cfg.width)
     if isinstance(trajectories, (str, os.PathLike)):
         tracks = load_trajectory_file(trajectories, w, h)
@@ -133,7 +139,7 @@ def generate_to_files(
     t0 = time.perf_counter()
     frames = pipe(
         prepared.image, prompt, prepared.tracks, mode=mode, num_inference_steps=steps,
-        guidance_scale=guidance_scale, trajs_scale=trajs_scale, seed=seed,
+        guidance_scale=guidance_scale, trajs_scale=trajs_scale, seed=seed, negative_prompt=negative_prompt,
     )
     seconds = time.perf_counter() - t0
     out = Path(out)
@@ -141,6 +147,7 @@ def generate_to_files(
     record = {
         "video": str(video), "preview": str(preview), "mode": mode, "trajs_scale": trajs_scale,
         "guidance_scale": guidance_scale, "steps": steps, "seed": seed, "prompt": prompt,
+        "negative_prompt": negative_prompt,
         "num_frames": int(frames.shape[0]), "size": [int(frames.shape[2]), int(frames.shape[1])],
         "num_tracks": int(prepared.tracks.shape[1]), "seconds": round(seconds, 3),
         "trajectory_space": trajectory_space,
