@@ -176,6 +176,9 @@ def reason_counts(rows: list[ManifestRow]) -> dict[str, int]:
 
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+#: The longest readable part of a video id: with its hash and ".small.gif" a preview's name stays
+#: well inside a file system's 255 bytes.
+MAX_READABLE_ID = 160
 
 
 def printable_path(path: str) -> str:
@@ -196,7 +199,9 @@ def video_id_for(path: str | os.PathLike, root: str | os.PathLike) -> str:
     ``[A-Za-z0-9_-]`` replaced by ``_``, then ``-`` and the first 8 hex digits of the SHA-1 of the
     relative POSIX path (with extension). The hash keeps ids unique when sanitising collapses two
     paths together (``a b.mp4`` vs ``a_b.mp4``, ``x.mp4`` vs ``x.webm``); being relative, the id
-    is the same on every machine that mounts the dataset elsewhere.
+    is the same on every machine that mounts the dataset elsewhere. A readable part longer than
+    ``MAX_READABLE_ID`` characters keeps its start and end around ``__`` (a file system holds
+    names of 255 bytes, and the id names the clip's staged file and its previews).
     """
     relative = os.path.relpath(os.path.abspath(os.fspath(path)), os.path.abspath(os.fspath(root)))
     if relative == os.curdir or relative.split(os.sep)[0] == os.pardir:
@@ -204,6 +209,9 @@ def video_id_for(path: str | os.PathLike, root: str | os.PathLike) -> str:
     relative_posix = PurePosixPath(*relative.split(os.sep))
     stem = str(relative_posix.with_suffix("")) if relative_posix.suffix else str(relative_posix)
     readable = _UNSAFE.sub("_", stem).strip("_") or "video"
+    if len(readable) > MAX_READABLE_ID:
+        head = MAX_READABLE_ID * 2 // 3
+        readable = f"{readable[:head]}__{readable[head + 2 - MAX_READABLE_ID:]}"
     # A name that is not UTF-8 comes from the file system as surrogate escapes: hash its bytes.
     digest = hashlib.sha1(str(relative_posix).encode("utf-8", "surrogateescape")).hexdigest()[:8]
     return f"{readable}-{digest}"

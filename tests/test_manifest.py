@@ -154,6 +154,24 @@ def test_video_id_depends_on_the_relative_path_only(tmp_path):
     assert relative == first
 
 
+def test_a_long_name_gives_an_id_that_files_can_be_named_after(tmp_path):
+    """A 250-character file name (legal on ext4) or a deep folder: the id keeps the start and the
+    end of the path, stays unique, and its preview files can be written."""
+    from ic_data.manifest import MAX_READABLE_ID
+
+    root = tmp_path / "videos"
+    long_name = root / ("v" * 246 + ".mp4")
+    deep = root.joinpath(*["folder%d_%s" % (i, "x" * 60) for i in range(6)], "clip.mp4")
+    ids = [video_id_for(long_name, root), video_id_for(long_name.with_suffix(".webm"), root),
+           video_id_for(deep, root), video_id_for(root / "short.mp4", root)]
+    assert len(set(ids)) == 4 and all(SAFE.match(i) for i in ids)
+    assert [len(i) for i in ids[:3]] == [MAX_READABLE_ID + 9] * 3 and ids[3].startswith("short-")
+    assert ids[2].startswith("folder0_") and "__" in ids[2] and re.search(r"_clip-[0-9a-f]{8}$", ids[2])
+    (tmp_path / "previews").mkdir()
+    for i in ids:
+        (tmp_path / "previews" / f"{i}.small.gif").write_bytes(b"")
+
+
 def test_video_ids_stay_unique_when_sanitising_collides():
     root = "/data"
     paths = ["/data/a b.mp4", "/data/a_b.mp4", "/data/a-b.mp4", "/data/a.b.mp4", "/data/a b.webm",
