@@ -108,7 +108,8 @@ class Blip2Captioner:
             raise MissingWeightsError(
                 f"BLIP-2 captioning needs local weights, but {where}. Set {BLIP2_PATH_ENV} (or pass "
                 f"model_path) to a local transformers folder of a BLIP-2 checkpoint, e.g. "
-                f"Salesforce/blip2-opt-2.7b saved with save_pretrained; nothing is downloaded."
+                f"Salesforce/blip2-opt-2.7b saved with save_pretrained; nothing is downloaded "
+                f"(or curate without captions: --captioner none)."
             )
         if frames_per_clip < 1:
             raise ValueError(f"frames_per_clip must be >= 1, got {frames_per_clip}")

@@ -491,7 +491,8 @@ def find_raft_weights(model: str = DEFAULT_RAFT_MODEL, weights_path: str | os.Pa
         raise MissingWeightsError(
             f"no {model} weights: set {RAFT_WEIGHTS_ENV}=/path/to/{cached.name} (a torchvision "
             f"state dict), pass weights_path=..., or place the file at the torchvision cache "
-            f"path {cached} (TORCH_HOME). Use make_flow_backend('dis') for the offline backend."
+            f"path {cached} (TORCH_HOME); or use the offline DIS backend (ic curate --flow dis, "
+            "make_flow_backend('dis'))."
         )
     if not path.is_file():
         raise MissingWeightsError(

@@ -112,7 +112,7 @@ def _cotracker_repo(repo_dir: str | None) -> str:
         raise MissingWeightsError(
             f"CoTracker needs a local clone of facebookresearch/co-tracker: set {REPO_ENV} "
             f"(or pass repo_dir), and its weights via {CHECKPOINT_ENV} or the torch.hub cache; "
-            "or use the offline 'lk' tracker"
+            "or use the offline 'lk' tracker (--tracker lk)"
         )
     if not (Path(repo).expanduser() / "hubconf.py").is_file():
         raise MissingWeightsError(
