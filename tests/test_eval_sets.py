@@ -239,6 +239,35 @@ def test_what_would_stop_fid_and_fvd_is_named_before_any_video_is_generated(tmp_
         EvalSettings(reference=str(shards), max_reference=1)  # FVD needs two reference clips too
 
 
+def test_a_reference_that_is_no_shard_of_clips_is_named_before_any_video_is_generated(tmp_path):
+    """A picture, an empty file, a tar of something else, an empty tar: each was found only when
+    FID/FVD began, after every video had been generated."""
+    import tarfile
+    from types import SimpleNamespace
+
+    from ic_data.errors import BadInputError
+    from ic_data.synthetic import write_synthetic_shards
+    from ic_model.evaluation.evaluate import EvalSettings, evaluate_set
+
+    pipe = SimpleNamespace(cfg=SimpleNamespace(num_train_timesteps=1000))  # never called
+    cv2.imwrite(str(tmp_path / "frame.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "empty.tar").write_bytes(b"")
+    (tmp_path / "note.txt").write_text("hi")
+    with tarfile.open(tmp_path / "other.tar", "w") as tar:
+        tar.add(tmp_path / "note.txt", arcname="note.txt")
+    tarfile.open(tmp_path / "none.tar", "w").close()
+    good = write_synthetic_shards(tmp_path / "good", num_mixed=1, num_camera=1)
+    (good / "zz.tar").write_text("not a tar")  # a damaged shard after good ones
+    for reference, words in ((tmp_path / "frame.png", "not a readable tar file"),
+                             (tmp_path / "empty.tar", "not a readable tar file"),
+                             (tmp_path / "other.tar", r"sample 'note': lacks members"),
+                             (tmp_path / "none.tar", "its shards hold no clips"),
+                             (good, "zz.tar: not a readable tar file")):
+        with pytest.raises(BadInputError, match=f"^reference {reference}: .*{words}"):
+            evaluate_set(pipe, "object", tmp_path / "out", EvalSettings(steps=2, reference=str(reference)))
+    assert not (tmp_path / "out").exists()
+
+
 def test_reference_clips_are_refused_naming_the_clip_where_shorter_than_the_videos(tmp_path):
     """A 4-frame reference clip used to be spread over the model's 8 frames by repeating its
     frames, a stutter that FVD scores as a difference."""

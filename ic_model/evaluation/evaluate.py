@@ -252,21 +252,28 @@ def evaluate_set(
 
 def reference_problems(reference: str | None, num_videos: int | None) -> list[str]:
     """What would stop FID/FVD only after every video has been generated: a reference that
-    names no shards, fewer than ``MIN_FRECHET_SET`` videos to score (unless ``num_videos`` is
-    None: not known yet), the Inception or I3D weights missing. One line each; none without a
+    names no shards, a shard whose first clip cannot be read (not a tar, members missing), no
+    clip at all, fewer than ``MIN_FRECHET_SET`` videos to score (unless ``num_videos`` is None:
+    not known yet), the Inception or I3D weights missing. One line each; none without a
     reference."""
     if not reference:
         return []
-    from ic_data.errors import MissingWeightsError
-    from ic_data.shards import shard_paths
+    from ic_data.errors import MissingWeightsError, ShardError
+    from ic_data.shards import read_shard, shard_paths
     from ic_model.evaluation.metrics.fid import locate_inception_weights
     from ic_model.evaluation.metrics.i3d import find_i3d_weights
 
     problems = []
     try:
-        shard_paths(reference)
+        paths = shard_paths(reference)
     except FileNotFoundError as err:
         problems.append(f"reference {reference}: {err}")
+    else:
+        try:  # each shard's first clip (the rest are read, and refused by name, as FID/FVD go)
+            if not sum(next(iter(read_shard(path)), None) is not None for path in paths):
+                problems.append(f"reference {reference}: its shards hold no clips")
+        except ShardError as err:
+            problems.append(f"reference {reference}: {err}")
     if num_videos is not None and num_videos < MIN_FRECHET_SET:
         problems.append(f"reference {reference}: FID and FVD need at least {MIN_FRECHET_SET} generated videos, "
                         f"this evaluation makes {num_videos} (more cases, or no reference)")
