@@ -435,6 +435,10 @@ def check_evaluate(args) -> list[str]:
     images = _existing(problems, "--images", args.images, "dir")
     if images and not any(p.suffix.lower() in FIRST_FRAME_SUFFIXES for p in images.iterdir()):
         problems.append(f"--images {args.images}: no images ({'/'.join(FIRST_FRAME_SUFFIXES)}) in it")
+    elif evalset is not None and (images or (args.images is None and any(c.image for c in evalset.cases))):
+        from ic_model.evaluation.evaluate import first_frame_problems
+
+        problems += first_frame_problems(evalset, args.images, args.max_cases)  # read now, not after the model
     if args.out:
         _writable_target(problems, "--out", args.out, want_dir=True)
     elif args.run and Path(args.run).is_dir():  # RUN/eval/SET/

@@ -18,7 +18,7 @@ import numpy as np
 
 from ic_data.errors import BadInputError
 
-__all__ = ["IMAGE_FORMATS", "MAX_IMAGE_PIXELS", "open_image", "read_rgb"]
+__all__ = ["IMAGE_FORMATS", "IMAGE_SUFFIXES", "MAX_IMAGE_PIXELS", "open_image", "read_rgb"]
 
 # Pillow's format names; MPO is the JPEG that cameras write with a second (depth/preview) image
 # (Pillow 10+ reads it through its JPEG reader, older ones register it apart).
@@ -27,6 +27,8 @@ IMAGE_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF", "GIF", "PPM")
 # refuses at 179 megapixels.
 MAX_IMAGE_PIXELS = 100_000_000
 _NAMES = "JPEG, PNG, WebP, BMP, TIFF, GIF or PPM"
+#: The file names taken for those formats where a folder is searched for images.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".ppm", ".mpo")
 
 
 @contextlib.contextmanager

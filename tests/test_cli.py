@@ -417,6 +417,35 @@ def test_evaluate_and_studio_check_the_run_and_their_flags(capsys, tmp_path, tra
     ]
 
 
+def test_evaluate_reads_its_first_frames_before_the_model_loads(capsys, tmp_path, trained_like_run):
+    """An --images folder with an undecodable picture, and a set file naming an image too small for
+    its frames, were found after the model had loaded (exit 1); a BMP in --images was passed by."""
+    import cv2
+    import numpy as np
+
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    cv2.imwrite(str(folder / "a.png"), np.full((256, 384, 3), 90, np.uint8))
+    (folder / "b.png").write_text("not a picture")
+    run = ["--run", str(trained_like_run), "--mode", "none"]
+    lines = _problems(capsys, ["evaluate", "camera", *run, "--images", str(folder)])
+    assert len(lines) == 1 and lines[0].startswith(f"ic evaluate: {folder / 'b.png'} is not an image"), lines
+    (folder / "b.png").unlink()
+    cv2.imwrite(str(folder / "c.bmp"), np.full((256, 384, 3), 160, np.uint8))
+    from ic_model.evaluation.evalsets import read_eval_set
+    from ic_model.evaluation.evaluate import _first_frames
+
+    frames = _first_frames(read_eval_set("camera").cases[:2], str(folder), seed=0)  # one picture a case, in turn
+    assert [int(f[0, 0, 0]) for f in frames] == [90, 160]
+    cv2.imwrite(str(tmp_path / "small.png"), np.full((8, 8, 3), 90, np.uint8))
+    set_file = tmp_path / "mine.json"
+    set_file.write_text(json.dumps({"kind": "camera", "frame_size": [384, 256], "cases": [
+        {"id": "a", "prompt": "", "trajectories": [[[10, 10], [50, 10]]], "image": "small.png"}]}))
+    assert _problems(capsys, ["evaluate", str(set_file), *run]) == [
+        f"ic evaluate: case a: the image {tmp_path / 'small.png'} is 8x8, which would need 48.0x upscaling to the "
+        "set's 384x256 frames (limit 16x)"]
+
+
 def test_devices_the_machine_lacks_are_refused_before_anything_starts(capsys, monkeypatch, tmp_path,
                                                                      trained_like_run):
     import torch

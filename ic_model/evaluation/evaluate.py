@@ -106,6 +106,16 @@ def _first_frames(cases: list[EvalCase], images: str | None, seed: int) -> list[
     return frames
 
 
+def first_frame_problems(evalset: EvalSet, images: str | None, max_cases: int | None = None) -> list[str]:
+    """What :func:`evaluate_set` would refuse in the cases' first frames (an image it cannot
+    read, one too small for the set's frames), found before a model is loaded."""
+    try:
+        _first_frames(evalset.cases[:max_cases], images, seed=0)
+    except BadInputError as err:
+        return [str(err)]
+    return []
+
+
 #: How far (pixels of a 384×256 frame) a background point keeps from every requested track: an
 #: object drawn on a track covers about that much around it (the toy world's and the synthetic
 #: first frames' objects are 40 px across their radius at 384×256).
