@@ -16,7 +16,8 @@ from flows.params import ModelOptions, TrainOptions, WeightPaths, as_dict
 from ic_data.errors import BadInputError
 from ic_data.settings import require_writable
 from ic_model.config import read_config_file, train_config
-from ic_model.training.run import check_prerequisite, run_model_config
+from ic_model.training.checkpoint import past_steps_problem
+from ic_model.training.run import check_prerequisite, run_model_config, stage_dir
 from tasks.training import publish_training, run_stage
 
 Stage = Literal["vae", "base", "dense", "sparse", "camera", "object"]
@@ -81,6 +82,8 @@ def train_stage_flow(
             grad_accum_steps=grad_accum_steps, mixed_precision=mixed_precision,
             gradient_checkpointing=gradient_checkpointing, seed=seed, report_to=report_to, validate_every=validate_every,
         )
+        if problem := past_steps_problem(stage_dir(run, stage), train_cfg.steps):
+            raise BadInputError(problem)
     except BadInputError as err:
         return Failed(message=str(err))
     state = run_stage(stage, shards, run, train_cfg, model_cfg, num_processes or 1, return_state=True)

@@ -419,6 +419,27 @@ def test_finished_stage_is_not_retrained(trained_run, training_shards):
     assert again["skipped"] and again["final_loss"] == summaries["camera"]["final_loss"]
 
 
+def test_resuming_with_fewer_steps_than_the_checkpoint_is_refused(tmp_path, training_shards):
+    """A stage stopped at step 4 and rerun with steps=3 finished at once and recorded 3 steps for
+    weights trained 4; now it says so, and steps=4 resumes and finishes it."""
+    from ic_model.training.checkpoint import past_steps_problem
+
+    run = tmp_path / "run"
+    cfg = run_model_config(run, "tiny", num_frames=TEST_FRAMES)
+    train_stage("vae", str(training_shards), run, _cfg("vae", steps=4, save_every=2), cfg)
+    stage = run / "vae"
+    (stage / "done.json").unlink()  # as if stopped after its last checkpoint
+    message = ("vae: the run's newest checkpoint is at step 4, past steps=3; train to 4 or more to resume it "
+               "(or use a new run folder)")
+    assert past_steps_problem(stage, 3) == message and past_steps_problem(stage, 4) is None
+    with pytest.raises(ValueError, match=re.escape(message)):
+        train_stage("vae", str(training_shards), run, _cfg("vae", steps=3, save_every=2), cfg)
+    assert not (stage / "done.json").exists()
+    summary = train_stage("vae", str(training_shards), run, _cfg("vae", steps=4, save_every=2), cfg)
+    assert summary["steps"] == 4 and json.loads((stage / "done.json").read_text())["steps"] == 4
+    assert past_steps_problem(stage, 3) is None  # done: a shorter request is skipped, not refused
+
+
 def test_camera_stage_needs_camera_only_clips(trained_run, tmp_path, training_shards):
     run, _ = trained_run
     mixed_only = tmp_path / "mixed"

@@ -148,6 +148,20 @@ def list_checkpoints(stage_dir: str | os.PathLike) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def past_steps_problem(stage_dir: str | os.PathLike, steps: int) -> str | None:
+    """A stage not done whose newest checkpoint is past ``steps``: resumed, it would stop at once and
+    record ``steps`` for weights trained further."""
+    stage_dir = Path(stage_dir)
+    found = list_checkpoints(stage_dir)
+    if not found or (stage_dir / "done.json").is_file():
+        return None
+    newest = int(_STEP_DIR.match(found[-1].name).group(1))
+    if newest <= steps:
+        return None
+    return (f"{stage_dir.name}: the run's newest checkpoint is at step {newest}, past steps={steps}; "
+            f"train to {newest} or more to resume it (or use a new run folder)")
+
+
 def load_checkpoint(
     path: str | os.PathLike,
     module: torch.nn.Module,
@@ -223,6 +237,7 @@ def resume(
 __all__ = [
     "CheckpointError",
     "list_checkpoints",
+    "past_steps_problem",
     "load_checkpoint",
     "read_state",
     "resume",

@@ -42,7 +42,7 @@ from ic_model.models import lora
 from ic_model.models.codec import encode_video
 from ic_model.models.components import Components, frame_change
 from ic_model.models.tokenizer import caption_ids
-from ic_model.training.checkpoint import resume, save_checkpoint
+from ic_model.training.checkpoint import past_steps_problem, resume, save_checkpoint
 from ic_model.training.data import make_loader
 from ic_model.training.latent_cache import LatentCacheError, check_cache
 from ic_model.training.stopping import StopAgreement, StopBetweenSteps
@@ -333,6 +333,8 @@ def train_stage(
         if summary["steps"] >= train_cfg.steps:
             return {**summary, "skipped": True}
         (out_dir / "done.json").unlink()
+    if problem := past_steps_problem(out_dir, train_cfg.steps):
+        raise ValueError(problem)
 
     _fresh_accelerator_state()
     tracking = train_cfg.report_to != "none"
