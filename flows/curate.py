@@ -20,7 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import Field
 
 from ic_data.errors import BadInputError
-from ic_data.pipeline import CurationConfig, discover_videos, other_files_line, plan_chunks
+from ic_data.pipeline import CurationConfig, discover_videos, other_files_line, plan_chunks, uncaptioned_line
 from ic_data.settings import require_writable
 from ic_data.workers import default_processes
 from tasks.curation import assemble_manifest, finish_chunk, motion_threshold, publish_summary, score_chunk
@@ -104,6 +104,8 @@ def curate(
     if others:
         log.warning("left out %d files that are no video by their extension: %s", sum(others.values()),
                     other_files_line(others))
+    if line := uncaptioned_line(chunks, config):
+        log.warning("%s", line)
     progress = create_progress_artifact(0.0, key=f"curate-{source}-progress", description=f"Curating {videos}")
 
     scored = _gather(score_chunk.map(chunks, unmapped(config), unmapped(out)), progress, 0, 50, "score")

@@ -289,6 +289,21 @@ def plan_chunks(videos: Sequence[tuple[str, str]], config: CurationConfig, chunk
     return chunks
 
 
+def uncaptioned_line(chunks: Sequence[Chunk], config: CurationConfig, most: int = 3) -> str | None:
+    """With a captions CSV, the videos it has no row for (curated with an empty caption, or
+    BLIP-2's), in one line; None when it names every video or there is no CSV."""
+    if not config.captions_csv:
+        return None
+    missing = [v for c in chunks for v, _ in c.videos if v not in dict(c.captions)]
+    if not missing:
+        return None
+    total = sum(len(c.videos) for c in chunks)
+    then = "BLIP-2 captions them" if config.captioner == "blip2" else "their clips get an empty caption"
+    more = f", … ({len(missing) - most} more)" if len(missing) > most else ""
+    return (f"{len(missing)} of {total} videos have no row in {config.captions_csv} ({then}): "
+            f"{', '.join(missing[:most])}{more}")
+
+
 def _size(path: str) -> int:
     """Bytes in the file at ``path`` (links followed); -1 where it cannot be read (its row says why)."""
     try:
@@ -820,6 +835,7 @@ class CurationSummary:
     # The input folder's files that are no video by their extension, counted by it ("" for none):
     # not inputs, so they have no row, but not passed by in silence.
     other_files: dict[str, int] = field(default_factory=dict)
+    uncaptioned: int = 0  # kept clips whose caption is empty (no CSV row, no captioner)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -868,6 +884,7 @@ def assemble_manifest(out_dir: str | os.PathLike, chunks: Sequence[Chunk], thres
         damaged=sum(r.damage is not None for r in rows),
         letterboxed=sum(bool(r.bars) for r in rows),
         other_files=dict(sorted((other_files or {}).items())),
+        uncaptioned=sum(r.status == "ok" and not r.caption for r in rows),
     )
     _atomic_write_text(out_dir / "summary.json", json.dumps(summary.to_json(), indent=1, sort_keys=True))
     return summary
@@ -892,6 +909,8 @@ def curate(
     say(f"{len(videos)} videos in {len(chunks)} chunks")
     if others:
         say(f"left out, no video by their extension: {other_files_line(others)}")
+    if line := uncaptioned_line(chunks, config):
+        say(line)
     # One backend instance for every chunk (RAFT/CoTracker weights load once); the run_* calls
     # skip finished chunks before touching it.
     stage1 = None if config.processes > 0 else Stage1(config, out_dir)  # else built in the workers

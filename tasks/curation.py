@@ -101,7 +101,8 @@ def publish_summary(summary: pipeline.CurationSummary, source: str, seconds: flo
     table = [{"metric": f"videos {k}", "value": v} for k, v in summary.counts.items()]
     table += [{"metric": f"reason: {k}", "value": v} for k, v in summary.reasons.items()]
     table += [{"metric": "videos damaged (frames lost in decoding; the manifest's damage)", "value": summary.damaged},
-              {"metric": "videos with bars cut off, black or blurred (the manifest's bars)", "value": summary.letterboxed}]
+              {"metric": "videos with bars cut off, black or blurred (the manifest's bars)", "value": summary.letterboxed},
+              {"metric": "kept clips without a caption", "value": summary.uncaptioned}]
     table += [{"metric": f"other files, no video by their extension: {ext or 'none'}", "value": k}
               for ext, k in summary.other_files.items()]
     table += [{"metric": f"motion score {k} (px)", "value": round(v, 4)} for k, v in summary.score_percentiles.items()]

@@ -59,10 +59,15 @@ def test_curated_shards_carry_the_csv_caption_of_their_video(two_shot_video, tmp
     chunks = plan_chunks(discover_videos(videos), config, chunk_size=1)
     assert [[(Path(p).stem, dict(c.captions).get(v)) for v, p in c.videos] for c in chunks] == [
         [("1066678825", "Aerial shot of a winding road, autumn forest")], [("999", None)]]
-    curate(videos, tmp_path / "out", config, chunk_size=1)
+    said = []
+    summary = curate(videos, tmp_path / "out", config, chunk_size=1, progress=said.append)
     rows = {Path(r.path).stem: r for r in read_manifest(tmp_path / "out" / "manifest.parquet")}
     assert {k: (r.status, r.caption) for k, r in rows.items()} == {
         "1066678825": ("ok", "Aerial shot of a winding road, autumn forest"), "999": ("ok", "")}
+    # The video the CSV does not name is said once, and counted (it used to pass in silence).
+    assert f"1 of 2 videos have no row in {csv_path} (their clips get an empty caption): 999-" in "\n".join(said)
+    assert summary.uncaptioned == 1
+    assert json.loads((tmp_path / "out" / "summary.json").read_text())["uncaptioned"] == 1
     samples = {s.meta["source_path"].rsplit("/", 1)[-1]: s.caption
                for s in iter_shards(shard_paths(str(tmp_path / "out" / "shards")))}
     assert samples == {"1066678825.mp4": "Aerial shot of a winding road, autumn forest", "999.mp4": ""}
