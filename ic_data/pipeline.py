@@ -205,7 +205,8 @@ def discover_videos(
     curated; ``root`` itself unlistable is a ``BadInputError``. A symbolic link is listed by its
     own path (its name is the WebVid id its caption is looked up by), not its target's, and a
     linked folder is not walked into. With ``out_dir`` inside ``root``, the curation's own files
-    there (staged clips, shards, previews) are not inputs. Sorted by video id.
+    there (staged clips, shards, previews) are not inputs, nor are those of any other curation's
+    OUT found there (a folder holding ``manifest.parquet``). Sorted by video id.
 
     ``others``: counts the files left out, by extension (lower case; ``""`` for none), so that a
     summary can say what was passed by; hidden files (``.DS_Store``) and whatever is inside
@@ -232,6 +233,8 @@ def discover_videos(
         if own:  # OUT's own folders (and what is below them) are never walked into
             dirs[:] = [d for d in dirs if os.path.islink(os.path.join(folder, d))
                        or os.path.realpath(os.path.join(folder, d)) not in own]
+        if "manifest.parquet" in files:  # an earlier curation's OUT: its clips and previews are no inputs
+            dirs[:] = [d for d in dirs if d not in OUTPUT_DIRS]
         count = others is not None and not (out and _within(os.path.realpath(folder), out))
         for k, name in enumerate(dirs + files):
             p = Path(folder, name)

@@ -19,7 +19,7 @@ import pytest
 
 from ic_data.clips import resized_size
 from ic_data.errors import VideoDecodeError
-from ic_data.manifest import read_manifest
+from ic_data.manifest import read_manifest, write_manifest
 from ic_data.pipeline import (
     CurationConfig,
     curate,
@@ -584,6 +584,17 @@ def test_discovery_lists_what_is_no_file_and_skips_the_curations_own_folders(tmp
     found = sorted(Path(p).relative_to(root).as_posix() for _, p in discover_videos(root, out_dir=out))
     assert found == ["out/mine.mp4", "pipe.mp4", "x.mp4/inside.mp4"]
     assert len(discover_videos(root)) == 4  # without out_dir, the staged clip is listed too
+    # An earlier curation's OUT elsewhere in the folder: its previews (GIFs, videos too) are no inputs.
+    earlier = root / "earlier"
+    (earlier / "previews").mkdir(parents=True)
+    (earlier / "previews" / "x-0123abcd.gif").write_bytes(b"v")
+    (earlier / "mine.mp4").write_bytes(b"v")
+    found = sorted(Path(p).relative_to(root).as_posix() for _, p in discover_videos(root, out_dir=out))
+    assert found == ["earlier/mine.mp4", "earlier/previews/x-0123abcd.gif", "out/mine.mp4", "pipe.mp4",
+                     "x.mp4/inside.mp4"]  # a folder named previews alone is no curation's
+    write_manifest(earlier / "manifest.parquet", [])
+    found = sorted(Path(p).relative_to(root).as_posix() for _, p in discover_videos(root, out_dir=out))
+    assert found == ["earlier/mine.mp4", "out/mine.mp4", "pipe.mp4", "x.mp4/inside.mp4"]
     with pytest.raises(Exception) as err:
         decode_video(root / "pipe.mp4", timeout_s=10)
     assert err.value.reason == "not_a_file"
