@@ -62,6 +62,7 @@ import contextlib
 import inspect
 import json
 import math
+import pickle
 import re
 import warnings
 from collections.abc import Sequence
@@ -255,14 +256,34 @@ def _check_source(source: str | Path, what: str) -> Path:
     return path
 
 
+def _why_unreadable(error: BaseException, path: Path) -> str:
+    """What stopped a checkpoint from loading, from the first cause of diffusers' general "Unable
+    to load weights" (torch's advice to load with weights_only=False is never passed on)."""
+    chain = []
+    while error is not None and len(chain) < 20:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    for err in chain:
+        text = str(err)
+        if "unsupported global" in text.lower():  # weights_only refused an object: named, not run
+            lines = [ln.strip() for ln in text.splitlines() if "unsupported global" in ln.lower()]
+            what = f" ({lines[0].split('. Please')[0].rstrip('.')})" if lines else ""
+            return f"it holds Python objects other than tensors{what}: refused, never run"
+    first = chain[-1]
+    said = str(first).strip().splitlines()[0] if str(first).strip() else type(first).__name__
+    if type(first).__name__ == "SafetensorError":
+        return f"not a whole safetensors file ({said})"
+    if path.suffix.lower() != ".safetensors" and isinstance(first, (KeyError, EOFError, pickle.UnpicklingError)):
+        detail = [ln.strip() for ln in str(first).splitlines() if ln.strip().lower().startswith("unsupported")]
+        return f"not a PyTorch checkpoint ({detail[0] if detail else f'{type(first).__name__}: {said}'})"
+    return said
+
+
 def _read_file(path: Path) -> dict[str, torch.Tensor]:
     try:
         return read_checkpoint(path)
     except Exception as error:
-        said = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        hint = ("" if path.suffix.lower() == ".safetensors" else
-                "; a pickled checkpoint must hold tensors alone: other Python objects in it are refused, never run")
-        raise IncompatibleWeightsError(f"{path}: cannot read the checkpoint ({said}){hint}") from error
+        raise IncompatibleWeightsError(f"{path}: cannot read the checkpoint: {_why_unreadable(error, path)}") from error
 
 
 def _looks_like_diffusers_unet(keys) -> bool:
