@@ -15,7 +15,7 @@ import math
 from collections import Counter
 from pathlib import Path
 
-from ic_data.settings import cannot_write_in
+from ic_data.settings import cannot_write_in, unique_keys
 from ic_model.config import LORA_STAGES, ModelConfig, TrainConfig, device_problem, field_problems, preset_config
 from ic_model.evaluation import FIRST_FRAME_SUFFIXES
 from ic_model.evaluation.evalsets import EvalSetError, read_eval_set
@@ -97,8 +97,8 @@ def _json_object(problems: list[str], flag: str, text: str | None, cls) -> dict:
     if not text:
         return {}
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
+        data = json.loads(text, object_pairs_hook=unique_keys)
+    except ValueError as err:  # not JSON, or a key given twice
         problems.append(f"{flag}: not valid JSON ({err})")
         return {}
     problems += field_problems(data, cls, flag)

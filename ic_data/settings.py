@@ -13,7 +13,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
-__all__ = ["whole", "number", "one_of", "truth", "text", "refuse", "cannot_write_in", "empty_path", "require_writable"]
+__all__ = ["whole", "number", "one_of", "truth", "text", "refuse", "cannot_write_in", "empty_path", "require_writable",
+           "unique_keys", "read_yaml"]
 
 
 def _range(low, high) -> str:
@@ -112,3 +113,40 @@ def cannot_write_in(folder: str | os.PathLike) -> str | None:
     os.close(fd)
     os.unlink(name)
     return None
+
+
+def unique_keys(pairs: list[tuple]) -> dict:
+    """``json.loads(text, object_pairs_hook=unique_keys)``: the object as a dict, or a ValueError
+    naming a key given twice (JSON alone keeps the last one, and the first is lost unsaid)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"the key {key!r} is given twice")
+        out[key] = value
+    return out
+
+
+def read_yaml(text: str):
+    """``yaml.safe_load``, refusing a mapping that gives a key twice (a ``yaml.YAMLError`` naming
+    the key and its line) where PyYAML keeps the last one unsaid."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            if isinstance(node, yaml.MappingNode):
+                seen = set()
+                for key_node, _ in node.value:
+                    if key_node.tag == "tag:yaml.org,2002:merge":
+                        continue
+                    key = self.construct_object(key_node, deep=True)
+                    try:
+                        twice = key in seen
+                    except TypeError:  # an unhashable key: the base class names it
+                        break
+                    if twice:
+                        raise yaml.constructor.ConstructorError(
+                            None, None, f"the key {key!r} is given twice", key_node.start_mark)
+                    seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 (a SafeLoader)

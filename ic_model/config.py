@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ic_data.errors import BadInputError
-from ic_data.settings import number, one_of, refuse, text, truth, whole
+from ic_data.settings import number, one_of, read_yaml, refuse, text, truth, whole
 
 # Stage order. ``vae`` and ``base`` exist only for presets that train their own base model.
 STAGES = ("vae", "base", "dense", "sparse", "camera", "object")
@@ -501,7 +501,7 @@ def read_config_file(path: str | os.PathLike, stage: str) -> dict:
     import yaml
 
     try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        data = read_yaml(Path(path).read_text(encoding="utf-8"))
     except OSError as err:
         raise ConfigFileError(path, [f"cannot read it ({err.strerror or err})"]) from None
     except UnicodeDecodeError as err:

@@ -595,6 +595,9 @@ def test_a_damaged_run_config_or_config_file_is_one_line_not_a_traceback(capsys,
     assert "ic train: --options: not valid JSON (Expecting property name enclosed in double quotes: line 1 " \
         "column 2 (char 1))" in lines
     assert "ic train: --model: not valid JSON (Expecting value: line 1 column 1 (char 0))" in lines
+    lines = _problems(capsys, ["train", "dense", "--config", str(file), "--run", str(tmp_path / "new"),
+                               "--shards", str(tmp_path / "none"), "--options", '{"steps": 5, "steps": 50}'])
+    assert "ic train: --options: not valid JSON (the key 'steps' is given twice)" in lines
 
 
 def test_a_check_that_breaks_on_an_input_says_so_in_one_line(capsys, monkeypatch):

@@ -39,6 +39,9 @@ def test_the_shipped_configs_load_for_every_stage():
     ("train: {stage: dense}", "train: 'stage' is given on the command line"),
     ("- a list", "must be a mapping"),
     ("train: {steps: [1, 2}", "not valid YAML"),
+    ("run: runs/a\nshards: s\nrun: runs/b\n", "not valid YAML (the key 'run' is given twice"),  # was the last, unsaid
+    ("train: {steps: 3, steps: 4}", "the key 'steps' is given twice"),
+    ('{"run": "a", "run": "b"}', "the key 'run' is given twice"),  # JSON is YAML
 ])
 def test_each_problem_is_one_line_naming_the_file_and_the_key(tmp_path, text, problem):
     path = tmp_path / "bad.yaml"

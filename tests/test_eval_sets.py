@@ -123,6 +123,9 @@ def test_what_is_not_a_set_file_is_named(tmp_path):
         assert str(err.value) == message
     with pytest.raises(EvalSetError, match=r"bin.json: not a readable JSON file \('utf-8' codec can't decode"):
         read_eval_set(str(tmp_path / "bin.json"))
+    (tmp_path / "twice.json").write_text('{"kind": "object", "frame_size": [384, 256], "cases": [], "kind": "camera"}')
+    with pytest.raises(EvalSetError, match=r"twice.json: not a readable JSON file \(the key 'kind' is given twice\)"):
+        read_eval_set(str(tmp_path / "twice.json"))  # was read as the last kind, unsaid
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)  # was a bare RecursionError
     with pytest.raises(EvalSetError, match=r"deep.json: not a readable JSON file \(nested too deeply\)"):
         read_eval_set(str(tmp_path / "deep.json"))

@@ -35,6 +35,7 @@ import numpy as np
 from ic_data.clips import visible_box  # re-exported: the box an eval set's points must lie in
 from ic_data.errors import BadInputError, TrajectoryError
 from ic_data.images import read_rgb
+from ic_data.settings import unique_keys
 from ic_data.synthetic import (
     TOY_OBJECT_SCALE,
     VIVID_BACKGROUND_CONTRAST,
@@ -90,8 +91,8 @@ def read_eval_set(spec: str) -> EvalSet:
         raise EvalSetError(f"evaluation set {spec!r}: give {' or '.join(SETS)}, or the path of a set file (JSON); "
                            f"{'it is a folder' if path.is_dir() else 'no such file'}")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON, an integer of 4300+ digits
+        data = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=unique_keys)
+    except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON, a key twice, an integer of 4300+ digits
         raise EvalSetError(f"evaluation set {path}: not a readable JSON file ({err})") from None
     except RecursionError:
         raise EvalSetError(f"evaluation set {path}: not a readable JSON file (nested too deeply)") from None
