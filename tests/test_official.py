@@ -389,6 +389,9 @@ def test_ic_generate_and_studio_take_the_released_weights(prefect_api, capsys, m
     assert "--sd15-path goes with --official" in capsys.readouterr().err
     assert cli.main(["generate", "--image", str(image), "--trajectories", str(traj), "--out", "x.mp4"]) == 2
     assert "one of --run RUN or --official DIR is required" in capsys.readouterr().err
+    absent = tmp_path / "absent"
+    assert cli.main(["studio", "--official", str(absent)]) == 2
+    assert f"--official {absent}: no such folder; expected a folder holding unet.ckpt" in capsys.readouterr().err
     from ic_model.models import official
 
     assert runs[0].name == f"official-{official.official_cache_key(mini_release['dir'])}"

@@ -381,7 +381,8 @@ def official_run(
     missing = [f for f in OFFICIAL_FILES.values() if not (official_dir / f).is_file()]
     if not official_dir.is_dir() or missing:
         raise OfficialWeightsError(
-            f"{official_dir}: expected a folder holding {', '.join(OFFICIAL_FILES.values())}"
+            f"{official_dir}: " + ("no such folder; " if not official_dir.exists() else "")
+            + f"expected a folder holding {', '.join(OFFICIAL_FILES.values())}"
             + (f" (missing: {', '.join(missing)})" if official_dir.is_dir() else "")
         )
     key = official_cache_key(official_dir)
