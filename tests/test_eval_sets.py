@@ -260,12 +260,12 @@ def test_a_reference_that_is_no_shard_of_clips_is_named_before_any_video_is_gene
         tar.add(tmp_path / "note.txt", arcname="note.txt")
     tarfile.open(tmp_path / "none.tar", "w").close()
     good = write_synthetic_shards(tmp_path / "good", num_mixed=1, num_camera=1)
-    (good / "zz.tar").write_text("not a tar")  # a damaged shard after good ones
+    (good / "aa.tar").write_text("not a tar")  # a damaged shard before good ones
     for reference, words in ((tmp_path / "frame.png", "not a readable tar file"),
                              (tmp_path / "empty.tar", "not a readable tar file"),
                              (tmp_path / "other.tar", r"sample 'note': lacks members"),
                              (tmp_path / "none.tar", "its shards hold no clips"),
-                             (good, "zz.tar: not a readable tar file")):
+                             (good, "aa.tar: not a readable tar file")):
         with pytest.raises(BadInputError, match=f"^reference {reference}: .*{words}"):
             evaluate_set(pipe, "object", tmp_path / "out", EvalSettings(steps=2, reference=str(reference)))
     assert not (tmp_path / "out").exists()

@@ -262,7 +262,8 @@ def evaluate_set(
 
 def reference_problems(reference: str | None, num_videos: int | None) -> list[str]:
     """What would stop FID/FVD only after every video has been generated: a reference that
-    names no shards, a shard whose first clip cannot be read (not a tar, members missing), no
+    names no shards, shards that cannot be read up to the first that yields a clip (not a tar,
+    members missing; the shards after it are read, and refused by name, as FID/FVD go), no
     clip at all, fewer than ``MIN_FRECHET_SET`` videos to score (unless ``num_videos`` is None:
     not known yet), the Inception or I3D weights missing. One line each; none without a
     reference."""
@@ -279,8 +280,8 @@ def reference_problems(reference: str | None, num_videos: int | None) -> list[st
     except FileNotFoundError as err:
         problems.append(f"reference {reference}: {err}")
     else:
-        try:  # each shard's first clip (the rest are read, and refused by name, as FID/FVD go)
-            if not sum(next(iter(read_shard(path)), None) is not None for path in paths):
+        try:  # a reference may be a whole curated dataset: not every shard is opened here
+            if not any(next(iter(read_shard(path)), None) is not None for path in paths):
                 problems.append(f"reference {reference}: its shards hold no clips")
         except ShardError as err:
             problems.append(f"reference {reference}: {err}")
