@@ -214,7 +214,8 @@ GOOD_REQUEST = {"image": "a.png", "prompt": "", "trajectories": [[[1, 2]]], "out
     ({"prompt": None}, "prompt must be a string, got NoneType"),
     ({"trajectories": {"x": 1}}, "trajectories must be a file path or a list of tracks, got dict"),
     ({"stpes": 3}, "unknown key(s) ['stpes']; a request has ['image', 'prompt', 'trajectories', 'out', 'mode', "
-                   "'trajs_scale', 'guidance_scale', 'steps', 'seed', 'trajectory_space']"),
+                   "'trajs_scale', 'guidance_scale', 'steps', 'seed', 'trajectory_space', 'negative_prompt']"),
+    ({"negative_prompt": ["blurry"]}, "negative_prompt must be a string, got list"),
 ])
 def test_a_generation_request_out_of_range_is_named(change, problem):
     from ic_model.pipelines.generate import request_problems
@@ -338,7 +339,16 @@ def test_bad_input_ends_generate_and_evaluate_in_one_line_naming_it(prefect_api,
     reference = tmp_path / "reference"
     reference.mkdir()
     shard = sorted(training_shards.glob("*.tar"))[0]
-    (reference / shard.name).write_bytes(shard.read_bytes()[:5000])  # cut inside the first sample
+    (reference / shard.name).write_bytes(shard.read_bytes()[:5000])  # cut inside the first sample: refused up front
+    state = evaluate(out=str(tmp_path / "eval-early"), reference=str(reference), **{**settings, "max_cases": 2})
+    assert state.is_failed() and not (tmp_path / "eval-early").exists()
+    assert state.message == (f"reference {reference}: shard {reference / shard.name}: not a readable tar file "
+                             "(ReadError: unexpected end of data)")
+    import tarfile
+
+    with tarfile.open(shard) as tar:
+        last = [m for m in tar.getmembers() if m.name.endswith(".mp4")][-1]
+    (reference / shard.name).write_bytes(shard.read_bytes()[: last.offset_data + last.size // 2])  # in the last clip
     state = evaluate(out=str(tmp_path / "eval-reference"), reference=str(reference), **{**settings, "max_cases": 2})
     assert state.is_failed()
     assert state.message == f"shard {reference / shard.name}: not a readable tar file (ReadError: unexpected end of data)"
