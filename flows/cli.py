@@ -111,7 +111,8 @@ def _evaluate(args: argparse.Namespace) -> int:
                      images=args.images, steps=args.steps, guidance_scale=args.cfg, trajs_scale=args.trajs_scale,
                      ablation=args.ablation, seed=args.seed, tracker=args.tracker,
                      max_reference=args.max_reference, device=args.device, mode=args.mode,
-                     max_cases=args.max_cases, dtype=args.dtype, return_state=True)
+                     max_cases=args.max_cases, dtype=args.dtype, negative_prompt=args.negative_prompt,
+                     return_state=True)
     if not state.is_completed():
         print(f"ic evaluate: the flow run ended {state.name}: {state.message}", file=sys.stderr)
         return 1
@@ -290,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--images", default=None, help="folder of first frames (default: synthetic)")
     ev.add_argument("--steps", type=int, default=25)
     ev.add_argument("--cfg", type=float, default=8.5)
+    ev.add_argument("--negative-prompt", default="", help="guidance's unconditional text for every case (as ic generate)")
     ev.add_argument("--trajs-scale", type=float, default=1.0)
     ev.add_argument("--ablation", action="store_true", help="object set: sweep λ_trajs ∈ {1.0, 1.1, 1.3, 1.5}")
     ev.add_argument("--seed", type=int, default=0)

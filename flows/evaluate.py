@@ -31,6 +31,7 @@ def evaluate(
     mode: Literal["camera", "object", "none", "base"] | None = None,
     max_cases: Annotated[int | None, Field(ge=1)] = None,
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32",
+    negative_prompt: str = "",
 ) -> dict:
     """Generate the set's cases (fixed seeds) and compute CamMC/ObjMC, plus FID and FVD against
     ``reference`` shards when given; ``ablation`` sweeps λ_trajs on an object set. ``set_name``:
@@ -43,7 +44,7 @@ def evaluate(
     out = out or str(Path(run) / "eval" / (name if mode in (None, name) else f"{name}-{mode}"))
     settings = EvalSettings(steps=steps, guidance_scale=guidance_scale, trajs_scale=trajs_scale, seed=seed,
                             tracker=tracker, images=images, reference=reference, max_reference=max_reference,
-                            ablation=ablation, mode=mode, max_cases=max_cases)
+                            ablation=ablation, mode=mode, max_cases=max_cases, negative_prompt=negative_prompt)
     state = evaluate_task(run, set_name, out, settings, device, dtype=dtype, return_state=True)
     if not state.is_completed():  # e.g. an unreadable image or reference shard, named in the message
         return Failed(message=state.message)

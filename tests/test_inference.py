@@ -513,3 +513,17 @@ def test_the_negative_prompt_is_the_text_of_guidance_s_unconditional_branch(pipe
     assert json.loads((tmp_path / "v.json").read_text())["negative_prompt"] == negative
     assert request_problems(dict(image="a.png", prompt="", trajectories=[], out=str(tmp_path / "x.mp4"),
                                  negative_prompt=3)) == ["negative_prompt must be a string, got int"]
+
+
+def test_an_evaluation_samples_every_case_with_its_negative_prompt(pipe, tmp_path, monkeypatch):
+    from ic_model.evaluation.evaluate import EvalSettings, evaluate_set
+
+    seen = []
+    call = type(pipe).__call__
+    monkeypatch.setattr(type(pipe), "__call__", lambda self, *a, **kw: seen.append(kw) or call(self, *a, **kw))
+    negative = "worst quality, low quality, letterboxed"
+    metrics = evaluate_set(pipe, "camera", tmp_path / "eval", EvalSettings(steps=1, max_cases=2, negative_prompt=negative))
+    assert [kw["negative_prompt"] for kw in seen] == [negative, negative]
+    assert metrics["settings"]["negative_prompt"] == negative
+    with pytest.raises(ValueError, match="negative_prompt must be a string, got None"):
+        EvalSettings(negative_prompt=None)

@@ -58,6 +58,9 @@ class EvalSettings:
     # Also write the frames FID/FVD score (λ_trajs's first value) losslessly to frames.npz, so they
     # can be computed later where the metric networks' weights are (ic_demo.finish).
     keep_frames: bool = False
+    # Classifier-free guidance's unconditional text ("": training's caption dropout; the official
+    # examples give "worst quality, low quality, letterboxed").
+    negative_prompt: str = ""
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -75,6 +78,7 @@ class EvalSettings:
             None if self.mode is None else one_of("mode", self.mode, MODES),
             None if self.max_cases is None else whole("max_cases", self.max_cases, 1),
             truth("keep_frames", self.keep_frames),
+            text("negative_prompt", self.negative_prompt),
         ])
 
 
@@ -203,7 +207,7 @@ def evaluate_set(
             frames = pipe(
                 prepared.image, case.prompt, prepared.tracks, mode=mode,
                 num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
-                trajs_scale=scale, seed=settings.seed + i,
+                trajs_scale=scale, seed=settings.seed + i, negative_prompt=settings.negative_prompt,
             )
             seconds.append(time.perf_counter() - t0)
             videos[scale].append(frames)
