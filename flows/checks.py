@@ -15,9 +15,9 @@ import math
 from collections import Counter
 from pathlib import Path
 
+from ic_data.images import IMAGE_SUFFIXES
 from ic_data.settings import cannot_write_in, unique_keys
 from ic_model.config import LORA_STAGES, ModelConfig, TrainConfig, device_problem, field_problems, preset_config
-from ic_model.evaluation import FIRST_FRAME_SUFFIXES
 from ic_model.evaluation.evalsets import EvalSetError, read_eval_set
 
 # Weight paths are machine settings of a run, passed apart from its architecture.
@@ -433,8 +433,8 @@ def check_evaluate(args) -> list[str]:
         num_videos = len(evalset.cases[: args.max_cases]) if known else None
         problems += [f"--{p}" for p in reference_problems(args.reference, num_videos)]
     images = _existing(problems, "--images", args.images, "dir")
-    if images and not any(p.suffix.lower() in FIRST_FRAME_SUFFIXES for p in images.iterdir()):
-        problems.append(f"--images {args.images}: no images ({'/'.join(FIRST_FRAME_SUFFIXES)}) in it")
+    if images and not any(p.suffix.lower() in IMAGE_SUFFIXES for p in images.iterdir()):
+        problems.append(f"--images {args.images}: no images ({'/'.join(IMAGE_SUFFIXES)}) in it")
     elif evalset is not None and (images or (args.images is None and any(c.image for c in evalset.cases))):
         from ic_model.evaluation.evaluate import first_frame_problems
 

@@ -30,6 +30,7 @@ from pathlib import Path  # noqa: E402
 import gradio as gr  # noqa: E402
 
 from ic_data.errors import CurationError, TrajectoryError  # noqa: E402
+from ic_data.images import IMAGE_SUFFIXES  # noqa: E402
 from ic_model.config import ModelConfig, load_json  # noqa: E402
 from ic_model.pipelines.generate import read_image, request_problems  # noqa: E402
 from ic_model.pipelines.image_conductor import prepare_image_and_tracks  # noqa: E402
@@ -48,7 +49,6 @@ from .model_view import ModelView  # noqa: E402
 
 log = logging.getLogger("ic_studio")
 EXAMPLES_DIR = Path(__file__).parent / "examples"
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 # Problems whose message is meant for the user as it is.
 USER_ERRORS = (StudioError, DrawingError, TrajectoryError, CurationError, FileNotFoundError, ValueError)
 

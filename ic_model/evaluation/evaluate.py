@@ -20,11 +20,11 @@ import numpy as np
 
 from ic_data.clips import CLIP_HEIGHT, CLIP_WIDTH
 from ic_data.errors import BadInputError, MissingInputError
+from ic_data.images import IMAGE_SUFFIXES
 from ic_data.mp4 import write_mp4
 from ic_data.preview import preview_gif
 from ic_data.settings import number, one_of, refuse, text, truth, whole
 from ic_data.tracking import TRACKERS
-from ic_model.evaluation import FIRST_FRAME_SUFFIXES
 from ic_model.evaluation.evalsets import EvalCase, EvalSet, read_eval_set, synthetic_first_frame
 from ic_model.evaluation.metrics.motion_control import motion_control_error
 from ic_model.pipelines.generate import read_image
@@ -89,9 +89,9 @@ def _first_frames(cases: list[EvalCase], images: str | None, seed: int) -> list[
     if images is not None and any(c.image is None for c in cases):
         if not Path(images).is_dir():
             raise MissingInputError(f"images {images}: no such folder")
-        paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in FIRST_FRAME_SUFFIXES)
+        paths = sorted(p for p in Path(images).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
         if not paths:
-            raise BadInputError(f"no images ({'/'.join(FIRST_FRAME_SUFFIXES)}) in {images}")
+            raise BadInputError(f"no images ({'/'.join(IMAGE_SUFFIXES)}) in {images}")
     frames = []
     for i, case in enumerate(cases):
         if case.image is None and images is None:

@@ -16,6 +16,21 @@ class WeightsFileError(BadInputError):
     """A weights file is missing, truncated or not safetensors."""
 
 
+def pickle_refusal(error: BaseException) -> str | None:
+    """What ``torch.load(weights_only=True)`` refused, from ``error`` or its causes: the line that
+    names it ("Unsupported global: GLOBAL builtins.print …", "Unsupported operand 35"), without
+    torch's advice around it to load with ``weights_only=False`` or to allow-list the object,
+    which is never passed on. None where no such refusal is in the chain."""
+    for _ in range(20):
+        if error is None:
+            break
+        for line in str(error).splitlines():
+            if "unsupported" in line.lower():
+                return line.strip().removeprefix("WeightsUnpickler error:").strip().split(". Please")[0].rstrip(".")
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, metadata) of a safetensors file, on the CPU."""
     try:

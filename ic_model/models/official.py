@@ -41,6 +41,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ic_model.models.files import pickle_refusal
+
 # The released files, by the component of ours each becomes.
 OFFICIAL_FILES = {
     "unet": "unet.ckpt",
@@ -101,11 +103,7 @@ def read_official_checkpoint(path: str | os.PathLike) -> dict[str, torch.Tensor]
             obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
             break
         except pickle.UnpicklingError as exc:  # weights_only refused an object, or not a pickle
-            # torch's text also advises loading with weights_only=False: never pass that on.
-            lines = [line.strip() for line in str(exc).splitlines()
-                     if line.strip() and "weights_only" not in line and "torch.load" not in line]
-            detail = [line for line in lines if "unsupported" in line.lower() or "WeightsUnpickler" in line]
-            reason = (detail or lines or ["it holds objects other than tensors"])[0].split(". Please")[0]
+            reason = pickle_refusal(exc) or "not a pickle of tensors"
             raise OfficialWeightsError(
                 f"{path}: not a plain tensor checkpoint (refused by weights_only loading: {reason})"
             ) from exc

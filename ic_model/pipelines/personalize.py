@@ -81,6 +81,7 @@ from torch import nn
 from transformers import CLIPTextModel
 
 from ic_data.errors import BadInputError, MissingWeightsError
+from ic_model.models.files import pickle_refusal
 from ic_model.models.lora import input_kwarg_to_positional
 from ic_model.models.sd15 import (
     CHECKPOINT_SUFFIXES,
@@ -259,23 +260,18 @@ def _check_source(source: str | Path, what: str) -> Path:
 def _why_unreadable(error: BaseException, path: Path) -> str:
     """What stopped a checkpoint from loading, from the first cause of diffusers' general "Unable
     to load weights" (torch's advice to load with weights_only=False is never passed on)."""
-    chain = []
-    while error is not None and len(chain) < 20:
-        chain.append(error)
-        error = error.__cause__ or error.__context__
-    for err in chain:
-        text = str(err)
-        if "unsupported global" in text.lower():  # weights_only refused an object: named, not run
-            lines = [ln.strip() for ln in text.splitlines() if "unsupported global" in ln.lower()]
-            what = f" ({lines[0].split('. Please')[0].rstrip('.')})" if lines else ""
-            return f"it holds Python objects other than tensors{what}: refused, never run"
+    refused = pickle_refusal(error)
+    if refused and "global" in refused.lower():  # weights_only refused an object: named, not run
+        return f"it holds Python objects other than tensors ({refused}): refused, never run"
+    chain = [error]
+    while (cause := chain[-1].__cause__ or chain[-1].__context__) is not None and len(chain) < 20:
+        chain.append(cause)
     first = chain[-1]
     said = str(first).strip().splitlines()[0] if str(first).strip() else type(first).__name__
     if type(first).__name__ == "SafetensorError":
         return f"not a whole safetensors file ({said})"
     if path.suffix.lower() != ".safetensors" and isinstance(first, (KeyError, EOFError, pickle.UnpicklingError)):
-        detail = [ln.strip() for ln in str(first).splitlines() if ln.strip().lower().startswith("unsupported")]
-        return f"not a PyTorch checkpoint ({detail[0] if detail else f'{type(first).__name__}: {said}'})"
+        return f"not a PyTorch checkpoint ({refused or f'{type(first).__name__}: {said}'})"
     return said
 
 

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from ic_data.errors import MissingWeightsError
+from ic_data.images import IMAGE_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,6 @@ WEIGHTS_SHA1 = "a16e4d89c0ecbc17a915dd76ea9e41211aa82562"
 #: Optional override: a path to the same TorchScript file kept elsewhere.
 WEIGHTS_ENV = "IC_FID_INCEPTION"
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 # --------------------------------------------------------------------------- weights
@@ -398,9 +398,9 @@ def list_images(directory: str | os.PathLike) -> list[Path]:
     d = Path(directory)
     if not d.is_dir():
         raise FileNotFoundError(f"not a directory: {d}")
-    files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(p for p in d.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) under {d}")
+        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) under {d}")
     return files
 
 
