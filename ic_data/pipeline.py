@@ -297,7 +297,10 @@ def uncaptioned_line(chunks: Sequence[Chunk], config: CurationConfig, most: int 
     BLIP-2's), in one line; None when it names every video or there is no CSV."""
     if not config.captions_csv:
         return None
-    missing = [v for c in chunks for v, _ in c.videos if v not in dict(c.captions)]
+    missing = []
+    for chunk in chunks:
+        named = {v for v, _ in chunk.captions}
+        missing += [v for v, _ in chunk.videos if v not in named]
     if not missing:
         return None
     total = sum(len(c.videos) for c in chunks)
