@@ -43,6 +43,7 @@ MANIFEST_SCHEMA = pa.schema(
         pa.field("cuts", pa.list_(pa.int64())),
         pa.field("dissolves", pa.list_(pa.list_(pa.int64()))),
         pa.field("wipes", pa.list_(pa.list_(pa.int64()))),
+        pa.field("flashes", pa.list_(pa.list_(pa.int64()))),
         pa.field("scene_start", pa.int64()),
         pa.field("scene_end", pa.int64()),
         pa.field("num_frames", pa.int64()),
@@ -79,6 +80,8 @@ class ManifestRow:
     dissolves: list[list[int]] | None = None
     # Likewise the frames that show two shots either side of a line sweeping across (wipes).
     wipes: list[list[int]] | None = None
+    # Likewise the frames a flash lit (a camera's flash, lightning, a strobe's beat): no cut.
+    flashes: list[list[int]] | None = None
     scene_start: int | None = None
     scene_end: int | None = None
     num_frames: int | None = None
@@ -101,7 +104,7 @@ class ManifestRow:
 
 
 _COLUMNS = [f.name for f in dataclasses.fields(ManifestRow)]
-_ADDED_LATER = {"damage", "bars", "dissolves", "wipes"}  # a manifest written before them reads back with None there
+_ADDED_LATER = {"damage", "bars", "dissolves", "wipes", "flashes"}  # a manifest written before them reads back with None there
 assert _COLUMNS == MANIFEST_SCHEMA.names, "ManifestRow and MANIFEST_SCHEMA must list the same columns"
 
 
@@ -121,7 +124,7 @@ def _column(rows: list[ManifestRow], name: str) -> list:
     values = [getattr(row, name) for row in rows]
     if name in ("cuts", "bars"):
         return [[int(c) for c in value] if value is not None else None for value in values]
-    if name in ("dissolves", "wipes"):
+    if name in ("dissolves", "wipes", "flashes"):
         return [[[int(c) for c in pair] for pair in value] if value is not None else None for value in values]
     if name in ("path", "error", "damage"):  # they name files, whose names need not be UTF-8
         return [printable_path(value) if value is not None else None for value in values]

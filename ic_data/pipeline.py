@@ -50,7 +50,8 @@ OUTPUT_DIRS = ("work", SHARD_DIR, "previews")  # the folders a curation writes u
 #: white left out; frames enlarged for their bars from the source's own pixels; blurred bars.
 #: 5: frames of one flat colour (a dip to grey or red between shots) and the fades to them;
 #: wipes left out. 6: cuts found on brightness alone too (dithered GIFs, grainy footage).
-CLIP_CHOICE_VERSION = "6"
+#: 7: flashes are no cuts, and their frames are left out.
+CLIP_CHOICE_VERSION = "7"
 #: A clip's frames decoded again (at the size its bars ask for) are the frames chosen when
 #: each is within this mean absolute difference (of 255) of the first decode's, both shrunk to a
 #: quarter of the analysis width. Measured on 720p and 1080p noise textures and real pictures
@@ -170,6 +171,7 @@ class Candidate:
     cuts: list[int] = field(default_factory=list)
     dissolves: list[list[int]] = field(default_factory=list)  # [start, end) of frames blending two shots
     wipes: list[list[int]] = field(default_factory=list)  # [start, end) of frames with two shots side by side
+    flashes: list[list[int]] = field(default_factory=list)  # [start, end) of frames a flash lit
     scene_start: int | None = None
     scene_end: int | None = None
     frame_indices: list[int] = field(default_factory=list)
@@ -421,15 +423,16 @@ class Stage1:
             c.cuts = [int(x) for x in found.cuts]
             c.dissolves = [[int(s), int(e)] for s, e in found.dissolves]
             c.wipes = [[int(s), int(e)] for s, e in found.wipes]
+            c.flashes = [[int(s), int(e)] for s, e in found.flashes]
             # Where a damaged file lost frames, the frames either side are not neighbours: a
             # clip never spans that gap, as it never spans a cut. Black, white or other flat
             # frames and the fades beside them are no scene's: a clip opening on one would start
             # nearly black (or washed out), and a dip to a colour joins two shots without a cut.
-            # Nor are a dissolve's or a wipe's frames, two shots at once.
+            # Nor are a dissolve's or a wipe's frames, two shots at once, or a flash's.
             bounds = sorted(set(c.cuts) | set(video.breaks))
             scenes = lit_scenes(scenes_from_cuts(bounds, video.num_frames), found.brightness, found.highlights,
                                 found.shadows, found.contrast)
-            scenes = without(scenes, found.dissolves + found.wipes) or [(0, 0)]
+            scenes = without(scenes, found.dissolves + found.wipes + found.flashes) or [(0, 0)]
             c.scene_start, c.scene_end = (int(x) for x in longest_scene(scenes))
             try:
                 idx = clipmod.sample_clip_indices(
@@ -439,15 +442,17 @@ class Stage1:
                 black, white, flat = (int(found.black().sum()), int(found.white().sum()), int(found.flat().sum()))
                 blended = sum(e - s for s, e in found.dissolves)
                 wiped = sum(e - s for s, e in found.wipes)
-                if video.damage is None and (black or white or flat or blended or wiped):
+                lit = sum(e - s for s, e in found.flashes)
+                if video.damage is None and (black or white or flat or blended or wiped or lit):
                     n = video.num_frames
                     left = [f"{black} of {n} frames are black: mean under {FADE_LEVEL:g} of 255"] * bool(black)
                     left += [f"{white} of {n} frames are white: mean over {WHITE_LEVEL:g}"] * bool(white)
                     left += [f"{flat} of {n} frames are one flat colour: contrast under {FLAT_LEVEL:g}"] * bool(flat)
                     left += [f"{blended} frames blend two shots in {len(found.dissolves)} dissolve(s)"] * bool(blended)
                     left += [f"{wiped} frames show two shots in {len(found.wipes)} wipe(s)"] * bool(wiped)
+                    left += [f"{lit} frames are lit by {len(found.flashes)} flash(es)"] * bool(lit)
                     raise VideoTooShort(f"{Exception.__str__(exc)}, once black, white and flat frames, fades, "
-                                        f"dissolves and wipes are left out ({'; '.join(left)})") from exc
+                                        f"dissolves, wipes and flashes are left out ({'; '.join(left)})") from exc
                 if video.damage is None:
                     raise
                 # Too short because the file is damaged: that is the failure to report.
@@ -776,6 +781,7 @@ def run_stage2_chunk(
             cuts=c.cuts,
             dissolves=c.dissolves,
             wipes=c.wipes,
+            flashes=c.flashes,
             scene_start=c.scene_start,
             scene_end=c.scene_end,
             num_frames=c.num_frames,

@@ -8,7 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from ic_data.cuts import SceneCuts, detect_cuts, find_dissolves, find_wipes, longest_scene, scenes_from_cuts, without
+from ic_data.cuts import (
+    SceneCuts, detect_cuts, find_dissolves, find_flashes, find_wipes, longest_scene, scenes_from_cuts, without,
+)
 from ic_data.synthetic import (
     CameraMotion,
     MovingObject,
@@ -150,7 +152,7 @@ def test_bikes_real_cuts(bikes, detector):
     result = detect_cuts(bikes.frames, fps=bikes.info.fps, detector=detector)
     assert_cuts_match(result.cuts, BIKES_CUTS)
     assert_tiles(result, 250)
-    assert result.dissolves == []  # hard cuts only, and fast pans, a vehicle through the frame
+    assert result.dissolves == [] and result.flashes == []  # hard cuts only, and fast pans, a vehicle through the frame
     # The van shot (76–137) is the longest: the one curation keeps.
     start, end = longest_scene(result.scenes)
     assert abs(start - 76) <= 1 and abs(end - 137) <= 1
@@ -470,7 +472,7 @@ def test_moving_pictures_fades_and_hard_cuts_are_no_dissolves_or_wipes(case, tmp
     elif "cut" in case:
         frames[35:] = shot("traffic", 35, camera)
     found = detect_cuts(as_decoded(np.rint(frames).astype(np.uint8), tmp_path), fps=25.0)
-    assert found.dissolves == [] and found.wipes == []
+    assert found.dissolves == [] and found.wipes == [] and found.flashes == []
 
 
 # Wipes: two shots of real pictures under known cameras, a straight line sweeping from one to
@@ -516,6 +518,76 @@ def test_a_large_object_crossing_the_picture_is_no_wipe(case, tmp_path):
     frames = render_shot(70, WIDTH, HEIGHT, camera=CameraMotion(pan), objects=[square], background=picture(name)).frames
     found = detect_cuts(as_decoded(frames, tmp_path), fps=25.0)
     assert found.wipes == [] and found.dissolves == [], (found.wipes, found.dissolves)
+
+
+# Flashes: real pictures under known cameras, lit by flashes of known frames: each frame of a
+# flash (start, end, strength) becomes (1 - strength) x + strength * 255, a camera's flash;
+# strength None: a partial one, 1.8 x + 40 (a near subject lit, highlights blown).
+FLASHES = {
+    "street, still, one frame to 70 % white": ("street", CameraMotion(), [(50, 51, 0.7)]),
+    "traffic, pan 2 px/frame, two frames": ("traffic", CameraMotion((2.0, 0.0)), [(50, 52, 0.6)]),
+    "car, pan 12 px/frame, one frame": ("car", CameraMotion((12.0, 0.0)), [(50, 51, 0.7)]),
+    "bunny, zoom 1 %/frame, four frames at 50 %": ("bunny", CameraMotion(zoom_per_frame=1.01), [(50, 54, 0.5)]),
+    "railing, shake, partial": ("railing", CameraMotion((1.0, 0.0), shake_px=6.0), [(50, 51, None)]),
+    "street, pan 1 px/frame, a strobe of four beats": ("street", CameraMotion((1.0, 0.2)),
+                                                       [(30, 31, 0.6), (36, 37, 0.6), (42, 43, 0.6), (48, 49, 0.6)]),
+}
+
+
+def flashed(frames: np.ndarray, flashes) -> np.ndarray:
+    frames = frames.copy()
+    for start, end, strength in flashes:
+        part = frames[start:end]
+        frames[start:end] = 1.8 * part + 40 if strength is None else (1 - strength) * part + strength * 255
+    return np.clip(np.rint(frames), 0, 255).astype(np.uint8)
+
+
+@pytest.mark.parametrize("case", list(FLASHES))
+def test_a_flash_is_no_cut_and_its_frames_are_found(case, tmp_path):
+    """Before, PySceneDetect cut at each flash (at every beat of a strobe but the ones
+    ``min_scene_len`` hid), and the flash's frame opened the scene after it."""
+    name, camera, flashes = FLASHES[case]
+    found = detect_cuts(as_decoded(flashed(shot(name, 100, camera), flashes), tmp_path), fps=25.0)
+    assert found.cuts == [] and found.flashes == [(start, end) for start, end, _ in flashes], (found.cuts, found.flashes)
+    assert found.dissolves == [] and found.wipes == []
+
+
+@pytest.mark.parametrize("gap", [1, 4])
+def test_a_cut_just_after_a_flash_is_still_found(gap, tmp_path):
+    """Frame 50 is a flash, and the next shot starts ``gap`` frames after it: ``min_scene_len``
+    (8) once hid that cut behind the flash's."""
+    camera = CameraMotion((2.0, 0.0))
+    frames = np.concatenate([shot("street", 51 + gap, camera), shot("car", 50 - gap, camera)])
+    found = detect_cuts(as_decoded(flashed(frames, [(50, 51, 0.7)]), tmp_path), fps=25.0)
+    assert found.flashes == [(50, 51)] and found.cuts == [51 + gap], (found.flashes, found.cuts)
+
+
+@pytest.mark.parametrize("light", ["gain", "offset", "gamma", "step", "ramp"])
+def test_flickering_or_changing_light_is_no_flash(light, tmp_path):
+    """Light that flickers ±10 % a frame (``FLICKERS``: a third of its frames are brighter than
+    the frames either side), a lamp switched on (a step of 1.6 x + 30 that stays) and an
+    exposure ramp (the light doubling over 8 frames): no frames are a flash's."""
+    from tests.conftest import flickered
+
+    frames = shot("street", 100, CameraMotion((1.0, 0.0)))
+    if light == "step":
+        frames[50:] = 1.6 * frames[50:] + 30
+    elif light == "ramp":
+        frames *= np.interp(np.arange(100), [46, 54], [0.5, 1.0])[:, None, None, None]
+    else:
+        frames = flickered(frames, light)
+    found = detect_cuts(as_decoded(np.clip(np.rint(frames), 0, 255).astype(np.uint8), tmp_path), fps=25.0)
+    assert found.flashes == []
+
+
+def test_find_flashes_on_short_or_tiny_videos_finds_none():
+    rng = np.random.default_rng(0)
+    for shape in [(1, 90, 160, 3), (2, 90, 160, 3), (40, 1, 160, 3), (40, 90, 1, 3)]:
+        assert find_flashes(rng.integers(0, 256, shape, dtype=np.uint8)) == []
+    # Three frames are enough for a flash of one.
+    frames = np.full((3, 8, 8, 3), 100, np.uint8)
+    frames[1] = 200
+    assert find_flashes(frames) == [(1, 2)]
 
 
 def test_find_dissolves_and_wipes_on_short_or_tiny_videos_finds_none():

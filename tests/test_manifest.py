@@ -28,6 +28,7 @@ def example_rows() -> list[ManifestRow]:
             cuts=[0, 120, 244],
             dissolves=[[60, 75], [200, 212]],
             wipes=[[90, 104]],
+            flashes=[[130, 131], [150, 152]],
             scene_start=120,
             scene_end=244,
             num_frames=250,
@@ -69,6 +70,7 @@ def test_round_trip_keeps_values_nulls_and_lists(tmp_path):
     assert filtered.cuts == [] and ok.cuts == [0, 120, 244]
     assert ok.dissolves == [[60, 75], [200, 212]] and failed.dissolves is None
     assert ok.wipes == [[90, 104]] and failed.wipes is None
+    assert ok.flashes == [[130, 131], [150, 152]] and failed.flashes is None
     assert ok.camera_only is False and ok.fps == 29.97
 
 

@@ -739,16 +739,17 @@ def test_a_damaged_video_is_curated_from_what_decodes_unbroken(tmp_path):
     assert short.damage is not None and short.num_frames == 47
 
 
-def test_a_manifest_from_before_the_damage_bars_dissolves_and_wipes_columns_still_reads(curated, tmp_path):
+def test_a_manifest_from_before_the_damage_bars_dissolves_wipes_and_flashes_columns_still_reads(curated, tmp_path):
     import pyarrow.parquet as pq
 
     out, _ = curated
     table = pq.read_table(out / "manifest.parquet")
     old = tmp_path / "old.parquet"
-    pq.write_table(table.drop(["damage", "bars", "dissolves", "wipes"]), old)
+    pq.write_table(table.drop(["damage", "bars", "dissolves", "wipes", "flashes"]), old)
     rows = read_manifest(old)
     assert len(rows) == table.num_rows
-    assert all(r.damage is None and r.bars is None and r.dissolves is None and r.wipes is None for r in rows)
+    assert all(r.damage is None and r.bars is None and r.dissolves is None and r.wipes is None and r.flashes is None
+               for r in rows)
     assert [r.video_id for r in rows] == [r.video_id for r in read_manifest(out / "manifest.parquet")]
 
 
@@ -1095,6 +1096,37 @@ def test_a_dissolve_is_left_out_of_the_scene(tmp_path):
     assert row.scene_start >= end and row.scene_end == 134, (row.scene_start, row.scene_end)
     sample = next(s for s in read_shard(tmp_path / "out" / row.shard) if s.key == row.key)
     assert min(sample.meta["frame_indices"]) >= end
+
+
+def test_a_flash_is_no_cut_and_is_left_out_of_the_clip(tmp_path):
+    """Real footage panning 1 px a frame, 106 frames: a camera's flash lights frame 60 (70 %
+    white). It is recorded (``flashes``), no cut is (before: a cut at 60, the flash's frame
+    opening the second scene), and the clip is taken from frames 0-59, the longer side of it.
+    A 60-frame video whose frames 12-48 flash every 6th frame (a strobe) leaves no 32 frames
+    unlit: it fails ``too_short``, saying that its frames are lit by flashes."""
+    from ic_data.synthetic import CameraMotion, render_shot
+    from tests.conftest import real_frame, write_video
+
+    frames = render_shot(106, 640, 360, camera=CameraMotion((1.0, 0.2)), background=real_frame("bikes.mp4", 10)).frames
+    lit = frames.astype(np.float64)
+    lit[60] = 0.3 * lit[60] + 0.7 * 255
+    strobe = frames[:60].astype(np.float64)
+    strobe[12:49:6] = 0.4 * strobe[12:49:6] + 0.6 * 255
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    write_video(videos / "flash.mp4", np.rint(lit).astype(np.uint8))
+    write_video(videos / "strobe.mp4", np.rint(strobe).astype(np.uint8))
+    curate(videos, tmp_path / "out", dataclasses.replace(CFG, drop_fraction=0.0))
+    rows = {Path(r.path).stem: r for r in read_manifest(tmp_path / "out" / "manifest.parquet")}
+    strobed = rows["strobe"]
+    assert strobed.status == "failed" and strobed.reason == "too_short", (strobed.status, strobed.error)
+    assert "7 frames are lit by 7 flash(es)" in strobed.error and strobed.cuts == [], strobed.error
+    row = rows["flash"]
+    assert row.status == "ok", row.error
+    assert row.flashes == [[60, 61]] and row.cuts == [], (row.flashes, row.cuts)
+    assert (row.scene_start, row.scene_end) == (0, 60), (row.scene_start, row.scene_end)
+    sample = next(s for s in read_shard(tmp_path / "out" / row.shard) if s.key == row.key)
+    assert max(sample.meta["frame_indices"]) < 60
 
 
 def test_a_wipe_is_left_out_of_the_scene(tmp_path):
