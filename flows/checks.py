@@ -50,6 +50,15 @@ def _seed(problems: list[str], flag: str, value) -> None:
         problems.append(f"{flag} must be a whole number from 0 to 2**63 - 1, got {value}")
 
 
+def _prompt(problems: list[str], flag: str, value) -> None:
+    """A prompt of at most ``MAX_PROMPT_CHARS`` characters (the text encoder reads ~300)."""
+    from ic_data.settings import MAX_PROMPT_CHARS
+
+    if isinstance(value, str) and len(value) > MAX_PROMPT_CHARS:
+        problems.append(f"{flag}: {len(value):,} characters long; at most {MAX_PROMPT_CHARS:,} are taken "
+                        "(the text encoder reads its first 77 tokens)")
+
+
 def _finite(problems: list[str], flag: str, value: float, low: float | None = None, strict: bool = False) -> None:
     if value is None:
         return
@@ -382,6 +391,8 @@ def check_generate(args) -> list[str]:
     _seed(problems, "--seed", args.seed)
     _finite(problems, "--cfg", args.cfg, 0.0)
     _finite(problems, "--trajs-scale", args.trajs_scale, 0.0)
+    _prompt(problems, "--prompt", args.prompt)
+    _prompt(problems, "--negative-prompt", args.negative_prompt)
     if args.trajs_scale is not None and math.isfinite(args.trajs_scale) and args.trajs_scale != 1.0 and args.mode != "object":
         problems.append(f"--trajs-scale {args.trajs_scale}: camera-free guidance needs --mode object")
     if Path(args.out).suffix.lower() != ".mp4":
@@ -450,6 +461,7 @@ def check_evaluate(args) -> list[str]:
     _seed(problems, "--seed", args.seed)
     _finite(problems, "--cfg", args.cfg, 0.0)
     _finite(problems, "--trajs-scale", args.trajs_scale, 0.0)
+    _prompt(problems, "--negative-prompt", args.negative_prompt)
     if kind is not None and args.trajs_scale is not None and math.isfinite(args.trajs_scale):
         from ic_model.evaluation.evaluate import guidance_problems
 

@@ -14,7 +14,12 @@ from pathlib import Path
 from typing import Iterable
 
 __all__ = ["whole", "number", "one_of", "truth", "text", "refuse", "cannot_write_in", "empty_path", "require_writable",
-           "unique_keys", "read_yaml"]
+           "unique_keys", "read_yaml", "MAX_PROMPT_CHARS"]
+
+#: The longest prompt (or negative prompt) taken, in characters. The text encoder reads its
+#: first 77 tokens (about 300 characters of English); a prompt 30 times as long is no prompt,
+#: and would fill every record, message and flow parameter it is copied into.
+MAX_PROMPT_CHARS = 10_000
 
 
 def _range(low, high) -> str:
@@ -58,9 +63,12 @@ def truth(name: str, value) -> str | None:
     return None
 
 
-def text(name: str, value, *, empty: bool = True) -> str | None:
+def text(name: str, value, *, empty: bool = True, longest: int | None = None) -> str | None:
+    """``value`` is a string (not blank unless ``empty``) of at most ``longest`` characters."""
     if not isinstance(value, str) or (not empty and not value.strip()):
         return f"{name} must be {'a' if empty else 'a non-empty'} string, got {value!r}"
+    if longest is not None and len(value) > longest:
+        return f"{name} is {len(value):,} characters long; at most {longest:,} are taken"
     return None
 
 

@@ -55,6 +55,9 @@ CLIP_HEIGHT = 256
 CLIP_WIDTH = 384
 KERNEL_SIZE = 99
 KERNEL_SIGMA = 10.0
+#: The most points a user's track may have: it is resampled to the video's 16 (or 32) frames,
+#: and 8 tracks of this many points stay a small file and a small request.
+MAX_TRACK_POINTS = 1000
 
 
 def _check_tracks(tracks: np.ndarray) -> np.ndarray:
@@ -302,13 +305,14 @@ def require_in_view(tracks, width: int, height: int, max_upscale: float = 16.0) 
 
 
 def validate_trajectories(
-    obj, width: int, height: int, max_tracks: int | None = 8
+    obj, width: int, height: int, max_tracks: int | None = 8, max_points: int | None = MAX_TRACK_POINTS
 ) -> list[np.ndarray]:
     """Validate parsed JSON of a user trajectory file.
 
     Expected: a non-empty list of tracks; each track a non-empty list of ``[x, y]`` pairs of
     finite real numbers (not bools, not strings) with ``0 <= x <= width-1`` and
-    ``0 <= y <= height-1``; at most ``max_tracks`` tracks unless it is ``None``.
+    ``0 <= y <= height-1``; at most ``max_tracks`` tracks and ``max_points`` points a track,
+    unless they are ``None``.
 
     Raises:
         TrajectoryError: on the first problem, naming the track and point index.
@@ -333,6 +337,9 @@ def validate_trajectories(
             )
         if len(track) == 0:
             raise TrajectoryError(f"track {ti}: has no points")
+        if max_points is not None and len(track) > max_points:
+            raise TrajectoryError(f"track {ti}: {len(track):,} points, at most {max_points:,} (a track is resampled "
+                                  "to the video's frames: more points add nothing)")
         for pi, point in enumerate(track):
             where = f"track {ti}, point {pi}"
             if not isinstance(point, (list, tuple)) or len(point) != 2:
@@ -359,7 +366,7 @@ def validate_trajectories(
 
 
 def load_trajectory_file(
-    path: str | Path, width: int, height: int, max_tracks: int | None = 8
+    path: str | Path, width: int, height: int, max_tracks: int | None = 8, max_points: int | None = MAX_TRACK_POINTS
 ) -> list[np.ndarray]:
     """Read a JSON trajectory file and validate it (see :func:`validate_trajectories`).
 
@@ -379,7 +386,7 @@ def load_trajectory_file(
         raise TrajectoryError(f"{path}: malformed JSON (nested too deeply: trajectories are tracks of "
                               "[x, y] points)") from None
     try:
-        return validate_trajectories(obj, width, height, max_tracks)
+        return validate_trajectories(obj, width, height, max_tracks, max_points)
     except TrajectoryError as err:
         raise TrajectoryError(f"{path}: {err}") from err
 

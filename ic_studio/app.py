@@ -74,7 +74,14 @@ class Session:
     drawing: TrajectoryDrawing | None = None
 
 
+#: The most characters of a problem shown on the page: a message that quotes a request (a
+#: refused flow run's parameters) can run to megabytes; the studio's log keeps the rest.
+MESSAGE_CHARS = 2000
+
+
 def _warning(message: str) -> str:
+    if len(message) > MESSAGE_CHARS:
+        message = f"{message[:MESSAGE_CHARS]}… ({len(message):,} characters in all; the rest is left out)"
     return f"**Problem:** {message}"
 
 
@@ -168,8 +175,12 @@ class Studio:
         session, canvas, summary, tracks_json, export, message = self._drawing_outputs(session)
         return session, canvas, info, summary, tracks_json, export, message
 
+    @shown_on_page(7, 6)
     def load_example(self, session: Session, evt: gr.SelectData):
-        return self.load_image(str(example_images()[evt.index]), session)
+        examples, index = example_images(), evt.index
+        if not (isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(examples)):
+            raise StudioError(f"there is no example {index!r}: pick one of the {len(examples)} shown")
+        return self.load_image(str(examples[index]), session)
 
     @shown_on_page(6, 5)
     def click(self, session: Session, evt: gr.SelectData):

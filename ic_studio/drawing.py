@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from ic_data.preview import TRACK_COLOURS, draw_tracks
-from ic_data.trajectories import require_in_view, user_tracks_to_array, validate_trajectories
+from ic_data.trajectories import MAX_TRACK_POINTS, require_in_view, user_tracks_to_array, validate_trajectories
 from ic_model.pipelines.image_conductor import GENERATE_MAX_UPSCALE
 
 from .model_view import DISPLAY_HEIGHT, DISPLAY_WIDTH, ModelView
@@ -43,6 +43,9 @@ class TrajectoryDrawing:
         x0, y0, x1, y1 = self.bounds
         point = (float(np.clip(x, x0, x1)), float(np.clip(y, y0, y1)))
         if self.open and self.tracks and not self.still_next:
+            if len(self.tracks[-1]) >= MAX_TRACK_POINTS:
+                raise DrawingError(f"a trajectory has at most {MAX_TRACK_POINTS} points; "
+                                   "start a new one or undo")
             self.tracks[-1].append(point)
             return
         if len(self.tracks) >= self.max_tracks:

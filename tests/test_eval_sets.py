@@ -91,6 +91,8 @@ GOOD_CASE = {"id": "a", "trajectories": [[[20, 20], [50, 30]]]}
     ({"kind": "object", "frame_size": [64, 64], "cases": [GOOD_CASE, GOOD_CASE]}, ", case 1: id 'a' is used twice"),
     ({"kind": "object", "frame_size": [64, 64], "cases": [dict(GOOD_CASE, prompt=3)]},
      ", case 'a': 'prompt' must be a string, got int"),
+    ({"kind": "object", "frame_size": [64, 64], "cases": [dict(GOOD_CASE, prompt="a dog " * 2000)]},
+     ", case 'a': 'prompt' is 12,000 characters long; at most 10,000 are taken"),
     ({"kind": "object", "frame_size": [64, 64], "cases": [{"id": "a", "trajectory": []}]},
      ", case 0: unknown key(s) ['trajectory']; a case has ['description', 'id', 'image', 'prompt', 'trajectories']"),
     ({"kind": "object", "frame_size": [64, 64], "cases": [{"id": "a"}]}, ", case 'a': missing 'trajectories'"),

@@ -159,6 +159,20 @@ def test_at_most_eight_trajectories():
     assert len(d.tracks) == 8
 
 
+def test_a_trajectory_takes_at_most_its_points():
+    from ic_data.trajectories import MAX_TRACK_POINTS
+
+    d = TrajectoryDrawing((0.0, 0.0, 383.0, 255.0))
+    for i in range(MAX_TRACK_POINTS):
+        d.click(i % 300, 10)
+    with pytest.raises(DrawingError, match=f"at most {MAX_TRACK_POINTS} points"):
+        d.click(5, 5)
+    assert len(d.tracks) == 1 and len(d.tracks[0]) == MAX_TRACK_POINTS
+    d.new_track()
+    d.click(5, 5)  # another trajectory still starts
+    assert len(d.tracks) == 2
+
+
 def test_import_rejects_what_ic_generate_rejects():
     view = ModelView.from_image(_image(500, 300), tiny_config(num_frames=8))
     d = TrajectoryDrawing(view.display_bounds())
@@ -166,6 +180,8 @@ def test_import_rejects_what_ic_generate_rejects():
         d.load_source([[[10, 10], [600, 10]]], view)
     with pytest.raises(TrajectoryError, match="too many tracks"):
         d.load_source([[[1, 1]]] * 9, view)
+    with pytest.raises(TrajectoryError, match="track 0: 10,000 points, at most 1,000"):
+        d.load_source([[[100 + i % 200, 100] for i in range(10_000)]], view)
     assert d.tracks == []
     # Inside the image, outside the crop the model sees (a portrait photo's top): refused now,
     # not at Generate.
@@ -242,8 +258,28 @@ def test_page_messages_for_missing_image_trajectory_and_adapter(fake_run, tmp_pa
         (msg,) = [out[0] for out in studio.generate(session, "object", 1.0, 8.5, steps, seed, "")]
         assert msg.startswith("**Problem:**") and ("seed" in msg or "steps must be a whole number from 1 to 1000"
                                                    in msg) and "missing" not in msg, msg
+    # A prompt no text encoder reads whole: refused in a line, not quoted back.
+    (msg,) = [out[0] for out in studio.generate(session, "object", 1.0, 8.5, 2, 0, "a dog " * 100_000)]
+    assert msg == "**Problem:** prompt is 600,000 characters long; at most 10,000 are taken", msg
     written = [p.name for p in (tmp_path / "studio_out").iterdir() if p.name != "exports"]
     assert written == []  # no generation folder for rejected requests
+
+
+def test_page_messages_are_cut_short_and_a_missing_example_is_one(fake_run, tmp_path):
+    from types import SimpleNamespace
+
+    from ic_studio.app import MESSAGE_CHARS, Session, _warning, example_images
+
+    message = _warning("x" * 3_000_000)
+    assert len(message) < MESSAGE_CHARS + 100 and message.endswith("(3,000,000 characters in all; the rest is left out)")
+    assert _warning("short") == "**Problem:** short"
+    studio = _studio(fake_run(), tmp_path)
+    count = len(example_images())
+    for index in (count, -1, "a", None, True, 1.5, [0, 1]):  # what a raw API call can send
+        out = studio.load_example(Session(), SimpleNamespace(index=index))
+        assert len(out) == 7 and out[6].startswith("**Problem:** there is no example"), (index, out[6])
+    session, canvas, info, *_ , message = studio.load_example(Session(), SimpleNamespace(index=count - 1))
+    assert message == "" and canvas.shape == (256, 384, 3) and example_images()[-1].name in info
 
 
 def test_which_stages_each_mode_needs(fake_run):

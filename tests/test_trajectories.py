@@ -378,6 +378,8 @@ def test_validate_accepts_valid_input():
     assert all(a.dtype.kind == "f" for a in out)
     np.testing.assert_array_equal(out[1], [[10.5, 20.25]])
     assert len(validate_trajectories([[[1, 1]]] * 20, W, H, max_tracks=None)) == 20
+    assert [len(t) for t in validate_trajectories([[[1, 1]] * 1000] * 8, W, H)] == [1000] * 8
+    assert len(validate_trajectories([[[1, 1]] * 5000], W, H, max_points=None)[0]) == 5000
 
 
 @pytest.mark.parametrize(
@@ -398,6 +400,7 @@ def test_validate_accepts_valid_input():
         ([[5, 5]], "track 0, point 0"),
         ([[[1, 1]], "abc"], "track 1"),
         ([[[1, 10**400]]], "track 0, point 0: y is a 401-digit number, far outside the image"),
+        ([[[1, 1]], [[2, 2]] * 1001], "track 1: 1,001 points, at most 1,000"),
     ],
 )
 def test_validate_rejects_bad_input(obj, message):

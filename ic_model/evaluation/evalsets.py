@@ -35,7 +35,7 @@ import numpy as np
 from ic_data.clips import visible_box  # re-exported: the box an eval set's points must lie in
 from ic_data.errors import BadInputError, TrajectoryError
 from ic_data.images import read_rgb
-from ic_data.settings import unique_keys
+from ic_data.settings import MAX_PROMPT_CHARS, text, unique_keys
 from ic_data.synthetic import (
     TOY_OBJECT_SCALE,
     VIVID_BACKGROUND_CONTRAST,
@@ -146,6 +146,8 @@ def _parse(data, name: str, path: Path | None) -> EvalSet:
         prompt = case.get("prompt", "")
         if not isinstance(prompt, str):
             raise EvalSetError(f"{cwhere}: 'prompt' must be a string, got {type(prompt).__name__}")
+        if problem := text("'prompt'", prompt, longest=MAX_PROMPT_CHARS):
+            raise EvalSetError(f"{cwhere}: {problem}")
         if "trajectories" not in case:
             raise EvalSetError(f"{cwhere}: missing 'trajectories'")
         try:

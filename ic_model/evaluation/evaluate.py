@@ -23,7 +23,7 @@ from ic_data.errors import BadInputError, MissingInputError
 from ic_data.images import IMAGE_SUFFIXES
 from ic_data.mp4 import write_mp4
 from ic_data.preview import preview_gif
-from ic_data.settings import number, one_of, refuse, text, truth, whole
+from ic_data.settings import MAX_PROMPT_CHARS, number, one_of, refuse, text, truth, whole
 from ic_data.tracking import TRACKERS
 from ic_model.evaluation.evalsets import EvalCase, EvalSet, read_eval_set, synthetic_first_frame
 from ic_model.evaluation.metrics.motion_control import motion_control_error
@@ -78,7 +78,7 @@ class EvalSettings:
             None if self.mode is None else one_of("mode", self.mode, MODES),
             None if self.max_cases is None else whole("max_cases", self.max_cases, 1),
             truth("keep_frames", self.keep_frames),
-            text("negative_prompt", self.negative_prompt),
+            text("negative_prompt", self.negative_prompt, longest=MAX_PROMPT_CHARS),
         ])
 
 

@@ -15,7 +15,7 @@ from ic_data.errors import BadInputError
 from ic_data.images import read_rgb
 from ic_data.mp4 import write_mp4
 from ic_data.preview import preview_gif
-from ic_data.settings import cannot_write_in
+from ic_data.settings import MAX_PROMPT_CHARS, cannot_write_in, text
 from ic_data.trajectories import load_trajectory_file, validate_trajectories
 from ic_model.pipelines.image_conductor import (
     MODES,
@@ -68,6 +68,8 @@ def request_problems(request, max_steps: int = 1000) -> list[str]:
     for key in ("prompt", "negative_prompt"):
         if key in request and not isinstance(request[key], str):
             problems.append(f"{key} must be a string, got {type(request[key]).__name__}")
+        elif key in request and (problem := text(key, request[key], longest=MAX_PROMPT_CHARS)):
+            problems.append(problem)
     if "trajectories" in request and not isinstance(request["trajectories"], (str, os.PathLike, list)):
         problems.append(f"trajectories must be a file path or a list of tracks, got {type(request['trajectories']).__name__}")
     if request.get("mode", "object") not in MODES:
@@ -125,8 +127,8 @@ def generate_to_files(
         raise BadInputError("; ".join(problems))
     notes: list[str] = []  # what was made of the input, beyond the obvious
     rgb = read_image(image, notes)
-    for name, text in (("prompt", prompt), ("negative prompt", negative_prompt)):
-        tokens = len(pipe.comps.tokenizer(text, verbose=False).input_ids)  # with the start and end tokens
+    for name, words in (("prompt", prompt), ("negative prompt", negative_prompt)):
+        tokens = len(pipe.comps.tokenizer(words, verbose=False).input_ids)  # with the start and end tokens
         if tokens > pipe.cfg.max_text_tokens:
             notes.append(f"the {name} is {tokens} tokens long: the text encoder reads its first {pipe.cfg.max_text_tokens}")
     h, w = rgb.shape[:2] if trajectory_space == "image" else (pipe.cfg.height, pipe.cfg.width)
