@@ -147,8 +147,10 @@ def _read_run(problems: list[str], run_arg: str) -> tuple[Path, ModelConfig | No
         return run, None, False
 
 
-def _run_problems(problems: list[str], run_arg: str, mode: str | None) -> ModelConfig | None:
-    """A finished run that has what ``mode`` samples with."""
+def _run_problems(problems: list[str], run_arg: str, mode: str | None, who: str | None = None) -> ModelConfig | None:
+    """A finished run that has what ``mode`` samples with; ``who`` asks for it (default: the
+    flag, ``--mode MODE``)."""
+    who = who or f"--mode {mode}"
     run, cfg, usable = _read_run(problems, run_arg)
     if not usable:
         return None
@@ -159,12 +161,12 @@ def _run_problems(problems: list[str], run_arg: str, mode: str | None) -> ModelC
         problems.append(f"--run {run_arg}: not a run folder (no config.json); train one with `ic train`")
         return None
     if mode in LORA_STAGES and not _done(run, mode):
-        problems.append(f"--mode {mode}: the run has no finished {mode} stage ({run / mode / 'done.json'} is "
+        problems.append(f"{who}: the run has no finished {mode} stage ({run / mode / 'done.json'} is "
                         f"missing); train it with `ic train {mode} --run {run_arg} …`")
     elif mode == "none" and not (_done(run, "dense") or _done(run, "sparse")):
-        problems.append("--mode none: the run has no trained motion ControlNet (no finished dense or sparse stage)")
+        problems.append(f"{who}: the run has no trained motion ControlNet (no finished dense or sparse stage)")
     elif mode == "base" and "base" in cfg.stages and not _done(run, "base"):
-        problems.append("--mode base: the run has no finished base stage")
+        problems.append(f"{who}: the run has no finished base stage")
     return cfg
 
 
@@ -435,7 +437,9 @@ def check_evaluate(args) -> list[str]:
         problems.append(str(err))
         evalset = None
     kind = evalset.kind if evalset else None
-    cfg = _run_problems(problems, args.run, args.mode or kind)
+    # Without --mode, a set samples with the adapter of its kind.
+    cfg = _run_problems(problems, args.run, args.mode or kind,
+                        None if args.mode else f"the {kind} set (without --mode, the {kind} adapter's)")
     if args.reference:
         from ic_model.evaluation.evaluate import reference_problems
 

@@ -415,7 +415,8 @@ def test_evaluate_and_studio_check_the_run_and_their_flags(capsys, tmp_path, tra
     lines = _problems(capsys, ["evaluate", "object", "--run", str(trained_like_run), "--reference",
                                str(tmp_path / "nope"), "--max-cases", "0", "--cfg", "nan", "--seed", "-1"])
     assert lines == [
-        f"ic evaluate: --mode object: the run has no finished object stage ({trained_like_run / 'object' / 'done.json'} "
+        f"ic evaluate: the object set (without --mode, the object adapter's): the run has no finished object stage "
+        f"({trained_like_run / 'object' / 'done.json'} "
         f"is missing); train it with `ic train object --run {trained_like_run} …`",
         f"ic evaluate: --reference {tmp_path / 'nope'}: shard {tmp_path / 'nope'} does not exist",
         "ic evaluate: --max-cases must be at least 1, got 0",
@@ -427,6 +428,21 @@ def test_evaluate_and_studio_check_the_run_and_their_flags(capsys, tmp_path, tra
         f"ic studio: --run {tmp_path}: not a run folder (no config.json); train one with `ic train`",
         "ic studio: --port must be in 1–65535, got 70000",
     ]
+
+
+def test_evaluate_loads_the_fid_and_fvd_networks_before_any_video_is_made(capsys, tmp_path, trained_like_run,
+                                                                           monkeypatch):
+    """Weights files set by $IC_FID_INCEPTION and $IC_I3D_WEIGHTS that are no such network were
+    only located up front, and failed to load after every video had been generated."""
+    wrong = tmp_path / "notes.pt"
+    wrong.write_text("not a network")
+    monkeypatch.setenv("IC_FID_INCEPTION", str(wrong))
+    monkeypatch.setenv("IC_I3D_WEIGHTS", str(wrong))
+    lines = _problems(capsys, ["evaluate", "camera", "--run", str(trained_like_run), "--reference", str(tmp_path)])
+    assert any(line.startswith(f"ic evaluate: --reference {tmp_path}: FID's Inception weights {wrong} do not load (")
+               for line in lines), lines
+    assert f"ic evaluate: --reference {tmp_path}: FVD's I3D weights {wrong} do not load (UnpicklingError: invalid " \
+           "load key, 'n'.)" in lines, lines
 
 
 def test_evaluate_reads_its_first_frames_before_the_model_loads(capsys, tmp_path, trained_like_run):

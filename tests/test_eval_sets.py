@@ -91,6 +91,13 @@ GOOD_CASE = {"id": "a", "trajectories": [[[20, 20], [50, 30]]]}
     ({"kind": "object", "frame_size": [64, 64], "cases": [GOOD_CASE, GOOD_CASE]}, ", case 1: id 'a' is used twice"),
     ({"kind": "object", "frame_size": [64, 64], "cases": [dict(GOOD_CASE, prompt=3)]},
      ", case 'a': 'prompt' must be a string, got int"),
+    ({"kind": "object", "frame_size": [64, 64], "cases": [GOOD_CASE], "description": {"x": 1}},
+     ": 'description' must be text, got dict"),
+    ({"kind": "object", "frame_size": [64, 64], "cases": [dict(GOOD_CASE, description=7)]},
+     ", case 'a': 'description' must be text, got int"),
+    ({"kind": "object", "frame_size": [64, 64], "cases": [[1, 2]]},
+     ", case 0: must be an object with 'id' and 'trajectories' (and, if wanted, 'prompt', 'image', 'description'), "
+     "got list"),
     ({"kind": "object", "frame_size": [64, 64], "cases": [dict(GOOD_CASE, prompt="a dog " * 2000)]},
      ", case 'a': 'prompt' is 12,000 characters long; at most 10,000 are taken"),
     ({"kind": "object", "frame_size": [64, 64], "cases": [{"id": "a", "trajectory": []}]},

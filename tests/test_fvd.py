@@ -240,6 +240,8 @@ def test_fvd_from_features_closed_form():
     assert fvd_from_features(f, f + shift) == pytest.approx(4.0, rel=1e-6)  # |Δμ|², same Σ
     with pytest.raises(ValueError, match="at least 2"):
         fvd_statistics(f[:1])
+    with pytest.raises(ValueError, match="^FVD statistics contain NaN or inf$"):
+        fvd_from_features(f, np.where(np.arange(8) == 2, np.nan, f))
 
 
 # --------------------------------------------------------------------------- real clips

@@ -16,7 +16,8 @@ A set file of your own has the same form (:func:`read_eval_set` checks every fie
                 "trajectories": [[[900, 400], [700, 410], [500, 400]]],   # 1-8 tracks of [x, y]
                 "image": "images/dog.jpg"}]}   # optional, relative to the file; else --images or synthetic
 
-A ``description`` may sit beside ``kind`` and in each case. The set's name is the file's stem
+A case's ``prompt`` may be left out (an empty prompt); a ``description`` (text) may sit beside
+``kind`` and in each case. The set's name is the file's stem
 (``my-set.json`` → ``my-set``: ``RUN/eval/my-set/``). Each first frame is resized to
 ``frame_size`` (the trajectories' pixels) before the model's centre crop, so an image and its
 trajectories always move together; every point must lie in the part of the frame that crop
@@ -115,6 +116,8 @@ def _parse(data, name: str, path: Path | None) -> EvalSet:
     missing = [k for k in ("kind", "frame_size", "cases") if k not in data]
     if missing:
         raise EvalSetError(f"{where}: missing {missing}")
+    if not isinstance(data.get("description", ""), str):
+        raise EvalSetError(f"{where}: 'description' must be text, got {type(data['description']).__name__}")
     kind = data["kind"]
     if kind not in SETS:
         raise EvalSetError(f"{where}: 'kind' must be one of {list(SETS)}, got {kind!r}")
@@ -131,7 +134,8 @@ def _parse(data, name: str, path: Path | None) -> EvalSet:
     for i, case in enumerate(cases_data):
         cwhere = f"{where}, case {i}"
         if not isinstance(case, dict):
-            raise EvalSetError(f"{cwhere}: must be an object with 'id', 'prompt' and 'trajectories'")
+            raise EvalSetError(f"{cwhere}: must be an object with 'id' and 'trajectories' (and, if wanted, 'prompt', "
+                               f"'image', 'description'), got {type(case).__name__}")
         unknown = sorted(set(case) - _CASE_KEYS)
         if unknown:
             raise EvalSetError(f"{cwhere}: unknown key(s) {unknown}; a case has {sorted(_CASE_KEYS)}")
@@ -143,6 +147,8 @@ def _parse(data, name: str, path: Path | None) -> EvalSet:
             raise EvalSetError(f"{cwhere}: id {cid!r} is used twice")
         seen.add(cid)
         cwhere = f"{where}, case {cid!r}"
+        if not isinstance(case.get("description", ""), str):
+            raise EvalSetError(f"{cwhere}: 'description' must be text, got {type(case['description']).__name__}")
         prompt = case.get("prompt", "")
         if not isinstance(prompt, str):
             raise EvalSetError(f"{cwhere}: 'prompt' must be a string, got {type(prompt).__name__}")

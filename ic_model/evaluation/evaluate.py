@@ -269,14 +269,15 @@ def reference_problems(reference: str | None, num_videos: int | None) -> list[st
     names no shards, shards that cannot be read up to the first that yields a clip (not a tar,
     members missing; the shards after it are read, and refused by name, as FID/FVD go), no
     clip at all, fewer than ``MIN_FRECHET_SET`` videos to score (unless ``num_videos`` is None:
-    not known yet), the Inception or I3D weights missing. One line each; none without a
-    reference."""
+    not known yet), the Inception or I3D weights missing or not loading (a wrong file behind
+    ``$IC_FID_INCEPTION`` or ``$IC_I3D_WEIGHTS``: both networks are loaded here, a few seconds).
+    One line each; none without a reference."""
     if not reference:
         return []
     from ic_data.errors import MissingWeightsError, ShardError
     from ic_data.shards import read_shard, shard_paths
-    from ic_model.evaluation.metrics.fid import locate_inception_weights
-    from ic_model.evaluation.metrics.i3d import find_i3d_weights
+    from ic_model.evaluation.metrics.fid import InceptionFeatures, locate_inception_weights
+    from ic_model.evaluation.metrics.i3d import find_i3d_weights, load_i3d
 
     problems = []
     try:
@@ -292,11 +293,21 @@ def reference_problems(reference: str | None, num_videos: int | None) -> list[st
     if num_videos is not None and num_videos < MIN_FRECHET_SET:
         problems.append(f"reference {reference}: FID and FVD need at least {MIN_FRECHET_SET} generated videos, "
                         f"this evaluation makes {num_videos} (more cases, or no reference)")
-    for locate in (locate_inception_weights, find_i3d_weights):
+    for network, locate, load in (
+            ("FID's Inception", locate_inception_weights, lambda path: InceptionFeatures(device="cpu", weights=path)),
+            ("FVD's I3D", find_i3d_weights, lambda path: load_i3d(path, device="cpu"))):
         try:
-            locate()
+            path = locate()
         except MissingWeightsError as err:
             problems.append(f"reference {reference}: {err}")
+            continue
+        try:
+            load(path)
+        except Exception as err:  # noqa: BLE001 - a file that is no such network: whatever its loader raises
+            first = (str(err).strip().splitlines() or [""])[0]
+            first = first.split(". ")[0].rstrip(".")[:300] + "."  # torch's own advice follows the first sentence
+            problems.append(f"reference {reference}: {network} weights {path} do not load ({type(err).__name__}: "
+                            f"{first})")
     return problems
 
 

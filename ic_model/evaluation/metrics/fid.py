@@ -278,7 +278,10 @@ def feature_statistics(features, metric: str = "FID", items: str = "samples") ->
 
 
 def _sqrtm(a: np.ndarray) -> np.ndarray:
-    with np.errstate(all="ignore"):
+    # A singular product is expected (see frechet_distance) and handled: neither numpy's nor
+    # scipy's warning about it is news.
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
         s = scipy.linalg.sqrtm(a)
     return np.asarray(s[0] if isinstance(s, tuple) else s)
 
@@ -300,7 +303,7 @@ def _covmean_trace(sigma1: np.ndarray, sigma2: np.ndarray) -> float | None:
     return float(np.trace(s))
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
+def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6, metric: str = "FID") -> float:
     """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64:
     ``|mu1 - mu2|² + tr(sigma1) + tr(sigma2) - 2 tr((sigma1 sigma2)^½)``.
 
@@ -309,6 +312,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
     rounding (diagonal imaginary parts > 1e-3) or inaccurate, it is recomputed as
     ``sqrtm((sigma1 + eps·I)(sigma2 + eps·I))`` (eps growing 10× up to 3 more times if needed),
     exactly the fallback of the TTUR / pytorch-fid / clean-fid code; tiny imaginary parts are dropped.
+    That fallback leaves a distance of a set to itself at about -1e-4 rather than 0 (it is not
+    clamped: the rounding shows). ``metric`` names the distance in errors ("FID", "FVD").
     """
     mu1 = np.atleast_1d(np.asarray(mu1, dtype=np.float64))
     mu2 = np.atleast_1d(np.asarray(mu2, dtype=np.float64))
@@ -321,19 +326,19 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps: float = 1e-6) -> float:
         raise ValueError(f"covariances must be {(d, d)}, got {sigma1.shape} and {sigma2.shape}")
     if not (np.all(np.isfinite(mu1)) and np.all(np.isfinite(mu2))
             and np.all(np.isfinite(sigma1)) and np.all(np.isfinite(sigma2))):
-        raise ValueError("FID statistics contain NaN or inf")
+        raise ValueError(f"{metric} statistics contain NaN or inf")
 
     tr_covmean = _covmean_trace(sigma1, sigma2)
     offset_eps = eps
     for _ in range(4):
         if tr_covmean is not None:
             break
-        log.debug("FID: sigma1·sigma2 is singular; adding %g to both covariance diagonals", offset_eps)
+        log.debug("%s: sigma1·sigma2 is singular; adding %g to both covariance diagonals", metric, offset_eps)
         offset = np.eye(d) * offset_eps
         tr_covmean = _covmean_trace(sigma1 + offset, sigma2 + offset)
         offset_eps *= 10
     if tr_covmean is None:
-        raise ValueError(f"FID: no accurate real square root of sigma1·sigma2, even with {offset_eps / 10:g}·I added")
+        raise ValueError(f"{metric}: no accurate real square root of sigma1·sigma2, even with {offset_eps / 10:g}·I added")
     diff = mu1 - mu2
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
 

@@ -246,4 +246,4 @@ def fvd_statistics(features) -> tuple[np.ndarray, np.ndarray]:
 
 
 def fvd_from_features(real_features, fake_features) -> float:
-    return frechet_distance(*fvd_statistics(real_features), *fvd_statistics(fake_features))
+    return frechet_distance(*fvd_statistics(real_features), *fvd_statistics(fake_features), metric="FVD")

@@ -39,7 +39,11 @@ def motion_control_error(
     frames: np.ndarray, requested: np.ndarray, tracker: Tracker | str = "lk"
 ) -> MotionControlResult:
     """Track ``frames`` (uint8 (T, H, W, 3)) from ``requested[0]`` and compare with ``requested``
-    (float (T, N, 2) in the video's pixels)."""
+    (float (T, N, 2) in the video's pixels): ``error_px`` is the mean distance over every frame
+    and track, frame 0 included. Tracking starts at the requested points, so frame 0's distance
+    is 0 and a constant miss of d pixels from frame 1 on scores d·(T - 1)/T (the paper's "Euclidean
+    distance between the predicted and ground truth trajectories" names no frames; ratios of
+    two scores over the same T do not move)."""
     frames = np.asarray(frames)
     requested = np.asarray(requested, np.float32)
     if frames.ndim != 4 or frames.shape[3] != 3:
