@@ -438,13 +438,28 @@ def empty_paths(args: argparse.Namespace) -> list[str]:
     return found
 
 
+def expand_home(args: argparse.Namespace) -> None:
+    """``~`` and ``~user`` at the start of every path argument made the home folder's path, as
+    a shell does for a word of its own (not after ``--out=``, nor in a config file): the checks
+    and the flows then read the same path."""
+    for dest in PATH_ARGUMENTS:
+        value = getattr(args, dest, None)
+        if isinstance(value, str):
+            setattr(args, dest, os.path.expanduser(value))
+        elif isinstance(value, list):
+            setattr(args, dest, [os.path.expanduser(v) if isinstance(v, str) else v for v in value])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Every problem with the arguments, before any flow (and its Prefect server) starts.
     try:
         problems = empty_paths(args)
         if not problems and getattr(args, "config", None):
+            args.config = os.path.expanduser(args.config)
             problems = apply_config_file(args)
+        if not problems:
+            expand_home(args)
         if not problems and args.command in ("generate", "evaluate", "studio"):
             problems = resolve_official(args)
         problems = problems or args.check(args)

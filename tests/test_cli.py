@@ -807,6 +807,27 @@ def test_an_empty_path_is_refused_not_taken_for_the_current_folder(capsys, tmp_p
     assert sorted(p.name for p in tmp_path.iterdir()) == ["videos"]  # nothing written where it stood
 
 
+def test_a_home_folder_path_after_an_equals_sign_reaches_the_flow_expanded(capsys, tmp_path, monkeypatch):
+    """``--out=~/x``: the shell leaves that ``~`` alone. The checks expanded it and the flow did
+    not, so a curation wrote its shards into a folder named ``~`` where the shell stood, then
+    failed writing its manifest where the checks had looked."""
+    import contextlib
+
+    import flows.cli as cli
+
+    (tmp_path / "home" / "videos").mkdir(parents=True)
+    (tmp_path / "home" / "videos" / "a.mp4").write_bytes(b"")  # the checks want a video file; not opened here
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    given = {}
+    monkeypatch.setattr(cli, "_curate", lambda args: given.update(videos=args.videos, out=args.out) or 0)
+    monkeypatch.setattr(cli, "temporary_server", contextlib.nullcontext)
+    assert cli.main(["curate", "webvid", "--videos=~/videos", "--out=~/curated"]) == 0, capsys.readouterr().err
+    assert given == {"videos": str(tmp_path / "home" / "videos"), "out": str(tmp_path / "home" / "curated")}
+    assert list((tmp_path / "elsewhere").iterdir()) == []
+
+
 def test_flows_refuse_an_empty_video_folder_or_output_path(tmp_path):
     """What a deployment's Run form passes unchecked: the library refuses it in the same words."""
     from ic_data.errors import BadInputError
