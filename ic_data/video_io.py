@@ -570,6 +570,10 @@ def _decode_pyav(path: str, size_fn: SizeFn | None, max_frames: int | None, thum
 
 # Packets in a row that fail to decode before the rest of a file is given up on.
 MAX_FAILED_PACKETS_IN_A_ROW = 64
+# A damaged file's frame times that go backwards at more than this share of their steps are
+# in decode order (B-frames: a third of the steps or more), not a few frames out of place
+# around a loss: no clue to where frames were lost.
+REORDERED_STEPS = 0.25
 
 
 class _Damage:
@@ -630,11 +634,18 @@ class _Damage:
     def all_breaks(self, n: int) -> tuple[int, ...]:
         """Where frames were lost among the first ``n`` kept: where a loss was met, and, since a
         decoder hands frames out in display order a few packets after it reads them, wherever
-        the kept frames' presentation times jump by over 1.5 frame steps or go backwards."""
+        the kept frames' presentation times jump by over 1.5 frame steps or go backwards.
+
+        Times that go backwards before any loss, or at over ``REORDERED_STEPS`` of the steps,
+        are the frames' decode order, not their display order (an AVI of H.264 with B-frames
+        stamps each frame with its packet's time): they say nothing of where a gap is, and only
+        the losses met count."""
         found = {b for b in self.breaks if 0 < b < n}
         if self.first_error is not None:
             steps, typical = self._steps(n)
-            if (steps > 0).any():  # times that never move forward say nothing of where a gap is
+            clean = steps[: max(self.first_at - 1, 0)]  # between frames kept before the first loss
+            reordered = len(steps) and ((clean <= 0).any() or (steps <= 0).mean() > REORDERED_STEPS)
+            if (steps > 0).any() and not reordered:  # times that never move forward say nothing either
                 found |= {i + 1 for i, step in enumerate(steps) if step <= 0 or step > 1.5 * typical}
         return tuple(sorted(found))
 

@@ -146,6 +146,41 @@ def test_a_cut_off_download_says_how_much_of_it_decoded(tmp_path, suffix, codec,
     np.testing.assert_array_equal(dec.frames[:first], whole.frames[:first])
 
 
+def test_a_cut_off_avi_of_h264_with_b_frames_keeps_its_frames_before_the_loss(tmp_path):
+    """An AVI stamps each frame with its packet's time, so with B-frames the times run in decode
+    order (0.04, 0.16, 0.12, 0.20, 0.08, …): taken for gaps, they cut the frames that decoded
+    whole before the loss into runs of 1 to 4 frames, and the video failed as too short."""
+    import av
+
+    frames = render_shot(96, 320, 192, CameraMotion((2, 0)), texture_seed=7, texture_octaves=(6, 12, 24, 48)).frames
+    full = tmp_path / "full.avi"
+    with av.open(str(full), "w") as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 320, 192, "yuv420p"
+        stream.options = {**_X264_OPTIONS, "bf": "3"}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    data = full.read_bytes()
+    cut = tmp_path / "cut.avi"
+    cut.write_bytes(data[: len(data) * 80 // 100])
+    whole, dec = decode_video(full), decode_video(cut)
+    assert whole.damage is None and whole.num_frames == 96
+    assert dec.damage is not None and 40 <= dec.num_frames < 96, (dec.num_frames, dec.damage)
+    first = dec.breaks[0] if dec.breaks else dec.num_frames
+    assert first >= dec.num_frames - 3, dec.breaks
+    np.testing.assert_array_equal(dec.frames[:first], whole.frames[:first])
+
+
+def test_times_in_decode_order_place_no_gap():
+    """Frames handed out in display order, stamped in decode order (I P B B: 0, 3, 1, 2, 6, 4,
+    5, …), the 12th dropped as corrupt: only the loss met is a break."""
+    order = [0, 3, 1, 2, 6, 4, 5, 9, 7, 8, 12, 10, 11, 15, 13, 14]
+    packets = [_Packet([_Frame(t / 25, corrupt=i == 11)]) for i, t in enumerate(order)]
+    frames, damage = _run(_Container(packets))
+    assert len(frames) == 15 and damage.all_breaks(len(frames)) == (11,)
+
+
 def test_a_cut_made_by_copying_the_stream_is_no_damage(two_shot_video, tmp_path):
     """A cut taken without re-encoding starts at the keyframe before it, and an edit list hides
     the frames before the cut: the file declares more frames than it shows, and is whole."""
