@@ -43,6 +43,10 @@ STAGE2_DIR = "work/rows"
 STAGING_DIR = "work/clips"
 SHARD_DIR = "shards"
 OUTPUT_DIRS = ("work", SHARD_DIR, "previews")  # the folders a curation writes under OUT
+#: Written into OUT before a curation analyses its first video: a folder holding it (or a
+#: manifest) is a curation's output, even one interrupted before its manifest was written,
+#: and its staged clips are no inputs to another.
+OUT_MARKER = "work/curation-output"
 #: Changes whenever the choice of a video's clip changes (which frames: cut detection, scenes;
 #: which part of them: black bars; how they are made), so that chunks analysed before are
 #: analysed again. 2: cut detection inside black bars, black frames and fades left out, bars
@@ -50,7 +54,8 @@ OUTPUT_DIRS = ("work", SHARD_DIR, "previews")  # the folders a curation writes u
 #: white left out; frames enlarged for their bars from the source's own pixels; blurred bars.
 #: 5: frames of one flat colour (a dip to grey or red between shots) and the fades to them;
 #: wipes left out. 6: cuts found on brightness alone too (dithered GIFs, grainy footage).
-#: 7: flashes are no cuts, and their frames are left out.
+#: 7: flashes are no cuts, and their frames are left out; a damaged file's frame times in decode
+#: order place no gaps.
 CLIP_CHOICE_VERSION = "7"
 #: A clip's frames decoded again (at the size its bars ask for) are the frames chosen when
 #: each is within this mean absolute difference (of 255) of the first decode's, both shrunk to a
@@ -208,7 +213,8 @@ def discover_videos(
     own path (its name is the WebVid id its caption is looked up by), not its target's, and a
     linked folder is not walked into. With ``out_dir`` inside ``root``, the curation's own files
     there (staged clips, shards, previews) are not inputs, nor are those of any other curation's
-    OUT found there (a folder holding ``manifest.parquet``). Sorted by video id.
+    OUT found there (a folder holding ``manifest.parquet`` or, written before its first video,
+    ``OUT_MARKER``: one interrupted). Sorted by video id.
 
     ``others``: counts the files left out, by extension (lower case; ``""`` for none), so that a
     summary can say what was passed by; hidden files (``.DS_Store``) and whatever is inside
@@ -235,8 +241,11 @@ def discover_videos(
         if own:  # OUT's own folders (and what is below them) are never walked into
             dirs[:] = [d for d in dirs if os.path.islink(os.path.join(folder, d))
                        or os.path.realpath(os.path.join(folder, d)) not in own]
-        if "manifest.parquet" in files:  # an earlier curation's OUT: its clips and previews are no inputs
+        if "manifest.parquet" in files or os.path.isfile(os.path.join(folder, OUT_MARKER)):
+            # An earlier curation's OUT, finished or not: its clips and previews are no inputs,
+            # and its manifest and summary no files passed by.
             dirs[:] = [d for d in dirs if d not in OUTPUT_DIRS]
+            files = [f for f in files if f not in ("manifest.parquet", "summary.json")]
         count = others is not None and not (out and _within(os.path.realpath(folder), out))
         for k, name in enumerate(dirs + files):
             p = Path(folder, name)
@@ -250,6 +259,19 @@ def discover_videos(
             raise BadInputError(f"cannot list the video folder {root}: {err.strerror or err}")
         found.append((video_id_for(str(where), str(root)), os.path.abspath(where)))
     return sorted(found)  # ids embed a hash of the relative path: unique per input
+
+
+def mark_output(out_dir: str | os.PathLike) -> None:
+    """Mark ``out_dir`` as a curation's output (``OUT_MARKER``), once."""
+    marker = Path(out_dir) / OUT_MARKER
+    if marker.is_file():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    try:  # chunks scored at once may each get here first: the first to create it writes it
+        with open(marker, "x", encoding="utf-8") as handle:
+            handle.write("This folder is the output of `ic curate`: no curation takes its files for inputs.\n")
+    except FileExistsError:
+        pass
 
 
 def _within(path: str, folder: str) -> bool:
@@ -540,6 +562,7 @@ def run_stage1_chunk(chunk: Chunk, config: CurationConfig, out_dir: str | os.Pat
     result = stage1_result_path(out_dir, chunk)
     if result.exists():
         return result
+    mark_output(out_dir)
     if config.processes > 0 and stage is None:
         jobs = [(_analyse_in_worker, (config, str(out_dir), vid, path)) for vid, path in chunk.videos]
         done = run_in_workers(jobs, config.processes)

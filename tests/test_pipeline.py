@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -339,6 +340,9 @@ def test_killed_run_resumes_to_the_same_result(input_dir, curated, tmp_path):
     proc.wait()
     assert first.exists(), "the run should have finished its first chunk before the kill"
     assert not (target / "manifest.parquet").exists()
+    from ic_data.pipeline import OUT_MARKER
+
+    assert (target / OUT_MARKER).is_file()  # marked a curation's output before its manifest
     done_before = json.loads(first.read_text())
     curate(input_dir, target, CFG, chunk_size=5)
     # The finished chunk was reused, not recomputed.
@@ -593,6 +597,21 @@ def test_discovery_lists_what_is_no_file_and_skips_the_curations_own_folders(tmp
     assert found == ["earlier/mine.mp4", "earlier/previews/x-0123abcd.gif", "out/mine.mp4", "pipe.mp4",
                      "x.mp4/inside.mp4"]  # a folder named previews alone is no curation's
     write_manifest(earlier / "manifest.parquet", [])
+    (earlier / "summary.json").write_text("{}")
+    others = Counter()
+    found = sorted(Path(p).relative_to(root).as_posix() for _, p in discover_videos(root, out_dir=out, others=others))
+    assert found == ["earlier/mine.mp4", "out/mine.mp4", "pipe.mp4", "x.mp4/inside.mp4"]
+    assert others == Counter()  # its manifest and summary are no files passed by
+    # One interrupted before its manifest: its staged clips were curated again as videos.
+    from ic_data.pipeline import mark_output
+
+    stopped = root / "stopped"
+    (stopped / "work" / "clips").mkdir(parents=True)
+    (stopped / "work" / "clips" / "a-0123abcd.mp4").write_bytes(b"v")
+    assert "stopped/work/clips/a-0123abcd.mp4" in [Path(p).relative_to(root).as_posix()
+                                                   for _, p in discover_videos(root, out_dir=out)]
+    mark_output(stopped)
+    mark_output(stopped)  # once is enough; again changes nothing
     found = sorted(Path(p).relative_to(root).as_posix() for _, p in discover_videos(root, out_dir=out))
     assert found == ["earlier/mine.mp4", "out/mine.mp4", "pipe.mp4", "x.mp4/inside.mp4"]
     with pytest.raises(Exception) as err:
