@@ -822,8 +822,11 @@ def decode_video(
     # The chosen error's words first (its reason leads the whole), then each other decoder's,
     # with its reason where that is another; before them, what the file's structure tells.
     others = [Exception.__str__(e) if e.reason == chosen.reason else str(e) for e in errors if e is not chosen]
-    index = missing_mp4_index(path) if chosen.reason == VideoDecodeError.reason else None
+    # An index cut short hides the stream: the file is damaged, its video not missing.
+    index = missing_mp4_index(path) if chosen.reason in (VideoDecodeError.reason, "no_video_stream") else None
     detail = " | ".join(([f"{path}: {index}"] if index else []) + [Exception.__str__(chosen)] + others)
+    if index and chosen.reason == "no_video_stream":
+        raise VideoDecodeError(detail)
     raise type(chosen)(detail, reason=chosen.reason)
 
 
@@ -832,12 +835,13 @@ _BOX_TYPES = (b"ftyp", b"mdat", b"moov", b"free", b"skip", b"wide", b"pnot", b"u
 
 def missing_mp4_index(path: str) -> str | None:
     """Why an MP4/MOV cannot be opened, where its top-level boxes tell: the index of its samples
-    (the ``moov`` box) is missing. Most often the file was cut off while its media data was
-    being written or downloaded, before the index that comes after it. None for any other file.
+    (the ``moov`` box) is missing, or cut short. Most often the file was cut off while its media
+    data (or the index itself) was being written or downloaded, before the index that comes
+    after it. None for any other file.
     """
     try:
         size = os.path.getsize(path)
-        kinds, position, cut = [], 0, False
+        kinds, position, cut = [], 0, None  # cut: the kind of box the file ends inside
         with open(path, "rb") as f:
             while position + 8 <= size and len(kinds) < 4096:
                 f.seek(position)
@@ -851,11 +855,14 @@ def missing_mp4_index(path: str) -> str | None:
                     return None  # not a box: some other format, or damage we cannot name
                 kinds.append(kind)
                 if position + length > size:
-                    cut = True
+                    cut = kind
                     break
                 position += length
     except OSError:
         return None
+    if kinds and kinds[0] in _BOX_TYPES and cut == b"moov":
+        return ("an MP4/MOV file cut off in the index of its frames (the moov box, "
+                f"{size - position:,} of its {length:,} bytes there): an interrupted download or recording")
     if not kinds or kinds[0] not in _BOX_TYPES or b"mdat" not in kinds or b"moov" in kinds:
         return None
     if cut:

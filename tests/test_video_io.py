@@ -306,6 +306,17 @@ def test_an_mp4_cut_off_before_its_index_says_so(bad_inputs, tmp_path):
     assert missing_mp4_index(str(tmp_path / "whole.mp4")) is None
     for other in ("random.mp4", "notes.mp4", "short12.mp4"):
         assert missing_mp4_index(str(bad_inputs / other)) is None
+    # Cut inside the index itself: the stream cannot be found, yet the file is damaged, not one
+    # without a video (it was "no_video_stream").
+    at = whole.rindex(b"moov") - 4
+    for keep in (20, 60, 116):
+        cut = tmp_path / f"index_cut_{keep}.mp4"
+        cut.write_bytes(whole[: at + keep])
+        with pytest.raises(VideoDecodeError) as err:
+            decode_video(cut)
+        assert err.value.reason == "decode_error", str(err.value)
+        assert str(err.value).startswith(f"decode_error: {cut}: an MP4/MOV file cut off in the index of its frames "
+                                         f"(the moov box, {keep:,} of its "), str(err.value)
 
 
 @pytest.mark.parametrize("name", ["notes.mp4", "random.mp4", "truncated.mp4"])
