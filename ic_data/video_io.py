@@ -21,6 +21,7 @@ source pixel ((x + 0.5) / sx - 0.5, (y + 0.5) / sy - 0.5).
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import re
@@ -98,6 +99,12 @@ class DecodedVideo:
 
 def _check_file(path: str) -> None:
     if not os.path.exists(path):
+        if os.path.islink(path):  # the entry is there: where it leads is not
+            try:
+                os.stat(path)
+            except OSError as exc:
+                why = "loops back on itself" if exc.errno == errno.ELOOP else f"leads to {os.readlink(path)}, which is missing"
+                raise VideoDecodeError(f"a symbolic link that {why}: {path}", reason="missing_file") from None
         raise VideoDecodeError(f"no such file: {path}", reason="missing_file")
     if os.path.isdir(path):  # a folder discovery could not list, or a link to one named like a video
         try:

@@ -287,6 +287,17 @@ def test_bad_files_raise_typed_errors(bad_inputs, name, reason):
     assert err.value.reason == reason
 
 
+def test_a_broken_or_looping_link_says_which(tmp_path):
+    """Both were "no such file", though the entry is there."""
+    (tmp_path / "self.mp4").symlink_to("self.mp4")
+    (tmp_path / "broken.mp4").symlink_to("gone.mp4")
+    for name, words in (("self.mp4", "a symbolic link that loops back on itself"),
+                        ("broken.mp4", "a symbolic link that leads to gone.mp4, which is missing")):
+        with pytest.raises(VideoDecodeError) as err:
+            decode_video(tmp_path / name)
+        assert err.value.reason == "missing_file" and str(err.value) == f"missing_file: {words}: {tmp_path / name}"
+
+
 def test_an_mp4_cut_off_before_its_index_says_so(bad_inputs, tmp_path):
     """Our MP4s, like most cameras' and encoders', put the index of their frames (the moov box)
     after the frames: a copy cut short has none, and the error says that in words."""
