@@ -552,6 +552,16 @@ def test_a_flash_is_no_cut_and_its_frames_are_found(case, tmp_path):
     assert found.dissolves == [] and found.wipes == []
 
 
+@pytest.mark.parametrize("apart", [2, 3])
+def test_a_pre_flash_and_its_flash_are_one_flash(apart, tmp_path):
+    """A camera's pre-flash (to 40 % white) and its flash (70 %) ``apart`` frames later, the
+    frames between them as they were: one flash from the first to the last, no cut. Before,
+    each was a flash's neighbour, so neither was one (the light around it was not steady)."""
+    lit = [(50, 51, 0.4), (50 + apart, 51 + apart, 0.7)]
+    found = detect_cuts(as_decoded(flashed(shot("street", 100, CameraMotion((2.0, 0.0))), lit), tmp_path), fps=25.0)
+    assert found.cuts == [] and found.flashes == [(50, 51 + apart)], (found.cuts, found.flashes)
+
+
 @pytest.mark.parametrize("gap", [1, 4])
 def test_a_cut_just_after_a_flash_is_still_found(gap, tmp_path):
     """Frame 50 is a flash, and the next shot starts ``gap`` frames after it: ``min_scene_len``
