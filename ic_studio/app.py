@@ -75,7 +75,8 @@ class Session:
 
 
 #: The most characters of a problem shown on the page: a message that quotes a request (a
-#: refused flow run's parameters) can run to megabytes; the studio's log keeps the rest.
+#: refused flow run's parameters) can run to megabytes. The rest is left out (an unexpected
+#: error's whole message and traceback go to the studio's log).
 MESSAGE_CHARS = 2000
 
 
