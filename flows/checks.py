@@ -507,10 +507,14 @@ def check_convert_official(args) -> list[str]:
     if overrides.get("preset", "sd15") != "sd15":
         problems.append("--model: the released weights are the sd15 preset's architecture; 'preset' cannot change")
     elif overrides and len(problems) == typed:  # each field's own problem is said once
+        from ic_model.models.official import release_mismatches
+
         try:
-            preset_config("sd15", **overrides)
+            cfg = preset_config("sd15", **overrides)
         except (ValueError, TypeError) as err:
             problems.append(f"--model: {err}")
+        else:
+            problems += [f"--model: the released weights were trained with {wrong}" for wrong in release_mismatches(cfg)]
     return problems
 
 

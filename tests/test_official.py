@@ -314,6 +314,16 @@ def test_a_missing_extra_or_misshapen_tensor_names_the_key(mini_release):
 # --------------------------------------------------------------------------- the commands
 
 
+def test_a_run_of_the_release_keeps_what_it_was_trained_with(mini_release, tmp_path):
+    """A config with another objective, schedule or map scale would sample noise from the
+    released weights: refused before anything is read or written."""
+    cfg = sd15.mini_config(motion_norm="per_frame", flow_gain=2.0, num_train_timesteps=500)
+    with pytest.raises(OfficialWeightsError, match=r"trained with the sd15 preset's num_train_timesteps 1000, not 500; "
+                                                   r"flow_gain 1\.0, not 2\.0$"):
+        convert_official(mini_release["dir"], tmp_path / "run", cfg=cfg)
+    assert not (tmp_path / "run").exists()
+
+
 MINI_GEOMETRY = json.dumps({"width": 64, "height": 64, "num_frames": 4, "flow_kernel_size": 25, "flow_sigma": 2.5})
 
 
@@ -337,6 +347,10 @@ def test_ic_convert_official_writes_a_run_and_names_each_bad_input(capsys, mini_
         (["convert-official", str(partial), "--out", str(tmp_path / "r2")], "lacks image_controlnet.ckpt, flow_controlnet.ckpt"),
         (["convert-official", str(mini_release["dir"]), "--out", str(tmp_path / "r2"), "--model", '{"preset": "tiny"}'],
          "'preset' cannot change"),
+        (["convert-official", str(mini_release["dir"]), "--out", str(tmp_path / "r2"), "--model",
+          '{"flow_gain": 20, "prediction_type": "sample"}'],
+         "ic convert-official: --model: the released weights were trained with prediction_type 'epsilon', not 'sample'\n"
+         "ic convert-official: --model: the released weights were trained with flow_gain 1.0, not 20"),
     ):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err

@@ -73,6 +73,22 @@ _MOTION_RULES = (
 )
 
 
+#: What the released weights were trained with: a run of them that says otherwise would sample
+#: with another objective or schedule, or hand the motion ControlNet maps of another scale, and
+#: make noise without a word. (Size, frames and the maps' filter may change with the size.)
+TRAINED_WITH = ("prediction_type", "num_train_timesteps", "beta_start", "beta_end", "beta_schedule",
+                "latent_scaling_factor", "flow_gain", "motion_norm")
+
+
+def release_mismatches(cfg) -> list[str]:
+    """One line for each of ``TRAINED_WITH`` where ``cfg`` differs from the sd15 preset."""
+    from ic_model.config import sd15_config
+
+    preset = sd15_config()
+    return [f"{name} {getattr(preset, name)!r}, not {getattr(cfg, name)!r}" for name in TRAINED_WITH
+            if getattr(cfg, name) != getattr(preset, name)]
+
+
 class OfficialWeightsError(ValueError):
     """A released checkpoint cannot be read, or does not hold exactly the expected tensors."""
 
@@ -312,6 +328,8 @@ def convert_official(
     cfg = cfg or sd15_config()
     if sd15_path:
         cfg.sd15_path = str(sd15_path)
+    if wrong := release_mismatches(cfg):
+        raise OfficialWeightsError(f"the released weights were trained with the sd15 preset's {'; '.join(wrong)}")
     rank, alpha = cfg.lora_rank, cfg.lora_alpha
 
     # Read and check all three before writing anything.
