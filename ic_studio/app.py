@@ -217,11 +217,11 @@ class Studio:
         return self._drawing_outputs(session, f"Imported {len(session.drawing.tracks)} trajectories.")
 
     def generate(self, session: Session, mode: str, trajs_scale: float, guidance: float, steps: float,
-                 seed: float, prompt: str, progress=gr.Progress()):
+                 seed: float, prompt: str, negative_prompt: str = "", progress=gr.Progress()):
         """(status, input with tracks, overlay video, metrics, files), step by step."""
         started = time.perf_counter()
         try:
-            request, folder = self._request(session, mode, trajs_scale, guidance, steps, seed, prompt)
+            request, folder = self._request(session, mode, trajs_scale, guidance, steps, seed, prompt, negative_prompt)
         except USER_ERRORS as err:
             yield _warning(str(err)), None, None, "", None
             return
@@ -261,7 +261,8 @@ class Studio:
 
     # --- generation details -----------------------------------------------------------------
 
-    def _request(self, session, mode, trajs_scale, guidance, steps, seed, prompt) -> tuple[dict, Path]:
+    def _request(self, session, mode, trajs_scale, guidance, steps, seed, prompt,
+                 negative_prompt: str = "") -> tuple[dict, Path]:
         if session.view is None:
             raise StudioError("upload or pick an image first")
         if not session.drawing.tracks:
@@ -283,6 +284,7 @@ class Studio:
         request = dict(
             image=str(image), prompt=prompt or "", trajectories=tracks, out=str(folder / "video.mp4"), mode=mode,
             trajs_scale=float(trajs_scale), guidance_scale=float(guidance), steps=int(steps), seed=int(seed),
+            negative_prompt=negative_prompt or "",
         )
         wrong = request_problems(request, max_steps=self.cfg.num_train_timesteps)
         if wrong:  # before a folder is made for it
@@ -297,6 +299,8 @@ class Studio:
                 str(folder / "trajectories.json"), "--prompt", request["prompt"], "--mode", request["mode"],
                 "--trajs-scale", f"{request['trajs_scale']:g}", "--cfg", f"{request['guidance_scale']:g}",
                 "--steps", str(request["steps"]), "--seed", str(request["seed"]), "--out", str(folder / "replay.mp4")]
+        if request["negative_prompt"]:
+            args[-2:-2] = ["--negative-prompt", request["negative_prompt"]]
         return shlex.join(args)
 
     @staticmethod
@@ -348,8 +352,12 @@ class Studio:
                 guidance = gr.Slider(1.0, 15.0, value=8.5, step=0.5, label="CFG", elem_id="studio-cfg")
                 steps = gr.Slider(1, 50, value=25, step=1, label="Steps", elem_id="studio-steps")
                 seed = gr.Number(0, precision=0, label="Seed", elem_id="studio-seed")
-            prompt = gr.Textbox(label="Prompt", placeholder="a red ball rolls across the table",
-                                elem_id="studio-prompt")
+            with gr.Row():
+                prompt = gr.Textbox(label="Prompt", placeholder="a red ball rolls across the table",
+                                    elem_id="studio-prompt")
+                negative_prompt = gr.Textbox(label="Negative prompt", elem_id="studio-negative-prompt",
+                                             info="guidance's unconditional text (empty: as in training; the "
+                                                  "released weights' examples: worst quality, low quality, letterboxed)")
             generate_btn = gr.Button("Generate", variant="primary", elem_id="studio-generate")
             message = gr.Markdown("", elem_id="studio-message")
             with gr.Row():
@@ -373,7 +381,7 @@ class Studio:
                                    (clear_btn, "clear")):
                 button.click(self.edit(action), [session], drawing_outputs, **edits)
             import_btn.upload(self.import_json, [import_btn, session], drawing_outputs, **edits)
-            generate_btn.click(self.generate, [session, mode, trajs_scale, guidance, steps, seed, prompt],
+            generate_btn.click(self.generate, [session, mode, trajs_scale, guidance, steps, seed, prompt, negative_prompt],
                                [message, result_input, result_video, metrics, files])
         return page
 

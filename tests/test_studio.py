@@ -265,6 +265,27 @@ def test_page_messages_for_missing_image_trajectory_and_adapter(fake_run, tmp_pa
     assert written == []  # no generation folder for rejected requests
 
 
+def test_the_negative_prompt_reaches_the_request_and_its_replay(fake_run, tmp_path):
+    import shlex
+
+    from ic_studio.app import Session
+
+    studio = _studio(fake_run("vae", "base", "dense", "sparse"), tmp_path)
+    image = tmp_path / "frame.png"
+    cv2.imwrite(str(image), _image(500, 300))
+    session = studio.load_image(str(image), Session())[0]
+    session.drawing.click(100, 100)
+    session.drawing.click(150, 120)
+    request, folder = studio._request(session, "none", 1.0, 8.5, 2, 0, "a ball", "worst quality, low quality")
+    assert request["negative_prompt"] == "worst quality, low quality"
+    replay = shlex.split(studio._replay_command(request, folder))
+    assert replay[replay.index("--negative-prompt") + 1] == "worst quality, low quality"
+    request, folder = studio._request(session, "none", 1.0, 8.5, 2, 0, "a ball")  # the field left empty
+    assert request["negative_prompt"] == "" and "--negative-prompt" not in studio._replay_command(request, folder)
+    (msg,) = [out[0] for out in studio.generate(session, "none", 1.0, 8.5, 2, 0, "a ball", "low " * 3000)]
+    assert msg == "**Problem:** negative_prompt is 12,000 characters long; at most 10,000 are taken", msg
+
+
 def test_page_messages_are_cut_short_and_a_missing_example_is_one(fake_run, tmp_path):
     from types import SimpleNamespace
 
