@@ -20,6 +20,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import math
 import os
 import re
 import tarfile
@@ -35,6 +36,7 @@ from ic_data.video_io import decoder_message
 
 __all__ = [
     "shard_paths",
+    "npy_load",
     "ClipSample",
     "MAX_SPARSE_TRACKS",
     "MEMBER_SUFFIXES",
@@ -277,7 +279,23 @@ def _npy_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def _npy_load(data: bytes) -> np.ndarray:
+def npy_load(data: bytes) -> np.ndarray:
+    """An ``.npy`` member's array, never unpickled. ``ValueError`` for one whose header is not
+    ``.npy``'s or declares more data than the member holds (a header of 20 billion floats would
+    otherwise be allocated before its bytes are found missing)."""
+    buffer = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buffer)
+        read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in read_header:  # 3.0 (a UTF-8 header): numpy itself reads it, below
+            return np.load(io.BytesIO(data), allow_pickle=False)
+        shape, _, dtype = read_header[version](buffer)
+    except (ValueError, SyntaxError, TypeError) as error:  # not an .npy, or a header that does not parse
+        raise ValueError(f"not a .npy array ({error})") from None
+    needed = math.prod(shape) * dtype.itemsize
+    if not dtype.hasobject and needed > len(data) - buffer.tell():
+        raise ValueError(f"its header declares a {dtype} array of shape {shape} ({needed:,} bytes), "
+                         f"the member holds {len(data) - buffer.tell():,}")
     return np.load(io.BytesIO(data), allow_pickle=False)
 
 
@@ -382,9 +400,9 @@ def _sample_from_members(key: str, members: dict[str, bytes], path: str) -> Clip
     try:
         return ClipSample(
             key=key,
-            tracks=_npy_load(members["tracks.npy"]),
-            visibility=_npy_load(members["visibility.npy"]),
-            sparse=_npy_load(members["sparse.npy"]),
+            tracks=npy_load(members["tracks.npy"]),
+            visibility=npy_load(members["visibility.npy"]),
+            sparse=npy_load(members["sparse.npy"]),
             caption=members["txt"].decode("utf-8"),
             meta=json.loads(members["json"].decode("utf-8")),
             mp4=members["mp4"],
@@ -426,7 +444,7 @@ def _decode_field(key: str, data: bytes) -> Any:
     """webdataset decoder: npy/json/txt decoded, anything else (the mp4) left as bytes."""
     suffix = key.lower()
     if suffix.endswith("npy"):
-        return _npy_load(data)
+        return npy_load(data)
     if suffix.endswith("json"):
         return json.loads(data.decode("utf-8"))
     if suffix.endswith("txt"):

@@ -341,8 +341,15 @@ def write_tar(path, members: list[tuple[str, bytes]]) -> None:
 
 def npy(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
-    np.save(buffer, array)
+    np.save(buffer, array, allow_pickle=True)
     return buffer.getvalue()
+
+
+def npy_header(descr: str, shape: tuple) -> bytes:
+    """A version-1.0 .npy header for ``shape`` followed by 16 bytes of data, not the array's."""
+    text = repr({"descr": descr, "fortran_order": False, "shape": shape})
+    text += " " * (-(10 + len(text) + 1) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin-1") + bytes(16)
 
 
 @pytest.mark.parametrize(
@@ -355,8 +362,15 @@ def npy(array: np.ndarray) -> bytes:
             r"tracks must be \(T, N, 2\)",
         ),
         (lambda name, data: b"{}" if name.endswith(".json") else data, "json lacks the boolean 'camera_only'"),
+        (lambda name, data: b"[1, 2]" if name.endswith(".json") else data, "json is a list, not an object"),
+        (lambda name, data: "café".encode("latin-1") if name.endswith(".txt") else data, "txt is not UTF-8 text"),
+        # A header declaring 20 billion floats: refused before anything is allocated.
+        (lambda name, data: npy_header("<f4", (20_000_000_000,)) if name.endswith(".visibility.npy") else data,
+         r"unreadable visibility.npy: its header declares a float32 array of shape \(20000000000,\)"),
+        (lambda name, data: npy(np.array([{"a": 1}], dtype=object)) if name.endswith(".tracks.npy") else data,
+         "unreadable tracks.npy: Object arrays cannot be loaded when allow_pickle=False"),
     ],
-    ids=["missing-member", "bad-mp4", "bad-shape", "bad-json"],
+    ids=["missing-member", "bad-mp4", "bad-shape", "bad-json", "json-list", "latin-1-txt", "npy-bomb", "npy-pickle"],
 )
 def test_malformed_sample_names_shard_and_key(shards, tmp_path, edit, message):
     root, _ = shards

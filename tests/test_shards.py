@@ -398,3 +398,23 @@ def test_the_synthetic_generators_name_a_nonsense_size(call, message, tmp_path):
         call(tmp_path / "out")
     assert message in str(err.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_npy_members_are_read_without_pickles_or_allocations_their_bytes_do_not_back():
+    from ic_data.shards import npy_load
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.arange(6, dtype=np.float32).reshape(2, 3))
+    np.testing.assert_array_equal(npy_load(buffer.getvalue()), np.arange(6, dtype=np.float32).reshape(2, 3))
+    text = repr({"descr": "<f4", "fortran_order": False, "shape": (20_000_000_000,)})
+    text += " " * (-(10 + len(text) + 1) % 64) + "\n"
+    bomb = b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin-1") + bytes(16)
+    with pytest.raises(ValueError, match=r"declares a float32 array of shape \(20000000000,\) \(80,000,000,000 bytes\), "
+                                         r"the member holds 16"):
+        npy_load(bomb)
+    with pytest.raises(ValueError, match="not a .npy array"):
+        npy_load(b"garbage!")
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(ValueError, match="Object arrays cannot be loaded when allow_pickle=False"):
+        npy_load(buffer.getvalue())

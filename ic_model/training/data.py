@@ -23,7 +23,6 @@ skipped samples. Three things make that hold:
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import random
@@ -41,7 +40,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from ic_data.clips import resize_points
 from ic_data.mp4 import decode_mp4
 from ic_data.errors import ShardError
-from ic_data.shards import MEMBER_SUFFIXES, shard_paths, unreadable_shard, webdataset_shard_handler
+from ic_data.shards import MEMBER_SUFFIXES, npy_load, shard_paths, unreadable_shard, webdataset_shard_handler
 from ic_data.trajectories import sample_sparse_tracks, tracks_to_flow_maps
 from ic_model.config import ModelConfig, TrainConfig
 from ic_model.training.latent_cache import LatentCacheReader, model_frames
@@ -112,6 +111,8 @@ def _load_json(sample: dict) -> dict:
         meta = json.loads(_member(sample, "json").decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise _bad(sample["__url__"], sample["__key__"], f"bad json: {error}") from error
+    if not isinstance(meta, dict):
+        raise _bad(sample["__url__"], sample["__key__"], f"json is a {type(meta).__name__}, not an object")
     if not isinstance(meta.get("camera_only"), bool):
         raise _bad(
             sample["__url__"], sample["__key__"], "json lacks the boolean 'camera_only'"
@@ -121,7 +122,7 @@ def _load_json(sample: dict) -> dict:
 
 def _load_npy(sample: dict, suffix: str) -> np.ndarray:
     try:
-        return np.load(io.BytesIO(_member(sample, suffix)), allow_pickle=False)
+        return npy_load(_member(sample, suffix))
     except ValueError as error:
         raise _bad(
             sample["__url__"], sample["__key__"], f"unreadable {suffix}: {error}"
@@ -148,7 +149,7 @@ def _scan_shards(paths: list[str], camera_only: bool | None) -> list[str]:
                     if not info.name.endswith(".json"):
                         continue
                     meta = json.loads(tar.extractfile(info).read().decode("utf-8"))
-                    if meta.get("camera_only") is camera_only:
+                    if isinstance(meta, dict) and meta.get("camera_only") is camera_only:
                         kept.append(path)
                         break
         except (tarfile.TarError, OSError) as error:
@@ -311,7 +312,10 @@ class ClipStream(IterableDataset):
             indices = sample_sparse_tracks(
                 clip_tracks, rng, self.max_tracks, self.min_tracks, visibility[frame_indices]
             )
-        caption = _member(sample, "txt").decode("utf-8")
+        try:
+            caption = _member(sample, "txt").decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise _bad(url, key, f"txt is not UTF-8 text ({error})") from error
         if rng.random() < self.caption_dropout:
             caption = ""
 
