@@ -93,6 +93,12 @@ def test_a_cache_of_another_vae_or_a_changed_shard_is_one_clear_error(sd15_run, 
     shutil.copytree(training_shards, shards)  # new files: the cache knows none of them
     with pytest.raises(LatentCacheError, match="rerun `ic cache-latents`"):
         next(iter(_stream(cfg, shards, latent_cache=cache["cache"])))
+    # Found before training starts, whichever shards a step would draw first.
+    with sd15.mini_architecture():
+        vae, _ = load_run_vae(run)
+        check_cache(cache["cache"], vae, cfg, training_shards)  # every shard it was built from
+        with pytest.raises(LatentCacheError, match=r"has no file for \d+ of the \d+ shards \(new or changed since"):
+            check_cache(cache["cache"], vae, cfg, shards)
 
 
 def test_a_corrupt_clip_stops_the_cache_naming_it_and_keeps_the_shards_before_it(sd15_run, training_shards, tmp_path):

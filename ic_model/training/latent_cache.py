@@ -94,8 +94,10 @@ def _read_info(path: Path) -> dict:
     return info
 
 
-def check_cache(cache_dir: str | os.PathLike, vae, cfg: ModelConfig) -> dict:
-    """The cache's info, after checking it was built by this VAE at this model size."""
+def check_cache(cache_dir: str | os.PathLike, vae, cfg: ModelConfig, shards=None) -> dict:
+    """The cache's info, after checking it was built by this VAE at this model size and (with
+    ``shards``) holds a file for every one of those shards as they are now (a stat each): a shard
+    added or changed since was found only when a step drew it, hours in, or, never drawn, never."""
     path = Path(cache_dir) / CACHE_INFO
     if not path.is_file():
         raise LatentCacheError(f"{cache_dir} is not a latent cache (no {CACHE_INFO}): build it with `ic cache-latents`")
@@ -105,6 +107,16 @@ def check_cache(cache_dir: str | os.PathLike, vae, cfg: ModelConfig) -> dict:
                                                                         "scaling_factor") if saved.get(k) != now[k]]
     if wrong:
         raise LatentCacheError(f"{cache_dir} was built for another VAE or size: " + "; ".join(wrong))
+    if shards is not None:
+        from ic_data.shards import shard_paths
+
+        paths = shard_paths(shards)
+        missing = [p for p in paths if not shard_cache_file(Path(cache_dir), p).is_file()]
+        if missing:
+            more = f", … ({len(missing) - 3} more)" if len(missing) > 3 else ""
+            raise LatentCacheError(
+                f"the latent cache {cache_dir} has no file for {len(missing)} of the {len(paths)} shards (new or "
+                f"changed since it was built: {', '.join(missing[:3])}{more}): rerun `ic cache-latents` for these shards")
     return saved
 
 

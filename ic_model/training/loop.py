@@ -382,7 +382,7 @@ def train_stage(
     if train_cfg.latent_cache:
         if stage == "vae":
             raise LatentCacheError("the vae stage trains the VAE: it cannot read cached latents (latent_cache)")
-        check_cache(train_cfg.latent_cache, module.vae, cfg)  # built by this VAE at this size
+        check_cache(train_cfg.latent_cache, module.vae, cfg, shards)  # by this VAE, at this size, of these shards
     track_mode, camera_only = STAGE_DATA[stage]
     accum = train_cfg.grad_accum_steps
     loader = make_loader(
