@@ -51,12 +51,11 @@ def _seed(problems: list[str], flag: str, value) -> None:
 
 
 def _prompt(problems: list[str], flag: str, value) -> None:
-    """A prompt of at most ``MAX_PROMPT_CHARS`` characters (the text encoder reads ~300)."""
-    from ic_data.settings import MAX_PROMPT_CHARS
+    """A prompt of at most ``MAX_PROMPT_CHARS`` characters, in the words a request's check uses."""
+    from ic_data.settings import MAX_PROMPT_CHARS, text
 
-    if isinstance(value, str) and len(value) > MAX_PROMPT_CHARS:
-        problems.append(f"{flag}: {len(value):,} characters long; at most {MAX_PROMPT_CHARS:,} are taken "
-                        "(the text encoder reads its first 77 tokens)")
+    if problem := text(flag, value, longest=MAX_PROMPT_CHARS):
+        problems.append(problem)
 
 
 def _finite(problems: list[str], flag: str, value: float, low: float | None = None, strict: bool = False) -> None:

@@ -19,7 +19,7 @@ class WeightsFileError(BadInputError):
 def pickle_refusal(error: BaseException) -> str | None:
     """What ``torch.load(weights_only=True)`` refused, from ``error`` or its causes: the line that
     names it ("Unsupported global: GLOBAL builtins.print …", "Unsupported operand 35"), without
-    torch's advice around it to load with ``weights_only=False`` or to allow-list the object,
+    torch's advice around it to turn the weights-only unpickler off or to allow-list the object,
     which is never passed on. None where no such refusal is in the chain."""
     for _ in range(20):
         if error is None:

@@ -259,7 +259,7 @@ def _check_source(source: str | Path, what: str) -> Path:
 
 def _why_unreadable(error: BaseException, path: Path) -> str:
     """What stopped a checkpoint from loading, from the first cause of diffusers' general "Unable
-    to load weights" (torch's advice to load with weights_only=False is never passed on)."""
+    to load weights" (torch's advice to turn the weights-only unpickler off is never passed on)."""
     refused = pickle_refusal(error)
     if refused and "global" in refused.lower():  # weights_only refused an object: named, not run
         return f"it holds Python objects other than tensors ({refused}): refused, never run"
